@@ -1,0 +1,3 @@
+from edgeav.cli import main
+
+raise SystemExit(main())
