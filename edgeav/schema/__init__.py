@@ -46,9 +46,11 @@ def parse_overrides(items: list[str] | None) -> list[tuple[str, str]]:
     return out
 
 
-def _format_validation(err: ValidationError, source: str, tree: dict[str, Any]) -> str:
+def _format_validation(err: ValidationError, source: str, overrides: dict[str, str]) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
+    if loc in overrides:
+        source = f"{source} (--set {loc}={overrides[loc]})"
     value = first.get("input")
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {loc!r} (value {value!r}); check the spelling against `edgeav config schema`"
@@ -57,11 +59,13 @@ def _format_validation(err: ValidationError, source: str, tree: dict[str, Any]) 
     return f"{source}: key {loc!r} has bad value {shown}: {first['msg']}{more}"
 
 
-def config_from_dict(tree: dict[str, Any], source: str = "<config>") -> EdgeAVConfig:
+def config_from_dict(
+    tree: dict[str, Any], source: str = "<config>", overrides: dict[str, str] | None = None
+) -> EdgeAVConfig:
     try:
         return EdgeAVConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, source, tree)) from None
+        raise ConfigError(_format_validation(e, source, overrides or {})) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EdgeAVConfig:
@@ -84,10 +88,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         tree = loaded
-    for k, v in parse_overrides(overrides):
+    applied = parse_overrides(overrides)
+    for k, v in applied:
         _set_dotted(tree, k, v)
-        source = f"{source} (with --set {k}={v})" if path is None else source
-    return config_from_dict(tree, source)
+    return config_from_dict(tree, source, dict(applied))
 
 
 def config_schema() -> dict[str, Any]:

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgeav.schema.base import Section
+
+# Columns of a CSV/JSONL that carry no role but are known to be informational (kept out of the "unknown column"
+# warning). A column outside the role names, their aliases and this list is bad input.
+DEFAULT_INFO_COLUMNS = ["transcript", "recordist", "country", "license", "licence", "species", "notes", "source"]
+
+
+def _check_one_group_regex(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        rx = re.compile(value)
+    except re.error as e:
+        raise ValueError(f"{name} {value!r} is not a valid regular expression: {e}") from None
+    if rx.groups != 1:
+        raise ValueError(f"{name} {value!r} must have exactly one capture group, has {rx.groups}")
+    return value
 
 
 class DataConfig(Section):
@@ -27,4 +44,40 @@ class DataConfig(Section):
     )
     seed: int = Field(0, ge=0, description="Seed of the group split; the split is deterministic under it.")
     cache_dir: str | None = Field(None, description="Decoded-input cache folder; default ~/.cache/edgeav.")
+    cache: bool = Field(True, description="Keep decoded audio/images/frames as .npy in cache_dir (keyed by content hash).")
     strict: bool = Field(False, description="Make a bad media file an error instead of skipping it with a warning.")
+    index_file: str | None = Field(
+        None,
+        description=(
+            "CSV or JSONL (relative to the data root, or absolute) giving label/split/group per file; default: the "
+            "first of manifest.csv, manifest.jsonl, recordings.csv found at the root."
+        ),
+    )
+    label_regex: str | None = Field(
+        None,
+        description=(
+            "Regex with one capture group applied to a file's stem to get its label, for flat folders "
+            r"(CREMA-D: '^\d+_[A-Z]+_([A-Z]+)_'). Default: the label is the class folder name."
+        ),
+    )
+    group_regex: str | None = Field(
+        None,
+        description=(
+            r"Regex with one capture group applied to a file's stem to get its group (speaker, recording), e.g. "
+            r"'^(\d+)_' for CREMA-D actors. Default: the group column, else each file is its own group."
+        ),
+    )
+    info_columns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_INFO_COLUMNS),
+        description="Index-file columns that are informational and ignored; any other column without a role is bad input.",
+    )
+
+    @field_validator("label_regex")
+    @classmethod
+    def _label_regex(cls, v: str | None) -> str | None:
+        return _check_one_group_regex(v, "label_regex")
+
+    @field_validator("group_regex")
+    @classmethod
+    def _group_regex(cls, v: str | None) -> str | None:
+        return _check_one_group_regex(v, "group_regex")

@@ -1,0 +1,147 @@
+"""The package layout a user installs: one `edgeav` namespace, stages that import one way, a torch-free runtime."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE_DIRS = {"train": "edgeav.train", "export": "edgeav.export", "runtime": "edgeav.runtime", "devices": "edgeav.devices"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module name a file imports (absolute names; relative imports resolved against its package)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[0] in STAGE_DIRS:
+        parts = STAGE_DIRS[parts[0]].split(".") + parts[1:]
+    pkg = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = pkg[: len(pkg) - (node.level - 1)] if node.level > 1 else pkg
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)
+    return out
+
+
+def _py_files(folder: str) -> list[Path]:
+    return sorted(p for p in (REPO / folder).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _bad(imports: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in imports if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+@pytest.mark.parametrize("path", _py_files("edgeav"), ids=lambda p: str(p.relative_to(REPO)))
+def test_core_imports_no_stage(path: Path) -> None:
+    # The core may name stages only as strings (the CLI dispatch table), never import them.
+    bad = _bad(_imports(path), ("edgeav.train", "edgeav.export", "edgeav.runtime", "edgeav.devices", "torch", "torchvision", "timm"))
+    assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("path", _py_files("runtime"), ids=lambda p: str(p.relative_to(REPO)))
+def test_runtime_imports_no_torch_train_or_export(path: Path) -> None:
+    bad = _bad(_imports(path), ("torch", "torchvision", "timm", "edgeav.train", "edgeav.export"))
+    assert not bad, f"{path.name} imports {bad}: a field unit has no PyTorch"
+
+
+@pytest.mark.parametrize("path", _py_files("train") + _py_files("devices"), ids=lambda p: str(p.relative_to(REPO)))
+def test_train_and_devices_import_no_later_stage(path: Path) -> None:
+    bad = _bad(_imports(path), ("edgeav.export", "edgeav.runtime"))
+    assert not bad, f"{path.name} imports {bad}"
+
+
+_BLOCK_TORCH = r"""
+import importlib, pkgutil, sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'torchvision', 'timm'}:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+sys.meta_path.insert(0, _Block())
+import edgeav, edgeav.cli, edgeav.schema, edgeav.contract, edgeav.manifest, edgeav.timebase, edgeav.registry
+import edgeav.runtime, edgeav.devices
+mods = []
+for pkg in (edgeav.runtime, edgeav.devices):
+    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):
+        importlib.import_module(m.name)
+        mods.append(m.name)
+assert 'torch' not in sys.modules
+print('ok', len(mods))
+"""
+
+
+def test_core_and_runtime_import_where_torch_cannot() -> None:
+    r = subprocess.run([sys.executable, "-c", _BLOCK_TORCH], capture_output=True, text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.startswith("ok")
+
+
+def test_cli_help_works_without_torch() -> None:
+    code = _BLOCK_TORCH.split("import edgeav,")[0] + "from edgeav.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for cmd in ("data", "model", "train", "eval", "export", "run", "bench", "devices", "config", "detections"):
+        assert cmd in r.stdout
+
+
+def test_wheel_installs_one_namespace(tmp_path: Path) -> None:
+    """Build the wheel, install it into a fresh venv, import every subpackage from there."""
+    dist = tmp_path / "dist"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wheel = next(dist.glob("edgeav-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"edgeav"}, f"wheel installs top-level packages {tops}"
+    for must in ("edgeav/train/__init__.py", "edgeav/export/__init__.py", "edgeav/runtime/__init__.py",
+                 "edgeav/devices/__init__.py"):
+        assert must in names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    vpy = venv / "bin" / "python"
+    site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with zipfile.ZipFile(wheel) as z:  # a wheel install is an unzip into purelib
+        z.extractall(site)
+    # Dependencies come from the project's environment (appended after the fresh site, .pth files not processed,
+    # so the editable install there is invisible).
+    deps = sysconfig.get_paths()["purelib"]
+    code = (
+        "import importlib, pkgutil, edgeav, sys\n"
+        f"assert edgeav.__file__.startswith({site!r}), edgeav.__file__\n"
+        "for sub in ('train', 'export', 'runtime', 'devices'):\n"
+        "    m = importlib.import_module('edgeav.' + sub)\n"
+        f"    assert m.__file__.startswith({site!r}), m.__file__\n"
+        "for m in pkgutil.walk_packages(edgeav.__path__, 'edgeav.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "for top in ('train', 'runtime', 'export', 'devices'):\n"
+        "    try:\n"
+        "        importlib.import_module(top)\n"
+        "    except ModuleNotFoundError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit('top-level package ' + top + ' is importable')\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": deps}
+    r = subprocess.run([str(vpy), "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip().endswith("ok")
