@@ -1,0 +1,346 @@
+"""GStreamer capture: one pipeline, appsinks -> Python, reads with an explicit status (jetson-utils style).
+
+`Capture.read(timeout_ns)` returns `(ReadStatus, item)`: OK with a `VideoFrame` / `AudioChunk`, TIMEOUT, EOS, or
+ERROR (the bus error's text is raised as `SensorError` by `read_or_raise`, and kept in `Capture.error`).
+
+Times: each item's `pts_ns` is the buffer's running time (its PTS mapped through its segment) - an integer ns on
+the pipeline clock minus the pipeline's base time. Both sensors are in one pipeline, so their times compare.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+from edgeav.contract import InputContract
+from edgeav.errors import SensorError
+from edgeav.runtime.queues import BoundedQueue
+from edgeav.runtime.sources import (
+    AUDIO_SINK,
+    VIDEO_SINK,
+    Stream,
+    build_pipeline_description,
+    mask_credentials,
+    parse_source_uri,
+)
+from edgeav.schema.runtime import SourceConfig
+from edgeav.timebase import NS_PER_S, ns_for_samples, s_to_ns
+
+log = logging.getLogger(__name__)
+
+
+class ReadStatus(enum.Enum):
+    OK = "ok"
+    TIMEOUT = "timeout"
+    EOS = "eos"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class VideoFrame:
+    pts_ns: int  # running time on the pipeline clock
+    rgb: np.ndarray  # (H, W, 3) uint8
+
+    @property
+    def kind(self) -> str:
+        return "video"
+
+
+@dataclass(frozen=True)
+class AudioChunk:
+    pts_ns: int  # running time of the first sample
+    samples: np.ndarray  # (N,) float32 mono
+    rate_hz: int
+
+    @property
+    def kind(self) -> str:
+        return "audio"
+
+    @property
+    def duration_ns(self) -> int:
+        return ns_for_samples(len(self.samples), self.rate_hz)
+
+
+CaptureItem = Union[VideoFrame, AudioChunk]
+
+
+def _gst():
+    try:
+        import gi
+
+        gi.require_version("Gst", "1.0")
+        gi.require_version("GstApp", "1.0")
+        from gi.repository import Gst, GstApp  # noqa: F401
+    except (ImportError, ValueError) as e:
+        raise SensorError(f"GStreamer (PyGObject, Gst 1.0) is not available here: {e}") from None
+    if not Gst.is_initialized():
+        Gst.init(None)
+    return Gst
+
+
+def probe_streams(uri: str, timeout_s: float = 10.0) -> tuple[Stream, ...]:
+    """Which of video/audio a file:// (or other uridecodebin-able) URI holds, via GstPbutils.Discoverer."""
+    Gst = _gst()
+    try:
+        import gi
+
+        gi.require_version("GstPbutils", "1.0")
+        from gi.repository import GstPbutils
+    except (ImportError, ValueError) as e:
+        raise SensorError(f"GstPbutils is not available: {e}") from None
+    src = parse_source_uri(uri)
+    target = uri
+    if src.scheme == "file":
+        from pathlib import Path
+
+        if not Path(src.location).is_file():
+            raise SensorError(f"{uri}: file not found")
+        target = Path(src.location).as_uri()
+    disc = GstPbutils.Discoverer.new(int(timeout_s * Gst.SECOND))
+    try:
+        info = disc.discover_uri(target)
+    except Exception as e:  # GLib.Error
+        raise SensorError(f"{mask_credentials(uri)}: cannot be probed: {getattr(e, 'message', e)}") from None
+    out: list[Stream] = []
+    if info.get_video_streams():
+        out.append("video")
+    if info.get_audio_streams():
+        out.append("audio")
+    if not out:
+        raise SensorError(f"{mask_credentials(uri)}: has neither a video nor an audio stream")
+    return tuple(out)
+
+
+class Capture:
+    """A running capture pipeline. Use as a context manager, or `start()` / `close()`.
+
+    File replay (not live) pushes back instead of dropping: nothing is lost. Live sources never block: the queue
+    drops its oldest item and counts it (`stats()["dropped"]`).
+    """
+
+    def __init__(
+        self,
+        source: SourceConfig | str,
+        contract: InputContract,
+        realtime: bool = False,
+        streams: tuple[Stream, ...] | None = None,
+    ) -> None:
+        self.cfg = SourceConfig(uri=source) if isinstance(source, str) else source
+        self.contract = contract
+        self.realtime = realtime
+        self._src = parse_source_uri(self.cfg.uri)
+        if streams is None and self.cfg.streams is None and self._src.scheme == "file":
+            streams = probe_streams(self.cfg.uri)
+        self.description = build_pipeline_description(self.cfg, contract, streams=streams, realtime=realtime)
+        self.streams: tuple[Stream, ...] = tuple(
+            s for s in ("video", "audio") if (VIDEO_SINK if s == "video" else AUDIO_SINK) in self.description
+        )
+        self.is_live = self._src.is_live or (
+            self.cfg.audio_uri is not None and parse_source_uri(self.cfg.audio_uri).is_live
+        )
+        policy = "drop_oldest" if self.is_live else "block"
+        self._queue: BoundedQueue[CaptureItem] = BoundedQueue(self.cfg.queue_max_items, policy, name="capture")
+        self._pipeline = None
+        self._bus = None
+        self._stopping = threading.Event()
+        self._eos = False
+        self.error: str | None = None
+        self._queue_overruns: dict[str, int] = {}
+        self._counts = {"video": 0, "audio": 0}
+        self._wall_anchor: tuple[int, int] | None = None  # (running_time_ns, utc_ns) at start
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> "Capture":
+        Gst = _gst()
+        log.info("capture pipeline: %s", mask_credentials(self.description))
+        try:
+            pipeline = Gst.parse_launch(self.description)
+        except Exception as e:  # GLib.Error: missing element, bad syntax
+            raise SensorError(
+                f"cannot build capture pipeline for {mask_credentials(self.cfg.uri)}: {getattr(e, 'message', e)}"
+            ) from None
+        self._pipeline = pipeline
+        self._bus = pipeline.get_bus()
+        for s in self.streams:
+            sink = pipeline.get_by_name(VIDEO_SINK if s == "video" else AUDIO_SINK)
+            sink.connect("new-sample", self._on_sample, s)
+        for s in ("video", "audio"):
+            q = pipeline.get_by_name(f"{s}_queue")
+            if q is not None:
+                self._queue_overruns[s] = 0
+                q.connect("overrun", self._on_overrun, s)
+        ret = pipeline.set_state(Gst.State.PLAYING)
+        if ret == Gst.StateChangeReturn.FAILURE:
+            err = self._pop_bus_error(0) or "state change to PLAYING failed"
+            self.close()
+            raise SensorError(f"{mask_credentials(self.cfg.uri)}: {err}")
+        # Wait for PLAYING, watching the bus so a missing device or file fails fast, never hangs.
+        deadline = time.monotonic() + self.cfg.start_timeout_s
+        while time.monotonic() < deadline:
+            err = self._pop_bus_error(50 * 1_000_000)
+            if err is not None:
+                self.close()
+                raise SensorError(f"{mask_credentials(self.cfg.uri)}: {err}")
+            _, state, _ = pipeline.get_state(0)
+            if state == Gst.State.PLAYING or self._eos or len(self._queue) > 0:
+                break
+        else:
+            self.close()
+            raise SensorError(f"{mask_credentials(self.cfg.uri)}: did not start within {self.cfg.start_timeout_s} s")
+        clock = pipeline.get_clock()
+        if clock is not None:
+            running = clock.get_time() - pipeline.get_base_time()
+            self._wall_anchor = (int(running), time.time_ns())
+        return self
+
+    def __enter__(self) -> "Capture":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._queue.close()
+        if self._pipeline is not None:
+            Gst = _gst()
+            self._pipeline.set_state(Gst.State.NULL)
+            self._pipeline = None
+            self._bus = None
+
+    # -- streaming-thread callbacks ------------------------------------------------------------------------------
+    def _on_overrun(self, _queue, stream: str) -> None:
+        self._queue_overruns[stream] = self._queue_overruns.get(stream, 0) + 1
+
+    def _on_sample(self, sink, stream: str):
+        Gst = _gst()
+        sample = sink.emit("pull-sample")
+        if sample is None:
+            return Gst.FlowReturn.EOS
+        try:
+            item = self._convert(sample, stream)
+        except Exception as e:  # never raise into a streaming thread
+            log.error("cannot convert %s buffer: %s", stream, e)
+            return Gst.FlowReturn.ERROR
+        if item is None:
+            return Gst.FlowReturn.OK
+        self._counts[stream] += 1
+        if self.is_live:
+            self._queue.put(item)
+        else:
+            # Backpressure for file replay: wait for room, but give up when the capture is closing.
+            while not self._stopping.is_set():
+                if self._queue.put(item, timeout_s=0.2):
+                    break
+                self._queue.dropped -= 1  # a timed-out put is a retry here, not a drop
+            else:
+                return Gst.FlowReturn.FLUSHING
+        return Gst.FlowReturn.OK
+
+    def _convert(self, sample, stream: str) -> CaptureItem | None:
+        Gst = _gst()
+        buf = sample.get_buffer()
+        if buf.pts == Gst.CLOCK_TIME_NONE:
+            log.warning("%s buffer without PTS dropped", stream)
+            return None
+        seg = sample.get_segment()
+        running = seg.to_running_time(Gst.Format.TIME, buf.pts) if seg is not None else buf.pts
+        if running == Gst.CLOCK_TIME_NONE or running < 0:
+            return None
+        pts_ns = int(running)
+        ok, info = buf.map(Gst.MapFlags.READ)
+        if not ok:
+            raise SensorError(f"cannot map {stream} buffer")
+        try:
+            data = bytes(info.data)
+        finally:
+            buf.unmap(info)
+        if stream == "audio":
+            samples = np.frombuffer(data, dtype="<f4").astype(np.float32, copy=True)  # (N,)
+            return AudioChunk(pts_ns, samples, self.contract.audio.sample_rate_hz)
+        s = sample.get_caps().get_structure(0)
+        w, h = s.get_value("width"), s.get_value("height")
+        stride = (w * 3 + 3) // 4 * 4  # GStreamer pads RGB rows to 4 bytes
+        arr = np.frombuffer(data, dtype=np.uint8)
+        if arr.size < stride * h:
+            raise SensorError(f"video buffer of {arr.size} bytes is short for {w}x{h} RGB")
+        rgb = arr[: stride * h].reshape(h, stride)[:, : w * 3].reshape(h, w, 3).copy()  # (H, W, 3)
+        return VideoFrame(pts_ns, rgb)
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def _pop_bus_error(self, timeout_ns: int) -> str | None:
+        """Drain bus messages (ERROR/EOS/WARNING); return the error text if one came."""
+        if self._bus is None:
+            return None
+        Gst = _gst()
+        types = Gst.MessageType.ERROR | Gst.MessageType.EOS | Gst.MessageType.WARNING
+        msg = self._bus.timed_pop_filtered(int(timeout_ns), types)
+        while msg is not None:
+            if msg.type == Gst.MessageType.ERROR:
+                err, dbg = msg.parse_error()
+                src = msg.src.get_name() if msg.src is not None else "?"
+                self.error = f"{src}: {err.message}" + (f" ({dbg.splitlines()[0]})" if dbg else "")
+                return self.error
+            if msg.type == Gst.MessageType.EOS:
+                self._eos = True
+            elif msg.type == Gst.MessageType.WARNING:
+                w, _ = msg.parse_warning()
+                log.warning("capture warning from %s: %s", msg.src.get_name() if msg.src else "?", w.message)
+            msg = self._bus.pop_filtered(types)
+        return None
+
+    def read(self, timeout_ns: int = 500_000_000) -> tuple[ReadStatus, CaptureItem | None]:
+        """Next frame or audio chunk, in arrival order. Never blocks longer than `timeout_ns` (plus a bus poll)."""
+        if self._pipeline is None and len(self._queue) == 0:
+            return (ReadStatus.ERROR, None) if self.error else (ReadStatus.EOS, None)
+        deadline = time.monotonic_ns() + int(timeout_ns)
+        while True:
+            if self.error is None and self._pop_bus_error(0) is not None:
+                return ReadStatus.ERROR, None
+            if self.error is not None:
+                return ReadStatus.ERROR, None
+            ok, item = self._queue.get(timeout_s=0.0)
+            if ok:
+                return ReadStatus.OK, item
+            if self._eos:
+                return ReadStatus.EOS, None
+            remaining = deadline - time.monotonic_ns()
+            if remaining <= 0:
+                return ReadStatus.TIMEOUT, None
+            ok, item = self._queue.get(timeout_s=min(remaining, 20_000_000) / NS_PER_S)
+            if ok:
+                return ReadStatus.OK, item
+
+    def read_or_raise(self, timeout_ns: int = 500_000_000) -> tuple[ReadStatus, CaptureItem | None]:
+        """As `read`, but ERROR raises SensorError with the bus's error text."""
+        status, item = self.read(timeout_ns)
+        if status is ReadStatus.ERROR:
+            raise SensorError(f"{mask_credentials(self.cfg.uri)}: {self.error or 'capture failed'}")
+        return status, item
+
+    # -- time and stats ------------------------------------------------------------------------------------------
+    def utc_ns_for(self, pts_ns: int) -> int | None:
+        """Wall-clock UTC (ns since epoch) of a running time, anchored when the pipeline started."""
+        if self._wall_anchor is None:
+            return None
+        running0, utc0 = self._wall_anchor
+        return utc0 + (int(pts_ns) - running0)
+
+    def stats(self) -> dict[str, object]:
+        q = self._queue.stats()
+        return {
+            "video_items": self._counts["video"],
+            "audio_items": self._counts["audio"],
+            "dropped": q["dropped"] + sum(self._queue_overruns.values()),
+            "queue": q,
+            "gst_queue_overruns": dict(self._queue_overruns),
+        }
+
+
+__all__ = ["Capture", "ReadStatus", "VideoFrame", "AudioChunk", "CaptureItem", "probe_streams", "s_to_ns"]
