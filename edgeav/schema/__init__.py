@@ -15,12 +15,14 @@ from pydantic import Field, ValidationError
 from edgeav.errors import ConfigError
 from edgeav.schema.base import Section
 from edgeav.schema.data import DataConfig
+from edgeav.schema.train import TrainConfig
 
 
 class EdgeAVConfig(Section):
     """The whole configuration. Each stage reads its own section."""
 
     data: DataConfig = Field(default_factory=DataConfig, description="Data set and loading.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training: optimizer, schedule, augmentation.")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
@@ -98,4 +100,4 @@ def config_schema() -> dict[str, Any]:
     return EdgeAVConfig.model_json_schema()
 
 
-__all__ = ["EdgeAVConfig", "DataConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]
+__all__ = ["EdgeAVConfig", "DataConfig", "TrainConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]

@@ -1,0 +1,78 @@
+"""`train:` section: optimizer, schedule, modes, augmentation, distributed set-up."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgeav.schema.base import Section
+
+
+class MixupConfig(Section):
+    enabled: bool = Field(True, description="Joint audio-visual mixup: one lambda for both modalities.")
+    alpha: float = Field(0.4, gt=0.0, le=10.0, description="Beta(alpha, alpha) parameter of the mixing weight.")
+    batch_fraction: float = Field(0.2, ge=0.0, le=1.0, description="Share of each batch that is mixed (0..1).")
+
+
+class SpecAugmentConfig(Section):
+    enabled: bool = Field(True, description="Mask time and mel bands of the log-mel spectrogram while training.")
+    time_masks: int = Field(2, ge=0, le=10, description="Number of time masks per example.")
+    time_mask_frames: int = Field(20, ge=1, le=500, description="Largest time mask, STFT frames.")
+    freq_masks: int = Field(2, ge=0, le=10, description="Number of mel-band masks per example.")
+    freq_mask_bands: int = Field(8, ge=1, le=128, description="Largest mel-band mask, bands.")
+
+
+class WaveAugConfig(Section):
+    gain_db: float = Field(6.0, ge=0.0, le=40.0, description="Random gain drawn from +-gain_db, dB (0 = off).")
+    noise_snr_db: float | None = Field(30.0, ge=-10.0, le=100.0, description="Add white noise at this SNR, dB (null = off).")
+    noise_prob: float = Field(0.3, ge=0.0, le=1.0, description="Probability of adding noise to an example.")
+    time_shift_s: float = Field(0.5, ge=0.0, le=30.0, description="Random circular shift of the window up to this, seconds.")
+
+
+class ImageAugConfig(Section):
+    rotation_deg: float = Field(15.0, ge=0.0, le=180.0, description="Random rotation range +-deg, degrees (0 = off).")
+    hflip_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal flip.")
+    randaugment_ops: list[Literal["Sharpness", "Contrast", "Identity", "Brightness", "Color", "Equalize", "AutoContrast"]] = Field(
+        default_factory=lambda: ["Sharpness", "Contrast", "Identity"],
+        description="RandAugment operations allowed (the scene papers found the others hurt).",
+    )
+    randaugment_magnitude: float = Field(0.5, ge=0.0, le=1.0, description="Strength of each RandAugment op, 0..1.")
+    randaugment_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of applying one RandAugment op.")
+
+
+class AugmentConfig(Section):
+    mixup: MixupConfig = Field(default_factory=MixupConfig, description="Joint audio-visual mixup.")
+    spec_augment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig, description="SpecAugment on the log-mel.")
+    wave: WaveAugConfig = Field(default_factory=WaveAugConfig, description="Waveform augmentation.")
+    image: ImageAugConfig = Field(default_factory=ImageAugConfig, description="Image augmentation.")
+    modality_dropout: float = Field(0.1, ge=0.0, le=0.9, description="Probability of dropping one modality of an example (mask=0).")
+
+
+class TrainConfig(Section):
+    mode: Literal["joint", "two_phase"] = Field("joint", description="joint: all trained together; two_phase: unimodal, then fusion on cached embeddings.")
+    epochs: int = Field(30, ge=1, le=10_000, description="Epochs (joint mode, or phase II in two_phase mode).")
+    phase1_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of each unimodal model in phase I (two_phase).")
+    batch_size: int = Field(16, ge=1, le=4096, description="Global batch size, examples (split across ranks under torchrun).")
+    optimizer: Literal["adam", "adamw"] = Field("adamw", description="Optimizer.")
+    lr_backbone: float = Field(3e-4, gt=0.0, le=1.0, description="Learning rate of the backbones.")
+    lr_fusion: float = Field(1e-3, gt=0.0, le=1.0, description="Learning rate of the fusion head and classifiers.")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="Weight decay.")
+    plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor on validation accuracy.")
+    plateau_patience: int = Field(5, ge=0, le=1000, description="ReduceLROnPlateau patience, epochs.")
+    early_stop_patience: int = Field(12, ge=1, le=10_000, description="Stop after this many epochs without a better validation accuracy.")
+    aux_loss_weight: float = Field(0.5, ge=0.0, le=10.0, description="Weight of the audio-only and image-only auxiliary losses.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the soft-label loss.")
+    seed: int = Field(0, ge=0, description="Seed of everything random in training.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    amp: bool = Field(True, description="Automatic mixed precision on CUDA (ignored on CPU).")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
+    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads (null = torch default).")
+    max_minutes: float | None = Field(None, gt=0.0, description="Stop training after this wall time, minutes.")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation, each part switchable.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.lr_backbone > self.lr_fusion * 10:
+            raise ValueError(f"lr_backbone={self.lr_backbone} is more than 10x lr_fusion={self.lr_fusion}; backbones learn slower")
+        return self
