@@ -1,0 +1,209 @@
+"""Alignment core: synthetic clapper, an hour without drift, gaps and missing modalities reported."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeav.contract import AudioContract, ImageContract, InputContract
+from edgeav.errors import SensorError
+from edgeav.runtime.align import Aligner
+from edgeav.schema.runtime import AlignConfig
+from edgeav.timebase import NS_PER_MS, NS_PER_S, ns_for_samples, s_to_ns, samples_for_ns
+
+
+def _contract(rate_hz: int = 8000, window_s: float = 1.0, n_frames: int = 1) -> InputContract:
+    return InputContract(
+        audio=AudioContract(sample_rate_hz=rate_hz, window_s=window_s, fmax_hz=rate_hz / 2, n_fft=256, win_length=200, hop_length=80),
+        image=ImageContract(height_px=32, width_px=32, n_frames=n_frames),
+    )
+
+
+def _frame(value: int) -> np.ndarray:
+    return np.full((32, 32, 3), value, dtype=np.uint8)
+
+
+class Clapper:
+    """A synthetic sensor pair: audio clicks and bright frames at known true times, each sensor late by its latency."""
+
+    def __init__(self, rate_hz: int, chunk: int, fps: float, events_ns: list[int], audio_lat_ns: int, video_lat_ns: int):
+        self.rate_hz, self.chunk, self.fps = rate_hz, chunk, fps
+        self.events_ns = events_ns
+        self.audio_lat_ns, self.video_lat_ns = audio_lat_ns, video_lat_ns
+
+    def audio_chunks(self, duration_ns: int, skip: tuple[int, int] | None = None):
+        total = samples_for_ns(duration_ns, self.rate_hz)
+        click_idx = {samples_for_ns(e, self.rate_hz) for e in self.events_ns}
+        for i0 in range(0, total, self.chunk):
+            n = min(self.chunk, total - i0)
+            pts = ns_for_samples(i0, self.rate_hz)  # as GStreamer: PTS from the cumulative sample count
+            if skip and skip[0] <= pts < skip[1]:
+                continue
+            x = np.zeros(n, dtype=np.float32)
+            for c in click_idx:
+                if i0 <= c < i0 + n:
+                    x[c - i0] = 1.0
+            yield pts + self.audio_lat_ns, x
+
+    def frames(self, duration_ns: int):
+        period_ns = int(round(NS_PER_S / self.fps))
+        events = set(self.events_ns)
+        for t in range(0, duration_ns, period_ns):
+            yield t + self.video_lat_ns, _frame(255 if t in events else 10)
+
+
+def _run(aligner: Aligner, clap: Clapper, duration_ns: int, skip=None):
+    """Feed both sensors merged by PTS (as a pipeline delivers them), collecting every window."""
+    audio = [("a", pts, x) for pts, x in clap.audio_chunks(duration_ns, skip)]
+    frames = [("v", pts, x) for pts, x in clap.frames(duration_ns)]
+    out = []
+    for kind, pts, x in sorted(audio + frames, key=lambda r: r[1]):
+        if kind == "a":
+            aligner.push_audio(pts, x, clap.rate_hz)
+        else:
+            aligner.push_frame(pts, x)
+        out.extend(aligner.ready())
+    out.extend(aligner.flush())
+    return out
+
+
+def _click_time_ns(w) -> int:
+    i = int(np.argmax(w.audio))
+    assert w.audio[i] == 1.0
+    return w.start_ns + ns_for_samples(i, 8000)
+
+
+def test_clapper_pairs_within_1ms_with_sensor_offsets():
+    contract = _contract()
+    # The camera is 120 ms late, the mic 35 ms late; the offsets say so.
+    cfg = AlignConfig(hop_s=0.5, audio_offset_ns=35 * NS_PER_MS, video_offset_ns=120 * NS_PER_MS, frame_tolerance_ms=30)
+    events = [s_to_ns(4.0), s_to_ns(9.0)]  # on the 25 fps frame grid
+    clap = Clapper(8000, 400, 25.0, events, 35 * NS_PER_MS, 120 * NS_PER_MS)
+    wins = _run(Aligner(contract, cfg), clap, s_to_ns(12.0))
+    ends = [w.end_ns for w in wins]
+    assert ends == sorted(ends) and all(e % s_to_ns(0.5) == 0 for e in ends)
+    assert all(b - a == s_to_ns(0.5) for a, b in zip(ends, ends[1:]))
+    for ev in events:
+        w = next(w for w in wins if w.centre_ns == ev)
+        assert not w.missing, w.missing
+        assert w.frames.shape == (1, 32, 32, 3) and w.frames[0, 0, 0, 0] == 255
+        assert abs(w.frame_pts_ns[0] - ev) <= NS_PER_MS
+        assert abs(_click_time_ns(w) - ev) <= NS_PER_MS
+        assert w.mask().tolist() == [1.0, 1.0]
+
+
+def test_without_offsets_the_pair_is_off_by_the_latency():
+    contract = _contract()
+    cfg = AlignConfig(hop_s=0.5, frame_tolerance_ms=30)
+    clap = Clapper(8000, 400, 25.0, [s_to_ns(4.0)], 35 * NS_PER_MS, 120 * NS_PER_MS)
+    wins = _run(Aligner(contract, cfg), clap, s_to_ns(8.0))
+    w = next(w for w in wins if w.centre_ns == s_to_ns(4.0))
+    assert abs(_click_time_ns(w) - s_to_ns(4.0) - 35 * NS_PER_MS) <= NS_PER_MS
+    assert w.frames[0, 0, 0, 0] != 255  # the bright frame is 120 ms after the centre; the 4.00 s frame (pts) wins
+
+
+def test_no_drift_over_an_hour():
+    rate = 11025  # 1000-sample chunks last 90702947.8 ns: PTS rounding would drift if chunks were counted, not placed
+    contract = InputContract(
+        audio=AudioContract(sample_rate_hz=rate, window_s=1.0, fmax_hz=5000, n_fft=256, win_length=200, hop_length=80),
+        image=ImageContract(height_px=32, width_px=32),
+    )
+    cfg = AlignConfig(hop_s=1.0, audio_offset_ns=7 * NS_PER_MS, video_offset_ns=0, frame_tolerance_ms=100)
+    events = [s_to_ns(t + 0.5) for t in range(0, 3600, 300)] + [s_to_ns(3598.5)]
+    aligner = Aligner(contract, cfg)
+    total = samples_for_ns(s_to_ns(3600.0), rate)
+    click_idx = [samples_for_ns(e, rate) for e in events]
+    checked = []
+    frame_t = 0
+    frame_period = s_to_ns(0.5)
+    for i0 in range(0, total, 1000):
+        n = min(1000, total - i0)
+        x = np.zeros(n, dtype=np.float32)
+        for c in click_idx:
+            if i0 <= c < i0 + n:
+                x[c - i0] = 1.0
+        end_pts = ns_for_samples(i0 + n, rate)
+        aligner.push_audio(ns_for_samples(i0, rate) + 7 * NS_PER_MS, x, rate)
+        while frame_t < end_pts:
+            aligner.push_frame(frame_t, _frame(255 if frame_t in events else 0))
+            frame_t += frame_period
+        for w in aligner.ready():
+            if w.centre_ns in events:
+                i = int(np.argmax(w.audio))
+                checked.append((w.centre_ns, w.start_ns + ns_for_samples(i, rate), w.frame_pts_ns[0], w.frames[0, 0, 0, 0]))
+            else:
+                assert not w.missing
+        assert aligner.buffered()["audio_chunks"] < 100  # bounded memory
+    assert len(checked) == len(events)
+    for centre, click_t, frame_pts, bright in checked:
+        assert abs(click_t - centre) <= NS_PER_MS
+        assert frame_pts == centre and bright == 255
+    assert aligner.counters["windows"] >= 3598
+
+
+def test_gap_and_discontinuity_reported_as_gap():
+    contract = _contract()
+    cfg = AlignConfig(hop_s=0.5, max_gap_ms=20, frame_tolerance_ms=30)
+    clap = Clapper(8000, 400, 25.0, [], 0, 0)
+    # 300 ms of audio never arrives: the next chunk's PTS jumps (a discontinuity).
+    wins = _run(Aligner(contract, cfg), clap, s_to_ns(6.0), skip=(s_to_ns(3.0), s_to_ns(3.3)))
+    bad = [w for w in wins if "audio" in w.missing]
+    assert bad and all(w.start_ns < s_to_ns(3.3) and w.end_ns > s_to_ns(3.0) for w in bad)
+    assert all("gap of 300.0 ms" in w.missing["audio"] for w in bad)
+    assert all(w.audio is None and w.frames is not None and w.mask().tolist() == [0.0, 1.0] for w in bad)
+    good = [w for w in wins if w not in bad]
+    assert good and all(not w.missing for w in good)
+
+
+def test_small_gap_is_zero_filled():
+    contract = _contract()
+    cfg = AlignConfig(hop_s=0.5, max_gap_ms=60, frame_tolerance_ms=30)
+    clap = Clapper(8000, 400, 25.0, [], 0, 0)
+    wins = _run(Aligner(contract, cfg), clap, s_to_ns(4.0), skip=(s_to_ns(2.0), s_to_ns(2.05)))
+    w = next(w for w in wins if w.end_ns == s_to_ns(2.5))
+    assert w.audio is not None and w.audio_filled_ns == s_to_ns(0.05) and not w.missing
+
+
+def test_video_stops_window_waits_then_reports_missing_frame():
+    contract = _contract()
+    cfg = AlignConfig(hop_s=0.5, frame_tolerance_ms=50, max_wait_s=1.0)
+    aligner = Aligner(contract, cfg)
+    out = []
+    for k in range(80):  # 8 s of audio in 100 ms chunks; frames only for the first 3 s
+        t = k * s_to_ns(0.1)
+        aligner.push_audio(t, np.zeros(800, np.float32), 8000)
+        if t < s_to_ns(3.0):
+            aligner.push_frame(t, _frame(1))
+        out.extend(aligner.ready())
+    ends = [w.end_ns for w in out]
+    assert ends[-1] == s_to_ns(7.0)  # stream time 8.0 s, max wait 1.0 s
+    late = [w for w in out if w.centre_ns > s_to_ns(2.9) + s_to_ns(0.05)]
+    assert late and all(w.frames is None and "nearest frame" in w.missing["image"] and "> tolerance 50.0 ms" in w.missing["image"] for w in late)
+    assert all(w.audio is not None for w in out)
+
+
+def test_audio_only_source_and_rate_check():
+    contract = _contract()
+    aligner = Aligner(contract, AlignConfig(hop_s=0.5), streams=("audio",))
+    for k in range(30):
+        aligner.push_audio(k * s_to_ns(0.1), np.ones(800, np.float32), 8000)
+    wins = aligner.ready()
+    assert wins and all(w.missing == {"image": "source has no video stream"} and w.audio is not None for w in wins)
+    assert wins[-1].end_ns == s_to_ns(3.0)
+    with pytest.raises(SensorError, match="16000 Hz"):
+        aligner.push_audio(0, np.zeros(10, np.float32), 16000)
+
+
+def test_several_frames_per_window():
+    contract = _contract(n_frames=4)
+    aligner = Aligner(contract, AlignConfig(hop_s=1.0, frame_tolerance_ms=60), streams=("video", "audio"))
+    for k in range(40):
+        t = k * s_to_ns(0.1)
+        aligner.push_audio(t, np.zeros(800, np.float32), 8000)
+        aligner.push_frame(t, _frame(k))
+    w = aligner.ready()[0]
+    assert w.end_ns == s_to_ns(1.0)
+    assert w.frames.shape == (4, 32, 32, 3)
+    # targets at 125, 375, 625, 875 ms; frames every 100 ms
+    assert list(w.frame_pts_ns) == [s_to_ns(0.1), s_to_ns(0.4), s_to_ns(0.6), s_to_ns(0.9)]
+    assert [int(f[0, 0, 0]) for f in w.frames] == [1, 4, 6, 9]
