@@ -186,7 +186,7 @@ def decode_frames(path: str | Path, times_ns: list[int] | tuple[int, ...], size_
     order = sorted(range(len(times_ns)), key=lambda i: times_ns[i])
     out: list[np.ndarray | None] = [None] * len(times_ns)
     k = 0  # next index into `order`
-    prev = None  # last decoded frame (PIL image) with pts <= current target
+    prev = None  # last decoded av.VideoFrame with pts <= current target
     first = None
     with _open(p) as c:
         if not c.streams.video:
@@ -197,13 +197,12 @@ def decode_frames(path: str | Path, times_ns: list[int] | tuple[int, ...], size_
         try:
             for frame in c.decode(stream):
                 t_ns = (_ts_to_ns(frame.pts, tb) - start_ns) if frame.pts is not None else 0
-                img = frame.to_image()
                 if first is None:
-                    first = img
+                    first = frame
                 while k < len(order) and t_ns > times_ns[order[k]]:
-                    out[order[k]] = _resize_rgb(prev if prev is not None else first, size_px)
+                    out[order[k]] = _resize_rgb((prev if prev is not None else first).to_image(), size_px)
                     k += 1
-                prev = img
+                prev = frame
                 if k >= len(order):
                     break
         except av.FFmpegError as e:
@@ -211,6 +210,6 @@ def decode_frames(path: str | Path, times_ns: list[int] | tuple[int, ...], size_
     if first is None:
         raise MediaError(f"{p}: no video frames")
     while k < len(order):  # times past the last frame: the last frame is on screen
-        out[order[k]] = _resize_rgb(prev, size_px)
+        out[order[k]] = _resize_rgb(prev.to_image(), size_px)
         k += 1
     return np.stack(out)  # (N, 3, H, W)
