@@ -75,6 +75,8 @@ class DeviceProfile(BaseModel):
     int8_form: Literal["trt_symmetric", "ort_u8s8"] | None = Field(
         None, description="INT8 Q/DQ form: trt_symmetric = symmetric int8 activations + per-channel int8 weights "
         "(TensorRT); ort_u8s8 = uint8 activations + int8 weights (ONNX Runtime on CPU). None without INT8.")
+    int8_reduce_range: bool = Field(False, description="Quantize weights to 7 bits: needed on x86 CPUs without "
+                                    "VNNI, where ONNX Runtime's u8s8 kernels saturate (int16 accumulation).")
     capture: CaptureTemplates = Field(..., description="Capture pipeline templates.")
 
     @model_validator(mode="after")
@@ -86,6 +88,8 @@ class DeviceProfile(BaseModel):
                 raise ValueError("a tensorrt profile needs tensorrt_version and a workspace_mib > 0")
             if self.int8_form not in (None, "trt_symmetric"):
                 raise ValueError("TensorRT takes INT8 only in the trt_symmetric form")
+        if self.int8_reduce_range and self.int8_form != "ort_u8s8":
+            raise ValueError("int8_reduce_range applies to the ort_u8s8 form only")
         if self.dla_cores and self.preferred_backend != "tensorrt":
             raise ValueError("DLA cores are only reachable through TensorRT")
         return self
