@@ -1,0 +1,195 @@
+"""Inference backends behind one small interface, created by name from a registry.
+
+A backend takes exactly the model's inputs and returns its three outputs:
+
+    infer(audio (B, T) float32, image (B, 3, H, W) uint8, mask (B, 2) float32)
+        -> {"logits": (B, C), "logits_audio": (B, C), "logits_image": (B, C)}
+
+Entries: `onnxruntime` (the embedded default; CPU unless CUDA/TensorRT execution providers are asked for, and a
+provider asked for but not available is an error, never a silent fallback) and `tensorrt` (imports
+`edgeav.runtime.trt_runner` lazily). PyTorch is not a runtime backend: a field unit has no torch.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgeav.contract import InputContract
+from edgeav.errors import DeviceError, ModelError
+from edgeav.registry import Registry
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAMES = ("logits", "logits_audio", "logits_image")
+
+
+class Backend(abc.ABC):
+    """What the runtime needs of an inference engine."""
+
+    name: str = "?"
+
+    @property
+    @abc.abstractmethod
+    def input_contract(self) -> InputContract: ...
+
+    @abc.abstractmethod
+    def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """audio (B, T) float32, image (B, 3, H, W) uint8, mask (B, 2) float32 -> the three (B, C) logits."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the session / engine."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check_inputs(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> None:
+        """Raise ModelError unless the arrays match the contract (dtype and shape)."""
+        shapes = self.input_contract.shapes(batch=audio.shape[0] if audio.ndim else 1)
+        for name, arr, dtype in (("audio", audio, np.float32), ("image", image, np.uint8), ("mask", mask, np.float32)):
+            if arr.dtype != dtype or tuple(arr.shape) != shapes[name]:
+                raise ModelError(
+                    f"{self.name}: input {name!r} is {arr.dtype}{tuple(arr.shape)}, the contract says "
+                    f"{np.dtype(dtype)}{shapes[name]}"
+                )
+
+
+BACKENDS: Registry[Backend] = Registry("inference backend")
+
+_ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime. `providers` in priority order ("cpu", "cuda", "tensorrt"); CPU is always appended last
+    only when it was asked for - every provider asked for must be available and active, else DeviceError."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        contract: InputContract,
+        providers: Sequence[str] = ("cpu",),
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        device_id: int = 0,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise ModelError(f"onnxruntime is not installed here ({e}); pip install 'edgeav[runtime]'") from None
+        self._contract = contract
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelError(f"{self.model_path}: ONNX model not found")
+        unknown = [p for p in providers if p not in _ORT_PROVIDERS]
+        if unknown or not providers:
+            raise ModelError(f"unknown ONNX Runtime provider(s) {unknown}; valid: {', '.join(_ORT_PROVIDERS)}")
+        available = set(ort.get_available_providers())
+        wanted = [_ORT_PROVIDERS[p] for p in providers]
+        missing = [p for p, full in zip(providers, wanted) if full not in available]
+        if missing:
+            raise DeviceError(
+                f"ONNX Runtime execution provider(s) {missing} requested but not available here "
+                f"(available: {', '.join(sorted(available))}); no fallback is made"
+            )
+        opts = ort.SessionOptions()
+        if intra_op_threads:
+            opts.intra_op_num_threads = int(intra_op_threads)
+        if inter_op_threads:
+            opts.inter_op_num_threads = int(inter_op_threads)
+        provider_list: list[Any] = []
+        for full in wanted:
+            if full in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+                provider_list.append((full, {"device_id": int(device_id)}))
+            else:
+                provider_list.append(full)
+        try:
+            self._session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=provider_list)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it: {e}") from None
+        active = self._session.get_providers()
+        inactive = [full for full in wanted if full not in active]
+        if inactive:  # ORT can drop a provider at session creation (missing CUDA libraries): refuse, loudly
+            raise DeviceError(f"ONNX Runtime did not activate {inactive} (active: {active}); no fallback is made")
+        self.providers = tuple(active)
+        in_names = {i.name for i in self._session.get_inputs()}
+        if set(contract.input_names) - in_names:
+            raise ModelError(
+                f"{self.model_path}: inputs {sorted(in_names)} do not match the contract {list(contract.input_names)}"
+            )
+        out_names = [o.name for o in self._session.get_outputs()]
+        if set(OUTPUT_NAMES) - set(out_names):
+            raise ModelError(f"{self.model_path}: outputs {out_names} lack {sorted(set(OUTPUT_NAMES) - set(out_names))}")
+        self._out_names = list(OUTPUT_NAMES)
+        log.info("onnxruntime backend: %s on %s", self.model_path.name, ", ".join(self.providers))
+
+    @property
+    def input_contract(self) -> InputContract:
+        return self._contract
+
+    def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        self.check_inputs(audio, image, mask)
+        a, i, m = self._contract.input_names
+        outs = self._session.run(self._out_names, {a: audio, i: image, m: mask})
+        return {k: np.asarray(v, dtype=np.float32) for k, v in zip(self._out_names, outs)}  # each (B, C)
+
+    def close(self) -> None:
+        self._session = None
+
+
+@BACKENDS.register("onnxruntime", default=True, artifact=".onnx")
+def _create_onnxruntime(model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
+    return OrtBackend(model_path, contract, **options)
+
+
+TRT_RUNNER_MODULE = "edgeav.runtime.trt_runner"
+
+
+@BACKENDS.register("tensorrt", artifact=".engine")
+def _create_tensorrt(model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
+    """Lazily imports `edgeav.runtime.trt_runner`, which provides `create_backend(model_path, contract, **options)`
+    (or a `TrtBackend` class with that signature) returning a `Backend`."""
+    try:
+        mod = importlib.import_module(TRT_RUNNER_MODULE)
+    except ImportError as e:
+        raise DeviceError(f"TensorRT is not available here ({e}); use the onnxruntime backend") from None
+    factory = getattr(mod, "create_backend", None) or getattr(mod, "TrtBackend", None)
+    if factory is None:
+        raise DeviceError(f"{TRT_RUNNER_MODULE} has neither create_backend nor TrtBackend")
+    return factory(model_path, contract, **options)
+
+
+def create_backend(name: str, model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
+    """Create a backend by registry name; an unknown name raises UnknownNameError listing the valid ones."""
+    return BACKENDS.create(name, model_path, contract, **options)
+
+
+def backend_from_config(cfg: Any, model_path: str | Path, contract: InputContract) -> Backend:
+    """From a `BackendConfig` (edgeav.schema.runtime)."""
+    if cfg.name == "onnxruntime":
+        return create_backend(
+            "onnxruntime",
+            model_path,
+            contract,
+            providers=tuple(cfg.providers),
+            intra_op_threads=cfg.intra_op_threads,
+            inter_op_threads=cfg.inter_op_threads,
+            device_id=cfg.device_id,
+        )
+    return create_backend(cfg.name, model_path, contract, device_id=cfg.device_id)
+
+
+__all__ = ["Backend", "OrtBackend", "BACKENDS", "create_backend", "backend_from_config", "OUTPUT_NAMES"]

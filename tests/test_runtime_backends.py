@@ -1,0 +1,167 @@
+"""Inference backends: the registry, ONNX Runtime on a tiny model built with onnx.helper (no torch), no fallbacks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx", reason="building the test model needs onnx")
+pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (pip install 'edgeav[runtime]')")
+
+from edgeav.contract import AudioContract, ImageContract, InputContract  # noqa: E402
+from edgeav.errors import DeviceError, ModelError, UnknownNameError  # noqa: E402
+from edgeav.runtime.backends import BACKENDS, Backend, OrtBackend, backend_from_config, create_backend  # noqa: E402
+from edgeav.schema.runtime import BackendConfig  # noqa: E402
+
+
+def small_contract(rate_hz: int = 16000, window_s: float = 1.0, size_px: int = 32) -> InputContract:
+    return InputContract(
+        audio=AudioContract(sample_rate_hz=rate_hz, window_s=window_s, fmax_hz=rate_hz / 2),
+        image=ImageContract(height_px=size_px, width_px=size_px),
+    )
+
+
+def tiny_onnx_model(path: Path, contract: InputContract, n_classes: int = 2) -> Path:
+    """A 'fused classifier' with the real interface, built with onnx.helper.
+
+    audio energy a = mean|audio|, image brightness v = mean(image)/255;
+    logits_audio = a * [-10, +10] + [1, 0], logits_image = v * [-10, +10] + [5, -5] (class 1 = loud / bright),
+    logits = mask_a * logits_audio + mask_i * logits_image.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    t = contract.audio.window_samples
+    h, w = contract.image.height_px, contract.image.width_px
+    c = n_classes
+    wa = np.zeros((1, c), np.float32)
+    wa[0, 0], wa[0, -1] = -10.0, 10.0
+    ba = np.zeros((c,), np.float32)
+    ba[0] = 1.0
+    wi = wa.copy()
+    bi = np.zeros((c,), np.float32)
+    bi[0], bi[-1] = 5.0, -5.0
+    inits = [
+        numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(ba, "ba"),
+        numpy_helper.from_array(wi, "wi"), numpy_helper.from_array(bi, "bi"),
+        numpy_helper.from_array(np.array([[1.0], [0.0]], np.float32), "sel_a"),
+        numpy_helper.from_array(np.array([[0.0], [1.0]], np.float32), "sel_i"),
+        numpy_helper.from_array(np.array(1 / 255.0, np.float32), "inv255"),
+    ]
+    nodes = [
+        helper.make_node("Abs", ["audio"], ["a_abs"]),
+        helper.make_node("ReduceMean", ["a_abs"], ["a_feat"], axes=[1], keepdims=1),  # (B, 1)
+        helper.make_node("MatMul", ["a_feat", "wa"], ["a_mm"]),
+        helper.make_node("Add", ["a_mm", "ba"], ["logits_audio"]),  # (B, C)
+        helper.make_node("Cast", ["image"], ["img_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["img_f", "inv255"], ["img_n"]),
+        helper.make_node("ReduceMean", ["img_n"], ["i_feat4"], axes=[1, 2, 3], keepdims=1),  # (B, 1, 1, 1)
+        helper.make_node("Flatten", ["i_feat4"], ["i_feat"], axis=1),  # (B, 1)
+        helper.make_node("MatMul", ["i_feat", "wi"], ["i_mm"]),
+        helper.make_node("Add", ["i_mm", "bi"], ["logits_image"]),  # (B, C)
+        helper.make_node("MatMul", ["mask", "sel_a"], ["m_a"]),  # (B, 1)
+        helper.make_node("MatMul", ["mask", "sel_i"], ["m_i"]),
+        helper.make_node("Mul", ["logits_audio", "m_a"], ["la_m"]),
+        helper.make_node("Mul", ["logits_image", "m_i"], ["li_m"]),
+        helper.make_node("Add", ["la_m", "li_m"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_fused",
+        [
+            helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["B", t]),
+            helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", 3, h, w]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 2]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", c]) for n in ("logits", "logits_audio", "logits_image")],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _feeds(contract: InputContract, b: int = 2):
+    s = contract.shapes(b)
+    audio = np.zeros(s["audio"], np.float32)
+    audio[1] = 0.5
+    image = np.zeros(s["image"], np.uint8)
+    image[1] = 255
+    mask = np.ones(s["mask"], np.float32)
+    return audio, image, mask
+
+
+def test_registry_lists_backends_and_rejects_unknown(tmp_path):
+    assert BACKENDS.names() == ["onnxruntime", "tensorrt"]
+    assert "torch" not in BACKENDS and "pytorch" not in BACKENDS
+    with pytest.raises(UnknownNameError, match="valid names: onnxruntime, tensorrt"):
+        create_backend("openvino", tmp_path / "m.onnx", small_contract())
+
+
+def test_ort_backend_runs_tiny_model(tmp_path):
+    contract = small_contract()
+    path = tiny_onnx_model(tmp_path / "tiny.onnx", contract)
+    with create_backend("onnxruntime", path, contract, intra_op_threads=1) as be:
+        assert isinstance(be, Backend) and be.name == "onnxruntime" and be.input_contract == contract
+        assert be.providers == ("CPUExecutionProvider",)
+        out = be.infer(*_feeds(contract))
+        assert set(out) == {"logits", "logits_audio", "logits_image"}
+        assert all(v.shape == (2, 2) and v.dtype == np.float32 for v in out.values())
+        np.testing.assert_allclose(out["logits_audio"][1], [-4.0, 5.0], atol=1e-5)
+        np.testing.assert_allclose(out["logits_image"][1], [-5.0, 5.0], atol=1e-5)
+        np.testing.assert_allclose(out["logits"], out["logits_audio"] + out["logits_image"], atol=1e-5)
+        # the mask switches a modality off inside the model
+        a, i, m = _feeds(contract)
+        m[:, 1] = 0
+        np.testing.assert_allclose(be.infer(a, i, m)["logits"], be.infer(a, i, m)["logits_audio"], atol=1e-6)
+
+
+def test_ort_backend_checks_inputs(tmp_path):
+    contract = small_contract()
+    be = OrtBackend(tiny_onnx_model(tmp_path / "tiny.onnx", contract), contract)
+    a, i, m = _feeds(contract)
+    with pytest.raises(ModelError, match="input 'image' is float32"):
+        be.infer(a, i.astype(np.float32), m)
+    with pytest.raises(ModelError, match="input 'audio'"):
+        be.infer(a[:, :100], i, m)
+
+
+def test_unavailable_provider_is_an_error_not_a_fallback(tmp_path):
+    import onnxruntime as ort
+
+    contract = small_contract()
+    path = tiny_onnx_model(tmp_path / "tiny.onnx", contract)
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA provider is available here; the refusal cannot be shown")
+    with pytest.raises(DeviceError, match=r"\['cuda'\] requested but not available"):
+        backend_from_config(BackendConfig(providers=["cuda", "cpu"]), path, contract)
+    with pytest.raises(ModelError, match="unknown ONNX Runtime provider"):
+        OrtBackend(path, contract, providers=("openvino",))
+
+
+def test_model_with_wrong_interface_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "bad.onnx"))
+    with pytest.raises(ModelError, match="do not match the contract"):
+        OrtBackend(tmp_path / "bad.onnx", small_contract())
+    with pytest.raises(ModelError, match="not found"):
+        OrtBackend(tmp_path / "missing.onnx", small_contract())
+
+
+def test_tensorrt_entry_says_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "edgeav.runtime.trt_runner", None)  # as on a unit without TensorRT
+    with pytest.raises(DeviceError, match="TensorRT is not available here"):
+        create_backend("tensorrt", tmp_path / "m.engine", small_contract())
