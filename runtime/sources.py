@@ -134,6 +134,9 @@ def gst_quote(value: str) -> str:
 
 
 def _fps_fraction(fps: float) -> str:
+    for ntsc in (Fraction(24000, 1001), Fraction(30000, 1001), Fraction(60000, 1001)):
+        if abs(fps - float(ntsc)) < 0.005:  # 23.976, 29.97, 59.94 mean the NTSC rates
+            return f"{ntsc.numerator}/{ntsc.denominator}"
     fr = Fraction(fps).limit_denominator(1001)
     return f"{fr.numerator}/{fr.denominator}"
 
