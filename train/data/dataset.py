@@ -116,9 +116,10 @@ class _Problems:
 
 
 class _Ctx:
-    def __init__(self, cfg: DataConfig, root: Path) -> None:
+    def __init__(self, cfg: DataConfig, root: Path, index_path: Path | None = None) -> None:
         self.cfg = cfg
-        self.root = root
+        self.root = root  # a folder; paths in the summary and sample ids are relative to it
+        self.index_path = index_path  # the manifest file when the data set was given as a file
         self.problems = _Problems(cfg.strict)
         self.files: list[FileInfo] = []
         self.notes: list[str] = []
@@ -537,7 +538,7 @@ def _samples_from_rows(ctx: _Ctx, rows: list[_Row]) -> tuple[list[str], list[Sam
 
 @LAYOUTS.register("video")
 def build_video(ctx: _Ctx) -> Catalog:
-    index_path = find_index(ctx.root, ctx.cfg.index_file) if ctx.root.is_dir() else ctx.root
+    index_path = ctx.index_path or find_index(ctx.root, ctx.cfg.index_file)
     if index_path is not None:
         table = read_index(index_path, ctx.cfg.info_columns)
         _check_unknown_columns(ctx, table)
@@ -553,7 +554,7 @@ def build_video(ctx: _Ctx) -> Catalog:
 
 @LAYOUTS.register("manifest")
 def build_manifest(ctx: _Ctx) -> Catalog:
-    index_path = ctx.root if ctx.root.is_file() else find_index(ctx.root, ctx.cfg.index_file)
+    index_path = ctx.index_path or find_index(ctx.root, ctx.cfg.index_file)
     if index_path is None:
         raise DataError(f"{ctx.root}: no manifest (manifest.csv / manifest.jsonl, or data.index_file)")
     table = read_index(index_path, ctx.cfg.info_columns)
@@ -564,8 +565,7 @@ def build_manifest(ctx: _Ctx) -> Catalog:
         raise DataError(f"{index_path}: no label column; add one or set data.label_regex")
     rows = _rows_from_index(ctx, table)
     classes, samples = _samples_from_rows(ctx, rows)
-    return Catalog("manifest", index_path.parent if ctx.root.is_file() else ctx.root, classes, samples,
-                   ctx.files, ctx.problems.items, ctx.notes, str(index_path))
+    return Catalog("manifest", ctx.root, classes, samples, ctx.files, ctx.problems.items, ctx.notes, str(index_path))
 
 
 def detect_kind(root: Path, cfg: DataConfig) -> str:
@@ -765,6 +765,7 @@ class AVDataset:
             "sample_rates_hz": dict(sorted(rates.items())),
             "skipped": [{"file": s.file, "reason": s.reason} for s in self.skipped],
             "n_skipped": len(self.skipped),
+            "load_failures": dict(self.load_failures),  # files that failed while loading (missing modality)
             "notes": list(self.notes),
             "config": {
                 "sample_rate_hz": self.cfg.sample_rate_hz, "window_s": self.cfg.window_s, "hop_s": self.cfg.hop_s,
@@ -784,7 +785,7 @@ def load_dataset(cfg: DataConfig, path: str | Path | None = None, cache: DecodeC
     if not root.exists():
         raise DataError(f"{root}: data set not found")
     kind = cfg.kind if cfg.kind != "auto" else detect_kind(root, cfg)
-    ctx = _Ctx(cfg, root)
+    ctx = _Ctx(cfg, root.parent, root) if root.is_file() else _Ctx(cfg, root)
     catalog = LAYOUTS.create(kind, ctx)
     if cache is None:
         cache = DecodeCache(cfg.cache_dir, enabled=cfg.cache)
