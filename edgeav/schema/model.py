@@ -1,0 +1,51 @@
+"""`model:` section: which architecture to build (a named model, or backbones + fusion head), its weights, and the
+modality dropout it trains with. Turned into architecture keys by `edgeav.train.models.resolve_arch`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from edgeav.contract import InputContract
+from edgeav.schema.base import Section
+
+
+class ModelConfig(Section):
+    name: str | None = Field(
+        "edgeav-small",
+        description="Named model to start from (`edgeav model list`); null to give backbones and head yourself.",
+    )
+    audio_backbone: str | None = Field(
+        None, description="Audio backbone registry name; replaces the named model's. 'none' for a shared-encoder head."
+    )
+    image_backbone: str | None = Field(None, description="Image backbone registry name; replaces the named model's.")
+    head: str | None = Field(None, description="Fusion head registry name; replaces the named model's.")
+    audio_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the audio backbone.")
+    image_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the image backbone.")
+    head_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the fusion head.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the auxiliary classifiers (fraction).")
+    pretrained: bool = Field(
+        True, description="Load the library's pretrained weights into torchvision/transformers backbones (needs network or cache)."
+    )
+    audio_weights_path: str | None = Field(None, description="Local state dict for the audio backbone (no network).")
+    image_weights_path: str | None = Field(None, description="Local state dict for the image backbone (no network).")
+    contract: InputContract | None = Field(
+        None, description="Input contract; default: the named model's, with the data section's rate, window and size."
+    )
+    modality_dropout_audio_p: float = Field(
+        0.15, ge=0.0, le=1.0, description="Training: probability of dropping a sample's audio (fraction)."
+    )
+    modality_dropout_image_p: float = Field(
+        0.15, ge=0.0, le=1.0, description="Training: probability of dropping a sample's image (fraction)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelConfig":
+        if self.modality_dropout_audio_p + self.modality_dropout_image_p > 1.0:
+            raise ValueError("modality_dropout_audio_p + modality_dropout_image_p must be at most 1")
+        if self.name is None and (self.image_backbone is None or self.head is None):
+            raise ValueError("without a named model, give image_backbone and head (and audio_backbone)")
+        if self.pretrained and (self.audio_weights_path or self.image_weights_path):
+            raise ValueError("pretrained=true and a local weights path both given; set pretrained: false")
+        return self

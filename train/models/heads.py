@@ -1,0 +1,387 @@
+"""Fusion-head registry: the fusions of the papers edgeav is built on, behind one interface.
+
+Interface. A head is built as `HEADS.create(name, audio_dim=Da, image_dim=Di, num_classes=C, **kwargs)` and called
+as `head(b: Branches) -> (B, C)` fused logits, where `Branches` carries everything the model computed per modality
+(the missing modality's maps and embeddings are already zero, and its auxiliary logits too):
+
+    audio_map    (B, Da, fa, ta)  audio backbone's last map, (frequency, time)
+    image_map    (B, Di, hi, wi)  image backbone's last map
+    audio_emb    (B, Da)          pooled audio embedding
+    image_emb    (B, Di)          pooled image embedding
+    audio_logits (B, C)           auxiliary audio-only classifier
+    image_logits (B, C)           auxiliary image-only classifier
+    mask         (B, 2)           [audio_present, image_present]
+
+Each head declares what it reads (`uses` in the registry meta): "maps" (csim, hdmf, hdmf_static, cfnsr),
+"embeddings" (concat, fbfm, linear_f1..f3), "logits" (late_avg, late_prod, linear_f4..f6). `shared_2d` is a head
+over one shared encoder (meta `shared_encoder=True`): the model builds the side-by-side canvas and calls it with
+the encoder's whole-canvas embedding.
+
+When a modality is missing the model does not trust the fused output: it falls back to the present modality's
+auxiliary logits (see `edgeav.train.models.model`). Heads need not handle the mask themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeav.registry import Registry
+
+HEADS: Registry[nn.Module] = Registry("fusion head")
+
+
+class Branches(NamedTuple):
+    audio_map: torch.Tensor  # (B, Da, fa, ta)
+    image_map: torch.Tensor  # (B, Di, hi, wi)
+    audio_emb: torch.Tensor  # (B, Da)
+    image_emb: torch.Tensor  # (B, Di)
+    audio_logits: torch.Tensor  # (B, C)
+    image_logits: torch.Tensor  # (B, C)
+    mask: torch.Tensor  # (B, 2)
+
+
+def create_head(name: str, audio_dim: int, image_dim: int, num_classes: int, **kwargs: Any) -> nn.Module:
+    return HEADS.create(name, audio_dim=audio_dim, image_dim=image_dim, num_classes=num_classes, **kwargs)
+
+
+def _classifier(dim: int, num_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class ConcatHead(nn.Module):
+    """Concatenation + MLP (joint-modeling paper: 512-128-64-C): y = MLP([z_a ; z_i])."""
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, hidden: tuple[int, ...] = (512, 128, 64),
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = audio_dim + image_dim
+        for h in hidden:
+            layers += [nn.Dropout(dropout), nn.Linear(d, h), nn.ReLU(inplace=True)]
+            d = h
+        layers += [nn.Linear(d, num_classes)]
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        z = torch.cat([b.audio_emb, b.image_emb], dim=1)  # (B, Da + Di)
+        return self.mlp(z)  # (B, C)
+
+
+class LateAverageHead(nn.Module):
+    """Late fusion by averaging the unimodal class probabilities: y = log((softmax(l_a) + softmax(l_i)) / 2)."""
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, **_: Any) -> None:
+        super().__init__()
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        logp = torch.stack([F.log_softmax(b.audio_logits, 1), F.log_softmax(b.image_logits, 1)], 0)  # (2, B, C)
+        return torch.logsumexp(logp, dim=0) - math.log(2.0)  # (B, C) log of the mean probability
+
+
+class LateProductHead(nn.Module):
+    """Late fusion by the product of unimodal probabilities: y = log softmax(l_a) + log softmax(l_i)."""
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, **_: Any) -> None:
+        super().__init__()
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        return F.log_softmax(b.audio_logits, 1) + F.log_softmax(b.image_logits, 1)  # (B, C)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# HD-MF (fine-grained birds): CSIM, FBFM (MFB), DAGFU
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class CSIM(nn.Module):
+    """Cross-modal spatial interaction.
+
+    The audio map is averaged over frequency into a time sequence, linearly interpolated to N = H*W positions and
+    reshaped to a pseudo-spatial map A (B, Da, H, W). Q = W_q * F_img, K = W_k * A, V = W_v * A (1x1 convs),
+    attn = softmax(Q^T K / sqrt(d)) over the N positions, and F = F_img + gamma * W_o * (V attn^T) with a learnable
+    gamma initialised at 0 (the block starts as the identity on the image map).
+    """
+
+    def __init__(self, audio_dim: int, image_dim: int, attn_dim: int = 64) -> None:
+        super().__init__()
+        self.q = nn.Conv2d(image_dim, attn_dim, 1)
+        self.k = nn.Conv2d(audio_dim, attn_dim, 1)
+        self.v = nn.Conv2d(audio_dim, attn_dim, 1)
+        self.out = nn.Conv2d(attn_dim, image_dim, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.scale = 1.0 / math.sqrt(attn_dim)
+
+    def forward(self, image_map: torch.Tensor, audio_map: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = image_map.shape
+        seq = audio_map.mean(dim=2)  # (B, Da, ta) time sequence
+        seq = F.interpolate(seq, size=H * W, mode="linear", align_corners=False)  # (B, Da, N)
+        pseudo = seq.reshape(B, -1, H, W)  # (B, Da, H, W) pseudo-spatial audio map
+        q = self.q(image_map).flatten(2).transpose(1, 2)  # (B, N, d)
+        k = self.k(pseudo).flatten(2)  # (B, d, N)
+        v = self.v(pseudo).flatten(2).transpose(1, 2)  # (B, N, d)
+        attn = torch.softmax(torch.matmul(q, k) * self.scale, dim=-1)  # (B, N, N)
+        ctx = torch.matmul(attn, v).transpose(1, 2).reshape(B, -1, H, W)  # (B, d, H, W)
+        return image_map + self.gamma * self.out(ctx)  # (B, Di, H, W)
+
+
+class FBFM(nn.Module):
+    """Factorized bilinear fusion (MFB): z = SumPool_k(U^T z_a (.) V^T z_i) in R^o, then power norm
+    sign(z) sqrt(|z| + eps) and L2 normalization. U: (Da, o*k), V: (Di, o*k)."""
+
+    def __init__(self, audio_dim: int, image_dim: int, out_dim: int = 256, factors: int = 5, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.out_dim, self.factors = out_dim, factors
+        self.u = nn.Linear(audio_dim, out_dim * factors)
+        self.v = nn.Linear(image_dim, out_dim * factors)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, audio_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+        joint = self.drop(self.u(audio_emb) * self.v(image_emb))  # (B, o*k) Hadamard product
+        z = joint.reshape(-1, self.out_dim, self.factors).sum(dim=2)  # (B, o) sum over the k factors
+        z = torch.sign(z) * torch.sqrt(torch.abs(z) + 1e-8)  # (B, o) power normalization
+        return F.normalize(z, dim=1)  # (B, o)
+
+
+class CSIMHead(nn.Module):
+    """CSIM alone: y = W GAP(CSIM(F_img, F_aud))."""
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, attn_dim: int = 64, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.csim = CSIM(audio_dim, image_dim, attn_dim)
+        self.classifier = _classifier(image_dim, num_classes, dropout)
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        f = self.csim(b.image_map, b.audio_map).mean(dim=(2, 3))  # (B, Di)
+        return self.classifier(f)  # (B, C)
+
+
+class FBFMHead(nn.Module):
+    """FBFM alone: y = W MFB(GAP F_aud, GAP F_img)."""
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, fusion_dim: int = 256, factors: int = 5,
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        self.fbfm = FBFM(audio_dim, image_dim, fusion_dim, factors)
+        self.classifier = _classifier(fusion_dim, num_classes, dropout)
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        return self.classifier(self.fbfm(b.audio_emb, b.image_emb))  # (B, o) -> (B, C)
+
+
+class HDMFHead(nn.Module):
+    """HD-MF: CSIM (spatial) + FBFM (global), joined by the DAGFU gate or, with `gated=False`, statically.
+
+    f_s = LN(W_s GAP(CSIM(F_img, F_aud))) (B, d); f_g = LN(MFB(z_a, z_i)) (B, d)
+    DAGFU: g = sigmoid(W_g [f_s ; f_g]), f = g (.) f_s + (1 - g) (.) f_g          (B, d)
+    static: f = [f_s ; f_g]                                                        (B, 2d)
+    y = W_c f. The LayerNorms put the unnormalized spatial feature and the L2-normalized MFB on one scale.
+    """
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, fusion_dim: int = 256, factors: int = 5,
+                 attn_dim: int = 64, dropout: float = 0.2, gated: bool = True) -> None:
+        super().__init__()
+        self.gated = gated
+        self.csim = CSIM(audio_dim, image_dim, attn_dim)
+        self.spatial_proj = nn.Sequential(nn.Linear(image_dim, fusion_dim), nn.LayerNorm(fusion_dim))
+        self.fbfm = FBFM(audio_dim, image_dim, fusion_dim, factors)
+        self.global_norm = nn.LayerNorm(fusion_dim)
+        self.gate = nn.Linear(2 * fusion_dim, fusion_dim) if gated else None
+        self.classifier = _classifier(fusion_dim if gated else 2 * fusion_dim, num_classes, dropout)
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        f_s = self.spatial_proj(self.csim(b.image_map, b.audio_map).mean(dim=(2, 3)))  # (B, d)
+        f_g = self.global_norm(self.fbfm(b.audio_emb, b.image_emb))  # (B, d)
+        both = torch.cat([f_s, f_g], dim=1)  # (B, 2d)
+        if self.gate is None:
+            return self.classifier(both)  # (B, C)
+        g = torch.sigmoid(self.gate(both))  # (B, d) DAGFU gate
+        return self.classifier(g * f_s + (1.0 - g) * f_g)  # (B, C)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CFN-SR (emotion): audio self-attention + cross-modal tanh-add-softmax block with the video residual
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm transformer block written with plain matmuls (exports to any ONNX opset, no fused kernels)."""
+
+    def __init__(self, dim: int, heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(B, T, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3,B,h,T,dh)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, h, T, dh)
+        attn = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim), dim=-1)  # (B, h, T, T)
+        ctx = torch.matmul(attn, v).transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        x = x + self.drop(self.proj(ctx))
+        return x + self.drop(self.mlp(self.norm2(x)))  # (B, T, D)
+
+
+class CFNSRHead(nn.Module):
+    """CFN-SR. Audio: the audio map averaged over frequency is a token sequence (B, ta, Da) -> W_in -> self-attention
+    blocks (feature selection) -> mean -> x_a (B, d). Video: X_v = W_v X_img + b over the N = hi*wi positions (B, N, d).
+    Cross-modal block: q = tanh(W_v X_v + b + W_a x_a) (B, N, d); X_o = softmax_N(q) (x) X_v (+) X_v, pooled over N
+    (the attended part sums, since the softmax weights sum to 1; the residual part averages) -> (B, d).
+    y = W_c [X_o ; x_a]."""
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, dim: int = 128, depth: int = 2,
+                 heads: int = 4, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.audio_in = nn.Linear(audio_dim, dim)
+        self.audio_blocks = nn.Sequential(*[SelfAttentionBlock(dim, heads) for _ in range(depth)])
+        self.w_v = nn.Linear(image_dim, dim)  # W_v, b
+        self.w_a = nn.Linear(dim, dim, bias=False)  # W_a
+        self.classifier = _classifier(2 * dim, num_classes, dropout)
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        tokens = b.audio_map.mean(dim=2).transpose(1, 2)  # (B, ta, Da)
+        x_a = self.audio_blocks(self.audio_in(tokens)).mean(dim=1)  # (B, d)
+        x_v = self.w_v(b.image_map.flatten(2).transpose(1, 2))  # (B, N, d)
+        q = torch.tanh(x_v + self.w_a(x_a).unsqueeze(1))  # (B, N, d)
+        x_o = (torch.softmax(q, dim=1) * x_v).sum(dim=1) + x_v.mean(dim=1)  # (B, d) attended + residual
+        return self.classifier(torch.cat([x_o, x_a], dim=1))  # (B, C)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# two-phase fusions (scenes): f1..f3 on embeddings, f4..f6 on logits; then a dense layer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class TwoPhaseLinearFusion(nn.Module):
+    """Phase II fusion layer + dense layer over frozen unimodal outputs e_a, e_i (embeddings for f1-f3, the
+    C-d logits for f4-f6). Embeddings of different sizes are zero-padded to D = max(Da, Di) for the summed forms.
+
+    mode "elementwise" (f1, f4): h = w_a (.) e_a + w_i (.) e_i               w_m in R^D      (B, D)
+    mode "modality"    (f2, f5): h = alpha_a e_a + alpha_i e_i,  alpha = softmax(beta), beta in R^2   (B, D)
+    mode "concat"      (f3, f6): h = [w_a (.) e_a ; w_i (.) e_i]                                (B, Da + Di)
+    y = W h + b (the dense layer).
+    """
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, mode: str, on: str) -> None:
+        super().__init__()
+        self.mode, self.on = mode, on
+        da, di = (num_classes, num_classes) if on == "logits" else (audio_dim, image_dim)
+        self.da, self.di, self.d = da, di, max(da, di)
+        if mode == "modality":
+            self.beta = nn.Parameter(torch.zeros(2))
+            out = self.d
+        else:
+            self.w_a = nn.Parameter(torch.ones(self.d if mode == "elementwise" else da))
+            self.w_i = nn.Parameter(torch.ones(self.d if mode == "elementwise" else di))
+            out = self.d if mode == "elementwise" else da + di
+        self.dense = nn.Linear(out, num_classes)
+
+    def _pad(self, e: torch.Tensor) -> torch.Tensor:
+        return e if e.shape[1] == self.d else F.pad(e, (0, self.d - e.shape[1]))  # (B, D)
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        e_a, e_i = (b.audio_logits, b.image_logits) if self.on == "logits" else (b.audio_emb, b.image_emb)
+        if self.mode == "elementwise":
+            h = self.w_a * self._pad(e_a) + self.w_i * self._pad(e_i)  # (B, D)
+        elif self.mode == "modality":
+            alpha = torch.softmax(self.beta, dim=0)  # (2,)
+            h = alpha[0] * self._pad(e_a) + alpha[1] * self._pad(e_i)  # (B, D)
+        else:
+            h = torch.cat([self.w_a * e_a, self.w_i * e_i], dim=1)  # (B, Da + Di)
+        return self.dense(h)  # (B, C)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# shared encoder (emotion): one 2D encoder over [spectrogram | image]
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class SharedCanvasHead(nn.Module):
+    """Classifier over the shared encoder's pooled whole-canvas map (the model builds the canvas:
+    the log-mel resized to H x W and repeated to 3 channels, beside the image: (B, 3, H, 2W)). y = W GAP(F_canvas),
+    read from `Branches` as the mean of the two halves' embeddings (equal halves, so equal to the whole-map GAP)."""
+
+    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.classifier = _classifier(image_dim, num_classes, dropout)
+
+    def forward(self, b: Branches) -> torch.Tensor:
+        return self.classifier(0.5 * (b.audio_emb + b.image_emb))  # (B, D) -> (B, C)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# registrations
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@HEADS.register("concat", uses="embeddings", paper="baseline / joint modeling (concat + MLP)")
+def concat(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return ConcatHead(audio_dim, image_dim, num_classes, **kw)
+
+
+@HEADS.register("late_avg", uses="logits", paper="baseline (late fusion, mean of probabilities)")
+def late_avg(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return LateAverageHead(audio_dim, image_dim, num_classes, **kw)
+
+
+@HEADS.register("late_prod", uses="logits", paper="baseline (late fusion, product of probabilities)")
+def late_prod(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return LateProductHead(audio_dim, image_dim, num_classes, **kw)
+
+
+@HEADS.register("fbfm", uses="embeddings", paper="HD-MF (FBFM / MFB)")
+def fbfm(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return FBFMHead(audio_dim, image_dim, num_classes, **kw)
+
+
+@HEADS.register("csim", uses="maps", paper="HD-MF (CSIM)")
+def csim(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return CSIMHead(audio_dim, image_dim, num_classes, **kw)
+
+
+@HEADS.register("hdmf", uses="maps", paper="HD-MF (CSIM + FBFM + DAGFU)")
+def hdmf(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return HDMFHead(audio_dim, image_dim, num_classes, gated=True, **kw)
+
+
+@HEADS.register("hdmf_static", uses="maps", paper="HD-MF (static CSIM + FBFM, no gate)")
+def hdmf_static(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return HDMFHead(audio_dim, image_dim, num_classes, gated=False, **kw)
+
+
+@HEADS.register("cfnsr", uses="maps", paper="CFN-SR")
+def cfnsr(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return CFNSRHead(audio_dim, image_dim, num_classes, **kw)
+
+
+def _register_two_phase(index: int, mode: str, on: str) -> None:
+    def factory(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+        return TwoPhaseLinearFusion(audio_dim, image_dim, num_classes, mode=mode, on=on, **kw)
+
+    HEADS.register(f"linear_f{index}", uses=on, paper=f"two-phase scenes (f{index}: {mode} on {on})")(factory)
+
+
+for _i, (_mode, _on) in enumerate(
+    [("elementwise", "embeddings"), ("modality", "embeddings"), ("concat", "embeddings"),
+     ("elementwise", "logits"), ("modality", "logits"), ("concat", "logits")], start=1):
+    _register_two_phase(_i, _mode, _on)
+
+
+@HEADS.register("shared_2d", uses="embeddings", paper="shared 2D encoder (emotion)", shared_encoder=True)
+def shared_2d(audio_dim: int, image_dim: int, num_classes: int, **kw: Any) -> nn.Module:
+    return SharedCanvasHead(audio_dim, image_dim, num_classes, **kw)

@@ -1,0 +1,89 @@
+"""`edgeav model info NAME` and `edgeav model list`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from edgeav.result import CommandResult
+from edgeav.train.models.backbones import BACKBONES
+from edgeav.train.models.heads import HEADS
+from edgeav.train.models.named import NAMED_MODELS, create_model
+from edgeav.train.models.stats import model_stats
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def _fmt_flops(n: int) -> str:
+    return f"{n / 1e9:.3f} G"
+
+
+def model_info(name: str) -> dict[str, Any]:
+    """Figures of a named model, or of a checkpoint file (NAME ending in .pt / .pth)."""
+    if Path(name).suffix in (".pt", ".pth") and Path(name).is_file():
+        from edgeav.train.models.checkpoint import load_checkpoint
+
+        model, info = load_checkpoint(name)
+        source: dict[str, Any] = {"checkpoint": name, "metrics": info.metrics}
+    else:
+        model = create_model(name, pretrained=False)
+        source = {"named_model": name, **NAMED_MODELS.meta(name)}
+    stats = model_stats(model)
+    return {"name": name, **source, "arch": {k: v for k, v in model.arch.items() if k != "contract"},
+            "num_classes": model.num_classes, "contract": model.contract.model_dump(mode="json"),
+            "input_shapes": {k: list(v) for k, v in model.contract.shapes(1).items()},
+            "outputs": ["logits", "logits_audio", "logits_image"], **stats}
+
+
+def cmd_model_info(args: argparse.Namespace) -> CommandResult:
+    d = model_info(args.name)
+    a = d["contract"]["audio"]
+    im = d["contract"]["image"]
+    arch = d["arch"]
+    lines = [
+        f"{d['name']}: {arch.get('audio_backbone')} + {arch['image_backbone']} -> {arch['head']}"
+        + (f"  ({d['summary']})" if d.get("summary") else ""),
+        f"classes: {d['num_classes']}" + (" (default; a checkpoint sets its own)" if "named_model" in d else ""),
+        "",
+        f"{'branch':<8} {'params':>10} {'FLOPs':>10}",
+    ]
+    for b in ("audio", "image", "fusion", "total"):
+        lines.append(f"{b:<8} {_fmt_params(d['params'][b]):>10} {_fmt_flops(d['flops'][b]):>10}")
+    lines += [
+        f"({d['flops_convention']}; one window, batch 1)",
+        "",
+        "input contract:",
+        f"  audio  (B, {d['input_shapes']['audio'][1]}) float32 mono, {a['sample_rate_hz']} Hz, {a['window_s']} s;"
+        f" log-mel in model: n_fft {a['n_fft']}, hop {a['hop_length']}, win {a['win_length']} (hann),"
+        f" {a['n_mels']} mels {a['fmin_hz']:g}-{a['fmax_hz']:g} Hz, floor {a['log_floor']:g}",
+        f"  image  (B, 3, {im['height_px']}, {im['width_px']}) uint8 RGB {im['layout']}; normalized in model"
+        f" mean {tuple(im['mean'])} std {tuple(im['std'])}",
+        "  mask   (B, 2) float32 [audio_present, image_present]",
+        "outputs: logits, logits_audio, logits_image (B, C)",
+    ]
+    return CommandResult(d, "\n".join(lines))
+
+
+def cmd_model_list(args: argparse.Namespace) -> CommandResult:
+    named = [{"name": n, **NAMED_MODELS.meta(n), **{k: v for k, v in NAMED_MODELS.create(n).items() if k != "contract"}}
+             for n in NAMED_MODELS.names()]
+    backbones = [{"name": n, **BACKBONES.meta(n)} for n in BACKBONES.names()]
+    heads = [{"name": n, **HEADS.meta(n)} for n in HEADS.names()]
+    lines = ["named models:"]
+    for m in named:
+        lines.append(f"  {m['name']:<18} {m.get('audio_backbone') or '-':<17} {m['image_backbone']:<18} "
+                     f"{m['head']:<10} {m['summary']}")
+    lines.append("backbones:")
+    for b in backbones:
+        extra = f" [needs edgeav[{b['extra']}]]" if b.get("extra") else ""
+        lines.append(f"  {b['name']:<26} {b['modality']:<6} in={b['input_kind']:<9} dim={b['embed_dim']:<5} "
+                     f"{b['source']}{extra}")
+    lines.append("fusion heads:")
+    for h in heads:
+        lines.append(f"  {h['name']:<12} uses {h['uses']:<11} {h['paper']}")
+    data = json.loads(json.dumps({"named_models": named, "backbones": backbones, "heads": heads}))
+    return CommandResult(data, "\n".join(lines))

@@ -1,0 +1,265 @@
+"""The fused audio+image classifier, built from architecture keys.
+
+    model(audio (B, T) float32, image (B, 3, H, W) uint8, mask (B, 2) float32) -> AVOutput(logits, logits_audio, logits_image)
+
+each (B, C). `mask` is [audio_present, image_present] per sample (1 = present).
+
+Missing modalities. A missing modality's feature map and embedding are multiplied by 0 before fusion, its auxiliary
+logits are 0 (uniform probabilities), and the fused output falls back to the present modality's auxiliary head:
+
+    logits = m_a m_i * fused + m_a (1 - m_i) * logits_audio + (1 - m_a) m_i * logits_image
+
+so with mask [1, 0] the outputs do not depend on the image input at all (and `logits == logits_audio`), with [0, 1]
+they do not depend on the audio, and with [0, 0] every logit is 0. Train with `modality_dropout` so that the
+auxiliary heads are good on their own.
+
+Submodule names are part of the export contract: `frontend` (kept out of INT8, ONNX names /frontend/...),
+`audio_backbone`, `image_backbone`, `fusion`, `aux_audio`, `aux_image`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from edgeav.contract import InputContract
+from edgeav.errors import ModelError, UnknownNameError
+from edgeav.train.models.backbones import BACKBONES, Backbone, create_backbone
+from edgeav.train.models.frontend import Frontend
+from edgeav.train.models.heads import HEADS, Branches, create_head
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAMES: tuple[str, str, str] = ("logits", "logits_audio", "logits_image")
+INPUT_NAMES: tuple[str, str, str] = ("audio", "image", "mask")
+
+
+class AVOutput(NamedTuple):
+    logits: torch.Tensor  # (B, C) fused
+    logits_audio: torch.Tensor  # (B, C) audio-only auxiliary head
+    logits_image: torch.Tensor  # (B, C) image-only auxiliary head
+
+
+class Arch(BaseModel):
+    """Architecture keys: what a checkpoint stores to rebuild its model (with the labels)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="Named model this came from (informational).")
+    audio_backbone: str | None = Field("audio_cnn", description="Audio backbone; null for a shared-encoder head.")
+    image_backbone: str = Field("mobilenetv3_small", description="Image backbone (the shared encoder for shared_2d).")
+    head: str = Field("hdmf", description="Fusion head.")
+    audio_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the audio backbone.")
+    image_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the image backbone.")
+    head_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the fusion head.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the auxiliary classifiers.")
+    pretrained: bool = Field(False, description="Load library weights into the backbones when built for training.")
+    contract: InputContract = Field(default_factory=InputContract, description="Input contract.")
+
+
+def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
+    if isinstance(arch, Arch):
+        return arch
+    try:
+        spec = Arch.model_validate(arch)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise ModelError(f"bad architecture keys: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    for kind, reg, value in (("audio backbone", BACKBONES, spec.audio_backbone),
+                             ("image backbone", BACKBONES, spec.image_backbone), ("fusion head", HEADS, spec.head)):
+        if value is not None and value not in reg:
+            raise ModelError(f"unknown {kind} {value!r} in the architecture keys; this edgeav knows: "
+                             f"{', '.join(reg.names())}")
+    shared = bool(HEADS.meta(spec.head).get("shared_encoder"))
+    if shared and spec.audio_backbone is not None:
+        raise ModelError(f"head {spec.head!r} runs one shared encoder (image_backbone={spec.image_backbone!r}) over "
+                         f"both modalities; set audio_backbone to null")
+    if not shared and spec.audio_backbone is None:
+        raise ModelError(f"head {spec.head!r} needs an audio backbone")
+    if spec.audio_backbone is not None and BACKBONES.meta(spec.audio_backbone)["modality"] != "audio":
+        raise ModelError(f"audio_backbone {spec.audio_backbone!r} is an image backbone; audio ones: "
+                         f"{', '.join(n for n in BACKBONES.names() if BACKBONES.meta(n)['modality'] == 'audio')}")
+    if BACKBONES.meta(spec.image_backbone)["modality"] != "image":
+        raise ModelError(f"image_backbone {spec.image_backbone!r} is an audio backbone")
+    return spec
+
+
+def _aux(dim: int, num_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+
+
+class AVClassifier(nn.Module):
+    """Two backbones, a fusion head, and one auxiliary classifier per modality. See the module docstring."""
+
+    def __init__(self, audio_backbone: Backbone | None, image_backbone: Backbone, fusion: nn.Module, num_classes: int,
+                 contract: InputContract, dropout: float = 0.2) -> None:
+        super().__init__()
+        audio_dim = (audio_backbone if audio_backbone is not None else image_backbone).embed_dim
+        self.contract = contract
+        self.num_classes = num_classes
+        self.frontend = Frontend(contract)
+        self.audio_backbone = audio_backbone
+        self.image_backbone = image_backbone
+        self.fusion = fusion
+        self.aux_audio = _aux(audio_dim, num_classes, dropout)
+        self.aux_image = _aux(image_backbone.embed_dim, num_classes, dropout)
+        self.arch: dict[str, Any] = {}
+        self.labels: list[str] = []
+
+    def _audio_map(self, audio: torch.Tensor) -> torch.Tensor:
+        if self.audio_backbone.input_kind == "waveform":
+            return self.audio_backbone.forward_features(audio)  # (B, T) -> (B, Da, 1, t)
+        return self.audio_backbone.forward_features(self.frontend.audio(audio))  # (B, 1, M, frames) -> (B, Da, f, t)
+
+    def forward_features(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> Branches:
+        """Per-modality maps and embeddings, the missing modality zeroed; logits fields are left empty (B, 0)."""
+        m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
+        fa = self._audio_map(audio) * m_a.view(-1, 1, 1, 1)  # (B, Da, f, t)
+        fi = self.image_backbone.forward_features(self.frontend.image(image)) * m_i.view(-1, 1, 1, 1)  # (B, Di, h, w)
+        za = self.audio_backbone.forward_head(fa) * m_a  # (B, Da)
+        zi = self.image_backbone.forward_head(fi) * m_i  # (B, Di)
+        empty = mask[:, :0]  # (B, 0)
+        return Branches(fa, fi, za, zi, empty, empty, mask)
+
+    def forward_head(self, b: Branches) -> AVOutput:
+        m_a, m_i = b.mask[:, 0:1], b.mask[:, 1:2]  # (B, 1) each
+        la = self.aux_audio(b.audio_emb) * m_a  # (B, C)
+        li = self.aux_image(b.image_emb) * m_i  # (B, C)
+        fused = self.fusion(b._replace(audio_logits=la, image_logits=li))  # (B, C)
+        logits = m_a * m_i * fused + m_a * (1.0 - m_i) * la + (1.0 - m_a) * m_i * li  # (B, C)
+        return AVOutput(logits, la, li)
+
+    def forward(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> AVOutput:
+        return self.forward_head(self.forward_features(audio, image, mask))
+
+    def backbones(self) -> list[nn.Module]:
+        return [m for m in (self.audio_backbone, self.image_backbone) if m is not None]
+
+
+class SharedAVClassifier(AVClassifier):
+    """One 2D encoder over a canvas: the log-mel (input BN, resized to H x W, repeated to RGB) left, the image right:
+    (B, 3, H, 2W). The encoder's map splits into an audio half and an image half; the auxiliary heads read the
+    halves, the fused head the whole. A missing modality's half of the canvas is zero, so it cannot leak. With both
+    present, the halves meet at the seam, so `logits_audio` sees a little of the image through the receptive field."""
+
+    def __init__(self, encoder: Backbone, fusion: nn.Module, num_classes: int, contract: InputContract,
+                 dropout: float = 0.2) -> None:
+        super().__init__(None, encoder, fusion, num_classes, contract, dropout)
+        self.spec_norm = nn.BatchNorm2d(1)
+
+    def forward_features(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> Branches:
+        m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
+        img = self.frontend.image(image) * m_i.view(-1, 1, 1, 1)  # (B, 3, H, W)
+        H, W = int(img.shape[2]), int(img.shape[3])
+        spec = self.spec_norm(self.frontend.audio(audio))  # (B, 1, M, frames)
+        spec = F.interpolate(spec, size=(H, W), mode="bilinear", align_corners=False)  # (B, 1, H, W)
+        spec = spec.expand(-1, 3, -1, -1) * m_a.view(-1, 1, 1, 1)  # (B, 3, H, W)
+        canvas = torch.cat([spec, img], dim=3)  # (B, 3, H, 2W)
+        fmap = self.image_backbone.forward_features(canvas)  # (B, D, h, w2)
+        half = int(fmap.shape[3]) // 2
+        fa = fmap[:, :, :, :half] * m_a.view(-1, 1, 1, 1)  # (B, D, h, w2/2)
+        fi = fmap[:, :, :, half:] * m_i.view(-1, 1, 1, 1)  # (B, D, h, w2/2)
+        za = self.image_backbone.forward_head(fa) * m_a  # (B, D)
+        zi = self.image_backbone.forward_head(fi) * m_i  # (B, D)
+        empty = mask[:, :0]
+        return Branches(fa, fi, za, zi, empty, empty, mask)
+
+
+def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, contract: InputContract | None = None,
+                pretrained: bool | None = None, audio_weights_path: str | None = None,
+                image_weights_path: str | None = None) -> AVClassifier:
+    """Build a model from architecture keys (the dict a checkpoint stores) and labels (or a class count).
+
+    `contract` overrides arch["contract"]; `pretrained` overrides arch["pretrained"] (a checkpoint rebuild passes
+    False: its weights come from the file); the weights paths load local state dicts into the backbones.
+    """
+    spec = parse_arch(arch)
+    if contract is not None:
+        spec = spec.model_copy(update={"contract": contract})
+    use_pretrained = spec.pretrained if pretrained is None else pretrained
+    label_list = [f"class_{i}" for i in range(labels)] if isinstance(labels, int) else [str(x) for x in labels]
+    if not label_list:
+        raise ModelError("a model needs at least one label")
+    C = len(label_list)
+    try:
+        image = create_backbone(spec.image_backbone, pretrained=use_pretrained, weights_path=image_weights_path,
+                                **spec.image_kwargs)
+        if spec.audio_backbone is None:
+            fusion = create_head(spec.head, image.embed_dim, image.embed_dim, C, **spec.head_kwargs)
+            model: AVClassifier = SharedAVClassifier(image, fusion, C, spec.contract, spec.dropout)
+        else:
+            audio_pretrained = use_pretrained and BACKBONES.meta(spec.audio_backbone).get("source", "").startswith(
+                ("torchvision", "transformers"))
+            audio = create_backbone(spec.audio_backbone, pretrained=audio_pretrained,
+                                    weights_path=audio_weights_path, **spec.audio_kwargs)
+            fusion = create_head(spec.head, audio.embed_dim, image.embed_dim, C, **spec.head_kwargs)
+            model = AVClassifier(audio, image, fusion, C, spec.contract, spec.dropout)
+    except UnknownNameError as e:  # pragma: no cover - parse_arch checks names first
+        raise ModelError(str(e)) from None
+    except TypeError as e:  # bad *_kwargs
+        raise ModelError(f"bad architecture arguments: {e}") from None
+    model.arch = spec.model_dump(mode="json")
+    model.labels = label_list
+    log.debug("built %s (%s + %s -> %s, %d classes)", spec.name or "model", spec.audio_backbone,
+              spec.image_backbone, spec.head, C)
+    return model
+
+
+def modality_dropout(mask: torch.Tensor, p_audio: float = 0.15, p_image: float = 0.15,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training augmentation: drop the audio of a sample with probability p_audio, else its image with probability
+    p_image (never both; samples already missing a modality keep their other one). Returns a new (B, 2) mask."""
+    if p_audio < 0 or p_image < 0 or p_audio + p_image > 1:
+        raise ModelError(f"modality dropout: need p_audio, p_image >= 0 and p_audio + p_image <= 1, got {p_audio}, {p_image}")
+    u = torch.rand(mask.shape[0], generator=generator, device="cpu").to(mask.device)  # (B,)
+    both = (mask[:, 0] > 0) & (mask[:, 1] > 0)  # (B,) only fully present samples can lose one
+    out = mask.clone()
+    out[:, 0] = torch.where(both & (u < p_audio), torch.zeros_like(out[:, 0]), out[:, 0])
+    out[:, 1] = torch.where(both & (u >= p_audio) & (u < p_audio + p_image), torch.zeros_like(out[:, 1]), out[:, 1])
+    return out
+
+
+class ExportWrapper(nn.Module):
+    """Thin wrapper for ONNX export: plain 3-tuple output in `OUTPUT_NAMES` order. The wrapped model keeps its
+    submodule names, so the front end's nodes are still named /frontend/..."""
+
+    def __init__(self, model: AVClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(audio, image, mask)
+        return out.logits, out.logits_audio, out.logits_image
+
+
+def example_inputs(contract: InputContract, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random inputs of the contract's shapes: audio (B, T) float32 in [-0.5, 0.5], image (B, 3, H, W) uint8, mask ones."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = contract.shapes(batch)
+    audio = torch.rand(shapes["audio"], generator=g) - 0.5  # (B, T)
+    image = torch.randint(0, 256, shapes["image"], generator=g, dtype=torch.uint8)  # (B, 3, H, W)
+    return audio, image, torch.ones(shapes["mask"])  # mask (B, 2)
+
+
+def param_groups(model: AVClassifier, backbone_lr: float, head_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """Differential learning rates (HD-MF): backbones at `backbone_lr`, fusion + auxiliary heads at `head_lr`."""
+    backbone_ids = {id(p) for m in model.backbones() for p in m.parameters()}
+    bb = [p for p in model.parameters() if id(p) in backbone_ids and p.requires_grad]
+    rest = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
+    return [{"params": bb, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbones"},
+            {"params": rest, "lr": head_lr, "weight_decay": weight_decay, "name": "fusion"}]
+
+
+def freeze_backbones(model: AVClassifier, frozen: bool = True) -> None:
+    """Two-phase training, phase II: freeze the unimodal backbones (and their BatchNorm statistics: call
+    `model.train()` then this, it puts them in eval mode) and train only fusion + dense layers."""
+    for m in model.backbones():
+        for p in m.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            m.eval()
