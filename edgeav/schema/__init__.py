@@ -15,6 +15,9 @@ from pydantic import Field, ValidationError
 from edgeav.errors import ConfigError
 from edgeav.schema.base import Section
 from edgeav.schema.data import DataConfig
+from edgeav.schema.export import ExportConfig
+from edgeav.schema.model import ModelConfig
+from edgeav.schema.runtime import RuntimeConfig
 from edgeav.schema.train import TrainConfig
 
 
@@ -22,7 +25,10 @@ class EdgeAVConfig(Section):
     """The whole configuration. Each stage reads its own section."""
 
     data: DataConfig = Field(default_factory=DataConfig, description="Data set and loading.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model: named model or backbones + fusion head.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training: optimizer, schedule, augmentation.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="Export: ONNX, INT8, gate, bundle.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Runtime: sources, alignment, inference.")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
@@ -100,4 +106,4 @@ def config_schema() -> dict[str, Any]:
     return EdgeAVConfig.model_json_schema()
 
 
-__all__ = ["EdgeAVConfig", "DataConfig", "TrainConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]
+__all__ = ["EdgeAVConfig", "DataConfig", "ModelConfig", "TrainConfig", "ExportConfig", "RuntimeConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]
