@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 
 from edgeav.errors import ConfigError
 from edgeav.schema.base import Section
+from edgeav.schema.daemon import DaemonConfig
 from edgeav.schema.data import DataConfig
 from edgeav.schema.export import ExportConfig
 from edgeav.schema.model import ModelConfig
@@ -29,6 +30,7 @@ class EdgeAVConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training: optimizer, schedule, augmentation.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export: ONNX, INT8, gate, bundle.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Runtime: sources, alignment, inference.")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="Daemon: detection log, evidence, supervision, metrics, MQTT.")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
@@ -106,4 +108,4 @@ def config_schema() -> dict[str, Any]:
     return EdgeAVConfig.model_json_schema()
 
 
-__all__ = ["EdgeAVConfig", "DataConfig", "ModelConfig", "TrainConfig", "ExportConfig", "RuntimeConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]
+__all__ = ["EdgeAVConfig", "DataConfig", "ModelConfig", "TrainConfig", "ExportConfig", "RuntimeConfig", "DaemonConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]

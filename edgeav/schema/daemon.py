@@ -1,0 +1,141 @@
+"""`daemon:` section: the field daemon around the runtime (detection log, evidence, supervision, metrics, MQTT).
+
+The capture source, alignment, backend and detection logic stay in `runtime:`; this section says how the
+long-running service keeps them alive and what it does with what they find.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edgeav.schema.base import Section
+
+
+class StoreConfig(Section):
+    """The SQLite detection log (edgeav.runtime.store)."""
+
+    db_path: str = Field("edgeav.db", description="SQLite file of the detection log (WAL mode); relative = to the working directory.")
+    synchronous: Literal["NORMAL", "FULL", "EXTRA"] = Field(
+        "FULL", description="SQLite synchronous level: FULL survives power loss; NORMAL only a killed process."
+    )
+    batch_max_detections: int = Field(64, ge=1, le=100_000, description="Commit when this many detections are queued, detections.")
+    batch_interval_s: float = Field(1.0, ge=0.0, le=3600.0, description="Commit queued detections at least this often, s.")
+
+
+class EvidenceConfig(Section):
+    """Per confirmed detection: its aligned audio and one frame, named by the detection id (edgeav.runtime.evidence)."""
+
+    enabled: bool = Field(True, description="Write evidence clips at all.")
+    dir: str = Field("evidence", description="Folder of the evidence files (one sub-folder per UTC day).")
+    audio_format: Literal["wav", "flac", "none"] = Field(
+        "wav", description="wav: 16-bit PCM with the stdlib (no dependency); flac: needs the soundfile package; none: no audio."
+    )
+    image_format: Literal["jpeg", "none"] = Field("jpeg", description="jpeg: GStreamer jpegenc (already a runtime dependency); none: no frame.")
+    jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality, 1..100.")
+    min_free_percent: float = Field(
+        20.0, ge=0.0, le=95.0, description="Keep at least this share of the evidence file system free: oldest evidence goes first, %."
+    )
+    keep_per_class: int = Field(
+        5, ge=0, le=1_000_000, description="Disk-usage retention never deletes the newest this many evidence sets of a class, sets."
+    )
+    max_age_days: float | None = Field(
+        90.0, gt=0.0, le=36_500.0, description="Evidence older than this is deleted (None = keep by age forever), days."
+    )
+    retention_interval_s: float = Field(60.0, gt=0.0, le=86_400.0, description="Retention runs at most this often, s.")
+    context_windows: int = Field(
+        8, ge=1, le=1000, description="Recent windows kept in memory to cut a detection's audio from, windows."
+    )
+
+
+class SupervisorConfig(Section):
+    """Restarting a failed or silent sensor (edgeav.runtime.supervisor). Silence = runtime.source.stall_timeout_s."""
+
+    backoff_initial_s: float = Field(1.0, gt=0.0, le=3600.0, description="First restart delay, s.")
+    backoff_max_s: float = Field(60.0, gt=0.0, le=86_400.0, description="Longest restart delay, s.")
+    backoff_factor: float = Field(2.0, ge=1.0, le=10.0, description="Delay multiplier per consecutive failure, 1.")
+    backoff_jitter: float = Field(0.2, ge=0.0, le=1.0, description="Random +/- share added to each delay, fraction.")
+    restart_budget: int = Field(
+        10, ge=1, le=100_000, description="Restarts of one sensor allowed within restart_window_s before the daemon exits non-zero, restarts."
+    )
+    restart_window_s: float = Field(600.0, gt=0.0, le=604_800.0, description="Window of the restart budget, s.")
+    healthy_after_s: float = Field(30.0, gt=0.0, le=86_400.0, description="Data flowing this long resets the backoff, s.")
+
+
+class MetricsConfig(Section):
+    """Prometheus endpoint /metrics and /health (edgeav.runtime.metrics)."""
+
+    enabled: bool = Field(True, description="Serve /metrics and /health.")
+    host: str = Field("127.0.0.1", description="Address to bind; 127.0.0.1 keeps it on the unit (0.0.0.0 exposes it).")
+    port: int = Field(9108, ge=0, le=65_535, description="TCP port; 0 = any free port (logged), port.")
+    health_max_age_s: float = Field(
+        30.0, gt=0.0, le=3600.0, description="/health fails when no window was processed for this long, s."
+    )
+
+
+class MqttConfig(Section):
+    """Publishing detections and heartbeats (extra `mqtt`: paho-mqtt), through a durable outbox in the log."""
+
+    enabled: bool = Field(False, description="Publish to an MQTT broker.")
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65_535, description="Broker port (8883 is the usual TLS port), port.")
+    client_id: str | None = Field(None, description="MQTT client id; None = edgeav-<hostname>.")
+    topic_prefix: str = Field("edgeav", description="Topics: <prefix>/<unit>/detection and <prefix>/<unit>/heartbeat.")
+    unit_name: str | None = Field(None, description="Unit name in the topics; None = the host name.")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of detection messages (1 or 2 for at-least/exactly-once delivery).")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive, s.")
+    heartbeat_interval_s: float = Field(30.0, gt=0.0, le=86_400.0, description="Heartbeat period, s.")
+    username: str | None = Field(None, description="User name; None = anonymous.")
+    password_file: str | None = Field(None, description="File holding the password (never put it in the YAML).")
+    tls: bool = Field(False, description="Connect with TLS.")
+    ca_file: str | None = Field(None, description="CA certificate(s) to verify the broker; None = the system store.")
+    cert_file: str | None = Field(None, description="Client certificate for mutual TLS.")
+    key_file: str | None = Field(None, description="Client key for mutual TLS.")
+    tls_insecure: bool = Field(False, description="Skip the broker host name check (testing only; logged loudly).")
+    reconnect_min_s: float = Field(1.0, gt=0.0, le=600.0, description="Reconnect delay after a lost connection, s.")
+    reconnect_max_s: float = Field(30.0, gt=0.0, le=3600.0, description="Longest reconnect delay, s.")
+    inflight_max: int = Field(20, ge=1, le=10_000, description="Unacknowledged detection messages at a time, messages.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MqttConfig":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file go together")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("mqtt.password_file needs mqtt.username")
+        return self
+
+
+class DaemonConfig(Section):
+    """`edgeav run --config daemon.yaml`: the long-running service."""
+
+    bundle: str | None = Field(None, description="Bundle folder (verified at start); `--bundle` overrides it.")
+    model_role: str | None = Field(
+        None, description="Bundle file role to run (model_int8, model_fp32, ...); None = int8, else fp32 (engine for tensorrt)."
+    )
+    sensors: Literal["split", "combined"] = Field(
+        "split",
+        description="split: camera and microphone in separate pipelines, so one keeps working while the other restarts; "
+        "combined: one pipeline for both (one clock, both restart together).",
+    )
+    realtime: bool = Field(True, description="Pace file replay on the clock (a live source is always real time).")
+    loop: bool = Field(False, description="Replay a file source again from its start at end of stream (soak tests).")
+    exit_on_eos: bool = Field(True, description="End the daemon (exit 0) when a non-looping file source ends.")
+    shutdown_timeout_s: float = Field(4.0, gt=0.0, le=60.0, description="SIGTERM: everything is flushed and stopped within this, s.")
+    watchdog_interval_s: float | None = Field(
+        None, gt=0.0, le=3600.0, description="sd_notify WATCHDOG=1 period; None = half of systemd's WatchdogSec, s."
+    )
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Detection log.")
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Evidence clips and retention.")
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Sensor restarts.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and /health.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DaemonConfig":
+        if self.supervisor.backoff_max_s < self.supervisor.backoff_initial_s:
+            raise ValueError("supervisor.backoff_max_s must be >= supervisor.backoff_initial_s")
+        return self
+
+
+__all__ = ["DaemonConfig", "StoreConfig", "EvidenceConfig", "SupervisorConfig", "MetricsConfig", "MqttConfig"]

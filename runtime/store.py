@@ -1,0 +1,409 @@
+"""The detection log: SQLite in WAL mode, batched transactions, a schema version with migrations, an MQTT outbox.
+
+One writer (the daemon's main loop) holds a `DetectionStore`; readers (`edgeav detections`, tests, the metrics
+endpoint) open their own read-only connections and never block it (WAL).
+
+Durability: `add()` only queues a detection; `flush()` commits every queued one in ONE transaction and returns
+their ids - a detection is *committed* when its id came back from `flush()` (the daemon logs exactly that).
+`synchronous=FULL` (the default) makes a committed transaction survive a power cut; `NORMAL` survives a killed
+process but may lose the last transactions on power loss (fewer fsyncs on an SD card).
+
+Schema versions (PRAGMA user_version):
+  1  detections (+ indexes on utc time and label)
+  2  evidence columns (audio_path, image_path, evidence_note), the MQTT outbox, runs
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from edgeav.errors import ConfigError, StorageError
+from edgeav.runtime.postprocess import Detection
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+
+# version reached -> statements that take the previous version to it (each applied in its own transaction)
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE detections (
+            id TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            class_index INTEGER NOT NULL,
+            start_ns INTEGER NOT NULL,
+            end_ns INTEGER NOT NULL,
+            start_utc TEXT,
+            end_utc TEXT,
+            utc_ns INTEGER NOT NULL,
+            confidence REAL NOT NULL,
+            audio_confidence REAL,
+            image_confidence REAL,
+            modalities TEXT NOT NULL,
+            model_sha256 TEXT,
+            hits INTEGER NOT NULL,
+            source TEXT,
+            run_id TEXT
+        )""",
+        "CREATE INDEX idx_detections_utc ON detections(utc_ns)",
+        "CREATE INDEX idx_detections_label ON detections(label, utc_ns)",
+    ),
+    2: (
+        "ALTER TABLE detections ADD COLUMN audio_path TEXT",
+        "ALTER TABLE detections ADD COLUMN image_path TEXT",
+        "ALTER TABLE detections ADD COLUMN evidence_note TEXT",
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            detection_id TEXT NOT NULL,
+            topic TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_ns INTEGER NOT NULL,
+            sent_ns INTEGER
+        )""",
+        "CREATE INDEX idx_outbox_pending ON outbox(sent_ns, seq)",
+        """CREATE TABLE runs (
+            run_id TEXT PRIMARY KEY,
+            started_utc TEXT NOT NULL,
+            bundle TEXT,
+            source TEXT,
+            model_sha256 TEXT
+        )""",
+    ),
+}
+
+COLUMNS = ("id", "label", "class_index", "start_ns", "end_ns", "start_utc", "end_utc", "utc_ns", "confidence",
+           "audio_confidence", "image_confidence", "modalities", "model_sha256", "hits", "source", "run_id",
+           "audio_path", "image_path", "evidence_note")
+
+
+def new_detection_id(utc_ns: int) -> str:
+    """Stable, unique, time-sortable, file-name safe: `20261122T074112250Z-3f9a1c2b0d4e`."""
+    t = _dt.datetime.fromtimestamp(utc_ns // 1_000_000_000, tz=_dt.timezone.utc)
+    ms = (utc_ns // 1_000_000) % 1000
+    return f"{t:%Y%m%dT%H%M%S}{ms:03d}Z-{uuid.uuid4().hex[:12]}"
+
+
+def parse_iso_utc(text: str) -> int:
+    """ISO 8601 (`2026-05-01T04:12:33Z`, `2026-05-01`, with an offset) -> UTC ns. Naive times are UTC."""
+    s = text.strip()
+    if s.endswith("Z") or s.endswith("z"):
+        s = s[:-1] + "+00:00"
+    try:
+        t = _dt.datetime.fromisoformat(s)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not an ISO 8601 time (e.g. 2026-05-01T04:12:33Z)") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    delta = t - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+
+def connect(path: str | Path, readonly: bool = False, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+    p = Path(path)
+    if readonly:
+        if not p.is_file():
+            raise StorageError(f"{p}: no detection log here")
+        con = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=busy_timeout_ms / 1000, check_same_thread=False)
+    else:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(str(p), timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False)
+    con.row_factory = sqlite3.Row
+    con.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    return con
+
+
+def schema_version(con: sqlite3.Connection) -> int:
+    return int(con.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(con: sqlite3.Connection) -> tuple[int, int]:
+    """Bring the database to SCHEMA_VERSION, one transaction per step. Returns (from, to)."""
+    before = schema_version(con)
+    if before > SCHEMA_VERSION:
+        raise StorageError(f"detection log has schema version {before}, this edgeav knows up to {SCHEMA_VERSION} "
+                           "(it was written by a newer edgeav)")
+    v = before
+    while v < SCHEMA_VERSION:
+        nxt = v + 1
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in MIGRATIONS[nxt]:
+                con.execute(stmt)
+            con.execute(f"PRAGMA user_version={nxt}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        log.info("detection log migrated to schema version %d", nxt)
+        v = nxt
+    return before, v
+
+
+@dataclass
+class PendingDetection:
+    id: str
+    row: dict[str, Any]
+    outbox: list[tuple[str, str]]  # (topic, payload)
+
+
+class DetectionStore:
+    """The writer side. Not thread-safe: one thread writes (the daemon's main loop)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        synchronous: str = "FULL",
+        batch_max: int = 64,
+        batch_interval_s: float = 1.0,
+        busy_timeout_ms: int = 5000,
+        on_commit: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        if synchronous not in ("NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"sqlite synchronous={synchronous!r}; valid: NORMAL, FULL, EXTRA")
+        self.path = Path(path)
+        try:
+            self.con = connect(self.path, busy_timeout_ms=busy_timeout_ms)
+            mode = self.con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"{self.path}: cannot switch to WAL (journal_mode={mode})")
+            self.con.execute(f"PRAGMA synchronous={synchronous}")
+            self.migrated_from, _ = migrate(self.con)
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{self.path}: cannot open the detection log: {e}") from None
+        self.batch_max = int(batch_max)
+        self.batch_interval_s = float(batch_interval_s)
+        self.on_commit = on_commit
+        self._pending: list[PendingDetection] = []
+        self._pending_updates: list[tuple[str, dict[str, Any]]] = []
+        self._oldest_pending: float | None = None
+        self.committed = 0
+        self.commits = 0
+        self.commit_errors = 0
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+    def add(
+        self,
+        det: Detection,
+        *,
+        detection_id: str | None = None,
+        utc_ns: int | None = None,
+        source: str | None = None,
+        run_id: str | None = None,
+        audio_path: str | None = None,
+        image_path: str | None = None,
+        evidence_note: str | None = None,
+        outbox_topics: Sequence[str] = (),
+    ) -> str:
+        """Queue one detection (and one outbox message per topic in `outbox_topics`, committed in the same
+        transaction, so the broker gets every committed detection and nothing else). Returns its id."""
+        utc = int(utc_ns if utc_ns is not None else time.time_ns())
+        did = detection_id or new_detection_id(utc)
+        row = {
+            "id": did, "label": det.label, "class_index": det.class_index, "start_ns": det.start_ns,
+            "end_ns": det.end_ns, "start_utc": det.start_utc, "end_utc": det.end_utc, "utc_ns": utc,
+            "confidence": det.confidence, "audio_confidence": det.audio_confidence,
+            "image_confidence": det.image_confidence, "modalities": ",".join(det.modalities),
+            "model_sha256": det.model_sha256, "hits": det.hits, "source": source, "run_id": run_id,
+            "audio_path": audio_path, "image_path": image_path, "evidence_note": evidence_note,
+        }
+        payload = detection_payload(row) if outbox_topics else ""
+        self._pending.append(PendingDetection(did, row, [(t, payload) for t in outbox_topics]))
+        if self._oldest_pending is None:
+            self._oldest_pending = time.monotonic()
+        return did
+
+    def update_evidence(self, detection_id: str, audio_path: str | None, image_path: str | None,
+                        note: str | None) -> None:
+        """Queue a change of a detection's evidence links (retention deleting files, late evidence)."""
+        self._pending_updates.append((detection_id, {"audio_path": audio_path, "image_path": image_path,
+                                                     "evidence_note": note}))
+        if self._oldest_pending is None:
+            self._oldest_pending = time.monotonic()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + len(self._pending_updates)
+
+    def due(self) -> bool:
+        if not self._pending and not self._pending_updates:
+            return False
+        if len(self._pending) >= self.batch_max:
+            return True
+        return self._oldest_pending is not None and time.monotonic() - self._oldest_pending >= self.batch_interval_s
+
+    def maybe_flush(self) -> list[str]:
+        return self.flush() if self.due() else []
+
+    def flush(self) -> list[str]:
+        """Commit everything queued in one transaction; returns the ids of the detections committed."""
+        if not self._pending and not self._pending_updates:
+            return []
+        batch, updates = self._pending, self._pending_updates
+        now_ns = time.time_ns()
+        cols = ", ".join(COLUMNS)
+        marks = ", ".join(f":{c}" for c in COLUMNS)
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+            try:
+                self.con.executemany(f"INSERT OR IGNORE INTO detections ({cols}) VALUES ({marks})",
+                                     [p.row for p in batch])
+                self.con.executemany(
+                    "INSERT INTO outbox (detection_id, topic, payload, created_ns) VALUES (?, ?, ?, ?)",
+                    [(p.id, topic, payload, now_ns) for p in batch for topic, payload in p.outbox])
+                for did, vals in updates:
+                    self.con.execute("UPDATE detections SET audio_path=:audio_path, image_path=:image_path, "
+                                     "evidence_note=:evidence_note WHERE id=:id", {**vals, "id": did})
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as e:
+            self.commit_errors += 1
+            # keep the batch queued: the next flush retries it (e.g. after the disk got space back)
+            raise StorageError(f"{self.path}: commit of {len(batch)} detection(s) failed: {e}") from None
+        self._pending, self._pending_updates, self._oldest_pending = [], [], None
+        ids = [p.id for p in batch]
+        self.committed += len(ids)
+        self.commits += 1
+        if self.on_commit is not None and ids:
+            self.on_commit(ids)
+        return ids
+
+    def record_run(self, run_id: str, bundle: str | None, source: str | None, model_sha256: str | None) -> None:
+        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        self.con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
+                         (run_id, started, bundle, source, model_sha256))
+
+    # -- outbox (MQTT) -------------------------------------------------------------------------------------------
+    def outbox_pending(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
+        """(seq, detection_id, topic, payload) not yet acknowledged by the broker, oldest first."""
+        rows = self.con.execute("SELECT seq, detection_id, topic, payload FROM outbox WHERE sent_ns IS NULL "
+                                "ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
+        return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+    def outbox_mark_sent(self, seqs: Iterable[int]) -> None:
+        seqs = list(seqs)
+        if not seqs:
+            return
+        now = time.time_ns()
+        self.con.execute("BEGIN IMMEDIATE")
+        self.con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=?", [(now, s) for s in seqs])
+        self.con.execute("COMMIT")
+
+    def outbox_prune(self, keep_sent_s: float = 86_400.0) -> int:
+        cut = time.time_ns() - int(keep_sent_s * 1e9)
+        cur = self.con.execute("DELETE FROM outbox WHERE sent_ns IS NOT NULL AND sent_ns < ?", (cut,))
+        return cur.rowcount
+
+    # -- evidence bookkeeping ------------------------------------------------------------------------------------
+    def evidence_rows(self) -> list[sqlite3.Row]:
+        """Detections that still link evidence, oldest first."""
+        return self.con.execute("SELECT id, label, utc_ns, audio_path, image_path FROM detections WHERE "
+                                "audio_path IS NOT NULL OR image_path IS NOT NULL ORDER BY utc_ns, id").fetchall()
+
+    def known_ids(self, ids: Iterable[str]) -> set[str]:
+        ids = list(ids)
+        out: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = f"SELECT id FROM detections WHERE id IN ({', '.join('?' * len(chunk))})"
+            out.update(r[0] for r in self.con.execute(q, chunk))
+        out.update(p.id for p in self._pending)
+        return out
+
+    def count(self) -> int:
+        return int(self.con.execute("SELECT COUNT(*) FROM detections").fetchone()[0])
+
+    def close(self) -> None:
+        """Flush what is queued, checkpoint the WAL, close."""
+        try:
+            self.flush()
+        finally:
+            try:
+                self.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as e:
+                log.warning("WAL checkpoint failed: %s", e)
+            self.con.close()
+
+
+# -- reading ------------------------------------------------------------------------------------------------------
+
+
+def query_detections(
+    path: str | Path,
+    since_utc_ns: int | None = None,
+    until_utc_ns: int | None = None,
+    labels: Sequence[str] | None = None,
+    min_confidence: float = 0.0,
+    limit: int | None = 1000,
+) -> list[dict[str, Any]]:
+    """Detections in [since, until) (UTC ns of the detection), oldest first."""
+    con = connect(path, readonly=True)
+    try:
+        if schema_version(con) < 1:
+            raise StorageError(f"{path}: not an edgeav detection log (schema version 0)")
+        have = {r[1] for r in con.execute("PRAGMA table_info(detections)")}
+        cols = [c for c in COLUMNS if c in have]
+        where, params = ["confidence >= ?"], [float(min_confidence)]
+        if since_utc_ns is not None:
+            where.append("utc_ns >= ?")
+            params.append(int(since_utc_ns))
+        if until_utc_ns is not None:
+            where.append("utc_ns < ?")
+            params.append(int(until_utc_ns))
+        if labels:
+            where.append(f"label IN ({', '.join('?' * len(labels))})")
+            params.extend(labels)
+        sql = f"SELECT {', '.join(cols)} FROM detections WHERE {' AND '.join(where)} ORDER BY utc_ns, id"
+        if limit is not None and limit > 0:
+            sql += f" LIMIT {int(limit)}"
+        try:
+            rows = con.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{path}: cannot read the detection log: {e}") from None
+        out = []
+        for r in rows:
+            d = dict(zip(cols, r))
+            d["modalities"] = [m for m in (d.get("modalities") or "").split(",") if m]
+            out.append(d)
+        return out
+    finally:
+        con.close()
+
+
+def integrity_check(path: str | Path) -> str:
+    con = connect(path, readonly=True)
+    try:
+        return str(con.execute("PRAGMA integrity_check").fetchone()[0])
+    finally:
+        con.close()
+
+
+def detection_payload(row: dict[str, Any]) -> str:
+    """The JSON an MQTT subscriber gets for one detection (stable id, times, scores, modalities)."""
+    keep = ("id", "label", "confidence", "audio_confidence", "image_confidence", "start_utc", "end_utc", "utc_ns",
+            "start_ns", "end_ns", "modalities", "model_sha256", "hits", "source", "run_id")
+    d = {k: row.get(k) for k in keep}
+    if isinstance(d["modalities"], str):
+        d["modalities"] = [m for m in d["modalities"].split(",") if m]
+    return json.dumps(d, sort_keys=True)
+
+
+def file_size_or_zero(p: str | os.PathLike | None) -> int:
+    try:
+        return os.stat(p).st_size if p else 0
+    except OSError:
+        return 0
+
+
+__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "DetectionStore", "connect", "migrate", "schema_version",
+           "query_detections", "integrity_check", "new_detection_id", "parse_iso_utc", "detection_payload"]

@@ -1,0 +1,92 @@
+"""Shared pieces of the daemon tests: a real bundle from a random-weight model, recorded media, configs.
+
+torch is used only here (to build the test model, as tests/_export_models.py does); the daemon under test never
+imports it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from _export_models import IMAGE_HW, LABELS, WINDOW_SAMPLES, build_onnx
+
+REPO = Path(__file__).resolve().parent.parent
+EDGEAV = [sys.executable, "-m", "edgeav"]
+
+
+def contract():
+    from edgeav.contract import AudioContract, ImageContract, InputContract
+
+    # 1600 samples at 16 kHz = 0.1 s windows; 32 px frames (the test model's)
+    return InputContract(audio=AudioContract(window_s=WINDOW_SAMPLES / 16000, n_fft=256, win_length=256, hop_length=64),
+                         image=ImageContract(height_px=IMAGE_HW, width_px=IMAGE_HW))
+
+
+def make_bundle(out: Path, seed: int = 0) -> Path:
+    """A bundle as `edgeav export` writes it (export.bundle.write_bundle), around a random-weight model."""
+    from edgeav.export.bundle import write_bundle
+    from edgeav.manifest import ArtifactManifest
+
+    onnx_path = build_onnx(out.parent / f"{out.name}_fp32.onnx", seed=seed)
+    manifest = ArtifactManifest(kind="onnx", labels=LABELS, contract=contract(), precision="fp32",
+                                metrics={"fp32": {"accuracy": 0.0}})
+    return write_bundle(out, {"model_fp32": onnx_path}, manifest, "cpu", {"edgeav": "test"}, tarball=False)
+
+
+def write_media(path: Path, duration_s: float, video: bool = True, audio: bool = True, fps: int = 10) -> Path:
+    """A Matroska file (MJPEG 64x48 + FLAC 16 kHz) from videotestsrc/audiotestsrc, written with gst-launch."""
+    parts = []
+    if video:
+        parts.append(f"videotestsrc pattern=ball num-buffers={int(duration_s * fps)} ! "
+                     f"video/x-raw,width=64,height=48,framerate={fps}/1 ! videoconvert ! jpegenc ! queue ! mux.")
+    if audio:
+        n = int(duration_s * 10)
+        parts.append(f"audiotestsrc wave=ticks freq=880 samplesperbuffer=1600 num-buffers={n} ! "
+                     "audio/x-raw,rate=16000,channels=1 ! audioconvert ! flacenc ! queue ! mux.")
+    cmd = ["gst-launch-1.0", "-q"] + " ".join(parts).split() + ["matroskamux", "name=mux", "!", "filesink",
+                                                                 f"location={path}"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return path
+
+
+def write_config(path: Path, tree: dict) -> Path:
+    path.write_text(yaml.safe_dump(tree, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def daemon_tree(tmp: Path, bundle: Path, uri: str, **daemon) -> dict:
+    """A daemon config for tests: 0.1 s windows every 0.1 s, every window a detection candidate, no metrics port."""
+    d = {
+        "bundle": str(bundle),
+        "store": {"db_path": str(tmp / "det.db"), "batch_interval_s": 0.2},
+        "evidence": {"dir": str(tmp / "evidence")},
+        "metrics": {"enabled": False},
+    }
+    for k, v in daemon.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            d[k] = {**d[k], **v}
+        else:
+            d[k] = v
+    return {
+        "runtime": {
+            "source": {"uri": uri, "fps": 10, "stall_timeout_s": 2.0, "start_timeout_s": 10.0},
+            "align": {"hop_s": 0.1, "max_wait_s": 0.5},
+            "postprocess": {"threshold": 0.34, "smoothing": "none", "confirm_hits": 1, "min_gap_s": 0.0},
+        },
+        "daemon": d,
+    }
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO / "tests") + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("OMP_NUM_THREADS", "1")
+    return e
+
+
+__all__ = ["LABELS", "make_bundle", "write_media", "write_config", "daemon_tree", "contract", "env", "EDGEAV", "REPO"]
