@@ -8,6 +8,11 @@ Windows end on a grid of `hop` (anchored at PTS 0): a window ending at `end_ns` 
 samples in [end_ns - D, end_ns) (D = their duration) and the frame(s) nearest to evenly spaced targets in it
 (one frame: its centre). Each audio chunk is placed by its own PTS, so discontinuities become gaps, never drift.
 Each sensor's latency offset (ns) is subtracted from its PTS on arrival.
+
+Live or replay: on a live source a window waits at most `max_wait_s` past its end for a lagging sensor (a dead
+camera must not stop the microphone). On a replay (`live=False`: a file decoded as fast as it goes, where one
+decoder may run seconds ahead of the other) a window waits for every sensor until that sensor's data passes it or
+`end_stream(kind)` says the sensor has ended; nothing is decided on one sensor's say-so.
 """
 
 from __future__ import annotations
@@ -67,8 +72,11 @@ class Aligner:
         contract: InputContract,
         cfg: AlignConfig | None = None,
         streams: Iterable[str] = ("video", "audio"),
+        live: bool = True,
     ) -> None:
         self.contract = contract
+        self.live = bool(live)
+        self._ended: set[str] = set()  # sensors that said end-of-stream (replay)
         self.cfg = cfg or AlignConfig()
         self.streams = frozenset(streams)
         self.rate_hz = contract.audio.sample_rate_hz
@@ -92,8 +100,10 @@ class Aligner:
 
     # -- input -----------------------------------------------------------------------------------------------
     def push(self, item: Any) -> None:
-        """Accept a capture item (`AudioChunk` / `VideoFrame`, by their `kind`)."""
-        if item.kind == "audio":
+        """Accept a capture item (`AudioChunk` / `VideoFrame` / `StreamEnd`, by their `kind`)."""
+        if item.kind == "end":
+            self.end_stream(item.stream)
+        elif item.kind == "audio":
             self.push_audio(item.pts_ns, item.samples, item.rate_hz)
         else:
             self.push_frame(item.pts_ns, item.rgb)
@@ -122,6 +132,12 @@ class Aligner:
         self._frames.append((pts, rgb))
         self._video_wm = pts if self._video_wm is None else max(self._video_wm, pts)
 
+    def end_stream(self, kind: str) -> None:
+        """A sensor ended ("audio" / "video"): windows stop waiting for it (its later windows report it missing)."""
+        if kind not in ("audio", "video"):
+            raise ValueError(f"unknown stream {kind!r}; valid: audio, video")
+        self._ended.add(kind)
+
     def _start_clock(self, pts: int) -> None:
         if self._next_end is None:
             first_end = pts + self.window_ns
@@ -139,11 +155,14 @@ class Aligner:
         return [start_ns + (2 * k + 1) * self.window_ns // (2 * n) for k in range(n)]
 
     def _is_ready(self, end_ns: int, now: int) -> bool:
-        if now >= end_ns + self.max_wait_ns:
-            return True
-        if "audio" in self.streams and (self._audio_wm is None or self._audio_wm < end_ns):
+        if end_ns > now:
             return False
-        if "video" in self.streams:
+        if self.live and now >= end_ns + self.max_wait_ns:
+            return True
+        waiting = self.streams - self._ended
+        if "audio" in waiting and (self._audio_wm is None or self._audio_wm < end_ns):
+            return False
+        if "video" in waiting:
             last_target = self._targets(end_ns - self.window_ns)[-1]
             if self._video_wm is None or self._video_wm < last_target:
                 return False
@@ -155,7 +174,7 @@ class Aligner:
         if now is None or self._next_end is None:
             return []
         backlog = (now - self._next_end) // self.hop_ns
-        if backlog > self.cfg.max_backlog_windows:
+        if self.live and backlog > self.cfg.max_backlog_windows:  # a replay never skips: nothing is late
             skip = backlog - self.cfg.max_backlog_windows
             self.counters["skipped_windows"] += skip
             log.warning("aligner: %d windows skipped after a stall (backlog over %d)", skip, self.cfg.max_backlog_windows)
@@ -273,7 +292,14 @@ class Aligner:
             self.counters["pruned_frames"] += 1
 
     def _cap_memory(self, now: int) -> None:
-        """Hard bound: nothing older than window + max_wait + retain before the stream time is kept."""
+        """Hard bound: nothing older than window + max_wait + retain before the stream time is kept.
+
+        On a replay the stream time is the slowest sensor's (still running) watermark: data a pending window
+        needs is never dropped because another decoder ran ahead."""
+        if not self.live:
+            wms = [wm for k, wm in (("audio", self._audio_wm), ("video", self._video_wm))
+                   if k in self.streams and k not in self._ended and wm is not None]
+            now = min(wms) if wms else now
         horizon = now - (self.window_ns + self.max_wait_ns + self.retain_ns)
         while self._audio and self._audio[0][0] + ns_for_samples(self._audio[0][1].size, self.rate_hz) < horizon:
             self._audio.popleft()

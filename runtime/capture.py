@@ -67,7 +67,18 @@ class AudioChunk:
         return ns_for_samples(len(self.samples), self.rate_hz)
 
 
-CaptureItem = Union[VideoFrame, AudioChunk]
+@dataclass(frozen=True)
+class StreamEnd:
+    """One sensor's appsink reached end-of-stream; queued after its last buffer (so it keeps arrival order)."""
+
+    stream: str  # "video" | "audio"
+
+    @property
+    def kind(self) -> str:
+        return "end"
+
+
+CaptureItem = Union[VideoFrame, AudioChunk, StreamEnd]
 
 
 def _gst():
@@ -170,6 +181,7 @@ class Capture:
         for s in self.streams:
             sink = pipeline.get_by_name(VIDEO_SINK if s == "video" else AUDIO_SINK)
             sink.connect("new-sample", self._on_sample, s)
+            sink.connect("eos", self._on_sink_eos, s)
         for s in ("video", "audio"):
             q = pipeline.get_by_name(f"{s}_queue")
             if q is not None:
@@ -218,6 +230,20 @@ class Capture:
     def _on_overrun(self, _queue, stream: str) -> None:
         self._queue_overruns[stream] = self._queue_overruns.get(stream, 0) + 1
 
+    def _on_sink_eos(self, _sink, stream: str) -> None:
+        self._put(StreamEnd(stream))
+
+    def _put(self, item: CaptureItem) -> bool:
+        """Queue an item: live never blocks (drop-oldest, counted); replay waits for room unless closing."""
+        if self.is_live:
+            self._queue.put(item)
+            return True
+        while not self._stopping.is_set():
+            if self._queue.put(item, timeout_s=0.2):
+                return True
+            self._queue.dropped -= 1  # a timed-out put is a retry here, not a drop
+        return False
+
     def _on_sample(self, sink, stream: str):
         Gst = _gst()
         sample = sink.emit("pull-sample")
@@ -231,17 +257,8 @@ class Capture:
         if item is None:
             return Gst.FlowReturn.OK
         self._counts[stream] += 1
-        if self.is_live:
-            self._queue.put(item)
-        else:
-            # Backpressure for file replay: wait for room, but give up when the capture is closing.
-            while not self._stopping.is_set():
-                if self._queue.put(item, timeout_s=0.2):
-                    break
-                self._queue.dropped -= 1  # a timed-out put is a retry here, not a drop
-            else:
-                return Gst.FlowReturn.FLUSHING
-        return Gst.FlowReturn.OK
+        # Backpressure for file replay: wait for room, but give up when the capture is closing.
+        return Gst.FlowReturn.OK if self._put(item) else Gst.FlowReturn.FLUSHING
 
     def _convert(self, sample, stream: str) -> CaptureItem | None:
         Gst = _gst()
@@ -343,4 +360,4 @@ class Capture:
         }
 
 
-__all__ = ["Capture", "ReadStatus", "VideoFrame", "AudioChunk", "CaptureItem", "probe_streams", "s_to_ns"]
+__all__ = ["Capture", "ReadStatus", "VideoFrame", "AudioChunk", "StreamEnd", "CaptureItem", "probe_streams", "s_to_ns"]

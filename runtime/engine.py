@@ -114,7 +114,7 @@ def run_stream(
     try:
         with Capture(src_cfg, contract, realtime=realtime) as cap:
             log.info("run: %s -> %s, streams %s", mask_credentials(src_cfg.uri), backend.name, "+".join(cap.streams))
-            aligner = Aligner(contract, cfg.align, streams=cap.streams)
+            aligner = Aligner(contract, cfg.align, streams=cap.streams, live=cap.is_live)
             post = PostProcessor(labels, cfg.postprocess, model_sha256=model_sha256 or sha, utc_ns_for=cap.utc_ns_for)
             timeout_ns = s_to_ns(src_cfg.read_timeout_s)
             stall_s = src_cfg.stall_timeout_s

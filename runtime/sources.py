@@ -154,10 +154,15 @@ def _appsink(name: str, cfg: SourceConfig, live: bool, sync: bool) -> str:
 
 
 def _video_tail(cfg: SourceConfig, contract: InputContract, live: bool, sync: bool) -> str:
+    # Cheapest order: drop frames first (videorate), scale in the decoder's format (YUV: 1.5 bytes a pixel),
+    # convert to RGB last, at the model's size. add-borders=false stretches to H x W as training resizes (no
+    # letterbox bars); method=bilinear2 is the multi-tap (area-like) bilinear that matches Pillow's downscaling.
     h, w = contract.image.height_px, contract.image.width_px
+    fps = _fps_fraction(cfg.fps)
     return (
-        "videoconvert ! videoscale ! videorate ! "
-        f"video/x-raw,format=RGB,width={w},height={h},pixel-aspect-ratio=1/1,framerate={_fps_fraction(cfg.fps)} ! "
+        f"videorate ! video/x-raw,framerate={fps} ! videoscale method={cfg.video_scale_method} add-borders=false ! "
+        f"video/x-raw,width={w},height={h},pixel-aspect-ratio=1/1 ! videoconvert ! "
+        f"video/x-raw,format=RGB,width={w},height={h},pixel-aspect-ratio=1/1,framerate={fps} ! "
         + _appsink(VIDEO_SINK, cfg, live, sync)
     )
 

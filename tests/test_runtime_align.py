@@ -207,3 +207,39 @@ def test_several_frames_per_window():
     # targets at 125, 375, 625, 875 ms; frames every 100 ms
     assert list(w.frame_pts_ns) == [s_to_ns(0.1), s_to_ns(0.4), s_to_ns(0.6), s_to_ns(0.9)]
     assert [int(f[0, 0, 0]) for f in w.frames] == [1, 4, 6, 9]
+
+
+def test_replay_waits_for_a_lagging_decoder_and_for_stream_end():
+    """A file replay: the audio decoder runs 6 s ahead of the video one. Live mode would give up on the frames
+    (max_wait 2 s); replay mode waits, so every window has its frame. After the video ends, windows go on without it."""
+    contract = _contract()
+    cfg = AlignConfig(hop_s=0.5, frame_tolerance_ms=120, max_wait_s=2.0)
+    audio = [("a", k * s_to_ns(0.1), np.zeros(800, np.float32)) for k in range(100)]  # 10 s
+    frames = [("v", k * s_to_ns(0.2), _frame(k % 250)) for k in range(40)]  # 8 s, then the camera ends
+    # arrival order: audio 6 s ahead of video
+    order = sorted(audio + frames, key=lambda r: r[1] - (s_to_ns(6.0) if r[0] == "a" else 0))
+    results = {}
+    for live in (True, False):
+        al = Aligner(contract, cfg, live=live)
+        out = []
+        for kind, pts, x in order:
+            (al.push_audio(pts, x, 8000) if kind == "a" else al.push_frame(pts, x))
+            out.extend(al.ready())
+        if not live:
+            before = len(out)
+            al.end_stream("video")
+            out.extend(al.ready())
+            assert out[-1].end_ns == s_to_ns(10.0) and len(out) > before  # the audio no longer waits for video
+        out.extend(al.flush())
+        results[live] = (out, al.counters)
+    live_out, live_counters = results[True]
+    assert live_counters["late_frames"] > 0 and any("image" in w.missing for w in live_out if w.end_ns <= s_to_ns(8.0))
+    out, counters = results[False]
+    assert counters["late_frames"] == 0
+    assert [w.end_ns for w in out] == [s_to_ns(1.0) + k * s_to_ns(0.5) for k in range(19)]  # 1.0 .. 10.0 s
+    with_frames = [w for w in out if w.frames is not None]
+    assert all(not w.missing for w in with_frames) and with_frames[-1].end_ns == s_to_ns(8.0)  # centre 7.5
+    after = [w for w in out if w.end_ns > s_to_ns(8.0)]  # decided only once the video said it ended
+    assert after and all(w.frames is None and w.audio is not None for w in after)
+    with pytest.raises(ValueError, match="unknown stream"):
+        Aligner(contract, cfg).end_stream("lidar")

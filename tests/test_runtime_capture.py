@@ -17,7 +17,7 @@ except (ValueError, ImportError) as e:  # pragma: no cover
 
 from edgeav.contract import AudioContract, ImageContract, InputContract  # noqa: E402
 from edgeav.errors import SensorError  # noqa: E402
-from edgeav.runtime.capture import AudioChunk, Capture, ReadStatus, VideoFrame, probe_streams  # noqa: E402
+from edgeav.runtime.capture import AudioChunk, Capture, ReadStatus, StreamEnd, VideoFrame, probe_streams  # noqa: E402
 from edgeav.schema.runtime import SourceConfig  # noqa: E402
 from edgeav.timebase import NS_PER_MS, NS_PER_S, ns_for_samples  # noqa: E402
 
@@ -142,7 +142,8 @@ def test_audio_only_file_is_probed(tmp_path):
     with Capture(path.as_uri(), C) as cap:
         assert cap.streams == ("audio",) and "video_sink" not in cap.description
         items, status = read_all(cap)
-    assert status is ReadStatus.EOS and items and all(i.kind == "audio" for i in items)
+    assert status is ReadStatus.EOS and items[-1] == StreamEnd("audio")
+    assert items[:-1] and all(i.kind == "audio" for i in items[:-1])
 
 
 def test_realtime_replay_is_paced(tmp_path):

@@ -15,7 +15,8 @@ from edgeav.schema.runtime import RuntimeConfig, SourceConfig
 
 C = InputContract(audio=AudioContract(sample_rate_hz=16000), image=ImageContract(height_px=224, width_px=160))
 VIDEO_TAIL = (
-    "videoconvert ! videoscale ! videorate ! "
+    "videorate ! video/x-raw,framerate=5/1 ! videoscale method=bilinear2 add-borders=false ! "
+    "video/x-raw,width=160,height=224,pixel-aspect-ratio=1/1 ! videoconvert ! "
     "video/x-raw,format=RGB,width=160,height=224,pixel-aspect-ratio=1/1,framerate=5/1 ! "
 )
 AUDIO_TAIL = "audioconvert ! audioresample ! audio/x-raw,format=F32LE,layout=interleaved,channels=1,rate=16000 ! "

@@ -29,6 +29,11 @@ class SourceConfig(Section):
         description="Streams to capture; None = what the source has (a file is probed; rtsp = video; test = both).",
     )
     fps: float = Field(5.0, gt=0.0, le=240.0, description="Frame rate delivered to the runtime (videorate), frames/s.")
+    video_scale_method: Literal["nearest-neighbour", "bilinear", "bilinear2", "4-tap", "lanczos"] = Field(
+        "bilinear2",
+        description="videoscale method to the model's H x W; bilinear2 (multi-tap) matches Pillow's bilinear resize "
+        "used in training.",
+    )
     appsink_max_buffers: int = Field(8, ge=1, le=1024, description="Buffers an appsink holds before it pushes back, buffers.")
     queue_max_items: int = Field(256, ge=4, le=100_000, description="Python-side capture queue bound, items (drops counted).")
     audio_chunk_s: float = Field(0.1, gt=0.0, le=5.0, description="Audio buffer length requested from test/alsa/pulse sources, s.")
