@@ -1,21 +1,35 @@
-"""Training-time augmentation, each part switchable in `train.augment`.
+"""Training-time augmentation, each part switchable in `train.augment` (and off at evaluation).
 
-Waveform (gain, noise, time shift) and image (rotation, flip, restricted RandAugment) transforms act on a batch
-on the training device; SpecAugment masks the model's log-mel output through a forward hook on its front end, so
-the exported model never contains it; joint mixup mixes both modalities with one lambda.
+- waveform (`wave`): random gain, white noise at an SNR, circular time shift; on a (B, T) batch.
+- image (`image`): rotation and horizontal flip, and RandAugment restricted to a list of operations; torchvision's
+  own transforms (`transforms.v2.RandomRotation`, `RandomHorizontalFlip`, `RandAugment`) on each uint8 image.
+- SpecAugment (`spec_augment`): time and mel-band masks on the model's log-mel output, through a forward hook on the
+  model's log-mel module, so the exported model never contains it.
+- joint mixup (`mixup`): a fraction of the batch mixed with a partner, one lambda for both modalities and the
+  soft label; the loss is the soft-label cross-entropy.
+- modality dropout (`modality_dropout`): the model's own `modality_dropout` on the mask, with the probabilities of
+  the `model:` section.
+
+Randomness: `augment_wave`, `joint_mixup` and SpecAugment draw from an explicit `torch.Generator`; the torchvision
+image transforms and the mixup lambdas draw from torch's global RNG. The training loop seeds both at the start of every epoch, which is
+what makes a resumed run repeat the uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import v2
 
-from edgeav.schema.train import AugmentConfig, ImageAugConfig, SpecAugmentConfig, WaveAugConfig
+from edgeav.schema.train import ImageAugConfig, MixupConfig, SpecAugmentConfig, WaveAugConfig
 
 
 def augment_wave(audio: torch.Tensor, cfg: WaveAugConfig, sample_rate_hz: int, gen: torch.Generator) -> torch.Tensor:
     """audio (B, T) float32 -> (B, T): random gain, white noise at an SNR, circular time shift."""
+    if not cfg.enabled:
+        return audio
     b, t = audio.shape
     out = audio
     if cfg.gain_db > 0:
@@ -24,134 +38,146 @@ def augment_wave(audio: torch.Tensor, cfg: WaveAugConfig, sample_rate_hz: int, g
     if cfg.noise_snr_db is not None and cfg.noise_prob > 0:
         use = (torch.rand(b, 1, generator=gen) < cfg.noise_prob).to(out)  # (B, 1)
         power = out.pow(2).mean(dim=1, keepdim=True).clamp_min(1e-10)  # (B, 1)
-        noise_std = torch.sqrt(power / (10.0 ** (cfg.noise_snr_db / 10.0)))
+        noise_std = torch.sqrt(power / (10.0 ** (cfg.noise_snr_db / 10.0)))  # (B, 1)
         out = out + use * noise_std * torch.randn(b, t, generator=gen).to(out)
     if cfg.time_shift_s > 0:
-        max_shift = int(cfg.time_shift_s * sample_rate_hz)
-        shifts = torch.randint(-max_shift, max_shift + 1, (b,), generator=gen)
+        max_shift = int(round(cfg.time_shift_s * sample_rate_hz))
+        shifts = torch.randint(-max_shift, max_shift + 1, (b,), generator=gen)  # (B,)
         out = torch.stack([torch.roll(out[i], int(shifts[i])) for i in range(b)])
     return out
 
 
-def _randaugment_one(img: torch.Tensor, op: str, magnitude: float) -> torch.Tensor:
-    """img (3, H, W) uint8."""
-    if op == "Identity":
-        return img
-    factor = 1.0 + magnitude * 0.9  # 1.0 .. 1.9, applied up or down at random by the caller
-    if op == "Sharpness":
-        return TF.adjust_sharpness(img, factor)
-    if op == "Contrast":
-        return TF.adjust_contrast(img, factor)
-    if op == "Brightness":
-        return TF.adjust_brightness(img, factor)
-    if op == "Color":
-        return TF.adjust_saturation(img, factor)
-    if op == "Equalize":
-        return TF.equalize(img)
-    if op == "AutoContrast":
-        return TF.autocontrast(img)
-    raise ValueError(f"unknown RandAugment op {op!r}")
+class RestrictedRandAugment(v2.RandAugment):
+    """torchvision's RandAugment drawing only from `ops` (names of `v2.RandAugment`'s operation table).
+
+    The scene papers found that the geometric and colour ops hurt; the default list is Sharpness, Contrast,
+    Identity. Everything else (magnitudes, signs, application) is torchvision's."""
+
+    def __init__(self, ops: list[str], num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31) -> None:
+        super().__init__(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=num_magnitude_bins)
+        table = v2.RandAugment._AUGMENTATION_SPACE
+        unknown = [op for op in ops if op not in table]
+        if unknown or not ops:
+            raise ValueError(f"RandAugment ops {unknown or ops!r} not in torchvision's table: {', '.join(table)}")
+        self._AUGMENTATION_SPACE = {op: table[op] for op in ops}
 
 
-def augment_image(image: torch.Tensor, cfg: ImageAugConfig, gen: torch.Generator) -> torch.Tensor:
-    """image (B, 3, H, W) uint8 -> (B, 3, H, W) uint8."""
-    out = []
-    for img in image:
-        if cfg.hflip_prob > 0 and torch.rand(1, generator=gen).item() < cfg.hflip_prob:
-            img = TF.horizontal_flip(img)
-        if cfg.rotation_deg > 0:
-            angle = (torch.rand(1, generator=gen).item() * 2 - 1) * cfg.rotation_deg
-            img = TF.rotate(img, angle, interpolation=TF.InterpolationMode.BILINEAR)
-        if cfg.randaugment_ops and torch.rand(1, generator=gen).item() < cfg.randaugment_prob:
-            op = cfg.randaugment_ops[int(torch.randint(len(cfg.randaugment_ops), (1,), generator=gen))]
-            mag = cfg.randaugment_magnitude * (1 if torch.rand(1, generator=gen).item() < 0.5 else -0.5)
-            img = _randaugment_one(img, op, mag)
-        out.append(img)
-    return torch.stack(out)
+def build_image_transform(cfg: ImageAugConfig) -> v2.Transform | None:
+    """The per-image transform of `cfg` (uint8 (3, H, W) -> uint8 (3, H, W)), or None when everything is off."""
+    if not cfg.enabled:
+        return None
+    parts: list[v2.Transform] = []
+    if cfg.hflip_prob > 0:
+        parts.append(v2.RandomHorizontalFlip(p=cfg.hflip_prob))
+    if cfg.rotation_deg > 0:
+        parts.append(v2.RandomRotation(cfg.rotation_deg, interpolation=v2.InterpolationMode.BILINEAR))
+    if cfg.randaugment_ops and cfg.randaugment_prob > 0:
+        bins = 31
+        ra = RestrictedRandAugment(list(cfg.randaugment_ops), num_ops=cfg.randaugment_num_ops,
+                                   magnitude=int(round(cfg.randaugment_magnitude * (bins - 1))), num_magnitude_bins=bins)
+        parts.append(v2.RandomApply([ra], p=cfg.randaugment_prob))
+    return v2.Compose(parts) if parts else None
 
 
-def modality_dropout(mask: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
-    """mask (B, 2) -> (B, 2): with probability p an example loses one modality (never both)."""
-    if p <= 0:
-        return mask
-    b = mask.shape[0]
-    drop = torch.rand(b, generator=gen) < p  # (B,)
-    which = torch.randint(0, 2, (b,), generator=gen)  # 0 = audio, 1 = image
-    out = mask.clone()
-    both = (mask.sum(dim=1) == 2)
-    sel = drop & both
-    out[sel, which[sel]] = 0.0
+def augment_image(image: torch.Tensor, transform: v2.Transform | None) -> torch.Tensor:
+    """image (B, 3, H, W) uint8 -> (B, 3, H, W) uint8, each example transformed on its own."""
+    if transform is None:
+        return image
+    return torch.stack([transform(img) for img in image])
+
+
+def joint_mixup(audio: torch.Tensor, image: torch.Tensor, target: torch.Tensor, cfg: MixupConfig,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix `batch_fraction` of the batch with a partner from the batch, one lambda per pair for both modalities
+    and the label. audio (B, ...) float, image (B, ...) uint8 or float, target (B, C) soft labels (rows sum to 1).
+    Returns the same shapes and dtypes; target rows still sum to 1."""
+    b = audio.shape[0]
+    n = int(round(b * cfg.batch_fraction))
+    if not cfg.enabled or n == 0 or b < 2:
+        return audio, image, target
+    idx = torch.randperm(b, generator=gen)[:n]  # (n,) examples that get mixed
+    partner = torch.randint(0, b, (n,), generator=gen)  # (n,)
+    lam = _lambdas(n, cfg.alpha)  # (n,)
+    return (_mix(audio, idx, partner, lam), _mix(image, idx, partner, lam), _mix(target, idx, partner, lam))
+
+
+def _lambdas(n: int, alpha: float) -> torch.Tensor:
+    """(n,) mixing weights ~ Beta(alpha, alpha) folded to [0.5, 1] so the example itself stays dominant (torch's
+    global RNG, seeded per epoch by the loop)."""
+    lam = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha))).sample((n,))
+    return torch.maximum(lam, 1 - lam)
+
+
+def _mix(x: torch.Tensor, idx: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    out = x.clone()
+    shape = (lam.shape[0],) + (1,) * (x.dim() - 1)
+    lv = lam.view(shape)
+    mixed = lv * x[idx].float() + (1 - lv) * x[partner].float()
+    if not x.dtype.is_floating_point:
+        mixed = mixed.round().clamp(torch.iinfo(x.dtype).min, torch.iinfo(x.dtype).max)
+    out[idx] = mixed.to(x.dtype)
     return out
 
 
-def joint_mixup(
-    audio: torch.Tensor, image: torch.Tensor, target: torch.Tensor, alpha: float, fraction: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mix a fraction of the batch with a shuffled partner, one lambda per pair for both modalities.
-
-    audio (B, T) float, image (B, 3, H, W) uint8, target (B, C) soft labels. Returns the same shapes.
-    """
-    b = audio.shape[0]
-    n = int(round(b * fraction))
-    if n == 0 or b < 2:
-        return audio, image, target
-    idx = torch.randperm(b, generator=gen)[:n]  # examples to mix
+def mixup_tensors(tensors: list[torch.Tensor], target: torch.Tensor, cfg: MixupConfig,
+                  gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Mixup of any number of aligned float tensors (B, ...) and the soft label (B, C) with one lambda per pair
+    (phase II of two-phase training mixes the cached maps and embeddings of both modalities this way)."""
+    b = target.shape[0]
+    n = int(round(b * cfg.batch_fraction))
+    if not cfg.enabled or n == 0 or b < 2:
+        return tensors, target
+    idx = torch.randperm(b, generator=gen)[:n]
     partner = torch.randint(0, b, (n,), generator=gen)
-    lam = torch.distributions.Beta(alpha, alpha).sample((n,)).clamp(0.0, 1.0)  # (n,)
-    lam = torch.maximum(lam, 1 - lam)  # keep the example itself dominant
-    audio, image, target = audio.clone(), image.clone(), target.clone()
-    la = lam.view(n, 1).to(audio)
-    audio[idx] = la * audio[idx] + (1 - la) * audio[partner]
-    li = lam.view(n, 1, 1, 1)
-    mixed = li * image[idx].float() + (1 - li) * image[partner].float()
-    image[idx] = mixed.round().clamp(0, 255).to(image.dtype)
-    lt = lam.view(n, 1).to(target)
-    target[idx] = lt * target[idx] + (1 - lt) * target[partner]
-    return audio, image, target
+    lam = _lambdas(n, cfg.alpha)  # (n,)
+    return [_mix(t, idx, partner, lam) for t in tensors], _mix(target, idx, partner, lam)
 
 
 class SpecAugmentHook:
-    """Forward hook on the model's front end: masks time frames and mel bands of its log-mel output.
+    """Forward hook on the model's log-mel module: masks time frames and mel bands of its output (B, 1, M, F)
+    while that module is in training mode. The masked value is the example's minimum (silence)."""
 
-    Active only while the module is in training mode; the masked value is the example's minimum (silence).
-    """
+    def __init__(self, cfg: SpecAugmentConfig, gen: torch.Generator | None = None) -> None:
+        self.cfg = cfg
+        self.gen = gen if gen is not None else torch.Generator().manual_seed(0)
 
-    def __init__(self, cfg: SpecAugmentConfig, gen: torch.Generator) -> None:
-        self.cfg, self.gen = cfg, gen
-
-    def __call__(self, module: torch.nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    def __call__(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
         if not module.training or not self.cfg.enabled:
             return output
-        x = output.clone()  # (B, [1,] n_mels, frames)
-        view = x.view(x.shape[0], -1, x.shape[-2], x.shape[-1])  # (B, 1, M, F)
-        b, _, m, f = view.shape
-        floor = view.amin(dim=(1, 2, 3))  # (B,)
-        for i in range(b):
-            for _ in range(self.cfg.time_masks):
-                w = int(torch.randint(0, min(self.cfg.time_mask_frames, f) + 1, (1,), generator=self.gen))
-                s = int(torch.randint(0, max(1, f - w + 1), (1,), generator=self.gen))
-                view[i, :, :, s : s + w] = floor[i]
-            for _ in range(self.cfg.freq_masks):
-                w = int(torch.randint(0, min(self.cfg.freq_mask_bands, m) + 1, (1,), generator=self.gen))
-                s = int(torch.randint(0, max(1, m - w + 1), (1,), generator=self.gen))
-                view[i, :, s : s + w, :] = floor[i]
-        return x
+        return spec_augment(output, self.cfg, self.gen)
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """logits (B, C), target (B, C) probabilities -> scalar. KL to soft labels up to a constant."""
+def spec_augment(spec: torch.Tensor, cfg: SpecAugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """spec (B, 1, M, F) log-mel -> masked copy; `cfg.time_masks` masks of up to `time_mask_frames` frames and
+    `cfg.freq_masks` masks of up to `freq_mask_bands` bands per example."""
+    x = spec.clone()
+    b, _, m, f = x.shape
+    floor = x.detach().amin(dim=(1, 2, 3))  # (B,)
+    for i in range(b):
+        for _ in range(cfg.time_masks):
+            w = int(torch.randint(0, min(cfg.time_mask_frames, f) + 1, (1,), generator=gen))
+            s = int(torch.randint(0, max(1, f - w + 1), (1,), generator=gen))
+            x[i, :, :, s:s + w] = floor[i]
+        for _ in range(cfg.freq_masks):
+            w = int(torch.randint(0, min(cfg.freq_mask_bands, m) + 1, (1,), generator=gen))
+            s = int(torch.randint(0, max(1, m - w + 1), (1,), generator=gen))
+            x[i, :, s:s + w, :] = floor[i]
+    return x
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """logits (B, C), target (B, C) probabilities -> scalar: mean of -sum(target * log_softmax(logits)) (the KL
+    divergence to the soft labels up to a constant). `weight` (B,) averages over the examples it marks."""
     if smoothing > 0:
-        c = target.shape[1]
-        target = target * (1 - smoothing) + smoothing / c
-    return -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+        target = target * (1 - smoothing) + smoothing / target.shape[1]
+    per = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1)  # (B,)
+    if weight is None:
+        return per.mean()
+    return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 __all__ = [
-    "AugmentConfig",
-    "augment_wave",
-    "augment_image",
-    "modality_dropout",
-    "joint_mixup",
-    "SpecAugmentHook",
-    "soft_cross_entropy",
+    "RestrictedRandAugment", "SpecAugmentHook", "augment_image", "augment_wave", "build_image_transform",
+    "joint_mixup", "mixup_tensors", "soft_cross_entropy", "spec_augment",
 ]

@@ -12,11 +12,13 @@ import csv
 import json
 import logging
 from pathlib import Path
-from typing import Any
+import time
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
+from edgeav.errors import DataError, ModelError
 from edgeav.result import CommandResult
 from edgeav.schema import config_from_dict
 
@@ -46,18 +48,19 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader, mask_override: tuple[float, float] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (labels (N,), fused predictions (N,), probabilities (N, C)) with the mask optionally forced."""
-    from edgeav.train.loop import _outputs
-
+def predict(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]],
+            mask_override: tuple[float, float] | None, device: torch.device | str = "cpu"
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels (N,), fused predictions (N,), probabilities (N, C)) with the modality mask optionally forced to
+    `mask_override` ([audio, image], 1 = present) for every example."""
     model.eval()
     ys, ps, probs = [], [], []
     for batch in loader:
-        mask = batch["mask"].clone()
+        mask = batch["mask"].clone()  # (B, 2)
         if mask_override is not None:
             mask[:] = torch.tensor(mask_override)
-        logits, _, _ = _outputs(model(batch["audio"], batch["image"], mask))
-        p = torch.softmax(logits.float(), 1)
+        out = model(batch["audio"].to(device), batch["image"].to(device), mask.to(device))
+        p = torch.softmax(out.logits.float(), 1).cpu()  # (B, C)
         ys.append(batch["label"].numpy())
         ps.append(p.argmax(1).numpy())
         probs.append(p.numpy())
@@ -123,27 +126,37 @@ def plot_curves(metrics_csv: Path, path: Path) -> bool:
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: str = "test",
-                        out_dir: str | Path | None = None) -> dict[str, Any]:
+                        out_dir: str | Path | None = None, data: Any = None, batch_size: int = 32) -> dict[str, Any]:
+    """Evaluate `checkpoint` on `split` of the data set at `data_path` (cut as the checkpoint's training config
+    says); writes report.json, summary.md, confusion.csv/.png and curves.png into `out_dir` (default: beside the
+    checkpoint, eval_<split>/). `data`: an already loaded AVDataset of that path (the training loop passes its own)."""
+    from torch.utils.data import ConcatDataset, DataLoader
+
     from edgeav.train.data import load_dataset
     from edgeav.train.data.torch_dataset import TorchAVDataset
-    from edgeav.train.loop import collate
     from edgeav.train.models import load_checkpoint
 
     ckpt = Path(checkpoint)
     model, info = load_checkpoint(ckpt)
-    labels = list(info["labels"])
-    cfg = config_from_dict(info["train_config"], f"{ckpt} (training config)")
-    data = load_dataset(cfg.data, data_path)
+    labels = info.labels
+    if not info.train_config:
+        raise ModelError(f"{ckpt}: the checkpoint has no training config; cannot tell how to cut the data")
+    cfg = config_from_dict(info.train_config, f"{ckpt} (training config)")
+    if data is None:
+        data = load_dataset(cfg.data, data_path)
     if list(data.classes) != labels:
-        from edgeav.errors import DataError
-
         raise DataError(f"{data_path}: classes {list(data.classes)} do not match the checkpoint's labels {labels}")
     splits = ["train", "val", "test"] if split == "all" else [split]
-    datasets = [TorchAVDataset(data, s, epoch=0, seed=cfg.train.seed) for s in splits]
-    loader = [collate([ds[i] for i in range(j, min(j + 32, len(ds)))]) for ds in datasets for j in range(0, len(ds), 32)]
+    sets = [TorchAVDataset(data, s, epoch=0, seed=cfg.train.seed) for s in splits]
+    n_total = sum(len(d) for d in sets)
+    if n_total == 0:
+        raise DataError(f"{data_path}: the {split!r} split is empty")
+    loader = DataLoader(ConcatDataset(sets), batch_size=batch_size, shuffle=False)
     out = Path(out_dir) if out_dir else ckpt.parent / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(data_path), "split": split, "labels": labels}
+    t0 = time.monotonic()
+    report: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(data_path), "split": split, "labels": labels,
+                              "arch": {k: info.arch.get(k) for k in ("name", "audio_backbone", "image_backbone", "head")}}
     for name, mask in MASKS.items():
         y, p, _ = predict(model, loader, mask)
         m = classification_metrics(y, p, len(labels))
@@ -156,17 +169,27 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
                 for lab, row in zip(labels, cm):
                     w.writerow([lab, *row.tolist()])
             _plot_confusion(cm, labels, out / "confusion.png", f"{split}: accuracy {m['accuracy']:.3f}")
-    report["curves_png"] = str(out / "curves.png") if plot_curves(ckpt.parent / "metrics.csv", out / "curves.png") else None
+    report["seconds"] = round(time.monotonic() - t0, 2)
+    report["per_class_recall"] = {lab: r for lab, r in zip(labels, report["both"]["per_class_recall"])}
+    metrics_csv = ckpt.parent / "metrics.csv"
+    report["curves_png"] = str(out / "curves.png") if plot_curves(metrics_csv, out / "curves.png") else None
     report["confusion_png"] = str(out / "confusion.png")
+    report["confusion_csv"] = str(out / "confusion.csv")
+    report["summary_md"] = str(out / "summary.md")
+    report["report_json"] = str(out / "report.json")
     (out / "report.json").write_text(json.dumps(report, indent=2))
     md = [f"# Evaluation of `{ckpt.name}` on {split} ({report['both']['n']} examples)", "",
+          "Modality ablation through the mask: the same checkpoint with both inputs, audio only and image only.", "",
           "| input | accuracy | macro-F1 |", "|---|---|---|"]
     for name in MASKS:
         md.append(f"| {name.replace('_', ' ')} | {report[name]['accuracy']:.3f} | {report[name]['macro_f1']:.3f} |")
-    md += ["", "| class | recall (both) |", "|---|---|"]
-    md += [f"| {lab} | {r:.3f} |" for lab, r in zip(labels, report["both"]["per_class_recall"])]
+    md += ["", "| class | recall (both) | recall (audio only) | recall (image only) |", "|---|---|---|---|"]
+    md += [f"| {lab} | {a:.3f} | {b:.3f} | {c:.3f} |" for lab, a, b, c in zip(
+        labels, report["both"]["per_class_recall"], report["audio_only"]["per_class_recall"],
+        report["image_only"]["per_class_recall"])]
+    md += ["", "Confusion matrix: `confusion.png`, `confusion.csv`" +
+           ("; training curves: `curves.png`." if report["curves_png"] else ".")]
     (out / "summary.md").write_text("\n".join(md) + "\n")
-    report["summary_md"] = str(out / "summary.md")
     return report
 
 
@@ -175,5 +198,5 @@ def cmd_eval(args: argparse.Namespace) -> CommandResult:
     lines = [f"{args.checkpoint} on {args.split} ({report['both']['n']} examples):"]
     for name in MASKS:
         lines.append(f"  {name:11s} accuracy {report[name]['accuracy']:.3f}  macro-F1 {report[name]['macro_f1']:.3f}")
-    lines.append(f"  report: {Path(report['summary_md']).parent}")
+    lines.append(f"  report: {report['report_json']}, {report['summary_md']}")
     return CommandResult(report, "\n".join(lines))

@@ -24,21 +24,28 @@ class SpecAugmentConfig(Section):
 
 
 class WaveAugConfig(Section):
+    enabled: bool = Field(True, description="Waveform augmentation on/off (gain, noise, time shift).")
     gain_db: float = Field(6.0, ge=0.0, le=40.0, description="Random gain drawn from +-gain_db, dB (0 = off).")
     noise_snr_db: float | None = Field(30.0, ge=-10.0, le=100.0, description="Add white noise at this SNR, dB (null = off).")
     noise_prob: float = Field(0.3, ge=0.0, le=1.0, description="Probability of adding noise to an example.")
     time_shift_s: float = Field(0.5, ge=0.0, le=30.0, description="Random circular shift of the window up to this, seconds.")
 
 
+RANDAUGMENT_OPS = Literal["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
+                          "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize"]
+
+
 class ImageAugConfig(Section):
+    enabled: bool = Field(True, description="Image augmentation on/off (rotation, flip, RandAugment).")
     rotation_deg: float = Field(15.0, ge=0.0, le=180.0, description="Random rotation range +-deg, degrees (0 = off).")
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal flip.")
-    randaugment_ops: list[Literal["Sharpness", "Contrast", "Identity", "Brightness", "Color", "Equalize", "AutoContrast"]] = Field(
+    randaugment_ops: list[RANDAUGMENT_OPS] = Field(
         default_factory=lambda: ["Sharpness", "Contrast", "Identity"],
-        description="RandAugment operations allowed (the scene papers found the others hurt).",
+        description="RandAugment operations allowed (torchvision names; the scene papers found the others hurt; [] = off).",
     )
-    randaugment_magnitude: float = Field(0.5, ge=0.0, le=1.0, description="Strength of each RandAugment op, 0..1.")
-    randaugment_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of applying one RandAugment op.")
+    randaugment_num_ops: int = Field(2, ge=1, le=8, description="RandAugment operations applied in a row, count.")
+    randaugment_magnitude: float = Field(0.3, ge=0.0, le=1.0, description="Strength of each RandAugment op, 0..1 of torchvision's range.")
+    randaugment_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of applying RandAugment to an image (0 = off).")
 
 
 class AugmentConfig(Section):
@@ -46,7 +53,9 @@ class AugmentConfig(Section):
     spec_augment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig, description="SpecAugment on the log-mel.")
     wave: WaveAugConfig = Field(default_factory=WaveAugConfig, description="Waveform augmentation.")
     image: ImageAugConfig = Field(default_factory=ImageAugConfig, description="Image augmentation.")
-    modality_dropout: float = Field(0.1, ge=0.0, le=0.9, description="Probability of dropping one modality of an example (mask=0).")
+    modality_dropout: bool = Field(
+        True, description="Drop one modality of an example (mask=0) with the model section's modality_dropout_*_p."
+    )
 
 
 class TrainConfig(Section):
@@ -66,9 +75,14 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, description="Seed of everything random in training.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
     amp: bool = Field(True, description="Automatic mixed precision on CUDA (ignored on CPU).")
+    eval_batch_size: int = Field(32, ge=1, le=4096, description="Batch size of validation and evaluation, examples.")
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
     threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads (null = torch default).")
-    max_minutes: float | None = Field(None, gt=0.0, description="Stop training after this wall time, minutes.")
+    max_minutes: float | None = Field(
+        None, gt=0.0, description="Stop a phase after this wall time since the start of training, minutes (null = no limit)."
+    )
+    eval_test: bool = Field(True, description="After training, evaluate best.pt on the test split (eval_test/ in OUT).")
+    prepare_data: bool = Field(True, description="Decode every file into the cache before the first epoch.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation, each part switchable.")
 
     @model_validator(mode="after")
