@@ -90,7 +90,8 @@ class Aligner:
         self.max_gap_ns = int(round(self.cfg.max_gap_ms * NS_PER_MS))
         self.max_wait_ns = s_to_ns(self.cfg.max_wait_s)
         self.retain_ns = s_to_ns(self.cfg.retain_s)
-        self._audio: collections.deque[tuple[int, np.ndarray]] = collections.deque()  # (pts_ns, samples (N,))
+        # (pts_ns, end_ns, samples (N,)): the end is computed once, on arrival
+        self._audio: collections.deque[tuple[int, int, np.ndarray]] = collections.deque()
         self._frames: collections.deque[tuple[int, np.ndarray]] = collections.deque()  # (pts_ns, rgb (H,W,3))
         self._audio_wm: int | None = None  # end time of the latest audio sample seen
         self._video_wm: int | None = None  # latest frame PTS seen
@@ -120,7 +121,7 @@ class Aligner:
         if self._next_end is not None and end <= self._next_end - self.window_ns:
             self.counters["late_audio_chunks"] += 1  # entirely before every window still to come
             return
-        self._audio.append((pts, samples))
+        self._audio.append((pts, end, samples))
         self._audio_wm = end if self._audio_wm is None else max(self._audio_wm, end)
 
     def push_frame(self, pts_ns: int, rgb: np.ndarray) -> None:
@@ -216,8 +217,8 @@ class Aligner:
         out = np.zeros(n, dtype=np.float32)  # (T,)
         covered = np.zeros(n, dtype=bool)
         end_ns = start_ns + self.window_ns
-        for pts, samples in self._audio:
-            if pts >= end_ns or pts + ns_for_samples(samples.size, self.rate_hz) <= start_ns:
+        for pts, chunk_end, samples in self._audio:
+            if pts >= end_ns or chunk_end <= start_ns:
                 continue
             a = samples_for_ns(pts - start_ns, self.rate_hz)  # window index of the chunk's first sample
             lo, hi = max(a, 0), min(a + samples.size, n)
@@ -278,11 +279,13 @@ class Aligner:
         first_start = self._next_end - self.window_ns
         keep_after = first_start
         if self._audio:
-            kept = collections.deque(
-                (p, s) for p, s in self._audio if p + ns_for_samples(s.size, self.rate_hz) > keep_after
-            )
-            self.counters["pruned_audio_chunks"] += len(self._audio) - len(kept)
-            self._audio = kept
+            while self._audio and self._audio[0][1] <= keep_after:  # in-order arrival: the common case
+                self._audio.popleft()
+                self.counters["pruned_audio_chunks"] += 1
+            if any(e <= keep_after for _, e, _ in self._audio):  # a chunk that came out of order
+                kept = collections.deque(c for c in self._audio if c[1] > keep_after)
+                self.counters["pruned_audio_chunks"] += len(self._audio) - len(kept)
+                self._audio = kept
         # Keep one frame before the next window (it may still be the nearest).
         while len(self._frames) > 1 and self._frames[1][0] <= first_start - self.tolerance_ns:
             self._frames.popleft()
@@ -301,7 +304,7 @@ class Aligner:
                    if k in self.streams and k not in self._ended and wm is not None]
             now = min(wms) if wms else now
         horizon = now - (self.window_ns + self.max_wait_ns + self.retain_ns)
-        while self._audio and self._audio[0][0] + ns_for_samples(self._audio[0][1].size, self.rate_hz) < horizon:
+        while self._audio and self._audio[0][1] < horizon:
             self._audio.popleft()
             self.counters["pruned_audio_chunks"] += 1
         while self._frames and self._frames[0][0] < horizon:
@@ -311,7 +314,7 @@ class Aligner:
     def buffered(self) -> dict[str, int]:
         return {
             "audio_chunks": len(self._audio),
-            "audio_samples": int(sum(s.size for _, s in self._audio)),
+            "audio_samples": int(sum(s.size for _, _, s in self._audio)),
             "frames": len(self._frames),
         }
 

@@ -42,6 +42,11 @@ class Backend(abc.ABC):
     def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         """audio (B, T) float32, image (B, 3, H, W) uint8, mask (B, 2) float32 -> the three (B, C) logits."""
 
+    @property
+    def max_batch(self) -> int | None:
+        """Most windows one `infer` call takes; None = any (dynamic batch axis). The safe default is 1."""
+        return 1
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release the session / engine."""
 
@@ -134,11 +139,18 @@ class OrtBackend(Backend):
         if set(OUTPUT_NAMES) - set(out_names):
             raise ModelError(f"{self.model_path}: outputs {out_names} lack {sorted(set(OUTPUT_NAMES) - set(out_names))}")
         self._out_names = list(OUTPUT_NAMES)
+        dims0 = {i.name: (i.shape[0] if i.shape else 1) for i in self._session.get_inputs()}
+        fixed = [d for d in dims0.values() if isinstance(d, int) and d > 0]
+        self._max_batch: int | None = min(fixed) if fixed else None  # a symbolic batch axis takes any batch
         log.info("onnxruntime backend: %s on %s", self.model_path.name, ", ".join(self.providers))
 
     @property
     def input_contract(self) -> InputContract:
         return self._contract
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._max_batch
 
     def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         self.check_inputs(audio, image, mask)

@@ -34,6 +34,8 @@ from edgeav.timebase import NS_PER_S, ns_for_samples, s_to_ns
 
 log = logging.getLogger(__name__)
 
+BUS_POLL_NS = 20_000_000  # while buffers flow, the bus (errors, EOS) is checked at least this often
+
 
 class ReadStatus(enum.Enum):
     OK = "ok"
@@ -81,7 +83,14 @@ class StreamEnd:
 CaptureItem = Union[VideoFrame, AudioChunk, StreamEnd]
 
 
+_GST = None
+
+
 def _gst():
+    """The initialised Gst module (imported once: gi.require_version is slow enough to matter per buffer)."""
+    global _GST
+    if _GST is not None:
+        return _GST
     try:
         import gi
 
@@ -92,6 +101,7 @@ def _gst():
         raise SensorError(f"GStreamer (PyGObject, Gst 1.0) is not available here: {e}") from None
     if not Gst.is_initialized():
         Gst.init(None)
+    _GST = Gst
     return Gst
 
 
@@ -165,6 +175,7 @@ class Capture:
         self._queue_overruns: dict[str, int] = {}
         self._counts = {"video": 0, "audio": 0}
         self._wall_anchor: tuple[int, int] | None = None  # (running_time_ns, utc_ns) at start
+        self._next_bus_poll_ns = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> "Capture":
@@ -271,15 +282,9 @@ class Capture:
         if running == Gst.CLOCK_TIME_NONE or running < 0:
             return None
         pts_ns = int(running)
-        ok, info = buf.map(Gst.MapFlags.READ)
-        if not ok:
-            raise SensorError(f"cannot map {stream} buffer")
-        try:
-            data = bytes(info.data)
-        finally:
-            buf.unmap(info)
+        data = buf.extract_dup(0, buf.get_size())  # one copy out of the GstBuffer into an immutable bytes
         if stream == "audio":
-            samples = np.frombuffer(data, dtype="<f4").astype(np.float32, copy=True)  # (N,)
+            samples = np.frombuffer(data, dtype="<f4")  # (N,) read-only view, no second copy
             return AudioChunk(pts_ns, samples, self.contract.audio.sample_rate_hz)
         s = sample.get_caps().get_structure(0)
         w, h = s.get_value("width"), s.get_value("height")
@@ -287,7 +292,10 @@ class Capture:
         arr = np.frombuffer(data, dtype=np.uint8)
         if arr.size < stride * h:
             raise SensorError(f"video buffer of {arr.size} bytes is short for {w}x{h} RGB")
-        rgb = arr[: stride * h].reshape(h, stride)[:, : w * 3].reshape(h, w, 3).copy()  # (H, W, 3)
+        if stride == w * 3:
+            rgb = arr[: stride * h].reshape(h, w, 3)  # (H, W, 3) read-only view, no copy
+        else:
+            rgb = arr[: stride * h].reshape(h, stride)[:, : w * 3].reshape(h, w, 3).copy()  # (H, W, 3) unpadded
         return VideoFrame(pts_ns, rgb)
 
     # -- reading -------------------------------------------------------------------------------------------------
@@ -318,8 +326,12 @@ class Capture:
             return (ReadStatus.ERROR, None) if self.error else (ReadStatus.EOS, None)
         deadline = time.monotonic_ns() + int(timeout_ns)
         while True:
-            if self.error is None and self._pop_bus_error(0) is not None:
-                return ReadStatus.ERROR, None
+            now = time.monotonic_ns()
+            # The bus is polled every BUS_POLL_NS while data flows (an error surfaces within that), always when idle.
+            if self.error is None and (now >= self._next_bus_poll_ns or len(self._queue) == 0):
+                self._next_bus_poll_ns = now + BUS_POLL_NS
+                if self._pop_bus_error(0) is not None:
+                    return ReadStatus.ERROR, None
             if self.error is not None:
                 return ReadStatus.ERROR, None
             ok, item = self._queue.get(timeout_s=0.0)

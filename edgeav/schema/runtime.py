@@ -82,6 +82,11 @@ class BackendConfig(Section):
     intra_op_threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads; 0 = ORT default, threads.")
     inter_op_threads: int = Field(0, ge=0, le=256, description="ORT inter-op threads; 0 = ORT default, threads.")
     device_id: int = Field(0, ge=0, le=64, description="GPU index for CUDA/TensorRT providers.")
+    replay_batch_windows: int = Field(
+        8, ge=1, le=256,
+        description="Windows inferred in one call when replaying a file as fast as possible (a live source always "
+        "infers each window as soon as it is complete), windows; capped by the model's batch axis.",
+    )
 
 
 class PostprocessConfig(Section):
