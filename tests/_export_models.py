@@ -75,3 +75,59 @@ def feeds(n: int, seed: int = 1, batch: int = 2, image_hw: int = IMAGE_HW) -> li
         image = np.clip(base + grad + rng.normal(0, 10, (batch, 3, image_hw, image_hw)), 0, 255).astype(np.uint8)
         out.append({"audio": audio, "image": image, "mask": np.ones((batch, 2), np.float32)})
     return out
+
+
+# ------------------------------------------------------------------------------ a real (tiny) edgeav checkpoint
+
+TINY_ARCH = {"name": "export-test-tiny", "audio_backbone": "audio_cnn", "image_backbone": "mobilenetv3_small",
+             "head": "concat", "dropout": 0.0}
+
+
+def make_synthetic_data(root: Path, n_classes: int = 3, per_class: int = 8) -> Path:
+    """The SYNTHETIC paired data set of edgeav.train.synthetic (tones + coloured shapes), 2 s recordings, 64 px."""
+    from edgeav.train.synthetic import make_paired_set
+
+    return make_paired_set(root, n_classes=n_classes, per_class=per_class, seconds=2.0, size_px=64, seed=0)
+
+
+def train_checkpoint(out: Path, data_root: Path, data: dict | None = None, arch: dict | None = None,
+                     steps: int = 40, batch: int = 16, lr: float = 3e-3, seed: int = 0,
+                     cache_dir: Path | None = None) -> Path:
+    """Train `arch` (default: TINY_ARCH with a 1 s / 32 px contract) for `steps` Adam steps on the train split of
+    `data_root` and write a self-describing checkpoint (its train_config carries the data: section)."""
+    import torch
+
+    from edgeav.contract import AudioContract, ImageContract, InputContract
+    from edgeav.schema.data import DataConfig
+    from edgeav.train.data import load_dataset
+    from edgeav.train.data.torch_dataset import TorchAVDataset
+    from edgeav.train.models import build_model, save_checkpoint
+
+    data_cfg = DataConfig.model_validate({"window_s": 1.0, "hop_s": 0.5, "image_size_px": 32, "val_fraction": 0.25,
+                                          "cache_dir": str(cache_dir) if cache_dir else None, **(data or {})})
+    ds = load_dataset(data_cfg, data_root)
+    contract = InputContract(audio=AudioContract(sample_rate_hz=data_cfg.sample_rate_hz, window_s=data_cfg.window_s),
+                             image=ImageContract(height_px=data_cfg.image_size_px, width_px=data_cfg.image_size_px))
+    arch_d = dict(arch or TINY_ARCH)
+    arch_d["contract"] = contract.model_dump(mode="json")
+    torch.manual_seed(seed)
+    model = build_model(arch_d, ds.classes, pretrained=False)
+    tds = TorchAVDataset(ds, "train")
+    items = [tds[i] for i in range(len(tds))]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(items), (min(batch, len(items)),), generator=g).tolist()
+        audio = torch.stack([items[i]["audio"] for i in idx])
+        image = torch.stack([items[i]["image"] for i in idx])
+        mask = torch.stack([items[i]["mask"] for i in idx])
+        target = torch.tensor([items[i]["label"] for i in idx])
+        outputs = model(audio, image, mask)
+        loss = sum(torch.nn.functional.cross_entropy(o, target) for o in outputs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    full = {"data": data_cfg.model_dump(mode="json")}
+    return save_checkpoint(out, model, ds.classes, arch_d, contract, full, {"note": f"{steps} steps, test model"})

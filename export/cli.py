@@ -1,0 +1,268 @@
+"""`edgeav export CHECKPOINT --out BUNDLE [--int8 --calib-data PATH] [--fp16] [--device PROFILE] [--engine]`.
+
+What it does, in order (any failure stops it, and nothing is written at --out):
+
+1. Checks what was asked against the device profile (INT8 on a Jetson Nano is refused with what it can do), that
+   INT8 has calibration data, and that --out is free.
+2. Rebuilds the model from the checkpoint and reads the checkpoint's own data set (its stored `data:` section; the
+   folder from --calib-data).
+3. FP32 ONNX (opset 17, static shapes unless --dynamic-batch, onnxslim, onnx.checker) and the parity check against
+   PyTorch on validation windows: max |logit diff| <= 1e-4 and 100 % top-1 agreement.
+4. --fp16: a half-precision copy (front end in float32) with its parity report against PyTorch.
+5. --int8: Q/DQ in the profile's form, calibrated on >= 300 training windows stratified by class (both inputs);
+   FP32 and INT8 scored in ONNX Runtime on the held-out (test) split; the gate refuses a drop above --max-drop
+   (overall) or --max-class-drop (any class). On a gate failure the sensitivity check runs once, the fragile op
+   types go to float, and the gate runs again.
+6. --engine: a TensorRT engine built from the exported ONNX (on the device itself; refused where TensorRT is absent).
+7. The bundle: the files, labels, manifest (mirrored into each ONNX file's metadata), a .tar.gz beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edgeav.errors import ConfigError, ExportError
+from edgeav.result import CommandResult
+from edgeav.schema.export import ExportConfig
+
+log = logging.getLogger(__name__)
+
+
+_FLAGS = {"max_drop_points": "--max-drop", "max_class_drop_points": "--max-class-drop",
+          "calib_windows": "--calib-windows"}
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of what made the bundle (the ones importable here)."""
+    import importlib
+
+    from edgeav import __version__
+
+    out = {"edgeav": __version__, "python": platform.python_version()}
+    for mod in ("torch", "onnx", "onnxruntime", "onnxslim", "numpy", "tensorrt"):
+        try:
+            out[mod] = str(importlib.import_module(mod).__version__)
+        except Exception:  # noqa: BLE001 - not installed here: not part of the tool chain of this bundle
+            continue
+    return out
+
+
+def _gate_figures(m: Any) -> dict[str, Any]:
+    d = m.to_dict()
+    d["accuracy"] = round(d["accuracy"], 4)
+    d["per_class_recall"] = {k: round(v, 4) for k, v in d["per_class_recall"].items()}
+    return d
+
+
+def _check_request(args: argparse.Namespace, profile: Any) -> None:
+    from edgeav.devices import check_precision
+    from edgeav.export.quantize import NO_CALIB_MSG
+
+    if args.int8:
+        check_precision(profile, "int8")  # DeviceError naming what the profile can do
+        if not args.calib_data:
+            raise ExportError(NO_CALIB_MSG + " (INT8 scales are never guessed)")
+    if args.fp16:
+        check_precision(profile, "fp16")
+    if args.engine:
+        if profile.preferred_backend != "tensorrt":
+            raise ExportError(f"--engine builds a TensorRT engine; profile {profile.name!r} runs "
+                              f"{profile.preferred_backend}: choose a TensorRT --device")
+        from edgeav.export.tensorrt import require_tensorrt
+
+        require_tensorrt(profile)
+    if args.calib_windows < 1:
+        raise ExportError(f"--calib-windows must be at least 1, got {args.calib_windows}")
+
+
+def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dict[str, Any]:
+    """Do the export; returns the summary dict (also what --json prints)."""
+    from edgeav.devices import load_profile
+
+    t0 = time.monotonic()
+    try:
+        cfg = cfg or ExportConfig(max_drop_points=args.max_drop, max_class_drop_points=args.max_class_drop,
+                                  calib_windows=args.calib_windows)
+    except ValidationError as e:
+        first = e.errors()[0]
+        flag = _FLAGS.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise ConfigError(f"{flag} {first.get('input')!r}: {first['msg']}") from None
+    profile = load_profile(args.device)
+    _check_request(args, profile)  # refusals come before anything heavy is imported or read
+    out = Path(args.out)
+    if out.exists():
+        raise ExportError(f"{out}: already exists (choose another --out, or remove it)")
+    if not Path(args.checkpoint).is_file():
+        raise ExportError(f"{args.checkpoint}: checkpoint not found")
+
+    from edgeav.export import gate as gate_mod
+    from edgeav.export.bundle import write_bundle
+    from edgeav.export.onnx_export import compare_outputs, convert_fp16, export_onnx, onnx_outputs, parity_check, \
+        set_metadata, torch_outputs
+    from edgeav.export.quantize import quantize_for_device, sensitivity_check
+    from edgeav.export.samples import as_eval_samples, class_counts, dataset_for_checkpoint, split_examples
+    from edgeav.manifest import ArtifactManifest, sha256_file
+    from edgeav.train.models import load_checkpoint, read_checkpoint
+
+    ckpt = Path(args.checkpoint)
+    model, info = load_checkpoint(ckpt)
+    raw = read_checkpoint(ckpt)
+    ckpt_sha = sha256_file(ckpt)
+    labels = info.labels
+    ds = dataset_for_checkpoint(raw.get("train_config") or {}, labels, args.calib_data)
+    val = split_examples(ds, "val", limit=cfg.parity_windows, seed=0)
+
+    metrics: dict[str, Any] = {"checkpoint": dict(info.metrics)}
+    extra: dict[str, Any] = {
+        "source_checkpoint": {"path": str(ckpt), "sha256": ckpt_sha},
+        "export": {"opset": cfg.opset, "static_shapes": not args.dynamic_batch,
+                   "batch": "dynamic" if args.dynamic_batch else 1, "simplifier": "onnxslim",
+                   "checker": "onnx.checker.check_model(full_check=True)"},
+        "data": {"path": str(args.calib_data) if args.calib_data else None, "root": str(ds.root)},
+    }
+    files: dict[str, Path] = {}
+    precisions = ["fp32"]
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edgeav-export-") as tmpd:
+        tmp = Path(tmpd)
+        # --- FP32 + parity
+        fp32 = export_onnx(model, tmp / "model_fp32.onnx", opset=cfg.opset, dynamic_batch=args.dynamic_batch)
+        feeds = [e.feeds for e in val]
+        parity = parity_check(model, fp32, feeds, max_abs_diff=cfg.parity_max_abs_diff, min_agreement=100.0)
+        metrics["parity_fp32"] = parity.to_dict()
+        extra["parity_split"] = {"split": "val", "windows": len(val), "per_class": class_counts(val, labels)}
+        parity.raise_if_failed("FP32 ONNX")
+        files["model_fp32"] = fp32
+        result["parity_fp32"] = {"max_abs_diff": parity.max_abs_diff["logits"], "top1_agreement": parity.top1_agreement,
+                                 "n": parity.n}
+
+        # --- FP16
+        if args.fp16:
+            fp16, fp16_info = convert_fp16(fp32, tmp / "model_fp16.onnx")
+            rep = compare_outputs(torch_outputs(model, feeds), onnx_outputs(fp16, feeds),
+                                  max_abs_diff=cfg.fp16_max_abs_diff, min_agreement=cfg.fp16_min_agreement_pct)
+            metrics["parity_fp16"] = rep.to_dict()
+            rep.raise_if_failed("FP16 ONNX")
+            extra["fp16"] = fp16_info
+            files["model_fp16"] = fp16
+            precisions.append("fp16")
+            result["parity_fp16"] = {"max_abs_diff": rep.max_abs_diff["logits"], "top1_agreement": rep.top1_agreement}
+
+        # --- INT8
+        if args.int8:
+            calib = split_examples(ds, "train", limit=cfg.calib_windows, seed=0, all_frames=True)
+            if len(calib) < cfg.calib_windows:
+                log.warning("CALIBRATION SHORT: the training split gives %d calibration window(s) (one per frame), "
+                            "fewer than the %d asked; calibrating on all of them", len(calib), cfg.calib_windows)
+            test = split_examples(ds, "test", seed=0)
+            form = profile.int8_form
+            simulate = form == "trt_symmetric"
+            fp32_m = gate_mod.evaluate_onnx(fp32, as_eval_samples(test), labels)
+            int8_path = tmp / "model_int8.onnx"
+            _, qinfo = quantize_for_device(fp32, int8_path, (e.feeds for e in calib), profile)
+            int8_m = gate_mod.evaluate_onnx(int8_path, as_eval_samples(test), labels, simulate_qdq=simulate)
+            g = gate_mod.accuracy_gate(fp32_m, int8_m, cfg.max_drop_points, cfg.max_class_drop_points)
+            attempts = [{"float_op_types": [], "gate": g.to_dict(), "int8_accuracy": int8_m.accuracy}]
+            if not g.passed and cfg.sensitivity_retry:
+                log.warning("INT8 gate failed (%s); running the sensitivity check to find fragile op types",
+                            "; ".join(g.failures))
+                sens = sensitivity_check(fp32, [e.feeds for e in calib], form, max_feeds=16,
+                                         reduce_range=bool(profile.int8_reduce_range))
+                extra["sensitivity"] = sens.to_dict()
+                if sens.fragile_nodes:
+                    _, qinfo = quantize_for_device(fp32, int8_path, (e.feeds for e in calib), profile,
+                                                   extra_float_nodes=sens.fragile_nodes)
+                    int8_m = gate_mod.evaluate_onnx(int8_path, as_eval_samples(test), labels, simulate_qdq=simulate)
+                    g = gate_mod.accuracy_gate(fp32_m, int8_m, cfg.max_drop_points, cfg.max_class_drop_points)
+                    attempts.append({"float_op_types": sens.fragile_op_types, "gate": g.to_dict(),
+                                     "int8_accuracy": int8_m.accuracy})
+            metrics["fp32"] = _gate_figures(fp32_m)
+            metrics["int8"] = _gate_figures(int8_m)
+            metrics["gate"] = g.to_dict()
+            metrics["gate"]["split"] = "test"
+            metrics["gate"]["attempts"] = attempts
+            qinfo["calibration"] = {"split": "train", "windows_asked": cfg.calib_windows, "feeds_used": len(calib),
+                                    "windows_used": len({e.sample_id.split('#')[0] for e in calib}),
+                                    "per_class": class_counts(calib, labels), "stratified": True,
+                                    "inputs": ["audio", "image", "mask"]}
+            qinfo["evaluated_with"] = ("onnxruntime, Q/DQ simulated in float (what TensorRT computes)" if simulate
+                                       else "onnxruntime CPU integer kernels")
+            extra["int8"] = qinfo
+            extra["float_nodes"] = qinfo["float_nodes"]
+            result["fp32_accuracy"] = fp32_m.accuracy
+            result["int8_accuracy"] = int8_m.accuracy
+            result["gate"] = {"passed": g.passed, "accuracy_drop_points": g.accuracy_drop_points,
+                              "failures": g.failures}
+            result["test_windows"] = fp32_m.n
+            result["calibration_feeds"] = len(calib)
+            g.raise_if_failed()
+            files["model_int8"] = int8_path
+            precisions.insert(0, "int8")
+
+        # --- manifests into the ONNX files: FP32 first (its sha256 is the parent of the others)
+        base = ArtifactManifest(kind="onnx", labels=labels, contract=info.contract, arch=info.arch, precision="fp32",
+                                parent_sha256=ckpt_sha, metrics=metrics, extra={"target_profile": profile.name})
+        set_metadata(fp32, base.to_json(), {"edgeav.precision": "fp32", "edgeav.labels": "\n".join(labels)})
+        fp32_sha = sha256_file(fp32)
+        for role, prec in (("model_fp16", "fp16"), ("model_int8", "int8")):
+            if role in files:
+                extra_role = {"target_profile": profile.name}
+                if prec == "int8":
+                    extra_role["int8"] = extra["int8"]
+                man = base.model_copy(update={"precision": prec, "parent_sha256": fp32_sha, "extra": extra_role})
+                set_metadata(files[role], man.to_json(), {"edgeav.precision": prec, "edgeav.labels": "\n".join(labels)})
+
+        # --- TensorRT engine (on the device only)
+        if args.engine:
+            from edgeav.export.tensorrt import build_engine
+
+            src_role = "model_int8" if "model_int8" in files else ("model_fp16" if "model_fp16" in files else "model_fp32")
+            prec = src_role.split("_")[1]
+            eng = build_engine(files[src_role], profile, precision=prec)
+            engine_copy = tmp / f"engine_{prec}.engine"
+            shutil.copyfile(eng.path, engine_copy)
+            files[f"engine_{prec}"] = engine_copy
+            extra["engine"] = eng.key.to_dict()
+
+        extra["precisions"] = precisions
+        bundle_manifest = base.model_copy(update={"precision": precisions[0], "extra": {**extra}})
+        write_bundle(out, files, bundle_manifest, profile.name, tool_versions())
+
+    from edgeav.runtime.bundle import verify_bundle
+
+    binfo = verify_bundle(out)
+    sizes = {role: p.stat().st_size for role, p in binfo.files.items()}
+    result.update({"bundle": str(out), "tarball": str(out.with_name(out.name + ".tar.gz")), "profile": profile.name,
+                   "precisions": precisions, "files": {r: {"path": p.name, "bytes": sizes[r]} for r, p in binfo.files.items()},
+                   "labels": labels, "seconds": round(time.monotonic() - t0, 1)})
+    return result
+
+
+def _one_line(r: dict[str, Any]) -> str:
+    parts = [f"bundle {r['bundle']} ({r['profile']}; {', '.join(r['precisions'])})",
+             f"parity max|diff| {r['parity_fp32']['max_abs_diff']:.2e}, top-1 {r['parity_fp32']['top1_agreement']:.1f} %"]
+    if "int8_accuracy" in r:
+        parts.append(f"test accuracy fp32 {r['fp32_accuracy']:.2f} % / int8 {r['int8_accuracy']:.2f} % "
+                     f"(gate passed, drop {r['gate']['accuracy_drop_points']:.2f} points)")
+    if "parity_fp16" in r:
+        parts.append(f"fp16 max|diff| {r['parity_fp16']['max_abs_diff']:.2e}")
+    mib = {k: v["bytes"] / 2**20 for k, v in r["files"].items() if k.startswith(("model_", "engine_"))}
+    parts.append("sizes " + ", ".join(f"{k} {v:.2f} MiB" for k, v in sorted(mib.items())))
+    return "; ".join(parts)
+
+
+def cmd_export(args: argparse.Namespace) -> CommandResult:
+    result = run_export(args)
+    return CommandResult(result, _one_line(result))
+
+
+__all__ = ["cmd_export", "run_export", "tool_versions"]

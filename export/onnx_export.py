@@ -1,0 +1,335 @@
+"""ONNX export of a trained model, and the parity check against PyTorch.
+
+    path = export_onnx(model, out_path, opset=17, dynamic_batch=False)   # legacy TorchScript exporter, exact opset
+    report = parity_check(model, path, feeds)                            # max |logit diff|, top-1 agreement
+    report.raise_if_failed()
+
+The exporter is torch's TorchScript-based one (`dynamo=False`): it writes exactly the opset asked for (the dynamo
+exporter may raise it). Shapes are static (batch 1) unless `dynamic_batch`, then the batch axis is named "batch".
+The graph is simplified with onnxslim and checked with `onnx.checker` (full check, shape inference included).
+
+Node names: the front end's nodes are renamed to start with "/frontend/" (`FLOAT_PREFIXES` of
+edgeav.export.quantize): the tracer names a node after the chain of modules *called*, so the LogMel module called as
+`self.frontend.audio(x)` from the classifier's forward gets "/model/audio/..." and not "/model/frontend/audio/...".
+`_rename_nodes` drops the export wrapper's "/model" scope and puts the front end's submodules under "/frontend/"; an
+export that ends with no front end node named so is an error (INT8 would quantize the log-mel).
+
+`set_metadata` mirrors a manifest into the ONNX file's metadata_props (key "edgeav.manifest", plus a few flat keys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from edgeav.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+WRAPPER_SCOPE = "/model"  # ExportWrapper keeps the classifier as `self.model`
+FRONTEND_SCOPE = "/frontend"
+METADATA_KEY = "edgeav.manifest"
+PARITY_MAX_ABS_DIFF = 1e-4
+OUTPUT_NAMES: tuple[str, str, str] = ("logits", "logits_audio", "logits_image")
+
+Feeds = Mapping[str, np.ndarray]
+
+
+def _rename_nodes(model_proto: Any, frontend_children: Sequence[str], classifier_children: Sequence[str]) -> int:
+    """Drop the wrapper scope and put the front end under /frontend/; returns how many nodes are front end."""
+    clash = sorted(set(frontend_children) & set(classifier_children))
+    if clash:
+        raise ExportError(f"front end submodule name(s) {clash} clash with the classifier's own submodules; "
+                          "cannot tell their ONNX nodes apart")
+    n_front = 0
+    seen: set[str] = set()
+    for node in model_proto.graph.node:
+        name = node.name
+        if name.startswith(WRAPPER_SCOPE + "/"):
+            name = name[len(WRAPPER_SCOPE):]
+        for child in frontend_children:
+            if name.startswith(f"/{child}/"):
+                name = FRONTEND_SCOPE + name
+                break
+        if name.startswith(FRONTEND_SCOPE + "/"):
+            n_front += 1
+        if name in seen:  # pragma: no cover - the rule above is injective on exporter names
+            raise ExportError(f"renaming ONNX nodes made a duplicate name {name!r}")
+        seen.add(name)
+        node.name = name
+    return n_front
+
+
+def export_onnx(model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+                simplify: bool = True) -> Path:
+    """Export an AVClassifier (edgeav.train.models) to ONNX at `out_path`: inputs audio (B, T) float32, image
+    (B, 3, H, W) uint8, mask (B, 2) float32; outputs logits, logits_audio, logits_image (B, C). Returns the path."""
+    import onnx
+    import torch
+
+    from edgeav.train.models import INPUT_NAMES, ExportWrapper, example_inputs
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    wrapper = ExportWrapper(model).eval()  # the exporter restores the wrapper's mode after export: keep it eval
+    example = example_inputs(model.contract, batch=1)
+    dynamic_axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)} if dynamic_batch else None
+    with tempfile.TemporaryDirectory(prefix="edgeav-onnx-") as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
+                torch.onnx.export(wrapper, example, str(raw), input_names=list(INPUT_NAMES),
+                                  output_names=list(OUTPUT_NAMES), opset_version=int(opset), dynamo=False,
+                                  do_constant_folding=True, dynamic_axes=dynamic_axes)
+        except Exception as e:
+            raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        finally:
+            model.eval()
+        proto = onnx.load(str(raw))
+    frontend = getattr(model, "frontend", None)
+    front_children = [n for n, _ in frontend.named_children()] if frontend is not None else []
+    own = [n for n, _ in model.named_children() if n != "frontend"]
+    n_front = _rename_nodes(proto, front_children, own)
+    if simplify:
+        proto = _slim(proto)
+    n_front = sum(1 for n in proto.graph.node if n.name.startswith(FRONTEND_SCOPE + "/"))
+    if n_front == 0:
+        raise ExportError("the exported graph has no node named /frontend/...: the log-mel front end could not be "
+                          "located, so INT8 could not keep it in float")
+    got = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
+    if got.get("ai.onnx") != int(opset):
+        raise ExportError(f"the exporter wrote opset {got.get('ai.onnx')}, not the {opset} asked for")
+    check_model(proto)
+    onnx.save(proto, str(out_path))
+    log.info("exported %s: opset %d, %s batch, %d nodes (%d in the front end)", out_path.name, opset,
+             "dynamic" if dynamic_batch else "static", len(proto.graph.node), n_front)
+    return out_path
+
+
+def _slim(proto: Any) -> Any:
+    import onnxslim
+
+    before = len(proto.graph.node)
+    try:
+        slim = onnxslim.slim(proto)
+    except Exception as e:
+        raise ExportError(f"onnxslim failed: {type(e).__name__}: {e}") from e
+    if slim is None:  # pragma: no cover - onnxslim returns None only when writing to a path
+        raise ExportError("onnxslim returned no model")
+    log.info("onnxslim: %d -> %d nodes", before, len(slim.graph.node))
+    return slim
+
+
+def check_model(proto: Any) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:  # onnx.checker.ValidationError, shape inference errors
+        raise ExportError(f"onnx.checker refused the exported model: {str(e).splitlines()[0]}") from e
+
+
+def set_metadata(path: str | Path, manifest_json: str, flat: Mapping[str, str] | None = None) -> None:
+    """Write the manifest (and `flat` key/values) into the ONNX file's metadata_props, in place."""
+    import onnx
+
+    path = Path(path)
+    proto = onnx.load(str(path))
+    keys = {METADATA_KEY: manifest_json, **{str(k): str(v) for k, v in (flat or {}).items()}}
+    kept = [p for p in proto.metadata_props if p.key not in keys]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for k, v in keys.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    tmp = path.with_name(f".{path.name}.tmp")
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def manifest_from_onnx(path: str | Path) -> dict[str, Any]:
+    meta = read_metadata(path)
+    if METADATA_KEY not in meta:
+        raise ExportError(f"{path}: no {METADATA_KEY} in the ONNX metadata")
+    return json.loads(meta[METADATA_KEY])
+
+
+# ------------------------------------------------------------------------------------------------ parity
+
+
+@dataclass
+class ParityReport:
+    """PyTorch vs ONNX Runtime on the same feeds. Diffs are absolute, per output; agreement in percent."""
+
+    n: int
+    max_abs_diff: dict[str, float]
+    top1_agreement: float
+    max_abs_diff_limit: float
+    min_agreement: float = 100.0
+    reference: str = "pytorch fp32"
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "max_abs_diff": dict(self.max_abs_diff), "top1_agreement": self.top1_agreement,
+                "max_abs_diff_limit": self.max_abs_diff_limit, "min_agreement": self.min_agreement,
+                "reference": self.reference, "passed": self.passed, "failures": list(self.failures)}
+
+    def raise_if_failed(self, what: str = "ONNX") -> None:
+        if self.failures:
+            raise ExportError(f"{what} parity check failed on {self.n} samples: " + "; ".join(self.failures))
+
+
+def torch_outputs(model: Any, feeds: Iterable[Feeds]) -> list[dict[str, np.ndarray]]:
+    """The model's three outputs on each feed (eval mode, no grad)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for f in feeds:
+            o = model(torch.from_numpy(np.ascontiguousarray(f["audio"])), torch.from_numpy(np.ascontiguousarray(f["image"])),
+                      torch.from_numpy(np.ascontiguousarray(f["mask"])))
+            out.append({k: v.numpy().astype(np.float32) for k, v in zip(OUTPUT_NAMES, o)})
+    return out
+
+
+def onnx_outputs(path: str | Path, feeds: Iterable[Feeds], *, disable_optimizations: bool = False) -> list[dict[str, np.ndarray]]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if disable_optimizations:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return [dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {n: f[n] for n in names}))) for f in feeds]
+
+
+def compare_outputs(reference: Sequence[Mapping[str, np.ndarray]], other: Sequence[Mapping[str, np.ndarray]], *,
+                    max_abs_diff: float, min_agreement: float = 100.0, reference_name: str = "pytorch fp32"
+                    ) -> ParityReport:
+    """Max |diff| of each output and top-1 agreement of `logits` between two runs over the same feeds."""
+    if len(reference) != len(other) or not reference:
+        raise ExportError(f"parity: {len(reference)} reference runs vs {len(other)} runs")
+    diffs: dict[str, float] = {}
+    for name in OUTPUT_NAMES:
+        diffs[name] = float(max(np.max(np.abs(r[name].astype(np.float64) - o[name].astype(np.float64)))
+                                for r, o in zip(reference, other)))
+    ref_top = np.concatenate([np.argmax(r["logits"], axis=-1).ravel() for r in reference])
+    oth_top = np.concatenate([np.argmax(o["logits"], axis=-1).ravel() for o in other])
+    agreement = float(100.0 * np.mean(ref_top == oth_top))
+    failures = [f"max |{k} diff| {v:.3g} > {max_abs_diff:g}" for k, v in diffs.items() if v > max_abs_diff]
+    if agreement < min_agreement:
+        failures.append(f"top-1 agreement {agreement:.2f} % < {min_agreement:g} % "
+                        f"({int(np.sum(ref_top != oth_top))} of {ref_top.size} differ)")
+    rep = ParityReport(int(ref_top.size), diffs, agreement, max_abs_diff, min_agreement, reference_name, failures)
+    log.info("parity vs %s on %d samples: max |logits diff| %.3g, top-1 agreement %.2f %%%s", reference_name,
+             rep.n, diffs["logits"], agreement, "" if rep.passed else " -> FAILED: " + "; ".join(failures))
+    return rep
+
+
+def parity_check(model: Any, onnx_path: str | Path, feeds: Sequence[Feeds], *,
+                 max_abs_diff: float = PARITY_MAX_ABS_DIFF, min_agreement: float = 100.0) -> ParityReport:
+    """PyTorch FP32 vs the ONNX model in ONNX Runtime (default optimizations, what the runtime runs)."""
+    if not feeds:
+        raise ExportError("parity check needs at least one real sample")
+    return compare_outputs(torch_outputs(model, feeds), onnx_outputs(onnx_path, feeds), max_abs_diff=max_abs_diff,
+                           min_agreement=min_agreement)
+
+
+# ------------------------------------------------------------------------------------------------ FP16
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, keep_float_prefixes: Sequence[str] = (FRONTEND_SCOPE + "/",)
+                 ) -> tuple[Path, dict[str, Any]]:
+    """Half-precision copy of an FP32 ONNX model: inputs and outputs keep their types (float32 / uint8); the front
+    end (power spectrum, mel, log) stays in float32, where FP16 would overflow (power values above 65504)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load(str(fp32_path))
+    keep = [n.name for n in proto.graph.node if n.name.startswith(tuple(keep_float_prefixes))]
+    try:
+        half = convert_float_to_float16(proto, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
+    except Exception as e:
+        raise ExportError(f"FP16 conversion failed: {type(e).__name__}: {e}") from e
+    _dedupe_casts(half.graph)  # the converter can insert the same Cast twice between two kept-float nodes
+    _toposort(half.graph)  # the converter appends its input casts at the end of the node list
+    check_model(half)
+    out_path = Path(out_path)
+    onnx.save(half, str(out_path))
+    info = {"converter": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
+            "float32_nodes": keep}
+    log.info("wrote %s (FP16; %d front end nodes kept in float32)", out_path.name, len(keep))
+    return out_path, info
+
+
+def _dedupe_casts(graph: Any) -> None:
+    """Drop exact duplicate nodes (same op, inputs, outputs, attributes); anything else producing one tensor twice
+    is an error."""
+    seen: dict[str, Any] = {}
+    keep = []
+    for n in graph.node:
+        dup = [seen[o] for o in n.output if o in seen]
+        if dup:
+            if all(d.SerializeToString() == n.SerializeToString() for d in dup):
+                continue
+            raise ExportError(f"FP16 conversion wrote tensor {n.output[0]!r} from two different nodes")
+        for o in n.output:
+            seen[o] = n
+        keep.append(n)
+    if len(keep) != len(graph.node):
+        copies = [type(n)() for n in keep]
+        for c, n in zip(copies, keep):
+            c.CopyFrom(n)
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
+def _toposort(graph: Any) -> None:
+    """Reorder `graph.node` so that every node comes after the producers of its inputs (stable otherwise)."""
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in available for i in n.input):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ExportError(f"graph has a cycle or a dangling input near node {rest[0].name!r}")
+        pending = rest
+    copies = [type(n)() for n in ordered]
+    for c, n in zip(copies, ordered):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+__all__ = ["DEFAULT_OPSET", "METADATA_KEY", "OUTPUT_NAMES", "PARITY_MAX_ABS_DIFF", "ParityReport", "check_model",
+           "compare_outputs", "convert_fp16", "export_onnx", "manifest_from_onnx", "onnx_outputs", "parity_check",
+           "read_metadata", "set_metadata", "torch_outputs"]
