@@ -1,0 +1,468 @@
+"""The field daemon: `edgeav run --config daemon.yaml`.
+
+capture (supervised sensor threads) -> align -> infer -> post-process -> act (evidence, MQTT outbox) -> persist.
+
+Start, in order (each rolled back in reverse if a later one fails): bundle + backend (verified: a hash mismatch
+is exit 2), detection log, evidence, metrics endpoint, MQTT, sensors. Then `READY=1` to systemd. The main loop
+pulls sensor items from one bounded queue, assembles windows on the daemon's timeline, infers, logs, and sends
+`WATCHDOG=1` while it is alive. SIGTERM / SIGINT: stop reading, flush the log, stop everything in reverse - all
+within `daemon.shutdown_timeout_s` (4 s; systemd's default stop timeout is far longer, the unit says 10 s).
+
+Exit: 0 after SIGTERM or at the end of a non-looping file source; 1 when a sensor spent its restart budget (so
+systemd's Restart=on-failure starts a fresh process); 2 for a bad config or bundle.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeav.errors import ConfigError, SensorError, StorageError
+from edgeav.result import CommandResult
+
+log = logging.getLogger(__name__)
+
+
+# -- systemd notify (the NOTIFY_SOCKET datagram protocol, no dependency) -----------------------------------------------
+
+
+def sd_notify(message: str) -> bool:
+    """Send `message` (e.g. "READY=1", "WATCHDOG=1", "STATUS=...") to systemd; False when not under systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr[0] == "@":  # abstract namespace
+        addr = "\0" + addr[1:]
+    elif addr[0] != "/":
+        log.warning("NOTIFY_SOCKET=%r is neither a path nor an abstract socket; not notifying", addr)
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode("utf-8"))
+        return True
+    except OSError as e:
+        log.warning("sd_notify(%s) failed: %s", message.split("=")[0], e)
+        return False
+
+
+def systemd_watchdog_s() -> float | None:
+    """systemd's watchdog period (WATCHDOG_USEC, for this process), or None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
+        return None
+    try:
+        return int(usec) / 1e6
+    except ValueError:
+        return None
+
+
+# -- the daemon ----------------------------------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, cfg: Any, bundle_override: str | None = None, db_override: str | None = None,
+                 realtime_override: bool | None = None) -> None:
+        from edgeav.runtime.sources import parse_source_uri
+
+        self.cfg = cfg
+        self.dcfg = cfg.daemon
+        self.bundle_path = bundle_override or self.dcfg.bundle
+        if not self.bundle_path:
+            raise ConfigError("the daemon needs a bundle: daemon.bundle in the config, or --bundle")
+        self.db_path = db_override or self.dcfg.store.db_path
+        self.realtime = self.dcfg.realtime if realtime_override is None else realtime_override
+        self.src_cfg = cfg.runtime.source
+        self.src = parse_source_uri(self.src_cfg.uri)  # ConfigError on a bad URI, before anything starts
+        self.audio_src = parse_source_uri(self.src_cfg.audio_uri) if self.src_cfg.audio_uri else None
+        live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)
+        self.clock = "wall" if (live or self.realtime) else "media"
+        self.stop_event = threading.Event()
+        self.fatal: str | None = None
+        self.exit_reason = "running"
+        self.stack = None
+        self.workers: list = []
+        self.sensor_streams: dict[str, tuple[str, ...]] = {}
+        self.windows = 0
+        self.detections = 0
+        self.committed = 0
+        self.windows_by_modality: dict[str, int] = collections.Counter()
+        self.detections_by_modality: dict[str, int] = collections.Counter()
+        self.restarts: dict[str, int] = collections.Counter()
+        self.last_window_monotonic: float | None = None
+        self.started_monotonic = time.monotonic()
+        self.metrics = None
+        self.mqtt = None
+        self.evidence = None
+        self.store = None
+        self.backend = None
+        self.run_id = None
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def _streams(self) -> tuple[str, ...]:
+        if self.src_cfg.streams is not None:
+            return tuple(self.src_cfg.streams)
+        if self.src.scheme == "file":
+            from edgeav.runtime.capture import probe_streams
+
+            have = probe_streams(self.src_cfg.uri)
+        else:
+            have = self.src.default_streams
+        if self.audio_src is not None and "audio" not in have:
+            have = tuple(have) + ("audio",)
+        return tuple(s for s in ("video", "audio") if s in have)
+
+    def _utc_for(self, pts_ns: int) -> int | None:
+        return self.utc0_ns + int(pts_ns) if self.clock == "wall" else None
+
+    def _on_commit(self, ids: list[str]) -> None:
+        self.committed += len(ids)
+        if self.metrics is not None:
+            self.metrics.committed.inc(len(ids))
+        log.info("committed %d detection(s): %s", len(ids), " ".join(ids),
+                 extra={"fields": {"event": "committed", "ids": ids}})
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        age = None if self.last_window_monotonic is None else now - self.last_window_monotonic
+        max_age = self.dcfg.metrics.health_max_age_s
+        sensors = {w.sensor: {"state": w.state, "restarts": w.restarts, "epoch": w.epoch, "last_error": w.last_error}
+                   for w in self.workers}
+        fresh = (age is not None and age <= max_age) or (age is None and now - self.started_monotonic <= max_age)
+        ok = fresh and self.fatal is None and not self.stop_event.is_set()
+        detail = {
+            "status": "ok" if ok else "unhealthy", "uptime_s": round(now - self.started_monotonic, 1),
+            "last_window_age_s": None if age is None else round(age, 2), "windows": self.windows,
+            "detections": self.detections, "committed": self.committed, "sensors": sensors,
+            "evidence_paused": bool(self.evidence is not None and self.evidence.disk_low),
+            "mqtt_connected": bool(self.mqtt is not None and self.mqtt.connected.is_set()),
+        }
+        return ok, detail
+
+    # -- components ----------------------------------------------------------------------------------------------
+    def _start_bundle(self) -> None:
+        from edgeav.runtime.cli import open_bundle
+
+        self.info, self.backend, self.role, self.sha = open_bundle(self.bundle_path, self.cfg)
+        self.contract = self.info.manifest.contract
+        self.labels = self.info.labels
+
+    def _stop_bundle(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+    def _start_store(self) -> None:
+        from edgeav.runtime.sources import mask_credentials
+        from edgeav.runtime.store import DetectionStore, new_detection_id
+
+        st = self.dcfg.store
+        self.store = DetectionStore(self.db_path, synchronous=st.synchronous, batch_max=st.batch_max_detections,
+                                    batch_interval_s=st.batch_interval_s, on_commit=self._on_commit)
+        self.run_id = new_detection_id(time.time_ns())
+        self.store.record_run(self.run_id, str(self.bundle_path), mask_credentials(self.src_cfg.uri), self.sha)
+
+    def _stop_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def _start_evidence(self) -> None:
+        from edgeav.runtime.evidence import EvidenceStore
+
+        ecfg = self.dcfg.evidence
+        if not ecfg.enabled:
+            return
+        store = self.store
+
+        def rows():
+            store.flush()  # deletions queued by the previous pass are committed before looking again
+            return store.evidence_rows()
+
+        def unlink(detection_id: str, reason: str) -> None:
+            store.update_evidence(detection_id, None, None, f"deleted: {reason}")
+
+        def deleted(reason: str) -> None:
+            if self.metrics is not None:
+                self.metrics.evidence_deleted.labels(reason).inc()
+
+        self.evidence = EvidenceStore(ecfg.dir, ecfg, self.contract.audio.sample_rate_hz, rows, unlink,
+                                      on_deleted=deleted).start()
+        self.evidence.sweep_orphans(store.known_ids)
+        self.evidence.apply_retention(force=True)
+
+    def _stop_evidence(self) -> None:
+        if self.evidence is not None:
+            self.evidence.stop()
+
+    def _start_metrics(self) -> None:
+        from edgeav.runtime.metrics import DaemonMetrics, MetricsServer
+
+        m = self.dcfg.metrics
+        self.metrics_server = None
+        if not m.enabled:
+            return
+        self.metrics = DaemonMetrics()
+        self.metrics.up_since.set(time.time())
+        self.metrics_server = MetricsServer(self.metrics, self.health, m.host, m.port).start()
+
+    def _stop_metrics(self) -> None:
+        if getattr(self, "metrics_server", None) is not None:
+            self.metrics_server.stop()
+
+    def _start_mqtt(self) -> None:
+        from edgeav.runtime.mqtt import MqttPublisher
+
+        if not self.dcfg.mqtt.enabled:
+            return
+        self.mqtt = MqttPublisher(self.dcfg.mqtt, self.db_path, heartbeat=lambda: self.health()[1],
+                                  metrics=self.metrics).start()
+
+    def _stop_mqtt(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop(timeout_s=min(1.5, max(0.2, self._stop_deadline - time.monotonic() - 1.0)))
+
+    def _start_sensors(self) -> None:
+        from edgeav.runtime.capture import Capture
+        from edgeav.runtime.queues import BoundedQueue
+        from edgeav.runtime.supervisor import Backoff, RestartBudget, SensorWorker, stream_sets
+
+        streams = self._streams()
+        self.streams = streams
+        live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)
+        self.queue = BoundedQueue(self.src_cfg.queue_max_items, "drop_oldest" if live else "block", name="daemon")
+        sup = self.dcfg.supervisor
+        t0 = time.monotonic_ns()
+        self.t0_ns, self.utc0_ns = t0, time.time_ns()
+        for name, sset in stream_sets(self.dcfg.sensors, streams):
+            uri = self.src_cfg.uri
+            if sset == ("audio",) and self.audio_src is not None:
+                uri = self.src_cfg.audio_uri
+            elif self.audio_src is not None and "audio" in sset and "video" in sset:
+                raise ConfigError("runtime.source.audio_uri needs daemon.sensors=split (two pipelines)")
+            scfg = self.src_cfg.model_copy(update={"uri": uri, "audio_uri": None, "streams": list(sset)})
+
+            def opener(scfg=scfg, sset=sset):
+                return Capture(scfg, self.contract, realtime=self.realtime, streams=sset)
+
+            def on_restart(sensor: str, reason: str) -> None:
+                self.restarts[sensor] += 1
+                if self.metrics is not None:
+                    self.metrics.restarts.labels(sensor).inc()
+
+            def on_item(sensor: str, item: Any) -> None:
+                if self.metrics is not None:
+                    self.metrics.items.labels(sensor, item.kind).inc()
+
+            w = SensorWorker(
+                name, opener, self.queue, uri=uri, clock=self.clock, t0_monotonic_ns=t0,
+                stall_timeout_s=self.src_cfg.stall_timeout_s, read_timeout_s=min(self.src_cfg.read_timeout_s, 0.2),
+                backoff=Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_factor, sup.backoff_jitter),
+                budget=RestartBudget(sup.restart_budget, sup.restart_window_s), healthy_after_s=sup.healthy_after_s,
+                loop=self.dcfg.loop, stop_event=self.stop_event, on_restart=on_restart, on_item=on_item)
+            self.workers.append(w)
+            self.sensor_streams[name] = sset
+        for w in self.workers:
+            w.start()
+        log.info("sensors: %s (%s clock)", ", ".join(f"{w.sensor}={'+'.join(s)}" for w, (_, s) in
+                                                     zip(self.workers, stream_sets(self.dcfg.sensors, streams))),
+                 self.clock)
+
+    def _stop_sensors(self) -> None:
+        self.stop_event.set()
+        if getattr(self, "queue", None) is not None:
+            self.queue.close()
+        for w in self.workers:
+            w.stop(timeout_s=1.0)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _process(self, w, infer_windows, post, context) -> None:
+        from edgeav.runtime.evidence import WindowContext, stitch_audio
+
+        t0 = time.perf_counter()
+        res = next(iter(infer_windows([w], self.backend, self.contract, post)))
+        if res.scores is not None and self.metrics is not None:
+            self.metrics.latency.observe(time.perf_counter() - t0)
+        self.windows += 1
+        self.last_window_monotonic = time.monotonic()
+        mods = "+".join(m for m, on in (("audio", w.audio is not None), ("image", w.frames is not None)) if on) or "none"
+        self.windows_by_modality[mods] += 1
+        if self.metrics is not None:
+            self.metrics.windows.labels(mods).inc()
+        frame = w.frames[len(w.frames) // 2] if w.frames is not None else None
+        context.append(WindowContext(w.start_ns, w.end_ns, w.audio, frame))
+        for det in res.detections:
+            from edgeav.runtime.store import new_detection_id
+
+            utc = self._utc_for(det.end_ns) or time.time_ns()
+            did = new_detection_id(utc)
+            ap = ip = note = None
+            if self.evidence is not None:
+                audio = stitch_audio(context, det.start_ns, det.end_ns, self.contract.audio.sample_rate_hz)
+                ev = self.evidence.write(did, utc, det.label, audio, frame)
+                ap, ip, note = ev.audio_path, ev.image_path, ev.note
+                if self.metrics is not None:
+                    self.metrics.evidence.labels(ev.outcome).inc()
+            topics = [self.mqtt.topics["detection"]] if self.mqtt is not None else []
+            self.store.add(det, detection_id=did, utc_ns=utc, source=self.src_cfg.uri, run_id=self.run_id,
+                           audio_path=ap, image_path=ip, evidence_note=note, outbox_topics=topics)
+            self.detections += 1
+            dm = "+".join(det.modalities) or "none"
+            self.detections_by_modality[dm] += 1
+            if self.metrics is not None:
+                self.metrics.detections.labels(det.label, dm).inc()
+
+    def _tick(self, state: dict[str, Any]) -> None:
+        now = time.monotonic()
+        try:
+            self.store.maybe_flush()
+        except StorageError as e:  # e.g. disk full for a moment: the batch stays queued and is retried
+            if now - state.get("last_store_error", 0.0) > 10:
+                log.error("%s (kept in memory, retrying)", e)
+                state["last_store_error"] = now
+        if state["watchdog_s"] and now - state["last_watchdog"] >= state["watchdog_s"]:
+            sd_notify("WATCHDOG=1")
+            state["last_watchdog"] = now
+        if self.evidence is not None:
+            self.evidence.apply_retention()
+            if self.metrics is not None and now - state.get("last_disk", 0.0) >= 5.0:
+                self.metrics.disk_free.set(self.evidence.free_ratio())
+                state["last_disk"] = now
+        if self.metrics is not None and now - state.get("last_gauges", 0.0) >= 1.0:
+            state["last_gauges"] = now
+            self.metrics.queue_depth.labels("daemon").set(len(self.queue))
+            d = self.queue.dropped
+            if d > state.get("drops", 0):
+                self.metrics.drops.labels("daemon").inc(d - state.get("drops", 0))
+                state["drops"] = d
+            for wk in self.workers:
+                self.metrics.sensor_up.labels(wk.sensor).set(1 if wk.state == "up" else 0)
+
+    def _loop(self) -> None:
+        from edgeav.runtime.align import Aligner
+        from edgeav.runtime.engine import infer_windows
+        from edgeav.runtime.postprocess import PostProcessor
+        from edgeav.runtime.supervisor import SensorEvent, SensorItem
+
+        aligner = Aligner(self.contract, self.cfg.runtime.align, streams=self.streams)
+        post = PostProcessor(self.labels, self.cfg.runtime.postprocess, model_sha256=self.sha,
+                             utc_ns_for=self._utc_for)
+        context: collections.deque = collections.deque(maxlen=self.dcfg.evidence.context_windows)
+        wd = self.dcfg.watchdog_interval_s
+        sys_wd = systemd_watchdog_s()
+        state: dict[str, Any] = {"watchdog_s": wd if wd is not None else (sys_wd / 2 if sys_wd else None),
+                                 "last_watchdog": 0.0}
+        ended: set[str] = set()
+        names = {w.sensor for w in self.workers}
+        while not self.stop_event.is_set():
+            ok, msg = self.queue.get(timeout_s=0.1)
+            if ok:
+                if isinstance(msg, SensorItem):
+                    aligner.push(msg.item)
+                    for w in aligner.ready():
+                        self._process(w, infer_windows, post, context)
+                elif isinstance(msg, SensorEvent):
+                    if msg.kind == "eos":
+                        ended.add(msg.sensor)
+                        for st in self.sensor_streams.get(msg.sensor, ()):
+                            aligner.end_stream(st)  # later windows stop waiting for it
+                    elif msg.kind == "fatal":
+                        self.fatal = msg.detail
+                        self.exit_reason = "sensor restart budget spent"
+                        break
+                    elif msg.kind == "down":
+                        sd_notify(f"STATUS={msg.sensor} sensor down: {msg.detail}"[:200])
+                    elif msg.kind == "up":
+                        sd_notify(f"STATUS=running; {msg.sensor} sensor up (epoch {msg.epoch})")
+            self._tick(state)
+            if ended >= names and len(self.queue) == 0:
+                for w in aligner.flush():
+                    self._process(w, infer_windows, post, context)
+                self.exit_reason = "end of stream"
+                if self.dcfg.exit_on_eos:
+                    break
+                ended.clear()  # keep serving /health until SIGTERM
+                names = set()
+        if self.exit_reason == "running":
+            self.exit_reason = "signal"
+
+    # -- run ------------------------------------------------------------------------------------------------------
+    def run(self) -> CommandResult:
+        from edgeav.runtime.supervisor import Component, ComponentStack
+
+        self._stop_deadline = float("inf")
+        stack = ComponentStack()
+        self.stack = stack
+        old = {}
+
+        def on_signal(signum, _frame) -> None:
+            if not self.stop_event.is_set():
+                log.info("%s: stopping (flush and exit within %.1f s)", signal.Signals(signum).name,
+                         self.dcfg.shutdown_timeout_s)
+            self._stop_deadline = min(self._stop_deadline, time.monotonic() + self.dcfg.shutdown_timeout_s)
+            self.stop_event.set()
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                old[s] = signal.signal(s, on_signal)
+        t_start = time.perf_counter()
+        try:
+            for comp in (
+                Component("bundle", self._start_bundle, self._stop_bundle, 0.5),
+                Component("store", self._start_store, self._stop_store, 1.0),
+                Component("evidence", self._start_evidence, self._stop_evidence, 0.5),
+                Component("metrics", self._start_metrics, self._stop_metrics, 0.5),
+                Component("mqtt", self._start_mqtt, self._stop_mqtt, 2.0),
+                Component("sensors", self._start_sensors, self._stop_sensors, 2.0),
+            ):
+                if self.stop_event.is_set():
+                    break
+                stack.start(comp)
+            if not self.stop_event.is_set():
+                sd_notify("READY=1\nSTATUS=running")
+                log.info("daemon ready: %s on %s (run %s)", self.role, ", ".join(self.streams), self.run_id,
+                         extra={"fields": {"event": "ready", "run_id": self.run_id}})
+                self._loop()
+        finally:
+            if self._stop_deadline == float("inf"):
+                self._stop_deadline = time.monotonic() + self.dcfg.shutdown_timeout_s
+            sd_notify("STOPPING=1")
+            t_stop = time.monotonic()
+            late = stack.stop_all()
+            stop_s = time.monotonic() - t_stop
+            for s, h in old.items():
+                signal.signal(s, h)
+            log.info("daemon stopped in %.2f s (%s)%s", stop_s, self.exit_reason,
+                     f"; over budget: {', '.join(late)}" if late else "",
+                     extra={"fields": {"event": "stopped", "stop_s": round(stop_s, 3), "reason": self.exit_reason}})
+        wall = time.perf_counter() - t_start
+        data = {
+            "exit_reason": self.exit_reason, "windows": self.windows, "detections": self.detections,
+            "committed": self.committed, "windows_by_modality": dict(self.windows_by_modality),
+            "detections_by_modality": dict(self.detections_by_modality), "restarts": dict(self.restarts),
+            "evidence": dict(self.evidence.counts) if self.evidence is not None else None,
+            "mqtt_sent": self.mqtt.sent if self.mqtt is not None else None, "db": str(self.db_path),
+            "run_id": self.run_id, "wall_s": round(wall, 3), "stop_s": round(stop_s, 3),
+        }
+        if self.fatal is not None:
+            raise SensorError(self.fatal)
+        text = (f"daemon {self.exit_reason}: {self.windows} windows, {self.detections} detections "
+                f"({self.committed} committed to {self.db_path}), restarts {dict(self.restarts) or 0}, "
+                f"stopped in {stop_s:.2f} s")
+        return CommandResult(data, text)
+
+
+def run_daemon(cfg: Any, bundle_override: str | None = None, db_override: str | None = None,
+               realtime_override: bool | None = None) -> CommandResult:
+    return Daemon(cfg, bundle_override, db_override, realtime_override).run()
+
+
+__all__ = ["Daemon", "run_daemon", "sd_notify", "systemd_watchdog_s"]

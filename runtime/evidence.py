@@ -1,0 +1,350 @@
+"""Evidence for each confirmed detection, and retention so the SD card never fills.
+
+Files: `<dir>/<YYYY-MM-DD>/<detection id>.wav|.flac` (the detection's aligned audio, from the first confirming
+window's start to the confirming window's end, at the model's rate) and `<detection id>.jpg` (the confirming
+window's frame, at the model's input size - exactly what the model saw). Both paths go into the detection's record.
+
+Choices (runtime stays light):
+- audio: WAV 16-bit PCM through the stdlib `wave` module by default - no dependency; 5 s at 16 kHz is 160 kB.
+  `audio_format: flac` (about half the size) needs the `soundfile` package and is refused at start without it.
+- image: JPEG through GStreamer's `jpegenc` (gst-plugins-good), which the runtime needs anyway for capture - no
+  Pillow on the unit. One small encoder pipeline (appsrc ! jpegenc ! appsink) is kept and reused.
+
+Retention: before each write, and every `retention_interval_s`, evidence older than `max_age_days` is deleted;
+while the evidence file system has less than `min_free_percent` free, the oldest evidence goes first, but the
+newest `keep_per_class` sets of each class stay. If that cannot free enough, evidence stops (counted, noted in the
+record) - detections are always logged: the free-space floor keeps room for the log.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import threading
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgeav.errors import ConfigError, SensorError
+
+log = logging.getLogger(__name__)
+
+
+def disk_free_ratio(path: str | os.PathLike) -> float:
+    """Free share (0..1) of the file system holding `path` (blocks available to this user)."""
+    u = shutil.disk_usage(path)
+    return u.free / u.total if u.total else 0.0
+
+
+# -- encoders --------------------------------------------------------------------------------------------------------
+
+
+def write_wav(path: Path, samples: np.ndarray, rate_hz: int) -> None:
+    """Mono 16-bit PCM WAV of float samples in [-1, 1] (clipped)."""
+    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(int(rate_hz))
+        w.writeframes(pcm.tobytes())
+
+
+def write_flac(path: Path, samples: np.ndarray, rate_hz: int) -> None:
+    import soundfile
+
+    soundfile.write(str(path), np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), int(rate_hz),
+                    format="FLAC", subtype="PCM_16")
+
+
+class JpegEncoder:
+    """RGB (H, W, 3) uint8 -> JPEG bytes with a reused GStreamer pipeline (appsrc ! jpegenc ! appsink)."""
+
+    def __init__(self, quality: int = 85) -> None:
+        from edgeav.runtime.capture import _gst
+
+        self.Gst = _gst()
+        if self.Gst.ElementFactory.find("jpegenc") is None:
+            raise ConfigError("evidence JPEGs need GStreamer's jpegenc (gstreamer1.0-plugins-good); "
+                              "or set daemon.evidence.image_format=none")
+        self.quality = int(quality)
+        self._pipeline = None
+        self._shape: tuple[int, int] | None = None
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def _build(self, h: int, w: int) -> None:
+        self.close()
+        Gst = self.Gst
+        desc = (f"appsrc name=src format=time is-live=false caps=video/x-raw,format=RGB,width={w},height={h},"
+                f"framerate=0/1 ! videoconvert ! jpegenc quality={self.quality} ! "
+                "appsink name=sink sync=false max-buffers=4 drop=false")
+        self._pipeline = Gst.parse_launch(desc)
+        self._src = self._pipeline.get_by_name("src")
+        self._sink = self._pipeline.get_by_name("sink")
+        self._pipeline.set_state(Gst.State.PLAYING)
+        self._shape = (h, w)
+
+    def encode(self, rgb: np.ndarray) -> bytes:
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)  # (H, W, 3)
+        h, w = rgb.shape[:2]
+        with self._lock:
+            if self._shape != (h, w):
+                self._build(h, w)
+            Gst = self.Gst
+            stride = (w * 3 + 3) // 4 * 4  # GStreamer's RGB rows are padded to 4 bytes
+            if stride != w * 3:
+                padded = np.zeros((h, stride), np.uint8)
+                padded[:, : w * 3] = rgb.reshape(h, w * 3)
+                data = padded.tobytes()
+            else:
+                data = rgb.tobytes()
+            buf = Gst.Buffer.new_wrapped(data)
+            buf.pts = self._n * 40_000_000
+            buf.duration = 40_000_000
+            self._n += 1
+            if self._src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+                raise SensorError("jpeg encoder refused a frame")
+            sample = self._sink.emit("try-pull-sample", 2 * Gst.SECOND)
+            if sample is None:
+                raise SensorError("jpeg encoder produced nothing within 2 s")
+            out = sample.get_buffer()
+            ok, info = out.map(Gst.MapFlags.READ)
+            try:
+                return bytes(info.data)
+            finally:
+                out.unmap(info)
+
+    def close(self) -> None:
+        if self._pipeline is not None:
+            self._pipeline.set_state(self.Gst.State.NULL)
+            self._pipeline = None
+            self._shape = None
+
+
+# -- the writer ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvidenceResult:
+    audio_path: str | None
+    image_path: str | None
+    note: str | None  # why something is missing (skipped: disk, failed: ..., no audio in window)
+    outcome: str  # written | partial | skipped | failed | none
+
+
+@dataclass(frozen=True)
+class WindowContext:
+    """What evidence is cut from: one processed window's audio and its middle frame."""
+
+    start_ns: int
+    end_ns: int
+    audio: np.ndarray | None  # (T,) float32
+    frame: np.ndarray | None  # (H, W, 3) uint8
+
+
+def stitch_audio(windows: Sequence[WindowContext], start_ns: int, end_ns: int, rate_hz: int) -> np.ndarray | None:
+    """The audio in [start_ns, end_ns) assembled from overlapping windows (later windows win); None if none."""
+    from edgeav.timebase import samples_for_ns
+
+    n = samples_for_ns(end_ns - start_ns, rate_hz)
+    if n <= 0:
+        return None
+    out = np.zeros(n, np.float32)
+    any_audio = False
+    for w in windows:
+        if w.audio is None or w.end_ns <= start_ns or w.start_ns >= end_ns:
+            continue
+        a = samples_for_ns(w.start_ns - start_ns, rate_hz) if w.start_ns >= start_ns else -samples_for_ns(start_ns - w.start_ns, rate_hz)
+        lo, hi = max(a, 0), min(a + w.audio.size, n)
+        if hi > lo:
+            out[lo:hi] = w.audio[lo - a: hi - a]
+            any_audio = True
+    return out if any_audio else None
+
+
+class EvidenceStore:
+    """Writes evidence sets and applies retention. `rows()` gives (id, label, utc_ns, audio_path, image_path) of
+    committed detections with evidence, oldest first; `unlink()` reports a deleted set back to the log."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        cfg: Any,  # EvidenceConfig
+        rate_hz: int,
+        rows: Callable[[], list],
+        unlink: Callable[[str, str], None],
+        free_ratio: Callable[[Path], float] = disk_free_ratio,
+        on_deleted: Callable[[str], None] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.cfg = cfg
+        self.rate_hz = int(rate_hz)
+        self._rows = rows
+        self._unlink = unlink
+        self._free_ratio = free_ratio
+        self.on_deleted = on_deleted
+        self.jpeg: JpegEncoder | None = None
+        self._last_retention = 0.0
+        self.disk_low = False
+        self.counts = {"written": 0, "partial": 0, "skipped": 0, "failed": 0, "deleted_age": 0, "deleted_disk": 0}
+
+    def start(self) -> "EvidenceStore":
+        if self.cfg.audio_format == "flac":
+            try:
+                import soundfile  # noqa: F401
+            except ImportError:
+                raise ConfigError("daemon.evidence.audio_format=flac needs the soundfile package "
+                                  "(pip install soundfile), or use wav") from None
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.cfg.image_format == "jpeg":
+            self.jpeg = JpegEncoder(self.cfg.jpeg_quality)
+        log.info("evidence in %s (audio %s, image %s, keep >= %.0f %% free, >= %d per class, max age %s days)",
+                 self.root, self.cfg.audio_format, self.cfg.image_format, self.cfg.min_free_percent,
+                 self.cfg.keep_per_class, self.cfg.max_age_days)
+        return self
+
+    def stop(self) -> None:
+        if self.jpeg is not None:
+            self.jpeg.close()
+            self.jpeg = None
+
+    def free_ratio(self) -> float:
+        return self._free_ratio(self.root)
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+    def write(self, detection_id: str, utc_ns: int, label: str, audio: np.ndarray | None,
+              frame: np.ndarray | None) -> EvidenceResult:
+        floor = self.cfg.min_free_percent / 100.0
+        if self.free_ratio() < floor:
+            self.apply_retention(force=True)
+        free = self.free_ratio()
+        if free < floor:
+            if not self.disk_low:
+                log.warning("evidence paused: %.1f %% free on %s < %.0f %% (detections are still logged)",
+                            free * 100, self.root, self.cfg.min_free_percent,
+                            extra={"fields": {"event": "evidence_paused", "free_percent": round(free * 100, 2)}})
+            self.disk_low = True
+            self.counts["skipped"] += 1
+            return EvidenceResult(None, None, f"skipped: {free * 100:.1f} % free < {self.cfg.min_free_percent:g} %",
+                                  "skipped")
+        if self.disk_low:
+            log.info("evidence resumed: %.1f %% free on %s", free * 100, self.root)
+            self.disk_low = False
+        day = _dt.datetime.fromtimestamp(utc_ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d")
+        folder = self.root / day
+        written: list[Path] = []
+        notes: list[str] = []
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            apath = ipath = None
+            if self.cfg.audio_format != "none":
+                if audio is None:
+                    notes.append("no audio in the detection's windows")
+                else:
+                    apath = folder / f"{detection_id}.{self.cfg.audio_format}"
+                    (write_flac if self.cfg.audio_format == "flac" else write_wav)(apath, audio, self.rate_hz)
+                    written.append(apath)
+            if self.jpeg is not None:
+                if frame is None:
+                    notes.append("no frame in the confirming window")
+                else:
+                    ipath = folder / f"{detection_id}.jpg"
+                    data = self.jpeg.encode(frame)
+                    with open(ipath, "wb") as f:
+                        f.write(data)
+                    written.append(ipath)
+        except (OSError, SensorError) as e:
+            for p in written:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
+            self.counts["failed"] += 1
+            log.warning("evidence for %s not written: %s", detection_id, e)
+            return EvidenceResult(None, None, f"failed: {e}", "failed")
+        outcome = "written" if not notes else ("partial" if written else "none")
+        if outcome in self.counts:
+            self.counts[outcome] += 1
+        return EvidenceResult(str(apath) if apath else None, str(ipath) if ipath else None,
+                              "; ".join(notes) or None, outcome)
+
+    # -- retention -------------------------------------------------------------------------------------------------
+    def _delete(self, row: Any, reason: str) -> None:
+        for p in (row["audio_path"], row["image_path"]):
+            if p:
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("retention cannot delete %s: %s", p, e)
+        self._unlink(row["id"], reason)
+        self.counts[f"deleted_{'age' if reason.startswith('age') else 'disk'}"] += 1
+        if self.on_deleted is not None:
+            self.on_deleted("age" if reason.startswith("age") else "disk")
+
+    def apply_retention(self, force: bool = False, now_ns: int | None = None) -> int:
+        """Delete by age, then oldest-first while the disk is below the floor (keeping N per class). Returns the
+        number of evidence sets deleted."""
+        now = time.monotonic()
+        if not force and now - self._last_retention < self.cfg.retention_interval_s:
+            return 0
+        self._last_retention = now
+        rows = self._rows()
+        deleted = 0
+        if self.cfg.max_age_days is not None:
+            cut = (now_ns if now_ns is not None else time.time_ns()) - int(self.cfg.max_age_days * 86_400e9)
+            keep = []
+            for r in rows:
+                if r["utc_ns"] < cut:
+                    self._delete(r, f"age: older than {self.cfg.max_age_days:g} days")
+                    deleted += 1
+                else:
+                    keep.append(r)
+            rows = keep
+        floor = self.cfg.min_free_percent / 100.0
+        if rows and self.free_ratio() < floor:
+            per_class: dict[str, int] = {}
+            for r in rows:
+                per_class[r["label"]] = per_class.get(r["label"], 0) + 1
+            for r in rows:  # oldest first
+                if self.free_ratio() >= floor:
+                    break
+                if per_class[r["label"]] <= self.cfg.keep_per_class:
+                    continue
+                self._delete(r, f"disk: below {self.cfg.min_free_percent:g} % free")
+                per_class[r["label"]] -= 1
+                deleted += 1
+        if deleted:
+            log.info("retention deleted %d evidence set(s); %.1f %% free", deleted, self.free_ratio() * 100,
+                     extra={"fields": {"event": "retention", "deleted": deleted}})
+        return deleted
+
+    def sweep_orphans(self, known: Callable[[list[str]], set[str]]) -> int:
+        """Delete evidence files whose detection never reached the log (a crash between file and commit)."""
+        if not self.root.is_dir():
+            return 0
+        files = [p for p in self.root.glob("*/*") if p.suffix in (".wav", ".flac", ".jpg")]
+        ids = sorted({p.stem for p in files})
+        have = known(ids)
+        n = 0
+        for p in files:
+            if p.stem not in have:
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
+        if n:
+            log.info("removed %d orphaned evidence file(s)", n)
+        return n
+
+
+__all__ = ["EvidenceStore", "EvidenceResult", "WindowContext", "JpegEncoder", "disk_free_ratio", "stitch_audio",
+           "write_wav", "write_flac"]
