@@ -141,7 +141,8 @@ def migrate(con: sqlite3.Connection) -> tuple[int, int]:
             con.execute(f"PRAGMA user_version={nxt}")
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:
+                con.execute("ROLLBACK")
             raise
         log.info("detection log migrated to schema version %d", nxt)
         v = nxt
@@ -264,7 +265,8 @@ class DetectionStore:
                                      "evidence_note=:evidence_note WHERE id=:id", {**vals, "id": did})
                 self.con.execute("COMMIT")
             except BaseException:
-                self.con.execute("ROLLBACK")
+                if self.con.in_transaction:  # SQLite may have rolled back already (e.g. SQLITE_FULL)
+                    self.con.execute("ROLLBACK")
                 raise
         except sqlite3.DatabaseError as e:
             self.commit_errors += 1
