@@ -51,8 +51,10 @@ class ComponentStack:
         try:
             comp.start()
         except BaseException as e:
-            log.error("component %s failed to start: %s; rolling back %s", comp.name, e,
-                      ", ".join(c.name for c in reversed(self._started)) or "nothing")
+            # a typed error becomes the CLI's one line; the roll-back itself is information
+            level = logging.INFO if isinstance(e, EdgeAVError) else logging.ERROR
+            log.log(level, "component %s failed to start: %s; rolling back %s", comp.name, e,
+                    ", ".join(c.name for c in reversed(self._started)) or "nothing")
             self.events.append(f"fail {comp.name}")
             self.stop_all()
             raise
