@@ -106,15 +106,13 @@ def _gst():
 
 
 def probe_streams(uri: str, timeout_s: float = 10.0) -> tuple[Stream, ...]:
-    """Which of video/audio a file:// (or other uridecodebin-able) URI holds, via GstPbutils.Discoverer."""
-    Gst = _gst()
-    try:
-        import gi
+    """Which of video/audio a file:// (or other uridecodebin-able) URI holds; SensorError (one line) if none.
 
-        gi.require_version("GstPbutils", "1.0")
-        from gi.repository import GstPbutils
-    except (ImportError, ValueError) as e:
-        raise SensorError(f"GstPbutils is not available: {e}") from None
+    A uridecodebin into fakesinks is prerolled (PAUSED) while the bus is watched: ERROR (no moov, unknown format)
+    is a SensorError at once, ASYNC_DONE means every stream has a decoded pad. (GstPbutils.Discoverer was used
+    before; on some truncated files it sat out its whole timeout instead of reporting the demuxer's error.)
+    """
+    Gst = _gst()
     src = parse_source_uri(uri)
     target = uri
     if src.scheme == "file":
@@ -123,19 +121,59 @@ def probe_streams(uri: str, timeout_s: float = 10.0) -> tuple[Stream, ...]:
         if not Path(src.location).is_file():
             raise SensorError(f"{uri}: file not found")
         target = Path(src.location).as_uri()
-    disc = GstPbutils.Discoverer.new(int(timeout_s * Gst.SECOND))
+    pipeline = Gst.Pipeline.new("probe")
+    dec = Gst.ElementFactory.make("uridecodebin", "probe_dec")
+    if dec is None:
+        raise SensorError("GStreamer has no uridecodebin (gstreamer1.0-plugins-base is missing)")
+    dec.set_property("uri", target)
+    pipeline.add(dec)
+    found: list[Stream] = []
+    lock = threading.Lock()
+
+    def on_pad(_dec, pad) -> None:  # streaming thread: note the kind, terminate the pad in a fakesink
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        name = caps.get_structure(0).get_name() if caps is not None and caps.get_size() else ""
+        kind = "video" if name.startswith("video/") else "audio" if name.startswith("audio/") else None
+        sink = Gst.ElementFactory.make("fakesink", None)
+        sink.set_property("sync", False)
+        pipeline.add(sink)
+        sink.sync_state_with_parent()
+        pad.link(sink.get_static_pad("sink"))
+        if kind is not None:
+            with lock:
+                if kind not in found:
+                    found.append(kind)
+
+    dec.connect("pad-added", on_pad)
+    bus = pipeline.get_bus()
     try:
-        info = disc.discover_uri(target)
-    except Exception as e:  # GLib.Error
-        raise SensorError(f"{mask_credentials(uri)}: cannot be probed: {getattr(e, 'message', e)}") from None
-    out: list[Stream] = []
-    if info.get_video_streams():
-        out.append("video")
-    if info.get_audio_streams():
-        out.append("audio")
+        if pipeline.set_state(Gst.State.PAUSED) == Gst.StateChangeReturn.FAILURE:
+            msg = bus.pop_filtered(Gst.MessageType.ERROR)
+            why = msg.parse_error()[0].message if msg is not None else "cannot be opened"
+            raise SensorError(f"{mask_credentials(uri)}: cannot be probed: {why}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                # decodebin sometimes swallows a demuxer's error on a truncated file (the error is posted while
+                # the demuxer is still being autoplugged): then the timeout is the only signal there is.
+                raise SensorError(f"{mask_credentials(uri)}: cannot be probed: nothing decodable within {timeout_s:g} s "
+                                  "(truncated, corrupt or not a media file?)")
+            msg = bus.timed_pop_filtered(int(min(left, 0.1) * NS_PER_S),
+                                         Gst.MessageType.ERROR | Gst.MessageType.ASYNC_DONE | Gst.MessageType.EOS)
+            if msg is None:
+                continue
+            if msg.type == Gst.MessageType.ERROR:
+                err, _ = msg.parse_error()
+                raise SensorError(f"{mask_credentials(uri)}: cannot be probed: {err.message}")
+            break  # prerolled (or an empty stream ended): every pad has been added
+    finally:
+        pipeline.set_state(Gst.State.NULL)
+    with lock:
+        out = tuple(s for s in ("video", "audio") if s in found)
     if not out:
         raise SensorError(f"{mask_credentials(uri)}: has neither a video nor an audio stream")
-    return tuple(out)
+    return out  # type: ignore[return-value]
 
 
 class Capture:
@@ -156,8 +194,18 @@ class Capture:
         self.contract = contract
         self.realtime = realtime
         self._src = parse_source_uri(self.cfg.uri)
-        if streams is None and self.cfg.streams is None and self._src.scheme == "file":
-            streams = probe_streams(self.cfg.uri)
+        if streams is None and self._src.scheme == "file":
+            present = probe_streams(self.cfg.uri, timeout_s=self.cfg.start_timeout_s)
+            if self.cfg.streams is None:
+                streams = present  # what the file has; a missing one becomes missing-modality windows
+            else:
+                absent = [s for s in self.cfg.streams if s not in present]
+                if absent:
+                    raise SensorError(
+                        f"{mask_credentials(self.cfg.uri)}: has no {' and no '.join(absent)} stream (it has "
+                        f"{'+'.join(present)}); the config asks for streams {'+'.join(self.cfg.streams)} - leave "
+                        "source.streams unset to run with the missing modality masked"
+                    )
         self.description = build_pipeline_description(self.cfg, contract, streams=streams, realtime=realtime)
         self.streams: tuple[Stream, ...] = tuple(
             s for s in ("video", "audio") if (VIDEO_SINK if s == "video" else AUDIO_SINK) in self.description

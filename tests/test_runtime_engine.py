@@ -1,0 +1,202 @@
+"""The whole chain through GStreamer: file:// and test:// sources -> aligner -> ONNX Runtime -> post-processing ->
+detection records and segment scores. Media files are generated in tmp_path; the real stream (if present) is
+replayed with a random-weight model of the real architecture to check the plumbing (window count, segments)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+gi = pytest.importorskip("gi", reason="the runtime chain needs PyGObject (pip install 'edgeav[runtime]')")
+pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime")
+try:
+    gi.require_version("Gst", "1.0")
+    from gi.repository import Gst  # noqa: F401
+except (ValueError, ImportError) as e:  # pragma: no cover
+    pytest.skip(f"GStreamer 1.0 is not available: {e}", allow_module_level=True)
+
+from _runtime_media import missing_elements, write_av  # noqa: E402
+from test_runtime_backends import small_contract, tiny_onnx_model  # noqa: E402
+
+from edgeav.errors import SensorError  # noqa: E402
+from edgeav.manifest import sha256_file  # noqa: E402
+from edgeav.runtime.engine import (  # noqa: E402
+    predictions_from_results,
+    read_segments_csv,
+    run_stream,
+    score_segments,
+)
+from edgeav.schema.runtime import RuntimeConfig, SourceConfig  # noqa: E402
+from edgeav.timebase import NS_PER_S, s_to_ns  # noqa: E402
+
+pytestmark = pytest.mark.gstreamer
+
+LABELS = ["quiet", "loud"]  # the tiny model: class 1 = loud audio / bright image
+
+
+def _cfg(**post) -> RuntimeConfig:
+    return RuntimeConfig.model_validate({
+        "source": {"fps": 10},
+        "backend": {"intra_op_threads": 1},
+        "postprocess": {"ignore_labels": ["quiet"], "smoothing": "mean", "mean_windows": 2, "confirm_hits": 1,
+                        "min_gap_s": 3.0, **post},
+    })
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    contract = small_contract(window_s=1.0, size_px=32)
+    return tiny_onnx_model(tmp_path_factory.mktemp("m") / "tiny.onnx", contract), contract
+
+
+@pytest.fixture(params=["mp4", "mkv"])
+def container(request):
+    miss = missing_elements(request.param)
+    if miss:
+        pytest.skip(f"GStreamer lacks {miss} to write .{request.param} test media")
+    return request.param
+
+
+def _parse_utc(s: str) -> dt.datetime:
+    assert s.endswith("Z")
+    return dt.datetime.fromisoformat(s[:-1] + "+00:00")
+
+
+def test_file_replay_detects_the_loud_bright_half(tmp_path, tiny, container):
+    """4 s: quiet and dark for 2 s, then a tone and a bright picture. One 'loud' detection with a full record."""
+    model, contract = tiny
+    path = write_av(tmp_path / f"av.{container}")
+    t0_utc = time.time_ns()
+    results = list(run_stream(path.as_uri(), model, contract, LABELS, _cfg()))
+    ends = [r.window.end_ns for r in results]
+    assert ends == [s_to_ns(1.0) + k * s_to_ns(0.5) for k in range(7)]  # 1.0 .. 4.0 s on the hop grid
+    assert all(not r.window.missing and r.scores is not None for r in results)
+    top = [r.scores.labels[int(np.argmax(r.scores.fused))] for r in results]
+    assert top[:3] == ["quiet"] * 3 and top[-3:] == ["loud"] * 3  # windows [0,1)..[1,2) vs [2,3)..[3,4)
+    dets = [d for r in results for d in r.detections]
+    assert [d.label for d in dets] == ["loud"]  # min_gap 3 s: one detection for the 2 s event
+    d = dets[0]
+    assert s_to_ns(2.5) <= d.end_ns <= s_to_ns(4.0) and d.start_ns == d.end_ns - s_to_ns(1.0)
+    assert d.modalities == ("audio", "image") and d.confidence >= 0.5
+    assert d.audio_confidence > 0.9 and d.image_confidence > 0.9
+    assert d.model_sha256 == sha256_file(model) and d.class_index == 1 and d.hits == 1
+    start_utc, end_utc = _parse_utc(d.start_utc), _parse_utc(d.end_utc)
+    assert (end_utc - start_utc) == dt.timedelta(seconds=1)
+    assert abs(start_utc.timestamp() - t0_utc / NS_PER_S) < 30  # anchored to the wall clock at start
+    # segment accuracy on the same run: [0,2) quiet, [2,4) loud
+    csv = tmp_path / "gt.csv"
+    csv.write_text("start_s,end_s,label\n0.0,2.0,quiet\n2.0,4.0,loud\n")
+    rep = score_segments(predictions_from_results(results), csv, method="mean", labels=LABELS)
+    assert rep.accuracy == 1.0 and [r.n_windows for r in rep.segments] == [3, 4]
+
+
+def test_missing_audio_track_masks_audio_or_errors_as_configured(tmp_path, tiny):
+    if missing_elements("mp4"):
+        pytest.skip(f"GStreamer lacks {missing_elements('mp4')}")
+    model, contract = tiny
+    path = write_av(tmp_path / "video_only.mp4", audio=False)
+    results = list(run_stream(path.as_uri(), model, contract, LABELS, _cfg()))
+    assert len(results) == 6  # video only: the stream time ends at the last frame's PTS (3.9 s), last window 3.5 s
+    assert all(r.window.missing == {"audio": "source has no audio stream"} for r in results)
+    assert all(r.window.mask().tolist() == [0.0, 1.0] and r.scores.audio is None for r in results)
+    dets = [d for r in results for d in r.detections]
+    assert [(d.label, d.modalities, d.audio_confidence) for d in dets] == [("loud", ("image",), None)]
+    # asked for both streams: a clear one-line error naming what is missing, before anything runs
+    cfg = _cfg()
+    strict = cfg.source.model_copy(update={"uri": path.as_uri(), "streams": ["video", "audio"]})
+    with pytest.raises(SensorError, match="has no audio stream") as e:
+        list(run_stream(strict, model, contract, LABELS, cfg))
+    assert "\n" not in str(e.value)
+
+
+def test_truncated_file_is_a_one_line_sensor_error_not_a_hang(tmp_path, tiny):
+    if missing_elements("mp4"):
+        pytest.skip(f"GStreamer lacks {missing_elements('mp4')}")
+    model, contract = tiny
+    good = write_av(tmp_path / "good.mp4")
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])  # mp4mux writes the index (moov) last: this file has none
+    cfg = _cfg()
+    cfg.source.start_timeout_s = 3.0  # decodebin may swallow the demuxer's error: then the start timeout decides
+    t0 = time.monotonic()
+    with pytest.raises(SensorError) as e:
+        list(run_stream(cut.as_uri(), model, contract, LABELS, cfg))
+    assert time.monotonic() - t0 < 6.0, str(e.value)
+    assert "\n" not in str(e.value) and "cut.mp4" in str(e.value)
+
+
+def test_corrupt_middle_never_hangs(tmp_path, tiny):
+    """Garbage in the middle of a Matroska file: the run ends (EOS with what decoded, or one SensorError line),
+    within seconds, and every window it gave is on the grid."""
+    model, contract = tiny
+    good = write_av(tmp_path / "good.mkv", duration_s=4.0)
+    data = bytearray(good.read_bytes())
+    rng = np.random.default_rng(0)
+    a, b = len(data) // 3, len(data) // 3 + len(data) // 5
+    data[a:b] = rng.integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mkv"
+    bad.write_bytes(bytes(data))
+    t0 = time.monotonic()
+    results = []
+    try:
+        for r in run_stream(bad.as_uri(), model, contract, LABELS, _cfg()):
+            results.append(r)
+    except SensorError as e:
+        assert "\n" not in str(e)
+    assert time.monotonic() - t0 < 15.0
+    assert all(r.window.end_ns % s_to_ns(0.5) == 0 for r in results)
+
+
+def test_live_test_source_runs_and_stops(tiny):
+    model, contract = tiny
+    cfg = _cfg()
+    src = SourceConfig(uri="test://?live=1&pattern=white&freq_hz=440&volume=0.8", fps=10, audio_chunk_s=0.05)
+    t0 = time.monotonic()
+    got = []
+    gen = run_stream(src, model, contract, LABELS, cfg)
+    for r in gen:
+        got.append(r)
+        if len(got) == 3:
+            break
+    gen.close()
+    elapsed = time.monotonic() - t0
+    assert 1.5 <= elapsed < 8.0  # first window needs 1 s of live data, then one per 0.5 s hop
+    assert all(not r.window.missing for r in got)
+    assert all(r.scores.labels[int(np.argmax(r.scores.fused))] == "loud" for r in got)  # white + loud tone
+
+
+@pytest.mark.data
+def test_real_stream_plumbing_with_random_model(shared_data, tmp_path):
+    """The 120 s GRID stream (H.264 + AAC) through GStreamer with a random-weight edgeav-small: every window is
+    assembled with both modalities, the count follows from duration / hop, all 40 segments get windows.
+    (Accuracy needs the trained bundle: bench/runtime_replay.py.)"""
+    pytest.importorskip("torch", reason="exporting the random-weight model needs torch")
+    from _runtime_models import GRID_LABELS, export_random_model
+
+    stream = shared_data / "streams" / "grid_stream_120s.mp4"
+    gt = shared_data / "streams" / "grid_stream_120s.csv"
+    if not stream.is_file():
+        pytest.skip(f"{stream} not found")
+    model, contract = export_random_model(tmp_path / "small.onnx")
+    cfg = RuntimeConfig.model_validate({"backend": {"intra_op_threads": 1}})
+    results = list(run_stream(stream.as_uri(), model, contract, list(GRID_LABELS), cfg))
+    import av
+
+    with av.open(str(stream)) as c:
+        a = c.streams.audio[0]
+        audio_ns = int(a.duration * a.time_base * NS_PER_S)
+    window_ns, hop_ns = contract.audio.window_ns, s_to_ns(0.5)
+    expected = (audio_ns - window_ns) // hop_ns + 1
+    assert len(results) == expected == 234
+    assert [r.window.end_ns for r in results] == [window_ns + k * hop_ns for k in range(expected)]
+    assert all(not r.window.missing and r.scores is not None for r in results)
+    assert all(r.window.frames.shape == (1, 64, 64, 3) for r in results)
+    segments = read_segments_csv(gt)
+    rep = score_segments(predictions_from_results(results), segments, method="mean", labels=list(GRID_LABELS))
+    assert rep.n_segments == 40 and rep.n_scored == 40
+    assert [r.n_windows for r in rep.segments] == [3] + [6] * 38 + [3]
