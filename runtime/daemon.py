@@ -352,7 +352,11 @@ class Daemon:
         from edgeav.runtime.postprocess import PostProcessor
         from edgeav.runtime.supervisor import SensorEvent, SensorItem
 
-        aligner = Aligner(self.contract, self.cfg.runtime.align, streams=self.streams)
+        # One pipeline replayed at full speed: windows wait for every decoder (nothing is missing by being
+        # early). Live sources, real-time replay and split sensors: a window waits at most max_wait_s for a
+        # lagging or dead sensor, then goes without it (that is how audio-only detections continue).
+        live = self.clock == "wall" or len(self.workers) > 1
+        aligner = Aligner(self.contract, self.cfg.runtime.align, streams=self.streams, live=live)
         post = PostProcessor(self.labels, self.cfg.runtime.postprocess, model_sha256=self.sha,
                              utc_ns_for=self._utc_for)
         context: collections.deque = collections.deque(maxlen=self.dcfg.evidence.context_windows)
