@@ -26,7 +26,7 @@ else
   echo "[quickstart] no real data at $DATA (set EDGEAV_DATA): using a SMALL SYNTHETIC set that edgeav generates;"
   echo "[quickstart] its figures say nothing about real recordings"
   SYN="$OUT/synthetic"
-  .venv/bin/python -m edgeav.train.synthetic "$SYN" --video --stream
+  .venv/bin/python -m edgeav.train.synthetic_video "$SYN"
   GRID="$SYN/videos"
   STREAM="$SYN/stream.mp4"
   TRUTH="$SYN/stream.csv"

@@ -1,0 +1,122 @@
+"""A small SYNTHETIC video-with-sound data set and a stream cut from it, for the quick start without real data.
+
+Each class is a tone pattern on the sound track and a coloured shape in the picture (the same generators as
+`edgeav.train.synthetic`), written as H.264 + AAC MP4 files that GStreamer and PyAV both decode:
+
+    OUT/videos/<class>/synthetic_<c>_<i>.mp4   + OUT/videos/manifest.csv (clip,label,split,group)
+    OUT/stream.mp4 + OUT/stream.csv            the test clips joined, one segment per clip (start_s,end_s,label,clip)
+
+It is labelled SYNTHETIC in every folder it writes. Run: `python -m edgeav.train.synthetic_video OUT`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from edgeav.train.synthetic import SYNTHETIC_README, synth_audio, synth_image
+
+log = logging.getLogger(__name__)
+
+FPS = 25
+AUDIO_RATE_HZ = 16_000
+
+
+def _write_mp4(path: Path, clips: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> None:
+    """Write (frame (H, W, 3) uint8, audio (N,) float32) clips back to back into one H.264 + AAC file."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size_px = clips[0][0].shape[0]
+    with av.open(str(path), "w") as out:
+        v = out.add_stream("libx264", rate=FPS)
+        v.width = v.height = size_px
+        v.pix_fmt = "yuv420p"
+        v.options = {"preset": "veryfast", "crf": "23"}
+        a = out.add_stream("aac", rate=AUDIO_RATE_HZ)
+        a.layout = "mono"
+        frame_index = 0
+        sample_index = 0
+        for image, audio in clips:
+            n_frames = int(round(len(audio) / AUDIO_RATE_HZ * FPS))
+            for _ in range(n_frames):
+                jitter = rng.integers(0, 8, image.shape, dtype=np.uint8)  # a living picture, not a still
+                vf = av.VideoFrame.from_ndarray(np.clip(image.astype(np.int16) + jitter, 0, 255).astype(np.uint8), format="rgb24")
+                vf.pts = frame_index
+                vf.time_base = Fraction(1, FPS)
+                frame_index += 1
+                for packet in v.encode(vf):
+                    out.mux(packet)
+            chunk = 1024
+            for start in range(0, len(audio), chunk):
+                piece = audio[start:start + chunk].reshape(1, -1).astype(np.float32)
+                af = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
+                af.sample_rate = AUDIO_RATE_HZ
+                af.pts = sample_index
+                af.time_base = Fraction(1, AUDIO_RATE_HZ)
+                sample_index += piece.shape[1]
+                for packet in a.encode(af):
+                    out.mux(packet)
+        for stream in (v, a):
+            for packet in stream.encode(None):
+                out.mux(packet)
+
+
+def make_video_set(root: str | Path, n_classes: int = 4, per_class: int = 12, seconds: float = 3.0,
+                   size_px: int = 224, seed: int = 0, stream: bool = True) -> Path:
+    """Write the video set (a quarter of each class's clips are `test`) and, with `stream`, the stream of the test
+    clips in a seeded order with its segment CSV. Returns `root`."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    videos = root / "videos"
+    rows = []
+    test_clips: list[tuple[str, str, tuple[np.ndarray, np.ndarray]]] = []
+    n_test = max(1, per_class // 4)
+    for c in range(n_classes):
+        label = f"synthetic_class_{c}"
+        for i in range(per_class):
+            clip = (synth_image(c, size_px, rng), synth_audio(c, seconds, AUDIO_RATE_HZ, rng))
+            rel = f"{label}/synthetic_{c}_{i}.mp4"
+            _write_mp4(videos / rel, [clip], rng)
+            split = "test" if i >= per_class - n_test else "train"
+            rows.append({"clip": rel, "label": label, "split": split, "group": f"take{c}_{i}"})
+            if split == "test":
+                test_clips.append((rel, label, clip))
+    with open(videos / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["clip", "label", "split", "group"])
+        w.writeheader()
+        w.writerows(rows)
+    (videos / "README.md").write_text(SYNTHETIC_README)
+    if stream:
+        order = rng.permutation(len(test_clips))
+        joined = [test_clips[k] for k in order]
+        _write_mp4(root / "stream.mp4", [c for _, _, c in joined], rng)
+        with open(root / "stream.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["start_s", "end_s", "label", "clip"])
+            for k, (rel, label, _) in enumerate(joined):
+                w.writerow([f"{k * seconds:.3f}", f"{(k + 1) * seconds:.3f}", label, rel])
+    (root / "README.md").write_text(SYNTHETIC_README)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgeav.train.synthetic_video", description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=12)
+    p.add_argument("--no-stream", action="store_true", help="write the clips only")
+    a = p.parse_args(argv)
+    root = make_video_set(a.out, a.classes, a.per_class, stream=not a.no_stream)
+    sys.stderr.write(f"wrote a SYNTHETIC video data set to {root}/videos and its stream to {root}/stream.mp4\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
