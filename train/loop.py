@@ -50,7 +50,9 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from edgeav.train.data.torch_dataset import TorchAVDataset as TorchAVDatasetT
 
 from edgeav.errors import ConfigError, DataError
 from edgeav.result import CommandResult
@@ -186,6 +188,42 @@ def _logits_of(out: Any, phase: str) -> tuple[torch.Tensor, torch.Tensor | None,
 
 def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+# ---------------------------------------------------------------- phase I data
+
+
+class UnimodalDataset(Dataset):
+    """The examples of one split that carry `modality` ("audio" or "image"), each once, as TorchAVDataset items
+    (the other modality zero, mask [1, 0] or [0, 1]); a video example gives its middle frame."""
+
+    def __init__(self, data: Any, split: str, modality: str) -> None:
+        self.data, self.modality = data, modality
+        self.samples = [s for s in data.samples(split)
+                        if (s.audio is not None if modality == "audio" else (s.image is not None or s.video is not None))]
+        size = data.cfg.image_size_px
+        self._zero_image = torch.zeros((3, size, size), dtype=torch.uint8)
+        self._zero_audio = torch.zeros(data.window_samples, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        audio, image = self._zero_audio, self._zero_image
+        present = 0.0
+        if self.modality == "audio":
+            a = self.data.load_audio(s.audio)
+            if a is not None:
+                audio, present = torch.from_numpy(np.array(a, dtype=np.float32)), 1.0
+            mask = torch.tensor([present, 0.0])
+        else:
+            v = self.data.load_image(s.image) if s.image is not None else self.data.load_frames(s.video)
+            if v is not None:
+                v = v if v.ndim == 3 else v[v.shape[0] // 2]  # (3, H, W): the middle frame, as TorchAVDataset
+                image, present = torch.from_numpy(np.array(v)), 1.0
+            mask = torch.tensor([0.0, present])
+        return {"audio": audio, "image": image, "mask": mask, "label": int(s.label)}
 
 
 # ---------------------------------------------------------------- phase II cache
@@ -347,11 +385,23 @@ class Trainer:
             out = out[:-1]  # drop the ragged last batch (BatchNorm on a handful of examples is noise)
         return out
 
+    def _train_set(self) -> Dataset:
+        """Phase I trains on each unimodal example once per epoch (species-paired data: every audio window, or
+        every photo, not the re-paired pairs); joint training on the (re-)paired examples."""
+        phase = self.state.phase
+        if phase == "phase1_audio":
+            return UnimodalDataset(self.data, "train", "audio")
+        if phase == "phase1_image":
+            return UnimodalDataset(self.data, "train", "image")
+        return self.train_ds
+
     def _train_loader(self, epoch: int) -> tuple[DataLoader, list[int]]:
-        self.train_ds.set_epoch(epoch)
-        idx = self._sampler(len(self.train_ds), epoch)
+        ds = self._train_set()
+        if isinstance(ds, TorchAVDatasetT):
+            ds.set_epoch(epoch)
+        idx = self._sampler(len(ds), epoch)
         batches = self._batches(idx)
-        loader = DataLoader(self.train_ds, batch_sampler=batches, num_workers=self.cfg.train.num_workers)
+        loader = DataLoader(ds, batch_sampler=batches, num_workers=self.cfg.train.num_workers)
         return loader, [i for b in batches for i in b]
 
     # -- one batch
@@ -516,8 +566,13 @@ class Trainer:
             ai, vi, y = cache.epoch_items(0)
             chunks: Any = ((cache.batch(ai[j:j + bs], vi[j:j + bs]), y[j:j + bs]) for j in range(0, len(y), bs))
         else:
-            self.val_ds.set_epoch(0)
-            chunks = DataLoader(self.val_ds, batch_size=bs, shuffle=False, num_workers=self.cfg.train.num_workers)
+            phase = self.state.phase
+            if phase.startswith("phase1"):
+                val_set: Dataset = UnimodalDataset(self.data, "val", "audio" if phase == "phase1_audio" else "image")
+            else:
+                self.val_ds.set_epoch(0)
+                val_set = self.val_ds
+            chunks = DataLoader(val_set, batch_size=bs, shuffle=False, num_workers=self.cfg.train.num_workers)
         for item in chunks:
             if cache is not None:
                 inputs, label = item
@@ -563,7 +618,10 @@ class Trainer:
         from edgeav.train.models import param_groups
 
         tc = self.cfg.train
-        groups = [g for g in param_groups(self.model, tc.lr_backbone, tc.lr_fusion, tc.weight_decay) if g["params"]]
+        lr_b, lr_f = tc.lr_backbone, tc.lr_fusion
+        if self.state.phase.startswith("phase1") and tc.phase1_lr is not None:
+            lr_b = lr_f = tc.phase1_lr
+        groups = [g for g in param_groups(self.model, lr_b, lr_f, tc.weight_decay) if g["params"]]
         if not groups:
             raise ConfigError(f"phase {self.state.phase}: nothing to train")
         cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
@@ -736,7 +794,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict[str, Any]:
         tc = self.cfg.train
         phases = [("joint", tc.epochs)] if tc.mode == "joint" else [
-            ("phase1_audio", tc.phase1_epochs), ("phase1_image", tc.phase1_epochs), ("phase2_fusion", tc.epochs)]
+            ("phase1_audio", tc.phase1_audio_epochs), ("phase1_image", tc.phase1_image_epochs), ("phase2_fusion", tc.epochs)]
         payload = self._read_resume() if resume else None
         resume_phase = None
         if payload is not None:

@@ -61,7 +61,12 @@ class AugmentConfig(Section):
 class TrainConfig(Section):
     mode: Literal["joint", "two_phase"] = Field("joint", description="joint: all trained together; two_phase: unimodal, then fusion on cached embeddings.")
     epochs: int = Field(30, ge=1, le=10_000, description="Epochs (joint mode, or phase II in two_phase mode).")
-    phase1_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of each unimodal model in phase I (two_phase).")
+    phase1_audio_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of the audio model in phase I (two_phase).")
+    phase1_image_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of the image model in phase I (two_phase).")
+    phase1_lr: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Phase I learning rate of the whole unimodal model (backbones from scratch); null = lr_backbone / lr_fusion.",
+    )
     batch_size: int = Field(16, ge=1, le=4096, description="Global batch size, examples (split across ranks under torchrun).")
     optimizer: Literal["adam", "adamw"] = Field("adamw", description="Optimizer.")
     lr_backbone: float = Field(3e-4, gt=0.0, le=1.0, description="Learning rate of the backbones.")
