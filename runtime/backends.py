@@ -6,8 +6,9 @@ A backend takes exactly the model's inputs and returns its three outputs:
         -> {"logits": (B, C), "logits_audio": (B, C), "logits_image": (B, C)}
 
 Entries: `onnxruntime` (the embedded default; CPU unless CUDA/TensorRT execution providers are asked for, and a
-provider asked for but not available is an error, never a silent fallback) and `tensorrt` (imports
-`edgeav.runtime.trt_runner` lazily). PyTorch is not a runtime backend: a field unit has no torch.
+provider asked for but not available is an error, never a silent fallback), `tensorrt` (imports
+`edgeav.runtime.trt_runner` lazily) and `pytorch` (development only: a training checkpoint, through
+`edgeav.export.torch_backend`, imported lazily - this module never imports torch; a field unit has none).
 """
 
 from __future__ import annotations
@@ -184,6 +185,22 @@ def _create_tensorrt(model_path: str | Path, contract: InputContract, **options:
     return factory(model_path, contract, **options)
 
 
+TORCH_BACKEND_MODULE = "edgeav.export.torch_backend"
+
+
+@BACKENDS.register("pytorch", artifact=".pt", dev_only=True)
+def _create_pytorch(model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
+    """Development only: a training checkpoint run by PyTorch (`edgeav.export.torch_backend`, imported lazily; the
+    runtime itself never imports torch). On a unit without torch this is a DeviceError that says so."""
+    try:
+        mod = importlib.import_module(TORCH_BACKEND_MODULE)
+    except ImportError as e:
+        raise DeviceError(f"the pytorch backend is for development and needs torch + edgeav[train] ({e}); "
+                          "a field unit runs onnxruntime or tensorrt") from None
+    log.warning("pytorch backend: development only, not for a field unit")
+    return mod.create_backend(model_path, contract, **options)
+
+
 def create_backend(name: str, model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
     """Create a backend by registry name; an unknown name raises UnknownNameError listing the valid ones."""
     return BACKENDS.create(name, model_path, contract, **options)
@@ -201,6 +218,8 @@ def backend_from_config(cfg: Any, model_path: str | Path, contract: InputContrac
             inter_op_threads=cfg.inter_op_threads,
             device_id=cfg.device_id,
         )
+    if cfg.name == "pytorch":
+        return create_backend("pytorch", model_path, contract, threads=cfg.intra_op_threads)
     return create_backend(cfg.name, model_path, contract, device_id=cfg.device_id)
 
 

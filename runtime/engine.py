@@ -107,8 +107,8 @@ def _resolve_backend(
         sha = sha256_file(path) if path is not None and Path(path).is_file() else None
         return b, contract or b.input_contract, sha, False
     path = Path(bundle_or_backend)
-    if path.suffix.lower() not in (".onnx", ".engine", ".plan"):
-        raise ModelError(f"{path}: expected a .onnx model or a Backend (bundle loading is the CLI's job)")
+    if path.suffix.lower() not in (".onnx", ".engine", ".plan", ".pt"):
+        raise ModelError(f"{path}: expected a .onnx, .engine or (development) .pt model, or a Backend (bundle loading is the CLI's job)")
     if contract is None:
         raise ConfigError("a contract is needed with a bare model file (the bundle manifest carries it)")
     return backend_from_config(cfg.backend, path, contract), contract, sha256_file(path), True

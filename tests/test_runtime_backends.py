@@ -97,9 +97,9 @@ def _feeds(contract: InputContract, b: int = 2):
 
 
 def test_registry_lists_backends_and_rejects_unknown(tmp_path):
-    assert BACKENDS.names() == ["onnxruntime", "tensorrt"]
-    assert "torch" not in BACKENDS and "pytorch" not in BACKENDS
-    with pytest.raises(UnknownNameError, match="valid names: onnxruntime, tensorrt"):
+    assert BACKENDS.names() == ["onnxruntime", "pytorch", "tensorrt"]
+    assert BACKENDS.meta("pytorch")["dev_only"] is True and "dev_only" not in BACKENDS.meta("onnxruntime")
+    with pytest.raises(UnknownNameError, match="valid names: onnxruntime, pytorch, tensorrt"):
         create_backend("openvino", tmp_path / "m.onnx", small_contract())
 
 
@@ -165,3 +165,43 @@ def test_tensorrt_entry_says_unavailable(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "edgeav.runtime.trt_runner", None)  # as on a unit without TensorRT
     with pytest.raises(DeviceError, match="TensorRT is not available here"):
         create_backend("tensorrt", tmp_path / "m.engine", small_contract())
+
+
+def test_pytorch_entry_says_unavailable_without_torch(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "edgeav.export.torch_backend", None)  # as on a unit without torch
+    with pytest.raises(DeviceError, match="pytorch backend is for development"):
+        create_backend("pytorch", tmp_path / "m.pt", small_contract())
+
+
+def test_pytorch_backend_matches_onnxruntime_on_the_same_model(tmp_path):
+    """The dev backend runs a training checkpoint; its ONNX export through ORT gives the same logits (parity)."""
+    torch = pytest.importorskip("torch", reason="the pytorch backend needs torch")
+    from _runtime_models import GRID_LABELS, grid_contract
+
+    from edgeav.train.models import ExportWrapper, create_model, save_checkpoint
+
+    contract = grid_contract(window_s=1.0, image_px=64)
+    torch.manual_seed(0)
+    model = create_model("edgeav-small", list(GRID_LABELS), contract=contract, pretrained=False).eval()
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model, list(GRID_LABELS), model.arch, contract, {}, {})
+    shapes = contract.shapes(2)
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal(shapes["audio"])).astype(np.float32)
+    image = rng.integers(0, 256, shapes["image"], dtype=np.uint8)
+    mask = np.array([[1, 1], [1, 0]], np.float32)  # second row: image missing
+    onnx_path = tmp_path / "m.onnx"
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        torch.onnx.export(ExportWrapper(model).eval(), tuple(torch.from_numpy(x) for x in (audio, image, mask)),
+                          str(onnx_path), input_names=["audio", "image", "mask"],
+                          output_names=["logits", "logits_audio", "logits_image"], opset_version=17, dynamo=False,
+                          dynamic_axes={k: {0: "b"} for k in ("audio", "image", "mask")})
+    with create_backend("pytorch", ckpt, contract, threads=1) as pt, create_backend("onnxruntime", onnx_path, contract) as ort_be:
+        assert pt.name == "pytorch" and pt.max_batch is None and pt.input_contract == contract
+        a, b = pt.infer(audio, image, mask), ort_be.infer(audio, image, mask)
+        for k in ("logits", "logits_audio", "logits_image"):
+            np.testing.assert_allclose(a[k], b[k], atol=1e-3, rtol=1e-3)
+        assert not np.allclose(a["logits"][0], a["logits"][1])  # the mask reaches the model

@@ -74,7 +74,9 @@ class AlignConfig(Section):
 class BackendConfig(Section):
     """Inference backend (edgeav.runtime.backends)."""
 
-    name: Literal["onnxruntime", "tensorrt"] = Field("onnxruntime", description="Backend registry name.")
+    name: Literal["onnxruntime", "tensorrt", "pytorch"] = Field(
+        "onnxruntime", description="Backend registry name (pytorch: development only, runs a .pt checkpoint)."
+    )
     providers: list[Literal["cpu", "cuda", "tensorrt"]] = Field(
         default_factory=lambda: ["cpu"],
         description="ONNX Runtime execution providers in priority order; one not available is an error, never skipped.",
