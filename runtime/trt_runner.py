@@ -1,0 +1,343 @@
+"""TensorRT on the field unit: engine cache keys, the refusal of foreign engines, and the runner.
+
+Engines are not portable: one built by TensorRT 10.3 for an Orin's GPU (compute capability 8.7) does not load under
+another TensorRT version or on another GPU. So an engine is stored under a key that holds everything it depends on:
+
+    EngineKey(onnx_sha256, trt_version, gpu_name, compute_capability, precision, dla_core)
+
+`EngineCache` keeps `<precision>-<digest>.engine` with a `.json` sidecar (the key and how it was built), written
+atomically (temporary file + os.replace). `check_engine` refuses an engine whose sidecar names another TensorRT
+version, GPU or compute capability than this machine's, with the command that rebuilds it.
+
+`TrtBackend` runs an engine behind the runtime's `Backend` interface (edgeav.runtime.backends): explicit device
+buffers allocated once with cuda-python (`cuda.bindings.runtime`, or the older `cuda.cudart`), host -> device copies,
+`execute_async_v3` on a CUDA stream, device -> host copies. TensorRT and cuda-python are imported when a backend is
+created, never at module import: this module imports where neither is installed (the version/GPU logic is tested
+there with explicit values).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeav.contract import InputContract
+from edgeav.errors import BundleError, DeviceError, ModelError
+from edgeav.runtime.backends import OUTPUT_NAMES, Backend
+
+log = logging.getLogger(__name__)
+
+ENGINE_CACHE_ENV = "EDGEAV_ENGINE_CACHE"
+ENGINE_SUFFIX = ".engine"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+# ------------------------------------------------------------------------------------------ keys and cache
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """The GPU an engine is built for: its name as CUDA reports it and its compute capability ("8.7")."""
+
+    name: str
+    compute_capability: str
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"\d+\.\d+", self.compute_capability):
+            raise DeviceError(f"bad compute capability {self.compute_capability!r} (want major.minor)")
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on. Two builds with the same key are interchangeable; any difference is not."""
+
+    onnx_sha256: str
+    trt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    dla_core: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise DeviceError(f"unknown engine precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.onnx_sha256):
+            raise DeviceError(f"engine key needs the ONNX file's sha256 (64 hex digits), got {self.onnx_sha256!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:24]
+
+    @property
+    def file_name(self) -> str:
+        where = f"-dla{self.dla_core}" if self.dla_core is not None else ""
+        return f"{self.precision}{where}-{self.digest}{ENGINE_SUFFIX}"
+
+
+def make_key(onnx_sha256: str, precision: str, trt_version: str, gpu: GpuInfo, dla_core: int | None = None) -> EngineKey:
+    return EngineKey(onnx_sha256, str(trt_version), gpu.name, gpu.compute_capability, precision, dla_core)
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(ENGINE_CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "edgeav" / "engines"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rebuild_command(onnx_path: str | Path | None, precision: str, profile: str | None = None,
+                    dla_core: int | None = None) -> str:
+    """The command that builds the engine for this machine (run it on the device itself)."""
+    src = str(onnx_path) if onnx_path else "BUNDLE/model_<precision>.onnx"
+    cmd = f"python -m edgeav.export.tensorrt {src} --precision {precision}"
+    if profile:
+        cmd += f" --device {profile}"
+    if dla_core is not None:
+        cmd += f" --dla-core {dla_core}"
+    return cmd
+
+
+class EngineCache:
+    """Engines on disk, one file per key, each with a JSON sidecar (`<engine>.json`)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def path_for(self, key: EngineKey) -> Path:
+        return self.root / key.file_name
+
+    def lookup(self, key: EngineKey) -> Path | None:
+        """The cached engine for `key`, or None. A file whose sidecar does not hold exactly `key` is not used."""
+        p = self.path_for(key)
+        if not p.is_file():
+            return None
+        side = read_sidecar(p)
+        if side.get("key") != key.to_dict():
+            log.warning("engine cache: %s does not carry the key it is filed under; ignoring it", p)
+            return None
+        return p
+
+    def store(self, key: EngineKey, engine_bytes: bytes, build_info: dict[str, Any] | None = None) -> Path:
+        """Write the engine and its sidecar atomically (the sidecar last: an engine without one is never used)."""
+        if not engine_bytes:
+            raise DeviceError("refusing to cache an empty engine")
+        p = self.path_for(key)
+        _atomic_write(p, engine_bytes)
+        side = {"key": key.to_dict(), "bytes": len(engine_bytes),
+                "sha256": hashlib.sha256(engine_bytes).hexdigest(), "built_unix_ns": time.time_ns(),
+                "build": dict(build_info or {})}
+        _atomic_write(sidecar_path(p), json.dumps(side, indent=2, sort_keys=True).encode())
+        log.info("engine cached: %s (%d bytes)", p, len(engine_bytes))
+        return p
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
+    side = sidecar_path(engine_path)
+    if not side.is_file():
+        raise BundleError(f"{engine_path}: no {side.name} beside it: cannot tell which TensorRT and GPU it was built "
+                          "for; rebuild it on this device")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise BundleError(f"{side}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
+        raise BundleError(f"{side}: no engine key")
+    return data
+
+
+def check_engine(engine_path: str | Path, trt_version: str, gpu: GpuInfo, *, onnx_path: str | Path | None = None,
+                 profile: str | None = None) -> EngineKey:
+    """Refuse (DeviceError) an engine built for another TensorRT version, GPU or compute capability, naming the
+    command that rebuilds it; return its key when it fits this machine."""
+    data = read_sidecar(engine_path)
+    try:
+        key = EngineKey(**data["key"])
+    except TypeError as e:
+        raise BundleError(f"{sidecar_path(engine_path)}: bad engine key ({e})") from None
+    if hashlib.sha256(Path(engine_path).read_bytes()).hexdigest() != data.get("sha256"):
+        raise BundleError(f"{engine_path}: sha256 does not match its sidecar (file changed or corrupt)")
+    problems = []
+    if key.trt_version != str(trt_version):
+        problems.append(f"TensorRT {key.trt_version}, this machine has {trt_version}")
+    if key.gpu_name != gpu.name:
+        problems.append(f"GPU {key.gpu_name!r}, this machine has {gpu.name!r}")
+    if key.compute_capability != gpu.compute_capability:
+        problems.append(f"compute capability {key.compute_capability}, this GPU is {gpu.compute_capability}")
+    if problems:
+        raise DeviceError(f"{Path(engine_path).name} was built for " + "; ".join(problems)
+                          + f": engines are not portable; rebuild it here: "
+                          + rebuild_command(onnx_path, key.precision, profile, key.dla_core))
+    return key
+
+
+# ------------------------------------------------------------------------------------ cuda-python helpers
+
+
+def _cudart() -> Any:
+    """cuda-python's runtime module: `cuda.bindings.runtime` (cuda-python >= 12.6) or `cuda.cudart` (older)."""
+    try:
+        from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from cuda import cudart  # type: ignore[import-not-found,no-redef]
+        except ImportError as e:
+            raise DeviceError(f"cuda-python is not installed here ({e}); pip install 'edgeav[tensorrt]'") from None
+    return cudart
+
+
+def _check(result: Any, what: str) -> Any:
+    """cuda-python calls return (err, *values); raise DeviceError unless err is cudaSuccess."""
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    code = int(getattr(err, "value", err))
+    if code != 0:
+        raise DeviceError(f"CUDA {what} failed: {getattr(err, 'name', err)}")
+    if not rest:
+        return None
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+def current_gpu(device_id: int = 0) -> GpuInfo:
+    """Name and compute capability of CUDA device `device_id` (cuda-python)."""
+    cudart = _cudart()
+    props = _check(cudart.cudaGetDeviceProperties(int(device_id)), "cudaGetDeviceProperties")
+    name = props.name.decode("utf-8", "replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    return GpuInfo(name.strip(), f"{props.major}.{props.minor}")
+
+
+def trt_version() -> str:
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise DeviceError(f"TensorRT is not installed here ({e}); it ships with JetPack / NVIDIA's wheels") from None
+    return str(trt.__version__)
+
+
+# ------------------------------------------------------------------------------------------------ runner
+
+
+class TrtBackend(Backend):
+    """A TensorRT engine with explicit device buffers. Inputs and outputs are static: batch = the engine's."""
+
+    name = "tensorrt"
+
+    def __init__(self, model_path: str | Path, contract: InputContract, device_id: int = 0,
+                 onnx_path: str | Path | None = None, profile: str | None = None) -> None:
+        try:
+            import tensorrt as trt  # type: ignore[import-not-found]
+        except ImportError as e:
+            raise DeviceError(f"TensorRT is not installed here ({e}); use the onnxruntime backend") from None
+        self._contract = contract
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ModelError(f"{self.model_path}: engine not found")
+        self._cudart = cudart = _cudart()
+        _check(cudart.cudaSetDevice(int(device_id)), "cudaSetDevice")
+        gpu = current_gpu(device_id)
+        self.key = check_engine(self.model_path, str(trt.__version__), gpu, onnx_path=onnx_path, profile=profile)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        if self.key.dla_core is not None:
+            self._runtime.DLA_core = int(self.key.dla_core)
+        self._engine = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
+        if self._engine is None:
+            raise DeviceError(f"{self.model_path}: TensorRT could not deserialize the engine; rebuild it: "
+                              + rebuild_command(onnx_path, self.key.precision, profile, self.key.dla_core))
+        self._context = self._engine.create_execution_context()
+        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._io: dict[str, dict[str, Any]] = {}
+        for i in range(self._engine.num_io_tensors):
+            tname = self._engine.get_tensor_name(i)
+            shape = tuple(int(d) for d in self._engine.get_tensor_shape(tname))
+            if any(d < 0 for d in shape):
+                raise ModelError(f"{self.model_path}: tensor {tname!r} has a dynamic shape {shape}; build the engine "
+                                 "from a static-shape ONNX")
+            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(tname)))
+            is_input = self._engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            ptr = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+            self._context.set_tensor_address(tname, int(ptr))
+            self._io[tname] = {"shape": shape, "dtype": dtype, "input": is_input, "ptr": ptr, "nbytes": nbytes,
+                               "host": None if is_input else np.empty(shape, dtype)}
+        missing = [n for n in (*contract.input_names, *OUTPUT_NAMES) if n not in self._io]
+        if missing:
+            self.close()
+            raise ModelError(f"{self.model_path}: engine lacks tensor(s) {missing}; it has {sorted(self._io)}")
+        self.batch = self._io[contract.input_names[0]]["shape"][0]
+        log.info("tensorrt backend: %s (%s, TensorRT %s, %s), batch %d", self.model_path.name, self.key.precision,
+                 self.key.trt_version, gpu.name, self.batch)
+
+    @property
+    def input_contract(self) -> InputContract:
+        return self._contract
+
+    def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        self.check_inputs(audio, image, mask)
+        cudart = self._cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        host_in = dict(zip(self._contract.input_names, (audio, image, mask)))
+        for name, arr in host_in.items():
+            io = self._io[name]
+            if tuple(arr.shape) != io["shape"]:
+                raise ModelError(f"tensorrt: input {name!r} is {tuple(arr.shape)}; this engine takes {io['shape']}")
+            src = np.ascontiguousarray(arr, dtype=io["dtype"])
+            _check(cudart.cudaMemcpyAsync(io["ptr"], src.ctypes.data, io["nbytes"], h2d, self._stream), "H2D copy")
+        if not self._context.execute_async_v3(self._stream):
+            raise DeviceError(f"{self.model_path.name}: execute_async_v3 failed")
+        for name in OUTPUT_NAMES:
+            io = self._io[name]
+            _check(cudart.cudaMemcpyAsync(io["host"].ctypes.data, io["ptr"], io["nbytes"], d2h, self._stream), "D2H copy")
+        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return {n: self._io[n]["host"].astype(np.float32, copy=True) for n in OUTPUT_NAMES}  # each (B, C)
+
+    def close(self) -> None:
+        cudart = getattr(self, "_cudart", None)
+        for io in getattr(self, "_io", {}).values():
+            if io.get("ptr") is not None and cudart is not None:
+                cudart.cudaFree(io["ptr"])
+                io["ptr"] = None
+        if getattr(self, "_stream", None) is not None and cudart is not None:
+            cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+        self._context = None
+        self._engine = None
+
+
+def create_backend(model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
+    """What edgeav.runtime.backends' `tensorrt` entry calls."""
+    return TrtBackend(model_path, contract, **options)
+
+
+__all__ = ["ENGINE_CACHE_ENV", "EngineCache", "EngineKey", "GpuInfo", "TrtBackend", "check_engine", "create_backend",
+           "current_gpu", "default_cache_dir", "make_key", "read_sidecar", "rebuild_command", "sidecar_path",
+           "trt_version"]
