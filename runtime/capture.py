@@ -358,13 +358,15 @@ class Capture:
             if msg.type == Gst.MessageType.ERROR:
                 err, dbg = msg.parse_error()
                 src = msg.src.get_name() if msg.src is not None else "?"
-                self.error = f"{src}: {err.message}" + (f" ({dbg.splitlines()[0]})" if dbg else "")
+                # masked: element errors (rtspsrc's above all) may quote the URI with its password
+                self.error = mask_credentials(f"{src}: {err.message}" + (f" ({dbg.splitlines()[0]})" if dbg else ""))
                 return self.error
             if msg.type == Gst.MessageType.EOS:
                 self._eos = True
             elif msg.type == Gst.MessageType.WARNING:
                 w, _ = msg.parse_warning()
-                log.warning("capture warning from %s: %s", msg.src.get_name() if msg.src else "?", w.message)
+                log.warning("capture warning from %s: %s", msg.src.get_name() if msg.src else "?",
+                            mask_credentials(w.message))
             msg = self._bus.pop_filtered(types)
         return None
 

@@ -175,3 +175,26 @@ def test_missing_and_broken_files_raise_sensor_error(tmp_path):
 def test_missing_element_is_a_sensor_error():
     with pytest.raises(SensorError, match="csi://0"):
         Capture("csi://0", C).start()  # no nvarguscamerasrc here
+
+
+def test_live_source_with_a_slow_reader_drops_oldest_and_counts():
+    cfg = SourceConfig(uri="test://?live=1", fps=30, audio_chunk_s=0.01, queue_max_items=8)
+    with Capture(cfg, C) as cap:
+        time.sleep(1.0)  # the reader is busy elsewhere: ~130 items arrive, 8 fit
+        stats = cap.stats()
+        assert stats["dropped"] >= 50 and stats["queue"]["maxsize"] == 8
+        status, item = cap.read(NS_PER_S)
+        assert status is ReadStatus.OK and item.pts_ns > 500 * NS_PER_MS  # the oldest ones were the ones dropped
+
+
+def test_credentials_are_masked_in_the_log_and_the_error(caplog):
+    cfg = SourceConfig(uri="rtsp://admin:s3cret@127.0.0.1:1/stream1", start_timeout_s=3)
+    t0 = time.monotonic()
+    with caplog.at_level("INFO", logger="edgeav.runtime.capture"):
+        with pytest.raises(SensorError) as e:
+            with Capture(cfg, C) as cap:
+                while time.monotonic() - t0 < 5.0:
+                    cap.read_or_raise(200 * NS_PER_MS)
+    assert 'rtspsrc location="rtsp://admin:***@127.0.0.1:1/stream1"' in caplog.text
+    assert "s3cret" not in caplog.text and "s3cret" not in str(e.value) and "admin:***@" in str(e.value)
+    assert "\n" not in str(e.value)
