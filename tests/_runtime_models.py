@@ -35,7 +35,7 @@ def export_random_model(path: Path, labels: Sequence[str] = GRID_LABELS, contrac
                torch.ones(shapes["mask"]))
     names = ("logits", "logits_audio", "logits_image")
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the legacy exporter's constant-folding notes
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
         torch.onnx.export(ExportWrapper(model).eval(), example, str(path), input_names=["audio", "image", "mask"],
                           output_names=list(names), opset_version=17, dynamo=False,
                           dynamic_axes={k: {0: "batch"} for k in ("audio", "image", "mask", *names)})

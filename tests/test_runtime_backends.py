@@ -194,7 +194,7 @@ def test_pytorch_backend_matches_onnxruntime_on_the_same_model(tmp_path):
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore")
         torch.onnx.export(ExportWrapper(model).eval(), tuple(torch.from_numpy(x) for x in (audio, image, mask)),
                           str(onnx_path), input_names=["audio", "image", "mask"],
                           output_names=["logits", "logits_audio", "logits_image"], opset_version=17, dynamo=False,

@@ -200,3 +200,24 @@ def test_real_stream_plumbing_with_random_model(shared_data, tmp_path):
     rep = score_segments(predictions_from_results(results), segments, method="mean", labels=list(GRID_LABELS))
     assert rep.n_segments == 40 and rep.n_scored == 40
     assert [r.n_windows for r in rep.segments] == [3] + [6] * 38 + [3]
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_real_stream_segment_accuracy_with_the_int8_bundle(shared_data):
+    """The issue's acceptance figure, where the trained bundle exists (runs/ is not committed: CI skips this;
+    `python bench/runtime_replay.py` gives the same figure with timings)."""
+    from edgeav.runtime.backends import backend_from_config
+    from edgeav.runtime.bundle import verify_bundle
+
+    bundle = Path(__file__).resolve().parent.parent / "runs" / "grid_bundle_int8"
+    if not (bundle / "manifest.json").is_file():
+        pytest.skip(f"{bundle} not found: train (train/grid.yaml) and export --int8 first")
+    info = verify_bundle(bundle)
+    stream = shared_data / "streams" / "grid_stream_120s.mp4"
+    cfg = RuntimeConfig.model_validate({"backend": {"intra_op_threads": 1}})
+    backend = backend_from_config(cfg.backend, info.model("model_int8"), info.manifest.contract)
+    results = list(run_stream(stream.as_uri(), backend, info.manifest.contract, info.labels, cfg))
+    rep = score_segments(predictions_from_results(results), shared_data / "streams" / "grid_stream_120s.csv",
+                         method="mean", labels=info.labels)
+    assert rep.n_scored == 40 and rep.accuracy >= 0.90, rep.to_dict()

@@ -1,0 +1,241 @@
+"""Every (backbone pair, fusion head) the registries allow: builds, trains a step, exports to ONNX and runs the same
+in ONNX Runtime. The default run covers every registry entry (`allowed_archs("representative")`); the full cross
+product is `slow`.
+
+Small inputs keep it fast: 1 s of audio (101 log-mel frames) and 64 px frames, random weights (pretrained=False).
+Each ONNX test prints and records (junit property `onnx_max_abs_diff`) the largest |ONNX Runtime - PyTorch| over the
+three outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from edgeav.contract import AudioContract, ImageContract, InputContract
+from edgeav.errors import ModelError, UnknownNameError
+from edgeav.train.models import (
+    BACKBONES,
+    HEADS,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    ExportWrapper,
+    allowed_archs,
+    build_model,
+    parse_arch,
+)
+
+SMALL = InputContract(audio=AudioContract(window_s=1.0), image=ImageContract(height_px=64, width_px=64))
+N_CLASSES = 5
+PARITY_ATOL = 1e-4
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+
+
+def _id(triple: tuple) -> str:
+    a, i, h = triple
+    return f"{a or 'shared'}+{i}->{h}"
+
+
+def _settle_batchnorm(model) -> None:
+    """Give every BatchNorm the statistics of real activations: one pass over 8 samples with only the BatchNorms in
+    training mode (cumulative average), so stochastic depth and dropout do not skew them; then eval mode.
+
+    Fresh torchvision MobileNet/EfficientNet weights with fresh running statistics shrink the signal to ~1e-9 in eval
+    mode; comparisons on such a model would pass whatever the export did. Settled, the embeddings are O(1)."""
+    model.eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    with torch.no_grad():
+        model(*_inputs(model.contract, [[1, 1]] * 8, seed=11))
+    model.eval()
+
+
+def _build(triple: tuple, contract: InputContract = SMALL, seed: int = 0):
+    a, i, h = triple
+    for name in (a, i):
+        if name is not None and BACKBONES.meta(name).get("extra") and not HAS_TRANSFORMERS:
+            pytest.skip(f"backbone {name!r} needs the optional extra edgeav[{BACKBONES.meta(name)['extra']}]"
+                        " (transformers), not installed here; the error it gives is tested in test_models_checkpoint")
+    torch.manual_seed(seed)
+    arch = {"audio_backbone": a, "image_backbone": i, "head": h, "contract": contract.model_dump(mode="json")}
+    return build_model(arch, [f"c{k}" for k in range(N_CLASSES)])
+
+
+def _inputs(contract: InputContract, masks: list[list[float]], seed: int = 1):
+    """Photo-like and sound-like inputs (white-noise images would give deep features that hardly vary, where float32
+    rounding dominates): audio a tone plus noise; images random colour gradients and stripes with a little noise.
+    One mask row per sample."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(masks)
+    t = torch.arange(contract.audio.window_samples) / contract.audio.sample_rate_hz
+    f0 = 200.0 + 3000.0 * torch.rand(b, 1, generator=g)
+    audio = 0.3 * torch.sin(2 * math.pi * f0 * t) + 0.05 * torch.randn(b, t.numel(), generator=g)  # (B, T)
+    _, _, H, W = contract.shapes(b)["image"]
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")  # (H, W)
+    p = torch.rand(b, 3, 4, 1, 1, generator=g)  # per sample and channel: frequencies, phase, level
+    phase = 2 * math.pi * (4 * p[:, :, 0] * xx + 4 * p[:, :, 1] * yy) + 6 * p[:, :, 2]  # (B, 3, H, W)
+    image = 60 + 130 * p[:, :, 3] + 60 * torch.sin(phase) + 8 * torch.randn(b, 3, H, W, generator=g)
+    return audio.float(), image.clamp(0, 255).to(torch.uint8), torch.tensor(masks, dtype=torch.float32)
+
+
+def _check_train_step(model) -> None:
+    model.train()
+    audio, image, mask = _inputs(model.contract, [[1, 1], [1, 1]])
+    out = model(audio, image, mask)
+    assert out._fields == ("logits", "logits_audio", "logits_image")
+    for t in out:
+        assert t.shape == (2, N_CLASSES)
+        assert torch.isfinite(t).all()
+    loss = sum(torch.nn.functional.cross_entropy(t, torch.tensor([0, 3])) for t in out)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f"parameters outside the graph (never get a gradient): {missing[:5]}"
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad[:5]}"
+    assert any(p.grad.abs().sum() > 0 for p in model.fusion.parameters()) or not list(model.fusion.parameters())
+
+
+def _check_onnx(model, tmp_path, record_property) -> float:
+    import onnx
+    import onnxruntime as ort
+
+    _settle_batchnorm(model)  # also undoes the running statistics of a 2-sample training step
+    # both present, audio only, image only: the masked rows go through the graph too
+    audio, image, mask = _inputs(model.contract, [[1, 1], [1, 0], [0, 1]])
+    path = tmp_path / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(ExportWrapper(model), (audio, image, mask), str(path), input_names=list(INPUT_NAMES),
+                          output_names=list(OUTPUT_NAMES), opset_version=17, dynamo=False)
+        ref = model(audio, image, mask)
+    proto = onnx.load(str(path))
+    assert {o.domain or "ai.onnx": o.version for o in proto.opset_import}["ai.onnx"] == 17
+    assert any(n.name.startswith("/frontend/audio/") for n in proto.graph.node) or \
+        model.frontend.audio_input == "waveform"
+    assert any(n.name.startswith("/frontend/image/") for n in proto.graph.node)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(list(OUTPUT_NAMES), {"audio": audio.numpy(), "image": image.numpy(), "mask": mask.numpy()})
+    for name, r in zip(OUTPUT_NAMES, ref):  # the outputs depend on the input: a comparison that can fail
+        spread = float((r[0] - r[1]).abs().max()) if name != "logits_image" else float((r[0] - r[2]).abs().max())
+        assert spread > 1e-3, f"{name} hardly depends on the input ({spread:.3g}): the parity check would be empty"
+    diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
+    record_property("onnx_max_abs_diff", diff)
+    print(f"onnx parity {model.arch['audio_backbone']}+{model.arch['image_backbone']}->{model.arch['head']}: "
+          f"max |ORT - torch| = {diff:.3g}")
+    assert diff <= PARITY_ATOL, f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {PARITY_ATOL})"
+    return diff
+
+
+@pytest.mark.parametrize("triple", allowed_archs("representative"), ids=_id)
+def test_registry_entry_trains_and_exports(triple, tmp_path, record_property):
+    model = _build(triple)
+    _check_train_step(model)
+    _check_onnx(model, tmp_path, record_property)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("triple", [t for t in allowed_archs("full") if t not in allowed_archs("representative")],
+                         ids=_id)
+def test_registry_full_cross_product(triple, tmp_path, record_property):
+    model = _build(triple)
+    _check_train_step(model)
+    _check_onnx(model, tmp_path, record_property)
+
+
+def test_representative_set_covers_every_entry():
+    rep = allowed_archs("representative")
+    assert {h for _, _, h in rep} == set(HEADS.names())
+    assert {a for a, _, _ in rep if a} | {i for _, i, _ in rep} == set(BACKBONES.names())
+    assert set(rep) <= set(allowed_archs("full"))
+
+
+def test_allowed_archs_are_exactly_what_parse_arch_accepts():
+    names = [None, *BACKBONES.names()]
+    accepted, refused = set(), 0
+    for a, i, h in itertools.product(names, BACKBONES.names(), HEADS.names()):
+        try:
+            parse_arch({"audio_backbone": a, "image_backbone": i, "head": h})
+            accepted.add((a, i, h))
+        except ModelError as e:
+            assert str(e) and "\n" not in str(e)
+            refused += 1
+    assert accepted == set(allowed_archs("full"))
+    assert refused > 0
+
+
+@pytest.mark.parametrize("key,value", [("audio_backbone", "audio_vgg99"), ("image_backbone", "resnet1000"),
+                                       ("head", "attention_soup")])
+def test_unknown_names_are_refused_with_the_valid_ones(key, value):
+    arch = {"audio_backbone": "audio_cnn", "image_backbone": "mobilenetv3_small", "head": "hdmf", key: value}
+    with pytest.raises(ModelError, match=f"unknown .*{value}.*this edgeav knows: .*"):
+        build_model(arch, 3)
+    registry = HEADS if key == "head" else BACKBONES
+    with pytest.raises(UnknownNameError, match="valid names: ") as e:
+        registry.create(value)
+    assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# missing modalities
+# --------------------------------------------------------------------------------------------------------------------
+
+MASK_ARCHS = [t for t in allowed_archs("representative") if t[1] == "mobilenetv3_small"
+              and t[0] in ("audio_cnn", None)]
+
+
+@pytest.mark.parametrize("triple", MASK_ARCHS, ids=_id)
+def test_masked_modality_does_not_reach_the_output(triple):
+    model = _build(triple)
+    _settle_batchnorm(model)
+    a1, i1, _ = _inputs(model.contract, [[1, 1], [1, 1]], seed=1)
+    a2, i2, _ = _inputs(model.contract, [[1, 1], [1, 1]], seed=2)
+    assert not torch.equal(a1, a2) and not torch.equal(i1, i2)
+    with torch.no_grad():
+        # audio missing: changing the audio changes nothing; image present: changing the image does
+        m = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+        o1, o2, o3 = model(a1, i1, m), model(a2, i1, m), model(a1, i2, m)
+        for x, y in zip(o1, o2):
+            assert torch.equal(x, y)
+        assert not torch.allclose(o1.logits, o3.logits)
+        assert torch.equal(o1.logits, o1.logits_image) and not o1.logits_audio.any()
+        # image missing: the mirror image
+        m = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+        o1, o2, o3 = model(a1, i1, m), model(a1, i2, m), model(a2, i1, m)
+        for x, y in zip(o1, o2):
+            assert torch.equal(x, y)
+        assert not torch.allclose(o1.logits, o3.logits)
+        assert torch.equal(o1.logits, o1.logits_audio) and not o1.logits_image.any()
+        # a batch mixing the cases: each row is what it would be alone, all finite
+        mixed = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+        out = model(a1, i1, mixed)
+        alone = model(a1[1:], i1[1:], mixed[1:])
+        assert all(torch.isfinite(t).all() for t in out)
+        assert torch.allclose(out.logits[1:], alone.logits, atol=1e-5)
+        # nothing present: all-zero logits (uniform), not NaN
+        none = model(a1, i1, torch.zeros(2, 2))
+        assert all(torch.equal(t, torch.zeros(2, N_CLASSES)) for t in none)
+
+
+def test_modality_dropout_never_drops_both_and_keeps_rates():
+    from edgeav.train.models import modality_dropout
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.ones(20_000, 2)
+    mask[:1000, 0] = 0  # already audio-less
+    out = modality_dropout(mask, p_audio=0.2, p_image=0.3, generator=g)
+    assert (out.sum(dim=1) >= 1).all()
+    assert torch.equal(out[:1000], mask[:1000])
+    full = out[1000:]
+    assert abs(float((full[:, 0] == 0).float().mean()) - 0.2) < 0.02
+    assert abs(float((full[:, 1] == 0).float().mean()) - 0.3) < 0.02
+    with pytest.raises(ModelError, match="p_audio \\+ p_image <= 1"):
+        modality_dropout(mask, 0.6, 0.6)
