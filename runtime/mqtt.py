@@ -1,12 +1,13 @@
 """MQTT publishing from the durable outbox (optional extra `mqtt`: paho-mqtt).
 
 Every committed detection has a row in the log's `outbox` table, written in the same transaction as the
-detection. This publisher sends pending rows (QoS 1 by default) only while connected, at most `inflight_max`
-unacknowledged at a time, and marks a row sent only when the broker acknowledged it (PUBACK / PUBCOMP). So:
-nothing is lost while the broker is away (rows wait in SQLite, across daemon restarts too), and after it comes
-back each row is sent until acknowledged once. paho's own in-memory queue is never used for detections.
-A message whose acknowledgement was lost with the connection is sent again after the reconnect: subscribers
-deduplicate by the detection's stable `id` (in the payload), as with any at-least-once delivery.
+detection. This publisher hands pending rows to paho (QoS 1 by default) only while connected, at most
+`inflight_max` at a time, and marks a row sent only when the broker acknowledged it (PUBACK / PUBCOMP). So:
+nothing is lost while the broker is away (rows wait in SQLite, across daemon restarts too). A row handed to paho
+is never handed again by this process: if the connection drops before its acknowledgement, paho itself sends it
+again (with the DUP flag) after the reconnect - re-publishing it from the outbox as well would send it twice.
+Only rows left unacknowledged when the process ends go again at the next start; subscribers can deduplicate by
+the detection's stable `id` (in the payload), as with any at-least-once delivery.
 
 Topics: `<prefix>/<unit>/detection` (JSON of the detection), `<prefix>/<unit>/heartbeat` (QoS 0: uptime,
 counts, sensor states), `<prefix>/<unit>/status` (retained `online` / `offline`, the latter as the last will).
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import socket
 import ssl
 import threading
@@ -47,9 +47,7 @@ class MqttPublisher:
         self.topics = topics(cfg)
         self.connected = threading.Event()
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._inflight: dict[int, int] = {}  # mid -> outbox seq
-        self._acked: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._handed: dict[int, Any] = {}  # outbox seq -> paho MQTTMessageInfo, until acknowledged
         self._thread: threading.Thread | None = None
         self._client = None
         self._con = None
@@ -93,7 +91,6 @@ class MqttPublisher:
         client.max_inflight_messages_set(cfg.inflight_max)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
         return client
 
     def start(self) -> "MqttPublisher":
@@ -115,7 +112,7 @@ class MqttPublisher:
     def stop(self, timeout_s: float = 1.5) -> None:
         """Send what the outbox holds for up to `timeout_s` while connected, then disconnect (rows left wait)."""
         deadline = time.monotonic() + timeout_s
-        while self.connected.is_set() and time.monotonic() < deadline and (self.pending() or self._inflight):
+        while self.connected.is_set() and time.monotonic() < deadline and (self.pending() or self._handed):
             time.sleep(0.05)
         self._stop.set()
         if self._thread is not None:
@@ -128,7 +125,7 @@ class MqttPublisher:
             finally:
                 self._client.loop_stop()
         if self._con is not None:
-            self._drain_acks()
+            self._collect_acks()
             self._con.close()
             self._con = None
 
@@ -149,20 +146,12 @@ class MqttPublisher:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        with self._lock:
-            lost = len(self._inflight)
-            self._inflight.clear()  # not acknowledged: they stay pending in the outbox and go again
         if self.metrics is not None:
             self.metrics.mqtt_connected.set(0)
         if was:
-            log.warning("MQTT: disconnected (%s); %d unacknowledged message(s) stay in the outbox", reason_code, lost,
-                        extra={"fields": {"event": "mqtt_disconnected", "unacked": lost}})
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        with self._lock:
-            seq = self._inflight.pop(mid, None)
-        if seq is not None:
-            self._acked.put(seq)
+            log.warning("MQTT: disconnected (%s); %d unacknowledged message(s) will be sent again on reconnect",
+                        reason_code, len(self._handed),
+                        extra={"fields": {"event": "mqtt_disconnected", "unacked": len(self._handed)}})
 
     # -- the outbox thread ------------------------------------------------------------------------------------------
     def pending(self) -> int:
@@ -170,53 +159,47 @@ class MqttPublisher:
             return 0
         return int(self._con.execute("SELECT COUNT(*) FROM outbox WHERE sent_ns IS NULL").fetchone()[0])
 
-    def _drain_acks(self) -> int:
-        seqs = []
-        while True:
-            try:
-                seqs.append(self._acked.get_nowait())
-            except queue.Empty:
-                break
-        if seqs and self._con is not None:
+    def _collect_acks(self) -> int:
+        """Mark acknowledged rows sent (one transaction)."""
+        done = [seq for seq, info in self._handed.items() if info.is_published()]
+        if done and self._con is not None:
             now = time.time_ns()
             self._con.execute("BEGIN IMMEDIATE")
-            self._con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=? AND sent_ns IS NULL", [(now, s) for s in seqs])
+            self._con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=? AND sent_ns IS NULL", [(now, s) for s in done])
             self._con.execute("COMMIT")
-            self.sent += len(seqs)
+            for seq in done:
+                del self._handed[seq]
+            self.sent += len(done)
             if self.metrics is not None:
-                self.metrics.mqtt_published.labels("detection").inc(len(seqs))
-        return len(seqs)
+                self.metrics.mqtt_published.labels("detection").inc(len(done))
+        return len(done)
 
     def _publish_pending(self) -> None:
-        with self._lock:
-            room = self.cfg.inflight_max - len(self._inflight)
-            busy = set(self._inflight.values())
+        import paho.mqtt.client as mqtt
+
+        room = self.cfg.inflight_max - len(self._handed)
         if room <= 0:
             return
         rows = self._con.execute("SELECT seq, topic, payload FROM outbox WHERE sent_ns IS NULL ORDER BY seq LIMIT ?",
-                                 (room + len(busy),)).fetchall()
+                                 (room + len(self._handed),)).fetchall()
         for seq, topic, payload in rows:
-            if seq in busy:
+            if seq in self._handed:
                 continue
-            if not self.connected.is_set():
+            if not self.connected.is_set() or room <= 0:
                 return
-            with self._lock:
-                info = self._client.publish(topic, payload, qos=self.cfg.qos)
-                if info.rc != 0:  # not connected any more: leave it pending
-                    return
-                if self.cfg.qos == 0:
-                    self._acked.put(seq)
-                else:
-                    self._inflight[info.mid] = seq
+            info = self._client.publish(topic, payload, qos=self.cfg.qos)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE or (self.cfg.qos == 0 and info.rc != mqtt.MQTT_ERR_SUCCESS):
+                return  # not taken (paho's queue is full, or QoS 0 while the link is down): try again later
+            # handed over, even with MQTT_ERR_NO_CONN (the connection dropped just now): paho keeps a QoS > 0
+            # message and sends it after the reconnect
+            self._handed[seq] = info
             room -= 1
-            if room <= 0:
-                return
 
     def _run(self) -> None:
         last_hb = 0.0
         while not self._stop.is_set():
             try:
-                self._drain_acks()
+                self._collect_acks()
                 if self.connected.is_set():
                     self._publish_pending()
                     now = time.monotonic()
