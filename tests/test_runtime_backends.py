@@ -205,3 +205,40 @@ def test_pytorch_backend_matches_onnxruntime_on_the_same_model(tmp_path):
         for k in ("logits", "logits_audio", "logits_image"):
             np.testing.assert_allclose(a[k], b[k], atol=1e-3, rtol=1e-3)
         assert not np.allclose(a["logits"][0], a["logits"][1])  # the mask reaches the model
+
+
+def test_batched_inference_gives_the_same_results_as_one_by_one(tmp_path):
+    from edgeav.runtime.align import AlignedWindow
+    from edgeav.runtime.engine import infer_windows
+    from edgeav.runtime.postprocess import PostProcessor
+    from edgeav.schema.runtime import PostprocessConfig
+
+    contract = small_contract()
+    be = OrtBackend(tiny_onnx_model(tmp_path / "tiny.onnx", contract), contract)
+    assert be.max_batch is None  # symbolic batch axis
+    rng = np.random.default_rng(0)
+    n, hop = contract.audio.window_samples, 500_000_000
+    windows = []
+    for k in range(11):
+        audio = (rng.uniform(0, 0.3) * rng.standard_normal(n)).astype(np.float32)
+        frames = rng.integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+        if k == 5:  # no sensor at all: no inference, smoothing restarts
+            windows.append(AlignedWindow(k * hop, k * hop + 10**9, None, None, (), {"audio": "x", "image": "y"}))
+        elif k == 7:  # image missing: zeros and mask 0
+            windows.append(AlignedWindow(k * hop, k * hop + 10**9, audio, None, (), {"image": "gone"}))
+        else:
+            windows.append(AlignedWindow(k * hop, k * hop + 10**9, audio, frames, (k * hop,)))
+    cfg = PostprocessConfig(threshold=0.6, mean_windows=2, min_gap_s=0.0)
+    runs = {}
+    for batch in (1, 4):
+        post = PostProcessor(["quiet", "loud"], cfg)
+        runs[batch] = list(infer_windows(windows, be, contract, post, batch_windows=batch))
+    one, four = runs[1], runs[4]
+    assert len(one) == len(four) == 11 and one[5].scores is None and four[5].scores is None
+    for a, b in zip(one, four):
+        if a.scores is not None:
+            np.testing.assert_allclose(a.scores.fused, b.scores.fused, atol=1e-6)
+            np.testing.assert_allclose(a.scores.smoothed, b.scores.smoothed, atol=1e-6)
+        assert [(d.label, d.end_ns) for d in a.detections] == [(d.label, d.end_ns) for d in b.detections]
+    assert four[7].scores.image is None and four[7].scores.audio is not None
+    assert sum(len(r.detections) for r in one) > 0
