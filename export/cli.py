@@ -227,11 +227,15 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
 
             src_role = "model_int8" if "model_int8" in files else ("model_fp16" if "model_fp16" in files else "model_fp32")
             prec = src_role.split("_")[1]
+            from edgeav.runtime.trt_runner import sidecar_path
+
             eng = build_engine(files[src_role], profile, precision=prec)
             engine_copy = tmp / f"engine_{prec}.engine"
             shutil.copyfile(eng.path, engine_copy)
+            shutil.copyfile(sidecar_path(eng.path), sidecar_path(engine_copy))
             files[f"engine_{prec}"] = engine_copy
-            extra["engine"] = eng.key.to_dict()
+            files[f"engine_{prec}_key"] = sidecar_path(engine_copy)
+            extra["engine"] = {**eng.key.to_dict(), "source_role": src_role, "from_cache": eng.from_cache}
 
         extra["precisions"] = precisions
         bundle_manifest = base.model_copy(update={"precision": precisions[0], "extra": {**extra}})

@@ -5,7 +5,7 @@ another TensorRT version or on another GPU. So an engine is stored under a key t
 
     EngineKey(onnx_sha256, trt_version, gpu_name, compute_capability, precision, dla_core)
 
-`EngineCache` keeps `<precision>-<digest>.engine` with a `.json` sidecar (the key and how it was built), written
+`EngineCache` keeps `<precision>-<digest>.engine` with a `<precision>-<digest>_key.json` sidecar (the key and how it was built), written
 atomically (temporary file + os.replace). `check_engine` refuses an engine whose sidecar names another TensorRT
 version, GPU or compute capability than this machine's, with the command that rebuilds it.
 
@@ -123,7 +123,7 @@ def rebuild_command(onnx_path: str | Path | None, precision: str, profile: str |
 
 
 class EngineCache:
-    """Engines on disk, one file per key, each with a JSON sidecar (`<engine>.json`)."""
+    """Engines on disk, one file per key, each with a JSON sidecar (`<engine stem>_key.json`)."""
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -157,8 +157,9 @@ class EngineCache:
 
 
 def sidecar_path(engine_path: str | Path) -> Path:
+    """`x.engine` -> `x_key.json` (in a bundle: role `engine_int8` -> `engine_int8.engine`, `engine_int8_key.json`)."""
     p = Path(engine_path)
-    return p.with_name(p.name + ".json")
+    return p.with_name(p.stem + "_key.json")
 
 
 def read_sidecar(engine_path: str | Path) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def test_cache_store_and_lookup(tmp_path: Path) -> None:
     assert cache.lookup(key) is None
     p = cache.store(key, b"serialized engine", {"profile": "jetson-orin-nx"})
     assert cache.lookup(key) == p and p.read_bytes() == b"serialized engine"
-    side = json.loads(p.with_name(p.name + ".json").read_text())
+    side = json.loads(p.with_name(p.stem + "_key.json").read_text())
     assert side["key"] == key.to_dict() and side["sha256"] == hashlib.sha256(b"serialized engine").hexdigest()
     assert not [q for q in p.parent.iterdir() if q.name.startswith(".")]  # no temporary files left
     assert cache.lookup(make_key(SHA, "int8", "10.4.0", ORIN)) is None  # another TensorRT: not this file
@@ -103,7 +103,7 @@ def test_engine_without_sidecar_or_tampered_is_refused(tmp_path: Path) -> None:
     p.write_bytes(b"engine!")
     with pytest.raises(BundleError, match="sha256 does not match"):
         check_engine(p, "10.3.0", ORIN)
-    p.with_name(p.name + ".json").unlink()
+    p.with_name(p.stem + "_key.json").unlink()
     with pytest.raises(BundleError, match="cannot tell which TensorRT and GPU"):
         check_engine(p, "10.3.0", ORIN)
 
