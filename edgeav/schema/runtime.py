@@ -81,7 +81,12 @@ class BackendConfig(Section):
         default_factory=lambda: ["cpu"],
         description="ONNX Runtime execution providers in priority order; one not available is an error, never skipped.",
     )
-    intra_op_threads: int = Field(0, ge=0, le=256, description="ORT intra-op threads; 0 = ORT default, threads.")
+    intra_op_threads: int = Field(
+        1, ge=0, le=256,
+        description="ORT intra-op threads: 1 runs the model on the calling thread and leaves the other cores to the "
+        "GStreamer decoders (fastest on a shared 2-core unit, no spinning threads); 0 = ORT default (one per "
+        "physical core), threads.",
+    )
     inter_op_threads: int = Field(0, ge=0, le=256, description="ORT inter-op threads; 0 = ORT default, threads.")
     device_id: int = Field(0, ge=0, le=64, description="GPU index for CUDA/TensorRT providers.")
     replay_batch_windows: int = Field(
