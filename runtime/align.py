@@ -94,6 +94,7 @@ class Aligner:
         self._audio: collections.deque[tuple[int, int, np.ndarray]] = collections.deque()
         self._frames: collections.deque[tuple[int, np.ndarray]] = collections.deque()  # (pts_ns, rgb (H,W,3))
         self._audio_wm: int | None = None  # end time of the latest audio sample seen
+        self._audio_unordered = False  # an audio chunk arrived before one it precedes
         self._video_wm: int | None = None  # latest frame PTS seen
         self._next_end: int | None = None
         self.counters = {"windows": 0, "skipped_windows": 0, "late_audio_chunks": 0, "late_frames": 0,
@@ -121,6 +122,8 @@ class Aligner:
         if self._next_end is not None and end <= self._next_end - self.window_ns:
             self.counters["late_audio_chunks"] += 1  # entirely before every window still to come
             return
+        if self._audio and pts < self._audio[-1][1]:
+            self._audio_unordered = True  # came out of order (or overlaps): pruning must scan the buffer once
         self._audio.append((pts, end, samples))
         self._audio_wm = end if self._audio_wm is None else max(self._audio_wm, end)
 
@@ -282,10 +285,11 @@ class Aligner:
             while self._audio and self._audio[0][1] <= keep_after:  # in-order arrival: the common case
                 self._audio.popleft()
                 self.counters["pruned_audio_chunks"] += 1
-            if any(e <= keep_after for _, e, _ in self._audio):  # a chunk that came out of order
+            if self._audio_unordered:  # a chunk that came out of order may hide behind newer ones
                 kept = collections.deque(c for c in self._audio if c[1] > keep_after)
                 self.counters["pruned_audio_chunks"] += len(self._audio) - len(kept)
                 self._audio = kept
+                self._audio_unordered = any(a[1] > b[0] for a, b in zip(kept, list(kept)[1:]))
         # Keep one frame before the next window (it may still be the nearest).
         while len(self._frames) > 1 and self._frames[1][0] <= first_start - self.tolerance_ns:
             self._frames.popleft()

@@ -243,3 +243,18 @@ def test_replay_waits_for_a_lagging_decoder_and_for_stream_end():
     assert after and all(w.frames is None and w.audio is not None for w in after)
     with pytest.raises(ValueError, match="unknown stream"):
         Aligner(contract, cfg).end_stream("lidar")
+
+
+def test_out_of_order_audio_chunks_are_placed_by_pts_and_pruned():
+    contract = _contract()
+    al = Aligner(contract, AlignConfig(hop_s=0.5, frame_tolerance_ms=60), streams=("audio",))
+    order = list(range(40))
+    order[10], order[11] = order[11], order[10]  # chunk 1.1 s arrives before chunk 1.0 s
+    out = []
+    for k in order:
+        al.push_audio(k * s_to_ns(0.1), np.full(800, k, np.float32), 8000)
+        out.extend(al.ready())
+    out.extend(al.flush())
+    w = next(w for w in out if w.end_ns == s_to_ns(1.5))
+    assert w.audio is not None and w.audio[0] == 5 and w.audio[4000] == 10 and w.audio[4800] == 11
+    assert al.buffered()["audio_chunks"] <= 12  # pruned although the buffer was once out of order
