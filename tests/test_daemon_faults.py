@@ -155,3 +155,23 @@ def test_video_source_removed_mid_run_audio_continues(media, tmp_path: Path) -> 
     assert summary["windows_by_modality"].get("audio", 0) >= 10
     print(f"video removed: {len(restarts)} camera restarts logged, {len(during)} audio-only detections during the "
           f"outage, {summary['detections']} detections in all")
+
+
+def test_restart_budget_spent_exits_non_zero_for_systemd(media, tmp_path: Path) -> None:
+    tree = daemon_tree(tmp_path, media["bundle"], (tmp_path / "no_camera.mkv").as_uri(), realtime=True,
+                       supervisor={"backoff_initial_s": 0.2, "backoff_max_s": 0.4, "restart_budget": 3,
+                                   "restart_window_s": 60})
+    tree["runtime"]["source"]["audio_uri"] = media["audio"].as_uri()
+    tree["runtime"]["source"]["streams"] = ["video", "audio"]  # say what the camera gives: nothing to probe
+    cfg = write_config(tmp_path / "d.yaml", tree)
+    t0 = time.monotonic()
+    r = subprocess.run([*EDGEAV, "-q", "run", "--config", str(cfg)], capture_output=True, text=True, env=env(),
+                       timeout=60)
+    assert r.returncode == 1
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("edgeav run: error")]
+    assert len(lines) == 1 and "camera sensor" in lines[0] and "more than 3 restarts within 60 s" in lines[0]
+    assert "not found" in lines[0] and time.monotonic() - t0 < 30
+    con = sqlite3.connect(tmp_path / "det.db")
+    mods = {r[0] for r in con.execute("SELECT DISTINCT modalities FROM detections")}
+    con.close()
+    assert mods <= {"audio"}  # whatever was detected before giving up came from the microphone alone
