@@ -70,7 +70,7 @@ from edgeav.train.augment import (
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_audio", "val_acc_image",
-                 "lr_backbone", "lr_fusion", "seconds", "samples_per_s"]
+                 "lr_backbone", "lr_fusion", "seconds", "samples_per_s", "decoded"]
 PHASES_TWO = ("phase1_audio", "phase1_image", "phase2_fusion")
 BEST_FILE = {"joint": "best.pt", "phase1_audio": "best_audio.pt", "phase1_image": "best_image.pt",
              "phase2_fusion": "best.pt"}
@@ -354,6 +354,10 @@ class Trainer:
         if tc.mode == "two_phase" and self.model.audio_backbone is None:
             raise ConfigError(f"train.mode=two_phase needs two unimodal backbones; head {self.arch['head']!r} runs one "
                               f"shared encoder: use train.mode=joint")
+        if tc.bn_momentum is not None:
+            for mod in self.model.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.momentum = tc.bn_momentum
         self.model.to(self.device)
         self.image_tf = build_image_transform(tc.augment.image)
         self.spec_aug = SpecAugmentHook(tc.augment.spec_augment)
@@ -501,6 +505,7 @@ class Trainer:
                        dynamic_ncols=True, disable=None)
         total, correct, loss_sum = 0, 0, 0.0
         t0 = time.monotonic()
+        misses0 = self.data.cache.misses
         for k, item in enumerate(iterator):
             if cache is not None:
                 (fa, fi, za, zi, mask), label = item
@@ -541,7 +546,8 @@ class Trainer:
         self.samples_seen += int(total)
         self.train_seconds += seconds
         return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
-                "samples_per_s": round(total / max(seconds, 1e-9), 2), "train_seconds": seconds}
+                "samples_per_s": round(total / max(seconds, 1e-9), 2), "train_seconds": seconds,
+                "decoded": self.data.cache.misses - misses0}
 
     def _gather_shards(self, seen: list[int]) -> dict[str, Any]:
         gathered: list[Any] = [None] * self.dist.world
@@ -809,6 +815,8 @@ class Trainer:
             resume_phase = st["phase"]
             self._rewrite_metrics()
             log.info("resuming from %s: phase %s after epoch %d", self.out / "last.pt", resume_phase, self.state.epoch)
+        if tc.mode == "two_phase" and tc.phase1_from and "phase1_audio" not in self.state.done_phases:
+            self._take_phase1(Path(tc.phase1_from))
         for phase, epochs in phases:
             if phase in self.state.done_phases:
                 continue
@@ -825,14 +833,37 @@ class Trainer:
                 self.model.load_state_dict(best)
         return self._finish()
 
-    def _best_branch(self, phase: str) -> dict[str, torch.Tensor]:
+    def _take_phase1(self, src: Path) -> None:
+        """Phase I from an earlier run: both unimodal branches from src/best_audio.pt and src/best_image.pt."""
+        from edgeav.errors import ModelError
+        from edgeav.train.models import read_checkpoint
+
+        for phase in ("phase1_audio", "phase1_image"):
+            path = src / BEST_FILE[phase]
+            payload = read_checkpoint(path)
+            keys = {k: payload["arch"].get(k) for k in ("audio_backbone", "image_backbone")}
+            mine = {k: self.arch.get(k) for k in keys}
+            if keys != mine or payload["labels"] != self.labels:
+                raise ModelError(f"train.phase1_from: {path} has {keys} and labels {payload['labels']}; this run "
+                                 f"needs {mine} and {self.labels}")
+            self.model.load_state_dict(self._best_branch(phase, path))
+            self.state.done_phases.append(phase)
+            best = json.loads(payload["extra"]["train_state"]["phase_best_json"]).get(phase)
+            if best:
+                self.state.phase_best[phase] = best
+            self.state.history += [r for r in json.loads(payload["extra"]["train_state"]["history_json"])
+                                   if r["phase"] == phase]
+        self._rewrite_metrics()
+        log.info("phase I taken from %s (best_audio.pt, best_image.pt)", src)
+
+    def _best_branch(self, phase: str, path: Path | None = None) -> dict[str, torch.Tensor]:
         """The current state dict with the trained branch (backbone + auxiliary head) of `phase` replaced by its
         best epoch's weights."""
         from edgeav.train.models import read_checkpoint
 
         if self.dist.world > 1:
             dist.barrier()
-        path = self.out / BEST_FILE[phase]
+        path = path if path is not None else self.out / BEST_FILE[phase]
         current = self.model.state_dict()
         if not path.is_file():
             return current

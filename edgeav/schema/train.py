@@ -60,6 +60,11 @@ class AugmentConfig(Section):
 
 class TrainConfig(Section):
     mode: Literal["joint", "two_phase"] = Field("joint", description="joint: all trained together; two_phase: unimodal, then fusion on cached embeddings.")
+    phase1_from: str | None = Field(
+        None,
+        description=("two_phase: folder of an earlier two_phase run of the same backbones; its best_audio.pt and "
+                     "best_image.pt stand in for phase I (train several fusion heads on one pair of unimodal models)."),
+    )
     epochs: int = Field(30, ge=1, le=10_000, description="Epochs (joint mode, or phase II in two_phase mode).")
     phase1_audio_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of the audio model in phase I (two_phase).")
     phase1_image_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of the image model in phase I (two_phase).")
@@ -75,6 +80,12 @@ class TrainConfig(Section):
     plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor on validation accuracy.")
     plateau_patience: int = Field(5, ge=0, le=1000, description="ReduceLROnPlateau patience, epochs.")
     early_stop_patience: int = Field(12, ge=1, le=10_000, description="Stop after this many epochs without a better validation accuracy.")
+    bn_momentum: float | None = Field(
+        0.1, gt=0.0, le=1.0,
+        description=("BatchNorm running-statistics momentum while training (torchvision's MobileNetV3 ships 0.01, too "
+                     "slow for short from-scratch runs: evaluation would use statistics still near their start); "
+                     "null = keep each layer's own."),
+    )
     aux_loss_weight: float = Field(0.5, ge=0.0, le=10.0, description="Weight of the audio-only and image-only auxiliary losses.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the soft-label loss.")
     seed: int = Field(0, ge=0, description="Seed of everything random in training.")

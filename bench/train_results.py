@@ -1,0 +1,157 @@
+"""Results on real data: image only, audio only, concat and HD-MF on GRID and on the birds, trained on this CPU.
+
+Two-phase training makes the four variants cheap: one run of each recipe (`train/grid.yaml`, `train/birds.yaml`,
+both two_phase with the HD-MF head) trains the unimodal models (phase I: their test accuracy through the modality
+mask is "audio only" and "image only") and the HD-MF fusion on their frozen, cached features (phase II); a second
+run trains the concat head on the same unimodal models (`train.phase1_from`). Minutes per variant are the training
+time of what that variant needs: audio only = phase I audio; image only = phase I image; a fusion = both phase I
+models + computing the cache + its phase II.
+
+    python bench/train_results.py [--datasets grid,birds] [--data ../shared/data] [--out runs/bench_train]
+
+Writes bench/results/train_results.json, prints one line per data set, and puts a Markdown table into README.md
+between <!-- train-results:start --> and <!-- train-results:end --> (creating a "## Results on real data" section
+before "## Data" when the markers are absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+START, END = "<!-- train-results:start -->", "<!-- train-results:end -->"
+RECIPES = {"grid": "train/grid.yaml", "birds": "train/birds.yaml"}
+VARIANTS = ("image_only", "audio_only", "concat", "hdmf")
+
+
+def _phase_minutes(metrics_csv: Path) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with open(metrics_csv, newline="") as f:
+        for r in csv.DictReader(f):
+            out[r["phase"]] = out.get(r["phase"], 0.0) + float(r["seconds"]) / 60
+    return out
+
+
+def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str]) -> dict[str, Any]:
+    from edgeav.schema import load_config
+    from edgeav.train.loop import train
+
+    recipe = REPO / RECIPES[name]
+    t0 = time.monotonic()
+    hdmf = train(load_config(recipe, ["model.head=hdmf", *extra_sets]), data, out / "hdmf")
+    t1 = time.monotonic()
+    concat = train(load_config(recipe, ["model.head=concat", f"train.phase1_from={out / 'hdmf'}", *extra_sets]),
+                   data, out / "concat")
+    t2 = time.monotonic()
+    m_h = _phase_minutes(out / "hdmf" / "metrics.csv")
+    m_c = _phase_minutes(out / "concat" / "metrics.csv")
+    phase1 = m_h.get("phase1_audio", 0.0) + m_h.get("phase1_image", 0.0)
+    cache_h = hdmf.get("phase2_cache_seconds", 0.0) / 60
+    cache_c = concat.get("phase2_cache_seconds", 0.0) / 60
+    t = hdmf["test"]
+    rows = {
+        "image_only": {**t["image_only"], "minutes": m_h.get("phase1_image", 0.0), "from": "phase I image model"},
+        "audio_only": {**t["audio_only"], "minutes": m_h.get("phase1_audio", 0.0), "from": "phase I audio model"},
+        "concat": {**concat["test"]["both"], "minutes": phase1 + cache_c + m_c.get("phase2_fusion", 0.0),
+                   "from": "phase II concat head on the phase I models"},
+        "hdmf": {**t["both"], "minutes": phase1 + cache_h + m_h.get("phase2_fusion", 0.0),
+                 "from": "phase II HD-MF head on the phase I models"},
+    }
+    for r in rows.values():
+        r["minutes"] = round(r["minutes"], 2)
+    best_single = max(rows["image_only"]["accuracy"], rows["audio_only"]["accuracy"])
+    return {
+        "data": str(data),
+        "recipe": RECIPES[name],
+        "model": hdmf["model"],
+        "arch": hdmf["arch"],
+        "test_examples": t["n"],
+        "splits": hdmf["splits"],
+        "variants": rows,
+        "fusion_beats_best_single": {k: rows[k]["accuracy"] > best_single for k in ("concat", "hdmf")},
+        "wall_minutes": {"hdmf_run": round((t1 - t0) / 60, 2), "concat_run": round((t2 - t1) / 60, 2)},
+        "checkpoints": {"hdmf": str(out / "hdmf" / "best.pt"), "concat": str(out / "concat" / "best.pt")},
+    }
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"Test accuracy and macro-F1, each model trained from scratch on this machine's CPU (2 cores, shared), "
+             f"by `python bench/train_results.py` ({results['date']}). Minutes: training time of what the variant "
+             f"needs (two-phase: a fusion needs both unimodal models).", "",
+             "| data set | test examples | variant | accuracy | macro-F1 | minutes |", "|---|---|---|---|---|---|"]
+    names = {"image_only": "image only", "audio_only": "audio only", "concat": "concat", "hdmf": "HD-MF"}
+    for ds, r in results["datasets"].items():
+        for v in VARIANTS:
+            x = r["variants"][v]
+            lines.append(f"| {ds} | {r['test_examples']} | {names[v]} | {100 * x['accuracy']:.1f} % | "
+                         f"{x['macro_f1']:.3f} | {x['minutes']:.1f} |")
+    lines.append("")
+    for ds, r in results["datasets"].items():
+        beats = r["fusion_beats_best_single"]
+        lines.append(f"- {ds}: `{r['recipe']}` ({r['arch']['audio_backbone']} + {r['arch']['image_backbone']}); "
+                     f"fusion beats the best single modality: concat {'yes' if beats['concat'] else 'no'}, "
+                     f"HD-MF {'yes' if beats['hdmf'] else 'no'}.")
+    return "\n".join(lines)
+
+
+def write_readme(readme: Path, table: str) -> None:
+    text = readme.read_text(encoding="utf-8")
+    block = f"{START}\n{table}\n{END}"
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        section = f"## Results on real data\n\n{block}\n\n"
+        if "\n## Data" in text:
+            i = text.index("\n## Data") + 1
+            text = text[:i] + section + text[i:]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, readme)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", default="grid,birds")
+    p.add_argument("--data", default=os.environ.get("EDGEAV_DATA", str(REPO.parent / "shared" / "data")))
+    p.add_argument("--out", default=str(REPO / "runs" / "bench_train"))
+    p.add_argument("--results", default=str(REPO / "bench" / "results" / "train_results.json"))
+    p.add_argument("--readme", default=str(REPO / "README.md"))
+    p.add_argument("--set", dest="sets", action="append", default=[], help="extra config override for every run")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    names = [n.strip() for n in a.datasets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        sys.stderr.write(f"unknown data set(s) {unknown}; known: {', '.join(RECIPES)}\n")
+        return 2
+    results_path = Path(a.results)
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results.setdefault("datasets", {})
+    for name in names:
+        results["datasets"][name] = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets)
+        r = results["datasets"][name]
+        print(f"{name}: " + ", ".join(f"{v} {100 * r['variants'][v]['accuracy']:.1f}% "
+                                       f"(F1 {r['variants'][v]['macro_f1']:.3f}, {r['variants'][v]['minutes']:.1f} min)"
+                                       for v in VARIANTS) + f" on {r['test_examples']} test examples")
+    results["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(results, indent=2) + "\n")
+    write_readme(Path(a.readme), markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
