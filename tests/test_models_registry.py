@@ -128,10 +128,14 @@ def _check_onnx(model, tmp_path, record_property) -> float:
         spread = float((r[0] - r[1]).abs().max()) if name != "logits_image" else float((r[0] - r[2]).abs().max())
         assert spread > 1e-3, f"{name} hardly depends on the input ({spread:.3g}): the parity check would be empty"
     diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
+    scale = max(1.0, max(float(r.abs().max()) for r in ref))
     record_property("onnx_max_abs_diff", diff)
+    record_property("onnx_logit_scale", scale)
     print(f"onnx parity {model.arch['audio_backbone']}+{model.arch['image_backbone']}->{model.arch['head']}: "
-          f"max |ORT - torch| = {diff:.3g}")
-    assert diff <= PARITY_ATOL, f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {PARITY_ATOL})"
+          f"max |ORT - torch| = {diff:.3g} at logit scale {scale:.3g}")
+    # 1e-4 on logits of unit scale; a random-init EfficientNet reaches |logits| ~ 1e2, where float32 itself carries
+    # ~1e-5 relative error in either framework, so the bound scales with the logits beyond 1
+    assert diff <= PARITY_ATOL * scale, f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {PARITY_ATOL} x {scale:.3g})"
     return diff
 
 

@@ -8,7 +8,7 @@
 The in-model front end's ONNX nodes are named /frontend/... (`FRONTEND_NODE_PREFIX`): keep them out of INT8.
 """
 
-from edgeav.train.models.backbones import BACKBONES, Backbone, backbone_names, create_backbone
+from edgeav.train.models.backbones import BACKBONES, Backbone, BackboneOutput, backbone_names, create_backbone
 from edgeav.train.models.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointInfo,
@@ -19,12 +19,17 @@ from edgeav.train.models.checkpoint import (
 from edgeav.train.models.frontend import FRONTEND_NODE_PREFIX, Frontend, ImageNormalize, LogMel, mel_filterbank
 from edgeav.train.models.heads import HEADS, Branches, create_head
 from edgeav.train.models.model import (
+    DEFAULT_AUDIO_BACKBONE,
+    DEFAULT_HEAD,
+    DEFAULT_IMAGE_BACKBONE,
     INPUT_NAMES,
     OUTPUT_NAMES,
     Arch,
+    ArchTriple,
     AVClassifier,
     AVOutput,
     ExportWrapper,
+    allowed_archs,
     SharedAVClassifier,
     build_model,
     example_inputs,
@@ -33,16 +38,24 @@ from edgeav.train.models.model import (
     param_groups,
     parse_arch,
 )
-from edgeav.train.models.named import DEFAULT_MODEL, NAMED_MODELS, create_model, named_arch, resolve_arch
+from edgeav.train.models.named import (
+    DEFAULT_MODEL,
+    NAMED_MODELS,
+    build_model_from_config,
+    create_model,
+    named_arch,
+    resolve_arch,
+)
 from edgeav.train.models.stats import FLOP_CONVENTION, model_stats
 
 __all__ = [
-    "BACKBONES", "Backbone", "backbone_names", "create_backbone",
+    "BACKBONES", "Backbone", "BackboneOutput", "backbone_names", "create_backbone",
     "CHECKPOINT_FORMAT_VERSION", "CheckpointInfo", "load_checkpoint", "read_checkpoint", "save_checkpoint",
     "FRONTEND_NODE_PREFIX", "Frontend", "ImageNormalize", "LogMel", "mel_filterbank",
     "HEADS", "Branches", "create_head",
-    "INPUT_NAMES", "OUTPUT_NAMES", "Arch", "AVClassifier", "AVOutput", "ExportWrapper", "SharedAVClassifier",
+    "DEFAULT_AUDIO_BACKBONE", "DEFAULT_HEAD", "DEFAULT_IMAGE_BACKBONE",
+    "INPUT_NAMES", "OUTPUT_NAMES", "Arch", "ArchTriple", "allowed_archs", "AVClassifier", "AVOutput", "ExportWrapper", "SharedAVClassifier",
     "build_model", "example_inputs", "freeze_backbones", "modality_dropout", "param_groups", "parse_arch",
-    "DEFAULT_MODEL", "NAMED_MODELS", "create_model", "named_arch", "resolve_arch",
+    "DEFAULT_MODEL", "NAMED_MODELS", "build_model_from_config", "create_model", "named_arch", "resolve_arch",
     "FLOP_CONVENTION", "model_stats",
 ]

@@ -12,7 +12,9 @@ Interface (every entry):
 - `forward_features(x) -> (B, embed_dim, h, w)`: the last spatial map. Audio maps are (frequency, time); encoders
   without a spatial grid (transformers) give (B, D, 1, tokens). Fusion heads that need maps (csim, hdmf, cfnsr) use it.
 - `forward_head(feature_map) -> (B, embed_dim)`: the pooled embedding (global average pool, plus the library's own
-  pre-classifier norm where it has one). `forward(x)` is both.
+  pre-classifier norm where it has one).
+- `forward(x) -> BackboneOutput(map, emb)`: both at once. The model calls the backbone itself (not its methods), so
+  hooks, FLOP counting per branch and ONNX node names (/audio_backbone/..., /image_backbone/...) see the whole branch.
 
 Weights: `pretrained=True` loads the library's own weights (torchvision weights API / `from_pretrained`), which needs
 the network or a filled cache; `weights_path` loads a local state dict of the *library* model (what
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -39,6 +41,11 @@ TRANSFORMERS_EXTRA = "transformers"
 """The pip extra that provides `transformers` for the wav2vec2 / AST entries: pip install 'edgeav[transformers]'."""
 
 
+class BackboneOutput(NamedTuple):
+    map: torch.Tensor  # (B, D, h, w) last feature map
+    emb: torch.Tensor  # (B, D) pooled embedding
+
+
 class Backbone(nn.Module):
     modality: str = "image"
     input_kind: str = "image"
@@ -50,8 +57,9 @@ class Backbone(nn.Module):
     def forward_head(self, fmap: torch.Tensor) -> torch.Tensor:
         return fmap.mean(dim=(2, 3))  # (B, D, h, w) -> (B, D)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))  # (B, D)
+    def forward(self, x: torch.Tensor) -> BackboneOutput:
+        fmap = self.forward_features(x)  # (B, D, h, w)
+        return BackboneOutput(fmap, self.forward_head(fmap))  # (B, D, h, w), (B, D)
 
 
 def create_backbone(name: str, **kwargs: Any) -> Backbone:

@@ -144,12 +144,25 @@ class ImageNormalize(nn.Module):
 
 
 class Frontend(nn.Module):
-    """Both preprocessing paths; a model keeps it as `self.frontend` so ONNX node names start with /frontend/."""
+    """Both preprocessing paths, called once per forward as `self.frontend(audio, image)`.
 
-    def __init__(self, contract: InputContract) -> None:
+    (B, T) float32 waveform, (B, 3, H, W) uint8 -> (audio features, (B, 3, H, W) float32 normalized image), where the
+    audio features are the log-mel (B, 1, n_mels, n_frames) for backbones that take a log-mel (`audio_input="logmel"`),
+    or the waveform itself (B, T) for those that take it raw (`audio_input="waveform"`, wav2vec2).
+
+    The model keeps it as `self.frontend` and calls it (not its children), so the ONNX nodes are named
+    /frontend/audio/... and /frontend/image/... (`FRONTEND_NODE_PREFIX`). A forward hook on `frontend.audio` sees the
+    log-mel (training's SpecAugment hooks there).
+    """
+
+    def __init__(self, contract: InputContract, audio_input: str = "logmel") -> None:
         super().__init__()
+        if audio_input not in ("logmel", "waveform"):
+            raise ValueError(f"audio_input must be 'logmel' or 'waveform', got {audio_input!r}")
+        self.audio_input = audio_input
         self.audio = LogMel(contract.audio)
         self.image = ImageNormalize(contract.image)
 
     def forward(self, audio: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.audio(audio), self.image(image)  # (B, 1, M, frames), (B, 3, H, W)
+        feats = self.audio(audio) if self.audio_input == "logmel" else audio  # (B, 1, M, frames) or (B, T)
+        return feats, self.image(image)  # ..., (B, 3, H, W)

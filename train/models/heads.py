@@ -238,28 +238,39 @@ class SelfAttentionBlock(nn.Module):
 
 
 class CFNSRHead(nn.Module):
-    """CFN-SR. Audio: the audio map averaged over frequency is a token sequence (B, ta, Da) -> W_in -> self-attention
-    blocks (feature selection) -> mean -> x_a (B, d). Video: X_v = W_v X_img + b over the N = hi*wi positions (B, N, d).
-    Cross-modal block: q = tanh(W_v X_v + b + W_a x_a) (B, N, d); X_o = softmax_N(q) (x) X_v (+) X_v, pooled over N
-    (the attended part sums, since the softmax weights sum to 1; the residual part averages) -> (B, d).
-    y = W_c [X_o ; x_a]."""
+    """CFN-SR (emotion): audio self-attention for feature selection, then the cross-modal block with the video residual.
+
+    Audio. The paper runs a 1D CNN over MFCCs and transformer self-attention blocks over its time steps; here the
+    audio backbone's map averaged over frequency is the time sequence:
+        tokens = mean_f(F_aud)^T                      (B, ta, Da)
+        x_a    = mean_t(SA^depth(W_in tokens))        (B, d)     pre-norm self-attention blocks, then time mean
+    Video. The paper's 3D-CNN features C x S x H x W; here one frame (S = 1), the image map's N = hi * wi positions:
+        X_v                                           (B, N, Di)
+    Cross-modal block (the paper's equations):
+        q   = tanh(W_v X_v + b + W_a x_a)             (B, N, Di)  W_v: Di x Di, b: Di, W_a: d x Di (x_a broadcast over N)
+        X_o = softmax_N(q) (x) X_v (+) X_v            (B, N, Di)  attention over the N positions, per channel,
+                                                                  times X_v, plus X_v (the residual keeps the video)
+    pooled over N: the attended term sums (its weights sum to 1, a weighted mean), the residual term averages:
+        x_o = sum_N(softmax_N(q) (x) X_v) + mean_N(X_v)  (B, Di)
+    Classifier: y = W_c [x_o ; x_a]                   (B, Di + d) -> (B, C)
+    """
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, dim: int = 128, depth: int = 2,
                  heads: int = 4, dropout: float = 0.2) -> None:
         super().__init__()
-        self.audio_in = nn.Linear(audio_dim, dim)
+        self.audio_in = nn.Linear(audio_dim, dim)  # W_in
         self.audio_blocks = nn.Sequential(*[SelfAttentionBlock(dim, heads) for _ in range(depth)])
-        self.w_v = nn.Linear(image_dim, dim)  # W_v, b
-        self.w_a = nn.Linear(dim, dim, bias=False)  # W_a
-        self.classifier = _classifier(2 * dim, num_classes, dropout)
+        self.w_v = nn.Linear(image_dim, image_dim)  # W_v, b
+        self.w_a = nn.Linear(dim, image_dim, bias=False)  # W_a
+        self.classifier = _classifier(image_dim + dim, num_classes, dropout)  # W_c
 
     def forward(self, b: Branches) -> torch.Tensor:
         tokens = b.audio_map.mean(dim=2).transpose(1, 2)  # (B, ta, Da)
         x_a = self.audio_blocks(self.audio_in(tokens)).mean(dim=1)  # (B, d)
-        x_v = self.w_v(b.image_map.flatten(2).transpose(1, 2))  # (B, N, d)
-        q = torch.tanh(x_v + self.w_a(x_a).unsqueeze(1))  # (B, N, d)
-        x_o = (torch.softmax(q, dim=1) * x_v).sum(dim=1) + x_v.mean(dim=1)  # (B, d) attended + residual
-        return self.classifier(torch.cat([x_o, x_a], dim=1))  # (B, C)
+        x_v = b.image_map.flatten(2).transpose(1, 2)  # (B, N, Di)
+        q = torch.tanh(self.w_v(x_v) + self.w_a(x_a).unsqueeze(1))  # (B, N, Di)
+        x_o = (torch.softmax(q, dim=1) * x_v).sum(dim=1) + x_v.mean(dim=1)  # (B, Di) attended + residual
+        return self.classifier(torch.cat([x_o, x_a], dim=1))  # (B, Di + d) -> (B, C)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ Submodule names are part of the export contract: `frontend` (kept out of INT8, O
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,10 @@ from edgeav.train.models.heads import HEADS, Branches, create_head
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES: tuple[str, str, str] = ("logits", "logits_audio", "logits_image")
+
+DEFAULT_AUDIO_BACKBONE = "audio_cnn"
+DEFAULT_IMAGE_BACKBONE = "mobilenetv3_small"
+DEFAULT_HEAD = "hdmf"
 INPUT_NAMES: tuple[str, str, str] = ("audio", "image", "mask")
 
 
@@ -51,9 +55,9 @@ class Arch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, description="Named model this came from (informational).")
-    audio_backbone: str | None = Field("audio_cnn", description="Audio backbone; null for a shared-encoder head.")
-    image_backbone: str = Field("mobilenetv3_small", description="Image backbone (the shared encoder for shared_2d).")
-    head: str = Field("hdmf", description="Fusion head.")
+    audio_backbone: str | None = Field(DEFAULT_AUDIO_BACKBONE, description="Audio backbone; null for a shared-encoder head.")
+    image_backbone: str = Field(DEFAULT_IMAGE_BACKBONE, description="Image backbone (the shared encoder for shared_2d).")
+    head: str = Field(DEFAULT_HEAD, description="Fusion head.")
     audio_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the audio backbone.")
     image_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the image backbone.")
     head_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the fusion head.")
@@ -89,20 +93,55 @@ def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
     return spec
 
 
+ArchTriple = tuple[str | None, str, str]
+"""(audio backbone or None, image backbone, fusion head): the registry part of the architecture keys."""
+
+
+def allowed_archs(scope: Literal["representative", "full"] = "representative") -> list[ArchTriple]:
+    """The (audio backbone, image backbone, head) combinations the registries allow, in a stable order.
+
+    "full": every fusion head over every (audio, image) backbone pair, and every shared-encoder head (shared_2d)
+    with every image backbone as its encoder (audio None). These are exactly the triples `parse_arch` accepts.
+    "representative": every registry entry at least once, each beside the defaults: every head with the default
+    pair (a shared-encoder head with the default image backbone as its encoder), every audio backbone with the
+    default image backbone and head, every image backbone with the default audio backbone and head.
+    """
+    audio = [n for n in BACKBONES.names() if BACKBONES.meta(n)["modality"] == "audio"]
+    image = [n for n in BACKBONES.names() if BACKBONES.meta(n)["modality"] == "image"]
+    shared = [h for h in HEADS.names() if HEADS.meta(h).get("shared_encoder")]
+    fused = [h for h in HEADS.names() if h not in shared]
+    if scope == "full":
+        out: list[ArchTriple] = [(a, i, h) for h in fused for a in audio for i in image]
+        return out + [(None, i, h) for h in shared for i in image]
+    if scope != "representative":
+        raise ValueError(f"scope must be 'representative' or 'full', got {scope!r}")
+    out = [(DEFAULT_AUDIO_BACKBONE, DEFAULT_IMAGE_BACKBONE, h) for h in fused]
+    out += [(None, DEFAULT_IMAGE_BACKBONE, h) for h in shared]
+    out += [(a, DEFAULT_IMAGE_BACKBONE, DEFAULT_HEAD) for a in audio]
+    out += [(DEFAULT_AUDIO_BACKBONE, i, DEFAULT_HEAD) for i in image]
+    return list(dict.fromkeys(out))  # drop the repeats of the default triple, keep the order
+
+
 def _aux(dim: int, num_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
 
 
 class AVClassifier(nn.Module):
-    """Two backbones, a fusion head, and one auxiliary classifier per modality. See the module docstring."""
+    """Two backbones, a fusion head, and one auxiliary classifier per modality. See the module docstring.
+
+    `forward_features` calls each submodule itself (`self.frontend(...)`, `self.audio_backbone(...)`, ...), never
+    only its methods: the ONNX node names (/frontend/..., /audio_backbone/..., /image_backbone/..., /fusion/...),
+    forward hooks and the per-branch FLOP count all rely on it.
+    """
 
     def __init__(self, audio_backbone: Backbone | None, image_backbone: Backbone, fusion: nn.Module, num_classes: int,
                  contract: InputContract, dropout: float = 0.2) -> None:
         super().__init__()
         audio_dim = (audio_backbone if audio_backbone is not None else image_backbone).embed_dim
+        audio_input = "waveform" if audio_backbone is not None and audio_backbone.input_kind == "waveform" else "logmel"
         self.contract = contract
         self.num_classes = num_classes
-        self.frontend = Frontend(contract)
+        self.frontend = Frontend(contract, audio_input=audio_input)
         self.audio_backbone = audio_backbone
         self.image_backbone = image_backbone
         self.fusion = fusion
@@ -111,20 +150,16 @@ class AVClassifier(nn.Module):
         self.arch: dict[str, Any] = {}
         self.labels: list[str] = []
 
-    def _audio_map(self, audio: torch.Tensor) -> torch.Tensor:
-        if self.audio_backbone.input_kind == "waveform":
-            return self.audio_backbone.forward_features(audio)  # (B, T) -> (B, Da, 1, t)
-        return self.audio_backbone.forward_features(self.frontend.audio(audio))  # (B, 1, M, frames) -> (B, Da, f, t)
-
     def forward_features(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> Branches:
         """Per-modality maps and embeddings, the missing modality zeroed; logits fields are left empty (B, 0)."""
         m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
-        fa = self._audio_map(audio) * m_a.view(-1, 1, 1, 1)  # (B, Da, f, t)
-        fi = self.image_backbone.forward_features(self.frontend.image(image)) * m_i.view(-1, 1, 1, 1)  # (B, Di, h, w)
-        za = self.audio_backbone.forward_head(fa) * m_a  # (B, Da)
-        zi = self.image_backbone.forward_head(fi) * m_i  # (B, Di)
+        a_in, i_in = self.frontend(audio, image)  # (B, 1, M, frames) log-mel (or (B, T) waveform), (B, 3, H, W)
+        fa, za = self.audio_backbone(a_in)  # (B, Da, f, t), (B, Da)
+        fi, zi = self.image_backbone(i_in)  # (B, Di, h, w), (B, Di)
+        fa = fa * m_a.view(-1, 1, 1, 1)  # (B, Da, f, t)
+        fi = fi * m_i.view(-1, 1, 1, 1)  # (B, Di, h, w)
         empty = mask[:, :0]  # (B, 0)
-        return Branches(fa, fi, za, zi, empty, empty, mask)
+        return Branches(fa, fi, za * m_a, zi * m_i, empty, empty, mask)
 
     def forward_head(self, b: Branches) -> AVOutput:
         m_a, m_i = b.mask[:, 0:1], b.mask[:, 1:2]  # (B, 1) each
@@ -154,13 +189,14 @@ class SharedAVClassifier(AVClassifier):
 
     def forward_features(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> Branches:
         m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
-        img = self.frontend.image(image) * m_i.view(-1, 1, 1, 1)  # (B, 3, H, W)
+        spec, img = self.frontend(audio, image)  # (B, 1, M, frames), (B, 3, H, W)
+        img = img * m_i.view(-1, 1, 1, 1)  # (B, 3, H, W)
         H, W = int(img.shape[2]), int(img.shape[3])
-        spec = self.spec_norm(self.frontend.audio(audio))  # (B, 1, M, frames)
+        spec = self.spec_norm(spec)  # (B, 1, M, frames)
         spec = F.interpolate(spec, size=(H, W), mode="bilinear", align_corners=False)  # (B, 1, H, W)
         spec = spec.expand(-1, 3, -1, -1) * m_a.view(-1, 1, 1, 1)  # (B, 3, H, W)
         canvas = torch.cat([spec, img], dim=3)  # (B, 3, H, 2W)
-        fmap = self.image_backbone.forward_features(canvas)  # (B, D, h, w2)
+        fmap, _ = self.image_backbone(canvas)  # (B, D, h, w2)
         half = int(fmap.shape[3]) // 2
         fa = fmap[:, :, :, :half] * m_a.view(-1, 1, 1, 1)  # (B, D, h, w2/2)
         fi = fmap[:, :, :, half:] * m_i.view(-1, 1, 1, 1)  # (B, D, h, w2/2)
@@ -225,15 +261,22 @@ def modality_dropout(mask: torch.Tensor, p_audio: float = 0.15, p_image: float =
 
 
 class ExportWrapper(nn.Module):
-    """Thin wrapper for ONNX export: plain 3-tuple output in `OUTPUT_NAMES` order. The wrapped model keeps its
-    submodule names, so the front end's nodes are still named /frontend/..."""
+    """Thin wrapper for ONNX export: plain 3-tuple output in `OUTPUT_NAMES` order.
+
+    It runs the classifier's `forward` directly (not `self.model(...)`), so the exporter opens no "/model" scope:
+    the ONNX node names are those of the classifier's own submodules, /frontend/... for the front end
+    (`FRONTEND_NODE_PREFIX`), /audio_backbone/..., /image_backbone/..., /fusion/...
+
+    The wrapper takes the model's mode (eval or train): torch.onnx.export puts the wrapper back in the mode it
+    found after exporting, which would otherwise switch an eval model to training (BatchNorm, dropout)."""
 
     def __init__(self, model: AVClassifier) -> None:
         super().__init__()
         self.model = model
+        self.train(model.training)
 
     def forward(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(audio, image, mask)
+        out = self.model.forward(audio, image, mask)  # no __call__: keeps node names rooted at the classifier
         return out.logits, out.logits_audio, out.logits_image
 
 

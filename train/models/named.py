@@ -116,3 +116,14 @@ def resolve_arch(model_cfg: Any, data_cfg: Any | None = None) -> dict[str, Any]:
                 raise ConfigError(f"model/data: the data section does not fit the model's contract: {e}") from None
     arch["contract"] = contract.model_dump(mode="json")
     return arch
+
+
+def build_model_from_config(cfg: Any, labels: Sequence[str] | int) -> tuple[Any, dict[str, Any], InputContract]:
+    """The model a whole `EdgeAVConfig` asks for: `resolve_arch(cfg.model, cfg.data)`, built with the `model:`
+    section's local weights paths. Returns (model, its architecture keys, its input contract)."""
+    from edgeav.train.models.model import build_model
+
+    arch = resolve_arch(cfg.model, getattr(cfg, "data", None))
+    model = build_model(arch, labels, audio_weights_path=cfg.model.audio_weights_path,
+                        image_weights_path=cfg.model.image_weights_path)
+    return model, dict(model.arch), model.contract
