@@ -307,10 +307,14 @@ class Daemon:
             ap = ip = note = None
             if self.evidence is not None:
                 audio = stitch_audio(context, det.start_ns, det.end_ns, self.contract.audio.sample_rate_hz)
-                ev = self.evidence.write(did, utc, det.label, audio, frame)
-                ap, ip, note = ev.audio_path, ev.image_path, ev.note
+                try:
+                    ev = self.evidence.write(did, utc, det.label, audio, frame)
+                    ap, ip, note, outcome = ev.audio_path, ev.image_path, ev.note, ev.outcome
+                except Exception as e:  # evidence is best effort: the detection is logged whatever happens here
+                    log.error("evidence for %s failed: %s", did, e)
+                    note, outcome = f"failed: {e}", "failed"
                 if self.metrics is not None:
-                    self.metrics.evidence.labels(ev.outcome).inc()
+                    self.metrics.evidence.labels(outcome).inc()
             topics = [self.mqtt.topics["detection"]] if self.mqtt is not None else []
             self.store.add(det, detection_id=did, utc_ns=utc, source=self.src_cfg.uri, run_id=self.run_id,
                            audio_path=ap, image_path=ip, evidence_note=note, outbox_topics=topics)

@@ -200,3 +200,13 @@ def test_service_unit_is_type_notify_with_watchdog() -> None:
         problems = [ln for ln in r.stderr.splitlines() if "is not executable" not in ln and "No such file" not in ln
                     and ln.strip()]
         assert not problems, problems
+
+
+def test_example_config_is_valid_and_installed() -> None:
+    import edgeav.runtime
+    from edgeav.schema import load_config
+
+    example = Path(edgeav.runtime.__file__).parent / "daemon.example.yaml"
+    cfg = load_config(example)
+    assert cfg.daemon.sensors == "split" and cfg.daemon.metrics.host == "127.0.0.1"
+    assert cfg.runtime.source.audio_uri == "alsa://hw:1,0"
