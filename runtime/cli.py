@@ -156,6 +156,9 @@ def cmd_run(args: argparse.Namespace) -> CommandResult:
     if args.config is not None and args.source is None:
         from edgeav.runtime.daemon import run_daemon
 
+        if args.ground_truth:
+            raise ConfigError("--ground-truth scores a replay: give --source too (the daemon does not score)")
+
         return run_daemon(cfg, bundle_override=args.bundle, db_override=args.db,
                           realtime_override=True if args.realtime else None)
     if not args.bundle or not args.source:
