@@ -444,6 +444,12 @@ class Daemon:
                 self._stop_deadline = time.monotonic() + self.dcfg.shutdown_timeout_s
             sd_notify("STOPPING=1")
             t_stop = time.monotonic()
+            if self.store is not None and "store" in stack.started:
+                self.stop_event.set()  # sensors stop producing; then commit now, so MQTT can still send it all
+                try:
+                    self.store.flush()
+                except StorageError as e:
+                    log.error("%s", e)
             late = stack.stop_all()
             stop_s = time.monotonic() - t_stop
             for s, h in old.items():

@@ -35,6 +35,8 @@ from edgeav.errors import ConfigError, SensorError
 
 log = logging.getLogger(__name__)
 
+RETENTION_HYSTERESIS = 0.02  # disk retention frees up to the floor plus this share
+
 
 def disk_free_ratio(path: str | os.PathLike) -> float:
     """Free share (0..1) of the file system holding `path` (blocks available to this user)."""
@@ -221,7 +223,9 @@ class EvidenceStore:
     def write(self, detection_id: str, utc_ns: int, label: str, audio: np.ndarray | None,
               frame: np.ndarray | None) -> EvidenceResult:
         floor = self.cfg.min_free_percent / 100.0
-        if self.free_ratio() < floor:
+        if not self.disk_low and self.free_ratio() < floor:
+            # entering the low state: make room now. While low, the periodic pass (retention_interval_s) tries
+            # again - not every detection, which would turn each one into a transaction of its own.
             self.apply_retention(force=True)
         free = self.free_ratio()
         if free < floor:
@@ -309,12 +313,13 @@ class EvidenceStore:
                     keep.append(r)
             rows = keep
         floor = self.cfg.min_free_percent / 100.0
+        target = min(1.0, floor + RETENTION_HYSTERESIS)  # free a little more than the floor: not one set per write
         if rows and self.free_ratio() < floor:
             per_class: dict[str, int] = {}
             for r in rows:
                 per_class[r["label"]] = per_class.get(r["label"], 0) + 1
             for r in rows:  # oldest first
-                if self.free_ratio() >= floor:
+                if self.free_ratio() >= target:
                     break
                 if per_class[r["label"]] <= self.cfg.keep_per_class:
                     continue

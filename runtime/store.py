@@ -32,6 +32,7 @@ from edgeav.runtime.postprocess import Detection
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 
 # version reached -> statements that take the previous version to it (each applied in its own transaction)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -177,6 +178,8 @@ class DetectionStore:
             if str(mode).lower() != "wal":
                 raise StorageError(f"{self.path}: cannot switch to WAL (journal_mode={mode})")
             self.con.execute(f"PRAGMA synchronous={synchronous}")
+            # after a checkpoint the WAL file shrinks back to at most this; it never holds the disk's space
+            self.con.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}")
             self.migrated_from, _ = migrate(self.con)
         except sqlite3.DatabaseError as e:
             raise StorageError(f"{self.path}: cannot open the detection log: {e}") from None

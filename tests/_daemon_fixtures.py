@@ -6,6 +6,7 @@ imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -89,4 +90,29 @@ def env() -> dict[str, str]:
     return e
 
 
-__all__ = ["LABELS", "make_bundle", "write_media", "write_config", "daemon_tree", "contract", "env", "EDGEAV", "REPO"]
+@contextlib.contextmanager
+def small_fs(path: Path, size_kb: int):
+    """A real tmpfs of `size_kb` at `path` (root), else the folder with a quota: yields free_ratio(path)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = False
+    if os.geteuid() == 0:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True)
+        mounted = r.returncode == 0
+    if mounted:
+        try:
+            from edgeav.runtime.evidence import disk_free_ratio
+
+            yield disk_free_ratio
+        finally:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+    else:
+        cap = size_kb * 1024
+
+        def quota(p: Path) -> float:
+            used = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            return max(0.0, cap - used) / cap
+
+        yield quota
+
+
+__all__ = ["LABELS", "make_bundle", "write_media", "write_config", "daemon_tree", "contract", "env", "EDGEAV", "REPO", "small_fs"]

@@ -4,10 +4,8 @@ full disk that stops evidence but never detections."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import subprocess
 import wave
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,35 +13,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from _daemon_fixtures import small_fs
+
 from edgeav.runtime.evidence import EvidenceStore, WindowContext, disk_free_ratio, stitch_audio, write_wav
 from edgeav.runtime.postprocess import Detection
 from edgeav.runtime.store import DetectionStore, query_detections
 from edgeav.schema.daemon import EvidenceConfig
 
 gi = pytest.importorskip("gi", reason="JPEG evidence uses GStreamer")
-
-
-@contextlib.contextmanager
-def small_fs(path: Path, size_kb: int):
-    """A real tmpfs of `size_kb` at `path` (root), else the folder with a quota: yields free_ratio(path)."""
-    path.mkdir(parents=True, exist_ok=True)
-    mounted = False
-    if os.geteuid() == 0:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True)
-        mounted = r.returncode == 0
-    if mounted:
-        try:
-            yield disk_free_ratio
-        finally:
-            subprocess.run(["umount", "-l", str(path)], check=False)
-    else:
-        cap = size_kb * 1024
-
-        def quota(p: Path) -> float:
-            used = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            return max(0.0, cap - used) / cap
-
-        yield quota
 
 
 def _det(label: str, i: int) -> Detection:

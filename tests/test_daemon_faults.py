@@ -175,3 +175,30 @@ def test_restart_budget_spent_exits_non_zero_for_systemd(media, tmp_path: Path) 
     mods = {r[0] for r in con.execute("SELECT DISTINCT modalities FROM detections")}
     con.close()
     assert mods <= {"audio"}  # whatever was detected before giving up came from the microphone alone
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs for the full-disk test needs root")
+def test_full_disk_stops_evidence_never_detections(media, tmp_path: Path) -> None:
+    from _daemon_fixtures import small_fs
+
+    fs = tmp_path / "fs"
+    with small_fs(fs, 64 * 1024):  # 12 % free = 7.7 MB: room for the log (its WAL stays under 4 MB)
+        if shutil.disk_usage(fs).total > 128 * 1024 * 1024:
+            pytest.skip("could not mount a small tmpfs here")
+        u = shutil.disk_usage(fs)
+        (fs / "ballast").write_bytes(b"\0" * int(u.total * 0.88 - (u.total - u.free)))  # 12 % free: below the floor
+        tree = daemon_tree(fs, media["bundle"], media["av"].as_uri(), realtime=False, sensors="combined")
+        cfg = write_config(tmp_path / "d.yaml", tree)
+        r = subprocess.run([*EDGEAV, "-q", "run", "--config", str(cfg), "--json"], capture_output=True, text=True,
+                           env=env(), timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        summary = json.loads(r.stdout)
+        con = sqlite3.connect(fs / "det.db")
+        rows = con.execute("SELECT audio_path, image_path, evidence_note FROM detections").fetchall()
+        con.close()
+        assert summary["detections"] == len(rows) == 60, r.stderr[-3000:]  # 6 s at a 0.1 s hop: every window, every detection
+        assert summary["evidence"]["skipped"] == 60 and summary["evidence"]["written"] == 0
+        assert all(a is None and i is None and n.startswith("skipped:") for a, i, n in rows)
+        assert not [f for f in (fs / "evidence").rglob("*") if f.is_file()]
+        assert "evidence paused" in r.stderr  # said once, loudly
+        assert r.stderr.count("evidence paused") == 1
