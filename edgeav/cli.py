@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     msub.required = True
     mi = msub.add_parser("info", help="parameters, FLOPs per branch, input contract of a named model")
     mi.add_argument("name")
+    _add_set(mi)
     _add_common(mi)
     ml = msub.add_parser("list", help="named models, backbones and fusion heads")
     _add_common(ml)

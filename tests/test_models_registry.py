@@ -180,7 +180,7 @@ def test_allowed_archs_are_exactly_what_parse_arch_accepts():
                                        ("head", "attention_soup")])
 def test_unknown_names_are_refused_with_the_valid_ones(key, value):
     arch = {"audio_backbone": "audio_cnn", "image_backbone": "mobilenetv3_small", "head": "hdmf", key: value}
-    with pytest.raises(ModelError, match=f"unknown .*{value}.*this edgeav knows: .*"):
+    with pytest.raises(UnknownNameError, match=f"unknown .*{value}.*this edgeav knows: .*"):
         build_model(arch, 3)
     registry = HEADS if key == "head" else BACKBONES
     with pytest.raises(UnknownNameError, match="valid names: ") as e:

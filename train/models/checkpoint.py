@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from torch import nn
 
 from edgeav.contract import InputContract
-from edgeav.errors import ModelError
+from edgeav.errors import ModelError, UnknownNameError
 from edgeav.manifest import ArtifactManifest
 from edgeav.train.models.model import AVClassifier, build_model, parse_arch
 
@@ -169,8 +169,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ModelError(f"{p}: bad input contract: {e}") from None
     try:
         model = build_model(payload["arch"], payload["labels"], contract=contract, pretrained=False)
-    except ModelError as e:
-        raise ModelError(f"{p}: cannot rebuild the model: {e}") from None
+    except (ModelError, UnknownNameError) as e:  # keep the class: an unknown name stays exit 2
+        raise type(e)(f"{p}: cannot rebuild the model: {e}") from None
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as e:

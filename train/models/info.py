@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edgeav.errors import ConfigError
 from edgeav.result import CommandResult
 from edgeav.train.models.backbones import BACKBONES
 from edgeav.train.models.heads import HEADS
-from edgeav.train.models.named import NAMED_MODELS, create_model
+from edgeav.train.models.named import NAMED_MODELS, create_model, resolve_arch
 from edgeav.train.models.stats import model_stats
 
 
@@ -22,28 +23,58 @@ def _fmt_flops(n: int) -> str:
     return f"{n / 1e9:.3f} G"
 
 
-def model_info(name: str) -> dict[str, Any]:
-    """Figures of a named model, or of a checkpoint file (NAME ending in .pt / .pth)."""
+def _build_named(name: str, overrides: list[str]) -> Any:
+    """A named model, with `--set model.KEY=VALUE` overrides applied as a `model:` config section would."""
+    if not overrides:
+        return create_model(name, pretrained=False)
+    from edgeav.schema import load_config
+    from edgeav.train.models.model import build_model
+
+    NAMED_MODELS.get(name)  # unknown name: UnknownNameError with the valid ones
+    bad = [o for o in overrides if not o.startswith("model.")]
+    if bad:
+        raise ConfigError(f"model info: only model.* keys can be overridden, got {bad[0]!r}")
+    cfg = load_config(None, [f"model.name={name}", *overrides])
+    arch = resolve_arch(cfg.model)  # no data section: the named model's contract unless model.contract is set
+    return build_model(arch, int(NAMED_MODELS.meta(name)["num_classes"]), pretrained=False)
+
+
+def model_info(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Figures of a named model (optionally with `model.*` overrides), or of a checkpoint file (NAME ending in
+    .pt / .pth)."""
+    overrides = list(overrides or [])
+    budget: dict[str, Any] | None = None
     if Path(name).suffix in (".pt", ".pth") and Path(name).is_file():
         from edgeav.train.models.checkpoint import load_checkpoint
 
+        if overrides:
+            raise ConfigError("model info: --set applies to named models, not to a checkpoint")
         model, info = load_checkpoint(name)
         source: dict[str, Any] = {"checkpoint": name, "metrics": info.metrics}
     else:
-        model = create_model(name, pretrained=False)
-        source = {"named_model": name, **NAMED_MODELS.meta(name)}
+        model = _build_named(name, overrides)
+        meta = NAMED_MODELS.meta(name)
+        source = {"named_model": name, **{k: v for k, v in meta.items() if not k.startswith("budget_")}}
+        if overrides:
+            source["overrides"] = overrides
+        if "budget_params" in meta:
+            budget = {"target": meta.get("target"), "params": meta["budget_params"], "flops": meta["budget_flops"]}
     stats = model_stats(model)
+    if budget is not None:
+        budget["within"] = (stats["params"]["total"] <= budget["params"]
+                            and stats["flops"]["total"] <= budget["flops"])
     return {"name": name, **source, "arch": {k: v for k, v in model.arch.items() if k != "contract"},
             "num_classes": model.num_classes, "contract": model.contract.model_dump(mode="json"),
             "input_shapes": {k: list(v) for k, v in model.contract.shapes(1).items()},
-            "outputs": ["logits", "logits_audio", "logits_image"], **stats}
+            "outputs": ["logits", "logits_audio", "logits_image"], **stats, "budget": budget}
 
 
 def cmd_model_info(args: argparse.Namespace) -> CommandResult:
-    d = model_info(args.name)
+    d = model_info(args.name, getattr(args, "overrides", None))
     a = d["contract"]["audio"]
     im = d["contract"]["image"]
     arch = d["arch"]
+    det = d["flops_detail"]
     lines = [
         f"{d['name']}: {arch.get('audio_backbone')} + {arch['image_backbone']} -> {arch['head']}"
         + (f"  ({d['summary']})" if d.get("summary") else ""),
@@ -54,7 +85,14 @@ def cmd_model_info(args: argparse.Namespace) -> CommandResult:
     for b in ("audio", "image", "fusion", "total"):
         lines.append(f"{b:<8} {_fmt_params(d['params'][b]):>10} {_fmt_flops(d['flops'][b]):>10}")
     lines += [
-        f"({d['flops_convention']}; one window, batch 1)",
+        f"({d['flops_convention']}; one window, batch 1; of which front end: log-mel"
+        f" {_fmt_flops(det['frontend.audio'])}, image normalization {_fmt_flops(det['frontend.image'])})",
+    ]
+    if d["budget"] is not None:
+        bd = d["budget"]
+        lines.append(f"budget ({bd['target']}): <= {_fmt_params(bd['params'])} params, <= {_fmt_flops(bd['flops'])}"
+                     f"FLOPs per window: {'within' if bd['within'] else 'OVER BUDGET'}")
+    lines += [
         "",
         "input contract:",
         f"  audio  (B, {d['input_shapes']['audio'][1]}) float32 mono, {a['sample_rate_hz']} Hz, {a['window_s']} s;"

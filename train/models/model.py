@@ -67,18 +67,18 @@ class Arch(BaseModel):
 
 
 def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
-    if isinstance(arch, Arch):
-        return arch
+    """Validated architecture keys. An unknown backbone or head name raises `UnknownNameError` (exit 2) listing the
+    valid names; a combination the registries do not allow, or a bad key, raises `ModelError`."""
     try:
-        spec = Arch.model_validate(arch)
+        spec = arch if isinstance(arch, Arch) else Arch.model_validate(arch)
     except ValidationError as e:
         first = e.errors()[0]
         raise ModelError(f"bad architecture keys: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     for kind, reg, value in (("audio backbone", BACKBONES, spec.audio_backbone),
                              ("image backbone", BACKBONES, spec.image_backbone), ("fusion head", HEADS, spec.head)):
         if value is not None and value not in reg:
-            raise ModelError(f"unknown {kind} {value!r} in the architecture keys; this edgeav knows: "
-                             f"{', '.join(reg.names())}")
+            raise UnknownNameError(f"unknown {kind} {value!r} in the architecture keys; this edgeav knows: "
+                                   f"{', '.join(reg.names())}")
     shared = bool(HEADS.meta(spec.head).get("shared_encoder"))
     if shared and spec.audio_backbone is not None:
         raise ModelError(f"head {spec.head!r} runs one shared encoder (image_backbone={spec.image_backbone!r}) over "
@@ -235,8 +235,6 @@ def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, con
                                     weights_path=audio_weights_path, **spec.audio_kwargs)
             fusion = create_head(spec.head, audio.embed_dim, image.embed_dim, C, **spec.head_kwargs)
             model = AVClassifier(audio, image, fusion, C, spec.contract, spec.dropout)
-    except UnknownNameError as e:  # pragma: no cover - parse_arch checks names first
-        raise ModelError(str(e)) from None
     except TypeError as e:  # bad *_kwargs
         raise ModelError(f"bad architecture arguments: {e}") from None
     model.arch = spec.model_dump(mode="json")

@@ -13,6 +13,8 @@ from edgeav.errors import ConfigError
 from edgeav.registry import Registry
 
 NAMED_MODELS: Registry[dict[str, Any]] = Registry("named model")
+"""Meta of each entry: num_classes (default class count), target, summary; optionally budget_params and
+budget_flops, the size a model must keep to run on its target (per window, FLOPs as in `stats.FLOP_CONVENTION`)."""
 
 DEFAULT_MODEL = "edgeav-small"
 
@@ -25,6 +27,7 @@ def _arch(name: str, audio: str | None, image: str, head: str, contract: InputCo
 
 
 @NAMED_MODELS.register("edgeav-small", num_classes=61, target="Jetson Nano",
+                       budget_params=5_000_000, budget_flops=600_000_000,
                        summary="default edge model: log-mel CNN + MobileNetV3-small, HD-MF fusion; 5 s / 224 px")
 def edgeav_small() -> dict[str, Any]:
     return _arch("edgeav-small", "audio_cnn", "mobilenetv3_small", "hdmf", InputContract())
