@@ -725,6 +725,34 @@ class Trainer:
                 w.writeheader()
                 w.writerows(rows)
 
+    @torch.no_grad()
+    def _bn_warmup(self, phase: str) -> None:
+        """Running statistics of the trainable BatchNorm layers re-estimated (cumulative average) on the first
+        `bn_warmup_batches` training batches of the phase, without augmentation and without a weight update."""
+        tc = self.cfg.train
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+               and any(p.requires_grad for p in m.parameters())]
+        if not bns:
+            return
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        torch.manual_seed(epoch_seed(tc.seed, 0, self.dist.rank, 3))
+        task = TaskNet(self.model, phase)
+        task.train()
+        loader, _ = self._train_loader(0)
+        n = 0
+        for batch in loader:
+            if n >= tc.bn_warmup_batches:
+                break
+            inputs, _, _ = self._inputs(batch, torch.Generator(), train=False)
+            task(*inputs)
+            n += 1
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        log.info("%s: BatchNorm statistics of %d layers estimated on %d batches", phase, len(bns), n)
+
     # -- one phase
 
     def _run_phase(self, phase: str, epochs: int, resume_payload: dict[str, Any] | None) -> None:
@@ -747,6 +775,8 @@ class Trainer:
             cache_val = Phase2Cache(self.model, self.data, "val", tc.seed, self.device, tc.eval_batch_size)
             self.cache_seconds = time.monotonic() - t
             log.info("phase II: frozen features of train and val computed once in %.1f s", self.cache_seconds)
+        if resume_payload is None and cache_train is None and tc.bn_warmup_batches > 0:
+            self._bn_warmup(phase)
         net: nn.Module = TaskNet(self.model, phase)
         if self.dist.world > 1:
             net = nn.parallel.DistributedDataParallel(

@@ -86,6 +86,12 @@ class TrainConfig(Section):
                      "slow for short from-scratch runs: evaluation would use statistics still near their start); "
                      "null = keep each layer's own."),
     )
+    bn_warmup_batches: int = Field(
+        4, ge=0, le=1000,
+        description=("At the start of a phase, estimate the trainable BatchNorm layers' running statistics afresh on "
+                     "this many training batches (no weight update): from-scratch networks evaluated with their "
+                     "initial statistics output near-zero features. 0 = off."),
+    )
     aux_loss_weight: float = Field(0.5, ge=0.0, le=10.0, description="Weight of the audio-only and image-only auxiliary losses.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the soft-label loss.")
     seed: int = Field(0, ge=0, description="Seed of everything random in training.")
