@@ -14,8 +14,12 @@ as `head(b: Branches) -> (B, C)` fused logits, where `Branches` carries everythi
 
 Each head declares what it reads (`uses` in the registry meta): "maps" (csim, hdmf, hdmf_static, cfnsr),
 "embeddings" (concat, fbfm, linear_f1..f3), "logits" (late_avg, late_prod, linear_f4..f6). `shared_2d` is a head
-over one shared encoder (meta `shared_encoder=True`): the model builds the side-by-side canvas and calls it with
-the encoder's whole-canvas embedding.
+over one shared encoder (meta `shared_encoder=True`): the model builds the side-by-side canvas [spectrogram | image],
+runs the encoder once, and hands the head the two halves of its map as audio_map / image_map (and their pooled
+embeddings), so Da = Di = the encoder's width.
+
+Each head's docstring gives its paper's equations with the tensor shapes, and the forward repeats the shapes where
+they are computed. What the papers report is in ../shared/DESIGN.md.
 
 When a modality is missing the model does not trust the fused output: it falls back to the present modality's
 auxiliary logits (see `edgeav.train.models.model`). Heads need not handle the mask themselves.
@@ -59,7 +63,11 @@ def _classifier(dim: int, num_classes: int, dropout: float) -> nn.Sequential:
 
 
 class ConcatHead(nn.Module):
-    """Concatenation + MLP (joint-modeling paper: 512-128-64-C): y = MLP([z_a ; z_i])."""
+    """Concatenation baseline; the joint-modeling scenes paper's classifier (concat + MLP 512-128-64-C):
+
+        z = [z_a ; z_i]                                     (B, Da + Di)
+        y = W_4 relu(W_3 relu(W_2 relu(W_1 z)))             (B, Da + Di) -> 512 -> 128 -> 64 -> (B, C)
+    with dropout before each hidden layer."""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, hidden: tuple[int, ...] = (512, 128, 64),
                  dropout: float = 0.2) -> None:
@@ -78,7 +86,9 @@ class ConcatHead(nn.Module):
 
 
 class LateAverageHead(nn.Module):
-    """Late fusion by averaging the unimodal class probabilities: y = log((softmax(l_a) + softmax(l_i)) / 2)."""
+    """Late fusion baseline, the mean of the unimodal class probabilities, as log-probabilities (no parameters):
+
+        y = log((softmax(l_a) + softmax(l_i)) / 2)          (B, C), l_a, l_i the auxiliary logits (B, C)"""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, **_: Any) -> None:
         super().__init__()
@@ -89,7 +99,9 @@ class LateAverageHead(nn.Module):
 
 
 class LateProductHead(nn.Module):
-    """Late fusion by the product of unimodal probabilities: y = log softmax(l_a) + log softmax(l_i)."""
+    """Late fusion baseline, the product of the unimodal probabilities (no parameters):
+
+        y = log softmax(l_a) + log softmax(l_i)             (B, C)"""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, **_: Any) -> None:
         super().__init__()
@@ -104,12 +116,14 @@ class LateProductHead(nn.Module):
 
 
 class CSIM(nn.Module):
-    """Cross-modal spatial interaction.
+    """HD-MF's cross-modal spatial interaction module (CSIM).
 
-    The audio map is averaged over frequency into a time sequence, linearly interpolated to N = H*W positions and
-    reshaped to a pseudo-spatial map A (B, Da, H, W). Q = W_q * F_img, K = W_k * A, V = W_v * A (1x1 convs),
-    attn = softmax(Q^T K / sqrt(d)) over the N positions, and F = F_img + gamma * W_o * (V attn^T) with a learnable
-    gamma initialised at 0 (the block starts as the identity on the image map).
+        a    = interp_N(mean_f(F_aud))                      (B, Da, ta) -> (B, Da, N)   N = H * W, linear in time
+        A    = reshape(a)                                   (B, Da, H, W)  the pseudo-spatial audio map
+        Q    = W_q F_img, K = W_k A, V = W_v A              (B, N, d), (B, d, N), (B, N, d)  1x1 convs
+        attn = softmax(Q K / sqrt(d))                       (B, N, N)   each image position over the N audio ones
+        F    = F_img + gamma * W_o (attn V)                 (B, Di, H, W)  W_o a 1x1 conv back to Di channels
+    gamma is learnable and starts at 0, so the block starts as the identity on the image map.
     """
 
     def __init__(self, audio_dim: int, image_dim: int, attn_dim: int = 64) -> None:
@@ -135,8 +149,12 @@ class CSIM(nn.Module):
 
 
 class FBFM(nn.Module):
-    """Factorized bilinear fusion (MFB): z = SumPool_k(U^T z_a (.) V^T z_i) in R^o, then power norm
-    sign(z) sqrt(|z| + eps) and L2 normalization. U: (Da, o*k), V: (Di, o*k)."""
+    """HD-MF's factorized bilinear fusion module (FBFM), i.e. multi-modal factorized bilinear pooling (MFB):
+
+        j = (U^T z_a) (.) (V^T z_i)                         (B, o*k)   z_a = GAP F_aud (B, Da), z_i = GAP F_img (B, Di)
+        z = SumPool_k(j)                                    (B, o)     sum over the k factors of each output
+        z = sign(z) sqrt(|z| + eps);  z = z / ||z||_2       (B, o)     power and L2 normalization (MFB)
+    U: (Da, o*k), V: (Di, o*k), with dropout on j."""
 
     def __init__(self, audio_dim: int, image_dim: int, out_dim: int = 256, factors: int = 5, dropout: float = 0.1) -> None:
         super().__init__()
@@ -153,7 +171,7 @@ class FBFM(nn.Module):
 
 
 class CSIMHead(nn.Module):
-    """CSIM alone: y = W GAP(CSIM(F_img, F_aud))."""
+    """HD-MF ablation, CSIM alone: y = W_c GAP(CSIM(F_img, F_aud))     (B, Di) -> (B, C)."""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, attn_dim: int = 64, dropout: float = 0.2) -> None:
         super().__init__()
@@ -166,7 +184,7 @@ class CSIMHead(nn.Module):
 
 
 class FBFMHead(nn.Module):
-    """FBFM alone: y = W MFB(GAP F_aud, GAP F_img)."""
+    """HD-MF ablation, FBFM alone: y = W_c MFB(GAP F_aud, GAP F_img)   (B, o) -> (B, C)."""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, fusion_dim: int = 256, factors: int = 5,
                  dropout: float = 0.2) -> None:
@@ -179,12 +197,17 @@ class FBFMHead(nn.Module):
 
 
 class HDMFHead(nn.Module):
-    """HD-MF: CSIM (spatial) + FBFM (global), joined by the DAGFU gate or, with `gated=False`, statically.
+    """HD-MF: CSIM (spatial) + FBFM (global), joined by the DAGFU gate (`hdmf`) or statically (`hdmf_static`).
 
-    f_s = LN(W_s GAP(CSIM(F_img, F_aud))) (B, d); f_g = LN(MFB(z_a, z_i)) (B, d)
-    DAGFU: g = sigmoid(W_g [f_s ; f_g]), f = g (.) f_s + (1 - g) (.) f_g          (B, d)
-    static: f = [f_s ; f_g]                                                        (B, 2d)
-    y = W_c f. The LayerNorms put the unnormalized spatial feature and the L2-normalized MFB on one scale.
+        f_s = LN(W_s GAP(CSIM(F_img, F_aud)))               (B, d)     spatial branch
+        f_g = LN(MFB(z_a, z_i))                             (B, d)     global branch
+    DAGFU (dynamic adaptive gated fusion unit):
+        g = sigmoid(W_g [f_s ; f_g])                        (B, 2d) -> (B, d)
+        f = g (.) f_s + (1 - g) (.) f_g                     (B, d)
+    static (the paper's "static CSIM+FBFM" ablation):
+        f = [f_s ; f_g]                                     (B, 2d)
+    y = W_c f                                               (B, C)
+    The LayerNorms put the unnormalized spatial feature and the L2-normalized MFB on one scale before the gate.
     """
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, fusion_dim: int = 256, factors: int = 5,
@@ -279,13 +302,18 @@ class CFNSRHead(nn.Module):
 
 
 class TwoPhaseLinearFusion(nn.Module):
-    """Phase II fusion layer + dense layer over frozen unimodal outputs e_a, e_i (embeddings for f1-f3, the
-    C-d logits for f4-f6). Embeddings of different sizes are zero-padded to D = max(Da, Di) for the summed forms.
+    """Two-phase scenes paper, phase II: a fusion layer + a dense layer over the frozen unimodal outputs e_a, e_i:
+    the embeddings (B, Da), (B, Di) for f1-f3, the C-d auxiliary logits (B, C) for f4-f6 (the paper's 10-d ones).
 
-    mode "elementwise" (f1, f4): h = w_a (.) e_a + w_i (.) e_i               w_m in R^D      (B, D)
-    mode "modality"    (f2, f5): h = alpha_a e_a + alpha_i e_i,  alpha = softmax(beta), beta in R^2   (B, D)
-    mode "concat"      (f3, f6): h = [w_a (.) e_a ; w_i (.) e_i]                                (B, Da + Di)
-    y = W h + b (the dense layer).
+    The paper fuses several embeddings per modality (audio front ends, image CNNs); here each modality has one, so
+    "per-modality sum" is that one embedding. Sizes that differ are zero-padded to D = max(Da, Di) for the sums.
+
+    f1, f4 "elementwise": h = w_a (.) e_a + w_i (.) e_i       w_a, w_i in R^D: a weight per embedding element  (B, D)
+    f2, f5 "modality":    h = alpha_a e_a + alpha_i e_i        alpha = softmax(beta), beta in R^2: one weight per
+                                                               modality, after its sum                         (B, D)
+    f3, f6 "concat":      h = [w_a (.) e_a ; w_i (.) e_i]      the per-modality sums kept apart                (B, Da + Di)
+    y = W h + b                                                the dense layer                                 (B, C)
+    Phase I/II itself (train each branch alone, then freeze) is the training loop's; see `freeze_backbones`.
     """
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, mode: str, on: str) -> None:
@@ -323,9 +351,14 @@ class TwoPhaseLinearFusion(nn.Module):
 
 
 class SharedCanvasHead(nn.Module):
-    """Classifier over the shared encoder's pooled whole-canvas map (the model builds the canvas:
-    the log-mel resized to H x W and repeated to 3 channels, beside the image: (B, 3, H, 2W)). y = W GAP(F_canvas),
-    read from `Branches` as the mean of the two halves' embeddings (equal halves, so equal to the whole-map GAP)."""
+    """Shared 2D encoder (emotion paper): one encoder over the face and the mel spectrogram side by side.
+
+    The model builds the canvas and runs the encoder (`SharedAVClassifier`):
+        X = [resize_HxW(BN(logmel)) x3 channels | image]     (B, 3, H, 2W)
+        F = encoder(X)                                       (B, D, h, w2); audio half F_a, image half F_i
+    and this head classifies the pooled canvas:
+        y = W_c (GAP F_a + GAP F_i) / 2                      (B, D) -> (B, C)
+    which is GAP F when w2 is even (equal halves); with an odd w2 the image half holds the middle column."""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, dropout: float = 0.2) -> None:
         super().__init__()
