@@ -198,3 +198,15 @@ def test_credentials_are_masked_in_the_log_and_the_error(caplog):
     assert 'rtspsrc location="rtsp://admin:***@127.0.0.1:1/stream1"' in caplog.text
     assert "s3cret" not in caplog.text and "s3cret" not in str(e.value) and "admin:***@" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("uri,element", [("v4l2:///dev/video99", "v4l2src"), ("alsa://hw:9,0", "alsasrc")])
+def test_absent_camera_or_microphone_is_a_one_line_sensor_error(uri, element):
+    Gst.init(None)
+    if Gst.ElementFactory.find(element) is None:
+        pytest.skip(f"GStreamer lacks {element}")
+    t0 = time.monotonic()
+    with pytest.raises(SensorError, match=f"{uri}: {element}0") as e:
+        with Capture(SourceConfig(uri=uri, start_timeout_s=3), C) as cap:
+            cap.read_or_raise(NS_PER_S)
+    assert "\n" not in str(e.value) and time.monotonic() - t0 < 4.0
