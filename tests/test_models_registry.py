@@ -23,10 +23,13 @@ from edgeav.train.models import (
     BACKBONES,
     HEADS,
     INPUT_NAMES,
+    NAMED_MODELS,
     OUTPUT_NAMES,
     ExportWrapper,
     allowed_archs,
     build_model,
+    create_model,
+    model_stats,
     parse_arch,
 )
 
@@ -243,3 +246,23 @@ def test_modality_dropout_never_drops_both_and_keeps_rates():
     assert abs(float((full[:, 1] == 0).float().mean()) - 0.3) < 0.02
     with pytest.raises(ModelError, match="p_audio \\+ p_image <= 1"):
         modality_dropout(mask, 0.6, 0.6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# named models
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMED_MODELS.names())
+def test_every_named_model_builds_and_counts_every_branch(name):
+    model = create_model(name, pretrained=False)
+    meta = NAMED_MODELS.meta(name)
+    assert model.num_classes == meta["num_classes"] and model.arch["name"] == name
+    s = model_stats(model)  # one forward of one window of the model's own contract
+    for what in ("params", "flops"):
+        parts = s[what]
+        assert all(parts[b] > 0 for b in ("audio", "image", "fusion")), (what, parts)
+        assert parts["audio"] + parts["image"] + parts["fusion"] == parts["total"]
+    assert s["flops_detail"]["frontend.audio"] > 0  # the log-mel runs inside the model
+    if "budget_params" in meta:
+        assert s["params"]["total"] <= meta["budget_params"] and s["flops"]["total"] <= meta["budget_flops"]
