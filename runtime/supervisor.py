@@ -28,6 +28,8 @@ from edgeav.runtime.sources import mask_credentials
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_S = 2.0  # a capture that takes longer to close is left behind
+
 
 # -- components -----------------------------------------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class SensorWorker(threading.Thread):
         self.on_restart = on_restart
         self.on_item = on_item
         self.epoch = 0
+        self.abandoned = 0  # pipelines that would not stop (left to their own thread)
         self.restarts = 0
         self.items = 0
         self.last_error: str | None = None
@@ -312,7 +315,7 @@ class SensorWorker(threading.Thread):
                         reason = f"pipeline error: {cap.error or 'capture failed'}"
                         break
             finally:
-                cap.close()
+                self._close(cap)
                 self._cap = None
             if self.stop_event.is_set():
                 return
@@ -327,6 +330,19 @@ class SensorWorker(threading.Thread):
                 continue
             if not self._fail(reason or "unknown"):
                 return
+
+    def _close(self, cap: CaptureLike) -> None:
+        """Close a capture, but never hang on it: a source stuck in a blocking read (a hung camera driver, a pipe
+        nobody writes to) can block the pipeline's state change to NULL until the read returns. After
+        `CLOSE_TIMEOUT_S` the pipeline is left to finish on its own thread (counted) and the sensor restarts."""
+        t = threading.Thread(target=cap.close, name=f"close-{self.sensor}", daemon=True)
+        t.start()
+        t.join(CLOSE_TIMEOUT_S)
+        if t.is_alive():
+            self.abandoned += 1
+            log.warning("%s sensor: its pipeline did not stop within %.1f s (a blocked source); left behind (%d so far)",
+                        self.sensor, CLOSE_TIMEOUT_S, self.abandoned,
+                        extra={"fields": {"event": "pipeline_abandoned", "sensor": self.sensor}})
 
     def stop(self, timeout_s: float = 1.0) -> None:
         self.stop_event.set()

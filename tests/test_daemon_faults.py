@@ -202,3 +202,63 @@ def test_full_disk_stops_evidence_never_detections(media, tmp_path: Path) -> Non
         assert not [f for f in (fs / "evidence").rglob("*") if f.is_file()]
         assert "evidence paused" in r.stderr  # said once, loudly
         assert r.stderr.count("evidence paused") == 1
+
+
+def test_silent_camera_is_restarted_while_audio_goes_on(media, tmp_path: Path) -> None:
+    """The camera is a pipe its writer stops feeding (a hung camera): no data for stall_timeout_s -> restart."""
+    import threading
+
+    fifo = tmp_path / "camera.mkv"
+    os.mkfifo(fifo)
+    tree = daemon_tree(tmp_path, media["bundle"], fifo.as_uri(), realtime=True,
+                       supervisor={"backoff_initial_s": 0.3, "backoff_max_s": 1.0, "restart_budget": 100})
+    src = tree["runtime"]["source"]
+    src.update({"audio_uri": media["audio"].as_uri(), "streams": ["video", "audio"], "stall_timeout_s": 1.0,
+                "start_timeout_s": 2.0})
+    cfg = write_config(tmp_path / "d.yaml", tree)
+    data = media["video"].read_bytes()
+    silent, done = threading.Event(), threading.Event()
+
+    def camera() -> None:
+        with open(fifo, "wb") as f:  # blocks until the daemon opens the pipe
+            f.write(data[: len(data) // 10])  # ~3 s of video, then nothing: the camera hangs
+            f.flush()
+            silent.set()
+            done.wait(30)  # holds the pipe open, sending nothing
+
+    writer = threading.Thread(target=camera, daemon=True)
+    writer.start()
+    err_path = tmp_path / "err.log"
+    with open(err_path, "w") as err:
+        p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
+                             stderr=err, env=env(), text=True)
+        try:
+            assert silent.wait(30)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(r.get("event") == "sensor_restart" for r in json_logs(err_path)):
+                time.sleep(0.1)
+            time.sleep(3.0)  # the microphone goes on alone
+            p.send_signal(signal.SIGTERM)
+            t_term = time.monotonic()
+            out, _ = p.communicate(timeout=10)
+            stop_s = time.monotonic() - t_term
+        finally:
+            done.set()
+            if p.poll() is None:
+                p.kill()
+    assert p.returncode == 0 and stop_s < 5.0
+    summary = json.loads(out)
+    restarts = [r for r in json_logs(err_path) if r.get("event") == "sensor_restart"]
+    assert restarts and restarts[0]["sensor"] == "camera" and restarts[0]["reason"] == "no data for 1 s"
+    # the hung pipe blocks the pipeline's own shutdown: the worker leaves it behind instead of hanging with it
+    assert any(r.get("event") == "pipeline_abandoned" for r in json_logs(err_path))
+    assert "microphone" not in summary["restarts"]
+    from edgeav.runtime.store import parse_iso_utc
+
+    t_down = parse_iso_utc(restarts[0]["ts"])  # the camera was declared silent (1 s after its last frame)
+    con = sqlite3.connect(tmp_path / "det.db")
+    late = [r[0] for r in con.execute("SELECT modalities FROM detections WHERE utc_ns > ?", (t_down + 10**9,))]
+    early = [r[0] for r in con.execute("SELECT modalities FROM detections WHERE utc_ns < ?", (t_down - 2 * 10**9,))]
+    con.close()
+    assert "audio,image" in early
+    assert len(late) >= 5 and set(late) == {"audio"}  # the microphone kept producing detections
