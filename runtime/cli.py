@@ -180,7 +180,9 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    body = [(r.get("end_utc") or r.get("start_utc") or "-", r["label"], _fmt(r["confidence"]),
+    from edgeav.runtime.postprocess import utc_iso
+
+    body = [(r.get("end_utc") or utc_iso(r.get("utc_ns")) or "-", r["label"], _fmt(r["confidence"]),
              _fmt(r.get("audio_confidence")), _fmt(r.get("image_confidence")), "+".join(r["modalities"]) or "-",
              r["id"], "yes" if (r.get("audio_path") or r.get("image_path")) else "-") for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(_TABLE_COLS)]
