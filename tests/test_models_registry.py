@@ -266,3 +266,27 @@ def test_every_named_model_builds_and_counts_every_branch(name):
     assert s["flops_detail"]["frontend.audio"] > 0  # the log-mel runs inside the model
     if "budget_params" in meta:
         assert s["params"]["total"] <= meta["budget_params"] and s["flops"]["total"] <= meta["budget_flops"]
+
+
+@pytest.mark.parametrize("triple", [("audio_cnn", "mobilenetv3_small", "hdmf"), (None, "mobilenetv3_small", "shared_2d")],
+                         ids=_id)
+def test_param_groups_and_freezing_split_backbones_from_fusion(triple):
+    from edgeav.train.models import freeze_backbones, param_groups
+
+    model = _build(triple)
+    groups = param_groups(model, backbone_lr=1e-4, head_lr=1e-3)
+    assert [g["name"] for g in groups] == ["backbones", "fusion"] and [g["lr"] for g in groups] == [1e-4, 1e-3]
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())  # every parameter, once
+    fusion_ids = {id(p) for p in model.fusion.parameters()} | {id(p) for p in model.aux_audio.parameters()}
+    assert fusion_ids <= {id(p) for p in groups[1]["params"]}
+
+    model.train()
+    freeze_backbones(model)  # phase II of two-phase training
+    for m in model.backbones():
+        assert not m.training and not any(p.requires_grad for p in m.parameters())
+    assert all(p.requires_grad for p in model.fusion.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items() if "backbone" in k or "spec_norm" in k}
+    out = model(*_inputs(model.contract, [[1, 1], [1, 1]]))
+    sum(out).sum().backward()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # BN statistics untouched

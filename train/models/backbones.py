@@ -320,11 +320,15 @@ class Wav2Vec2Backbone(Backbone):
 
 class ASTBackbone(Backbone):
     """Audio Spectrogram Transformer on our log-mel (B, 1, M, frames); patch tokens as (B, 768, 1, tokens).
-    The pretrained AudioSet model expects 128 mel bands and its own normalization: fine-tune, or use a contract
-    with n_mels=128."""
+
+    Its position embeddings fix the input size: `n_mels` bands and `max_frames` frames. The model builder passes the
+    contract's (registry meta `logmel_shape_kwargs`), so the log-mel fits as it is. The pretrained AudioSet model
+    was trained on 128 bands x 1024 frames with its own normalization: asking for it with another size is an error
+    (use a contract with n_mels=128, or train from scratch)."""
 
     modality = "audio"
     input_kind = "logmel"
+    PRETRAINED_SHAPE = (128, 1024)
 
     def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None,
                  hub_id: str = "MIT/ast-finetuned-audioset-10-10-0.4593", n_mels: int = 128,
@@ -332,6 +336,9 @@ class ASTBackbone(Backbone):
         super().__init__()
         tf = _require_transformers("ast")
         _check_weights_args("ast", pretrained, weights_path)
+        if pretrained and (n_mels, max_frames) != self.PRETRAINED_SHAPE:
+            raise ModelError(f"backbone 'ast': the pretrained model takes {self.PRETRAINED_SHAPE[0]} mel bands x "
+                             f"{self.PRETRAINED_SHAPE[1]} frames, the contract gives {n_mels} x {max_frames}")
         if pretrained:
             self.encoder = tf.ASTModel.from_pretrained(hub_id)
         else:
@@ -341,7 +348,7 @@ class ASTBackbone(Backbone):
         self.embed_dim = int(self.encoder.config.hidden_size)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.encoder(input_values=x.squeeze(1).transpose(1, 2)).last_hidden_state  # (B, 2 + N, D)
+        h = self.encoder(input_values=x.squeeze(1).transpose(1, 2)).last_hidden_state  # (B, frames, M) -> (B, 2+N, D)
         return h[:, 2:].transpose(1, 2).unsqueeze(2)  # (B, D, 1, N) patch tokens
 
 
@@ -352,7 +359,7 @@ def wav2vec2_base(pretrained: bool = False, weights_path: str | Path | None = No
 
 
 @BACKBONES.register("ast", modality="audio", input_kind="logmel", embed_dim=768,
-                    source="transformers (optional extra)", extra=TRANSFORMERS_EXTRA)
+                    source="transformers (optional extra)", extra=TRANSFORMERS_EXTRA, logmel_shape_kwargs=True)
 def ast(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return ASTBackbone(pretrained, weights_path, **kwargs)
 

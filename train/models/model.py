@@ -205,6 +205,9 @@ class SharedAVClassifier(AVClassifier):
         empty = mask[:, :0]
         return Branches(fa, fi, za, zi, empty, empty, mask)
 
+    def backbones(self) -> list[nn.Module]:
+        return [self.image_backbone, self.spec_norm]  # the spectrogram's input norm belongs to the encoder's input
+
 
 def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, contract: InputContract | None = None,
                 pretrained: bool | None = None, audio_weights_path: str | None = None,
@@ -231,8 +234,12 @@ def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, con
         else:
             audio_pretrained = use_pretrained and BACKBONES.meta(spec.audio_backbone).get("source", "").startswith(
                 ("torchvision", "transformers"))
+            audio_kwargs = dict(spec.audio_kwargs)
+            if BACKBONES.meta(spec.audio_backbone).get("logmel_shape_kwargs"):  # input size fixed at build time
+                audio_kwargs.setdefault("n_mels", spec.contract.audio.n_mels)
+                audio_kwargs.setdefault("max_frames", spec.contract.audio.n_frames)
             audio = create_backbone(spec.audio_backbone, pretrained=audio_pretrained,
-                                    weights_path=audio_weights_path, **spec.audio_kwargs)
+                                    weights_path=audio_weights_path, **audio_kwargs)
             fusion = create_head(spec.head, audio.embed_dim, image.embed_dim, C, **spec.head_kwargs)
             model = AVClassifier(audio, image, fusion, C, spec.contract, spec.dropout)
     except TypeError as e:  # bad *_kwargs
