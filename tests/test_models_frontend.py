@@ -149,3 +149,31 @@ def test_image_normalization_is_the_contracts():
     std = torch.tensor(c.std).view(1, 3, 1, 1)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, (img.float() / 255.0 - mean) / std, atol=1e-5, rtol=1e-6)
+
+
+def test_a_hook_on_the_logmel_module_sees_and_changes_what_the_backbone_gets():
+    """Training's SpecAugment hooks `model.frontend.audio`: it must run once per forward, see (B, 1, M, frames), and
+    its returned tensor must be what the audio backbone gets."""
+    from edgeav.train.models import build_model, named_arch
+
+    contract = InputContract(audio=AudioContract(window_s=1.0), image=ImageContract(height_px=64, width_px=64))
+    model = build_model({**named_arch("edgeav-small"), "contract": contract.model_dump(mode="json")}, 3).eval()
+    seen = []
+
+    def hook(module, inputs, output):
+        seen.append(tuple(output.shape))
+        return torch.zeros_like(output) - 100.0  # everything silent
+
+    g = torch.Generator().manual_seed(0)
+    audio = 0.3 * torch.randn(2, contract.audio.window_samples, generator=g)
+    image = torch.randint(0, 256, (2, 3, 64, 64), generator=g, dtype=torch.uint8)
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    with torch.no_grad():
+        plain = model(audio, image, mask).logits_audio
+        handle = model.frontend.audio.register_forward_hook(hook)
+        hooked = model(audio, image, mask).logits_audio
+        silent = model(torch.zeros_like(audio), image, mask).logits_audio  # hooked too
+        handle.remove()
+    assert seen == [(2, 1, contract.audio.n_mels, contract.audio.n_frames)] * 2
+    assert not torch.allclose(plain, hooked)
+    torch.testing.assert_close(hooked, silent)  # whatever the audio, the backbone got the hook's output

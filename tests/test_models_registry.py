@@ -117,6 +117,7 @@ def _check_onnx(model, tmp_path, record_property) -> float:
     with torch.no_grad():
         torch.onnx.export(ExportWrapper(model), (audio, image, mask), str(path), input_names=list(INPUT_NAMES),
                           output_names=list(OUTPUT_NAMES), opset_version=17, dynamo=False)
+        assert not model.training  # exporting did not switch the model to training mode
         ref = model(audio, image, mask)
     proto = onnx.load(str(path))
     assert {o.domain or "ai.onnx": o.version for o in proto.opset_import}["ai.onnx"] == 17
@@ -290,3 +291,28 @@ def test_param_groups_and_freezing_split_backbones_from_fusion(triple):
     out = model(*_inputs(model.contract, [[1, 1], [1, 1]]))
     sum(out).sum().backward()
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # BN statistics untouched
+
+
+@pytest.mark.parametrize("triple", [("audio_cnn", "mobilenetv3_small", h) for h in ("hdmf", "cfnsr")]
+                         + [(None, "mobilenetv3_small", "shared_2d")], ids=_id)
+def test_onnx_with_a_dynamic_batch_runs_any_batch(triple, tmp_path):
+    """The heads that reshape by the batch size still run at other batch sizes once exported with a dynamic batch."""
+    import onnxruntime as ort
+
+    model = _build(triple)
+    _settle_batchnorm(model)
+    names = (*INPUT_NAMES, *OUTPUT_NAMES)
+    path = tmp_path / "dyn.onnx"
+    with torch.no_grad():
+        torch.onnx.export(ExportWrapper(model), _inputs(model.contract, [[1, 1]] * 2), str(path),
+                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), opset_version=17,
+                          dynamo=False, dynamic_axes={n: {0: "batch"} for n in names})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for masks in ([[1, 0]], [[1, 1], [0, 1], [1, 0], [1, 1], [1, 1]]):
+        a, i, m = _inputs(model.contract, masks, seed=len(masks))
+        got = sess.run(list(OUTPUT_NAMES), {"audio": a.numpy(), "image": i.numpy(), "mask": m.numpy()})
+        with torch.no_grad():
+            ref = model(a, i, m)
+        for g, r in zip(got, ref):
+            assert g.shape == (len(masks), N_CLASSES)
+            assert float(np.abs(g - r.numpy()).max()) <= PARITY_ATOL * max(1.0, float(r.abs().max()))
