@@ -226,6 +226,16 @@ def test_unknown_names_exit_2_with_one_line(argv, needle, cli, capsys):
     assert err.count("\n") == 1 and needle in err and "Traceback" not in err
 
 
+def test_model_info_reads_a_checkpoint(cli, capsys, tmp_path):
+    path = _save(_small_model(), tmp_path / "m.pt")
+    assert cli(["model", "info", str(path), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["checkpoint"] == str(path) and d["metrics"] == {"val_acc": 0.75} and d["num_classes"] == 3
+    assert d["input_shapes"]["audio"] == [1, 16000] and d["flops"]["image"] > 0
+    assert cli(["model", "info", str(tmp_path / "gone.pt")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
 def test_model_info_overrides_change_the_model(cli, capsys):
     assert cli(["model", "info", "edgeav-small", "--set", "model.head=concat", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)

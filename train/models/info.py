@@ -44,7 +44,7 @@ def model_info(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
     .pt / .pth)."""
     overrides = list(overrides or [])
     budget: dict[str, Any] | None = None
-    if Path(name).suffix in (".pt", ".pth") and Path(name).is_file():
+    if Path(name).suffix in (".pt", ".pth"):  # a checkpoint (a missing file is "not found", not an unknown name)
         from edgeav.train.models.checkpoint import load_checkpoint
 
         if overrides:
