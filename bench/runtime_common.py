@@ -39,6 +39,15 @@ class Model:
     bundle_metrics: dict[str, Any]
 
 
+def rel(path: Path | str) -> str:
+    """A path as the JSON shows it: relative to the repository when inside it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(p)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle directory (default: %(default)s)")
     p.add_argument("--role", default="model_int8", help="bundle file to run (default: %(default)s)")

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from runtime_common import add_model_args, machine, open_model, runtime_config, setup_logging, write_result  # noqa: E402
+from runtime_common import add_model_args, machine, open_model, rel, runtime_config, setup_logging, write_result  # noqa: E402
 
 
 def _utc_ns(iso: str) -> int:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     lat_a, after_a = np.array(lat), np.array(after)
     p50, p95 = float(np.percentile(lat_a, 50)), float(np.percentile(lat_a, 95))
     data = {
-        "source": args.source, "bundle": str(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
+        "source": args.source, "bundle": rel(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
         "config": {"ort_threads": args.threads, "audio_chunk_s": args.audio_chunk_s, "fps": cfg.source.fps,
                    "hop_s": cfg.align.hop_s, "window_s": model.contract.audio.window_s},
         "detections_timed": len(lat),

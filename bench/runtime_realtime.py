@@ -23,6 +23,7 @@ from runtime_common import (  # noqa: E402
     cpu_seconds,
     machine,
     open_model,
+    rel,
     proc_status_kb,
     runtime_config,
     setup_logging,
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_pct = 100.0 * cpu / wall
     peak_mb = proc_status_kb("VmHWM") / 1024
     data = {
-        "source": args.source, "bundle": str(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
+        "source": args.source, "bundle": rel(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
         "config": {"ort_threads": args.threads, "fps": cfg.source.fps, "hop_s": cfg.align.hop_s,
                    "window_s": model.contract.audio.window_s},
         "stream_s": round(last_end_ns / NS_PER_S, 3), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),

@@ -26,6 +26,7 @@ from runtime_common import (  # noqa: E402
     cpu_seconds,
     machine,
     open_model,
+    rel,
     proc_status_kb,
     runtime_config,
     setup_logging,
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rep_mean = score_segments(best["preds"], args.ground_truth, method="mean", labels=model.labels)
     rep_major = score_segments(best["preds"], args.ground_truth, method="majority")
     data = {
-        "source": args.source, "bundle": str(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
+        "source": args.source, "bundle": rel(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
         "model_file": model.path.name, "labels": model.labels, "bundle_metrics": model.bundle_metrics,
         "config": {"hop_s": args.hop_s, "window_s": model.contract.audio.window_s, "ort_threads": args.threads,
                    "batch_windows": args.batch, "fps": cfg.source.fps,
