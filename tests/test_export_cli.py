@@ -90,6 +90,7 @@ def test_int8_export_passes_parity_and_gate(int8_bundle: tuple[Path, dict], setu
     assert i8["precision"] == "int8" and i8["parent_sha256"] == m["extra"]["files"]["model_fp32"]["sha256"]
 
 
+@pytest.mark.slow  # a second full INT8 export; the forms themselves are tested in test_export_quantize.py
 def test_tensorrt_target_gets_the_symmetric_form(setup: dict[str, Path]) -> None:
     from edgeav.export.cli import run_export
 
@@ -185,6 +186,7 @@ def test_fp16_export_with_parity_report(setup: dict[str, Path]) -> None:
     rep = m["metrics"]["parity_fp16"]
     assert rep["passed"] and rep["top1_agreement"] >= 99.0 and 0 < rep["max_abs_diff"]["logits"] <= 5e-2
     assert result["precisions"] == ["fp32", "fp16"]
+    assert m["metrics"]["fp32"]["split"] == "test" and m["metrics"]["fp32"]["n"] == result["test_windows"] > 0
     half = onnx.load(str(out / "model_fp16.onnx"))
     assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # inputs keep the contract
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in half.graph.initializer)
