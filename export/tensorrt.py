@@ -3,9 +3,9 @@
     built = build_engine("bundle/model_int8.onnx", load_profile("jetson-orin-nx"), precision="int8")
     built.path, built.key, built.from_cache
 
-- The network is created STRONGLY_TYPED (`NetworkDefinitionCreationFlag.STRONGLY_TYPED`): the types come from the
-  ONNX (Q/DQ scales for INT8, half weights for FP16), as TensorRT 11 requires and 10 supports; no precision builder
-  flags are set, and no implicit calibrator is used.
+- The network is created STRONGLY_TYPED (`NetworkDefinitionCreationFlag.STRONGLY_TYPED` on TensorRT 10; on 11 every
+  network is strongly typed and the flag is deprecated): the types come from the ONNX (Q/DQ scales for INT8, half
+  weights for FP16); no precision builder flags are set (11 removed them), and no implicit calibrator is used.
 - Workspace: `IBuilderConfig.set_memory_pool_limit(MemoryPoolType.WORKSPACE, profile.workspace_mib MiB)`; a DLA
   core (profile permitting) through `default_device_type = DeviceType.DLA` and `DLA_core`, with GPU fallback for
   the layers DLA cannot run (logged, loudly).
@@ -66,6 +66,17 @@ def trt_major(version: str) -> int:
     if not m:
         raise DeviceError(f"cannot read a TensorRT version from {version!r}")
     return int(m.group(1))
+
+
+def check_dla_support(version: str) -> None:
+    """DLA left TensorRT after 10.7 and came back for Jetson AGX Orin in 11.4.1 (JetPack 7.2.2+)."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(version))
+    if not m:
+        raise DeviceError(f"cannot read a TensorRT version from {version!r}")
+    v = tuple(int(x or 0) for x in m.groups())
+    if (10, 8, 0) <= v < (11, 4, 1):
+        raise DeviceError(f"TensorRT {version} cannot build for DLA (10.7 was the last 10.x with DLA; it returns in "
+                          "11.4.1 on Jetson AGX Orin): build for the GPU (no --dla-core)")
 
 
 def check_trt_version(version: str, profile: Any | None = None) -> None:
@@ -132,6 +143,7 @@ def build_engine(onnx_path: str | Path, profile: Any, precision: str, *, dla_cor
         check_precision(profile, precision)
     if dla_core is not None:
         check_dla(profile, dla_core)
+        check_dla_support(version)
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ExportError(f"{onnx_path}: ONNX model not found")
@@ -145,8 +157,14 @@ def build_engine(onnx_path: str | Path, profile: Any, precision: str, *, dla_cor
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    # TensorRT 10: strong typing is asked for; TensorRT 11: every network is strongly typed and the flag is deprecated
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is None and trt_major(version) < 11:
+        raise DeviceError(f"TensorRT {version} has no NetworkDefinitionCreationFlag.STRONGLY_TYPED")
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
     parser = trt.OnnxParser(network, logger)
+    if dla_core is not None and hasattr(trt, "OnnxParserFlag") and hasattr(trt.OnnxParserFlag, "ADJUST_FOR_DLA"):
+        parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ExportError(f"TensorRT cannot parse {onnx_path.name}: " + "; ".join(errors[:3]))
@@ -204,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["BuiltEngine", "MIN_TRT_MAJOR", "build_engine", "check_trt_version", "engine_key_for", "require_tensorrt",
+__all__ = ["BuiltEngine", "MIN_TRT_MAJOR", "build_engine", "check_dla_support", "check_trt_version", "engine_key_for", "require_tensorrt",
            "trt_major"]
 
 if __name__ == "__main__":  # pragma: no cover

@@ -122,6 +122,16 @@ def test_trt_version_rules() -> None:
         check_trt_version("11.0.1", load_profile("jetson-orin-nx"))
 
 
+def test_dla_support_by_tensorrt_version() -> None:
+    from edgeav.export.tensorrt import check_dla_support
+
+    check_dla_support("10.3.0")  # JetPack 6
+    check_dla_support("11.4.1")
+    for version in ("10.8.0", "11.0.0", "11.3.1"):
+        with pytest.raises(DeviceError, match="cannot build for DLA"):
+            check_dla_support(version)
+
+
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here")
 def test_without_tensorrt_export_engine_and_backend_say_so(tmp_path: Path) -> None:
     from edgeav.contract import InputContract
