@@ -239,7 +239,8 @@ def compare_outputs(reference: Sequence[Mapping[str, np.ndarray]], other: Sequen
     ref_top = np.concatenate([np.argmax(r["logits"], axis=-1).ravel() for r in reference])
     oth_top = np.concatenate([np.argmax(o["logits"], axis=-1).ravel() for o in other])
     agreement = float(100.0 * np.mean(ref_top == oth_top))
-    failures = [f"max |{k} diff| {v:.3g} > {max_abs_diff:g}" for k, v in diffs.items() if v > max_abs_diff]
+    failures = [f"max |{k} diff| {v:.3g} > {max_abs_diff:g}" for k, v in diffs.items()
+                if not np.isfinite(v) or v > max_abs_diff]  # NaN (an overflow) fails, never passes
     if agreement < min_agreement:
         failures.append(f"top-1 agreement {agreement:.2f} % < {min_agreement:g} % "
                         f"({int(np.sum(ref_top != oth_top))} of {ref_top.size} differ)")
@@ -270,11 +271,13 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, keep_float_pref
 
     proto = onnx.load(str(fp32_path))
     keep = [n.name for n in proto.graph.node if n.name.startswith(tuple(keep_float_prefixes))]
+    _private_initializers(proto.graph, set(keep))
     try:
         half = convert_float_to_float16(proto, keep_io_types=True, node_block_list=keep, disable_shape_infer=False)
     except Exception as e:
         raise ExportError(f"FP16 conversion failed: {type(e).__name__}: {e}") from e
     _dedupe_casts(half.graph)  # the converter can insert the same Cast twice between two kept-float nodes
+    _drop_fp16_round_trips(half.graph)  # ...and passes tensors between two float32 nodes through FP16
     _toposort(half.graph)  # the converter appends its input casts at the end of the node list
     check_model(half)
     out_path = Path(out_path)
@@ -283,6 +286,82 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, keep_float_pref
             "float32_nodes": keep}
     log.info("wrote %s (FP16; %d front end nodes kept in float32)", out_path.name, len(keep))
     return out_path, info
+
+
+def _private_initializers(graph: Any, nodes: set[str]) -> None:
+    """Give the nodes in `nodes` their own copies of initializers they share with other nodes: the FP16 converter
+    turns a shared initializer to FP16 (a log floor of 1e-10 would flush to the FP16 minimum), even for a node kept
+    in float32."""
+    inits = {i.name: i for i in graph.initializer}
+    users: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            if i in inits:
+                users.setdefault(i, []).append(n)
+    for name, ns in users.items():
+        kept = [n for n in ns if n.name in nodes]
+        if not kept or len(kept) == len(ns):
+            continue
+        copy = type(inits[name])()
+        copy.CopyFrom(inits[name])
+        copy.name = f"{name}__fp32"
+        graph.initializer.append(copy)
+        for n in kept:
+            for k, i in enumerate(n.input):
+                if i == name:
+                    n.input[k] = copy.name
+
+
+def _drop_fp16_round_trips(graph: Any) -> int:
+    """Remove float32 -> float16 -> float32 Cast pairs: the converter puts one between every two nodes it keeps in
+    float32, which sends the power spectrum (values above 65504) through FP16 and back as inf. Returns the number of
+    round trips removed."""
+    import onnx
+
+    FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+    def cast_to(n: Any) -> int | None:
+        if n.op_type != "Cast":
+            return None
+        return next((a.i for a in n.attribute if a.name == "to"), None)
+
+    outputs = {o.name for o in graph.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    removed: set[int] = set()
+    n_trips = 0
+    for c16 in list(graph.node):
+        if cast_to(c16) != FLOAT16:
+            continue
+        src, half = c16.input[0], c16.output[0]
+        for c32 in [c for c in consumers.get(half, []) if cast_to(c) == FLOAT]:
+            back = c32.output[0]
+            for user in consumers.get(back, []):
+                for k, i in enumerate(user.input):
+                    if i == back:
+                        user.input[k] = src
+                consumers.setdefault(src, []).append(user)
+            if back in outputs:
+                continue
+            removed.add(id(c32))
+            n_trips += 1
+        left = [c for c in consumers.get(half, []) if id(c) not in removed]
+        if not left and half not in outputs:
+            removed.add(id(c16))
+    if removed:
+        keep = [n for n in graph.node if id(n) not in removed]
+        copies = [type(n)() for n in keep]
+        for c, n in zip(copies, keep):
+            c.CopyFrom(n)
+        del graph.node[:]
+        graph.node.extend(copies)
+        produced = {o for n in graph.node for o in n.output}
+        vis = [v for v in graph.value_info if v.name in produced]
+        del graph.value_info[:]
+        graph.value_info.extend(vis)
+    return n_trips
 
 
 def _dedupe_casts(graph: Any) -> None:

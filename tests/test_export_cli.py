@@ -236,3 +236,27 @@ def test_tampered_bundle_is_refused(int8_bundle: tuple[Path, dict], tmp_path: Pa
     assert main(["bench", str(copy)]) == 2
     err = capsys.readouterr().err
     assert "model_int8.onnx" in err and "sha256" in err and "does not match" in err
+
+
+def test_fp16_keeps_the_front_end_in_float32_on_silence(tmp_path: Path) -> None:
+    """Silence: the mel power is clamped to the log floor (1e-10), which FP16 flushes to 0 (log -> -inf, NaN logits);
+    the front end must stay float32 between its own nodes, not only inside them."""
+    import numpy as np
+
+    from _export_models import TINY_ARCH
+
+    from edgeav.contract import AudioContract, ImageContract, InputContract
+    from edgeav.export.onnx_export import compare_outputs, convert_fp16, export_onnx, onnx_outputs, torch_outputs
+    from edgeav.train.models import build_model
+
+    contract = InputContract(audio=AudioContract(window_s=1.0), image=ImageContract(height_px=32, width_px=32))
+    model = build_model({**TINY_ARCH, "contract": contract.model_dump(mode="json")}, 3).eval()
+    fp32 = export_onnx(model, tmp_path / "model_fp32.onnx")
+    half, info = convert_fp16(fp32, tmp_path / "model_fp16.onnx")
+    t = np.arange(16000) / 16000.0
+    wave = np.where(t < 0.5, 0.0, 0.9 * np.sin(2 * np.pi * 1000 * t))  # half silence, half a loud tone
+    loud = {"audio": wave[None].astype(np.float32),  # (1, T)
+            "image": np.full((1, 3, 32, 32), 128, np.uint8), "mask": np.ones((1, 2), np.float32)}
+    rep = compare_outputs(torch_outputs(model, [loud]), onnx_outputs(half, [loud]), max_abs_diff=5e-2)
+    assert rep.passed, rep.failures
+    assert info["float32_nodes"] and all(n.startswith("/frontend/") for n in info["float32_nodes"])
