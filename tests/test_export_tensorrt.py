@@ -16,7 +16,7 @@ import pytest
 
 from edgeav.devices import load_profile
 from edgeav.errors import BundleError, DeviceError
-from edgeav.runtime.trt_runner import EngineCache, EngineKey, GpuInfo, check_engine, make_key, rebuild_command
+from edgeav.runtime.trt_runner import EngineCache, GpuInfo, check_engine, make_key, rebuild_command
 
 ORIN = GpuInfo("Orin (nvgpu)", "8.7")
 SHA = hashlib.sha256(b"model_int8.onnx bytes").hexdigest()
