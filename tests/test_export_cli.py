@@ -260,3 +260,27 @@ def test_fp16_keeps_the_front_end_in_float32_on_silence(tmp_path: Path) -> None:
     rep = compare_outputs(torch_outputs(model, [loud]), onnx_outputs(half, [loud]), max_abs_diff=5e-2)
     assert rep.passed, rep.failures
     assert info["float32_nodes"] and all(n.startswith("/frontend/") for n in info["float32_nodes"])
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_int8_export_on_real_grid_video(shared_data: Path, tmp_path: Path) -> None:
+    """Real talking-face videos: calibration takes every sampled frame of each training window, stratified."""
+    from edgeav.export.cli import run_export
+
+    grid = shared_data / "grid"
+    if not grid.is_dir():
+        pytest.skip(f"{grid} not found")
+    data = {"kind": "video", "window_s": 3.0, "hop_s": 3.0, "image_size_px": 64, "frames_per_clip": 3,
+            "val_fraction": 0.15}
+    ckpt = train_checkpoint(tmp_path / "grid.pt", grid, data=data, steps=8, cache_dir=tmp_path / "cache")
+    out = tmp_path / "bundle"
+    args = argparse.Namespace(checkpoint=str(ckpt), out=str(out), int8=True, calib_data=str(grid), calib_windows=120,
+                              fp16=False, device="cpu", engine=False, max_drop=100.0, max_class_drop=100.0,
+                              dynamic_batch=False, json=True)
+    result = run_export(args)
+    m = json.loads((out / "manifest.json").read_text())
+    cal = m["extra"]["int8"]["calibration"]
+    assert cal["feeds_used"] == 120 and set(cal["per_class"].values()) == {30}  # 4 classes, stratified
+    assert cal["windows_used"] < cal["feeds_used"]  # several frames of one window
+    assert m["metrics"]["fp32"]["n"] == result["test_windows"] == 40  # GRID's 40 test clips, one 3 s window each
