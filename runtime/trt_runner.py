@@ -280,8 +280,24 @@ class TrtBackend(Backend):
             raise DeviceError(f"{self.model_path}: TensorRT could not deserialize the engine; rebuild it: "
                               + rebuild_command(onnx_path, self.key.precision, profile, self.key.dla_core))
         self._context = self._engine.create_execution_context()
-        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._io: dict[str, dict[str, Any]] = {}
+        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        try:
+            self._bind_buffers(trt)
+        except BaseException:
+            self.close()  # free what was allocated before the failure
+            raise
+        missing = [n for n in (*contract.input_names, *OUTPUT_NAMES) if n not in self._io]
+        if missing:
+            self.close()
+            raise ModelError(f"{self.model_path}: engine lacks tensor(s) {missing}; it has {sorted(self._io)}")
+        self.batch = self._io[contract.input_names[0]]["shape"][0]
+        log.info("tensorrt backend: %s (%s, TensorRT %s, %s), batch %d", self.model_path.name, self.key.precision,
+                 self.key.trt_version, gpu.name, self.batch)
+
+    def _bind_buffers(self, trt: Any) -> None:
+        """One device buffer per I/O tensor (static shapes), bound to the context; a host array per output."""
+        cudart = self._cudart
         for i in range(self._engine.num_io_tensors):
             tname = self._engine.get_tensor_name(i)
             shape = tuple(int(d) for d in self._engine.get_tensor_shape(tname))
@@ -295,13 +311,6 @@ class TrtBackend(Backend):
             self._context.set_tensor_address(tname, int(ptr))
             self._io[tname] = {"shape": shape, "dtype": dtype, "input": is_input, "ptr": ptr, "nbytes": nbytes,
                                "host": None if is_input else np.empty(shape, dtype)}
-        missing = [n for n in (*contract.input_names, *OUTPUT_NAMES) if n not in self._io]
-        if missing:
-            self.close()
-            raise ModelError(f"{self.model_path}: engine lacks tensor(s) {missing}; it has {sorted(self._io)}")
-        self.batch = self._io[contract.input_names[0]]["shape"][0]
-        log.info("tensorrt backend: %s (%s, TensorRT %s, %s), batch %d", self.model_path.name, self.key.precision,
-                 self.key.trt_version, gpu.name, self.batch)
 
     @property
     def input_contract(self) -> InputContract:
