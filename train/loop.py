@@ -341,11 +341,16 @@ class Trainer:
                      self.data.cache.misses, self.data.cache.hits, failed)
         self.decodes_prepare = self.data.cache.misses
         self.train_ds = TorchAVDataset(self.data, "train", seed=tc.seed)
-        self.val_ds = TorchAVDataset(self.data, "val", seed=tc.seed)
+        self.val_split = tc.val_split
+        if self.val_split == "train":
+            log.warning("train.val_split=train: the best epoch is picked on the TRAINING split (a smoke run); its "
+                        "'validation' figures are training figures")
+        self.val_ds = TorchAVDataset(self.data, self.val_split, seed=tc.seed)
         if len(self.train_ds) == 0:
             raise DataError(f"{self.data_path}: the train split is empty")
         if len(self.val_ds) == 0:
-            raise DataError(f"{self.data_path}: the validation split is empty; raise data.val_fraction")
+            raise DataError(f"{self.data_path}: the validation split is empty; raise data.val_fraction (or, for a smoke "
+                            f"run on a handful of clips, set train.val_split=train)")
         self.arch = resolve_arch(cfg.model, cfg.data)
         torch.manual_seed(tc.seed)
         self.model = build_model(self.arch, self.labels, audio_weights_path=cfg.model.audio_weights_path,
@@ -574,7 +579,7 @@ class Trainer:
         else:
             phase = self.state.phase
             if phase.startswith("phase1"):
-                val_set: Dataset = UnimodalDataset(self.data, "val", "audio" if phase == "phase1_audio" else "image")
+                val_set: Dataset = UnimodalDataset(self.data, self.val_split, "audio" if phase == "phase1_audio" else "image")
             else:
                 self.val_ds.set_epoch(0)
                 val_set = self.val_ds
@@ -772,7 +777,7 @@ class Trainer:
         if phase == "phase2_fusion":
             t = time.monotonic()
             cache_train = Phase2Cache(self.model, self.data, "train", tc.seed, self.device, tc.eval_batch_size)
-            cache_val = Phase2Cache(self.model, self.data, "val", tc.seed, self.device, tc.eval_batch_size)
+            cache_val = Phase2Cache(self.model, self.data, self.val_split, tc.seed, self.device, tc.eval_batch_size)
             self.cache_seconds = time.monotonic() - t
             log.info("phase II: frozen features of train and val computed once in %.1f s", self.cache_seconds)
         if resume_payload is None and cache_train is None and tc.bn_warmup_batches > 0:

@@ -103,6 +103,11 @@ class TrainConfig(Section):
     max_minutes: float | None = Field(
         None, gt=0.0, description="Stop a phase after this wall time since the start of training, minutes (null = no limit)."
     )
+    val_split: Literal["val", "train"] = Field(
+        "val",
+        description=("Split that picks the best epoch and drives the schedule. 'train' only for smoke runs on data too "
+                     "small to hold out a validation split (logged as a warning; the figures are training figures)."),
+    )
     eval_test: bool = Field(True, description="After training, evaluate best.pt on the test split (eval_test/ in OUT).")
     prepare_data: bool = Field(True, description="Decode every file into the cache before the first epoch.")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Augmentation, each part switchable.")
