@@ -137,19 +137,21 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown data set(s) {unknown}; known: {', '.join(RECIPES)}\n")
         return 2
     results_path = Path(a.results)
-    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    results.setdefault("datasets", {})
     for name in names:
-        results["datasets"][name] = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets)
-        r = results["datasets"][name]
+        r = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets)
         print(f"{name}: " + ", ".join(f"{v} {100 * r['variants'][v]['accuracy']:.1f}% "
                                        f"(F1 {r['variants'][v]['macro_f1']:.3f}, {r['variants'][v]['minutes']:.1f} min)"
-                                       for v in VARIANTS) + f" on {r['test_examples']} test examples")
-    results["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-    results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
-    write_readme(Path(a.readme), markdown(results))
+                                       for v in VARIANTS) + f" on {r['test_examples']} test examples", flush=True)
+        # merge into what is on disk now (another data set may have been written meanwhile), write, then the table
+        results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        results.setdefault("datasets", {})[name] = r
+        results["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+        results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, results_path)
+        write_readme(Path(a.readme), markdown(results))
     return 0
 
 

@@ -921,7 +921,8 @@ class Trainer:
             "best": self.state.phase_best,
             "epochs_run": {p: sum(1 for r in self.state.history if r["phase"] == p) for p in
                            dict.fromkeys(r["phase"] for r in self.state.history)},
-            "minutes": round((time.monotonic() - self.t0) / 60, 3),
+            "minutes": round((time.monotonic() - self.t0) / 60, 3),  # this process (a resumed run: since resuming)
+            "train_minutes": round(sum(float(r.get("seconds") or 0) for r in self.state.history) / 60, 3),
             "train_samples_per_s": round(self.samples_seen / max(self.train_seconds, 1e-9), 2),
             "decodes": {"prepare": self.decodes_prepare - self.decodes_before,
                         "training": self.data.cache.misses - self.decodes_prepare},
@@ -987,7 +988,7 @@ def _finite(obj: Any) -> Any:
 def _report_md(r: dict[str, Any]) -> str:
     lines = [f"# Training report: {r.get('model') or r['arch']['head']} ({r['mode']})", "",
              f"- data: `{r['data']}` ({', '.join(f'{k} {v}' for k, v in r['splits'].items())})",
-             f"- minutes: {r['minutes']}; training throughput {r['train_samples_per_s']} samples/s; "
+             f"- minutes: {r['minutes']} (epochs of all phases, resumes included: {r['train_minutes']}); training throughput {r['train_samples_per_s']} samples/s; "
              f"world size {r['world_size']}",
              f"- media decoded: {r['decodes']['prepare']} while preparing, {r['decodes']['training']} while training", ""]
     lines += ["| phase | best epoch | val acc | val acc audio | val acc image |", "|---|---|---|---|---|"]
