@@ -224,6 +224,7 @@ class Capture:
         self._counts = {"video": 0, "audio": 0}
         self._wall_anchor: tuple[int, int] | None = None  # (running_time_ns, utc_ns) at start
         self._next_bus_poll_ns = 0
+        self.decoder_threads: dict[str, int] = {}  # decoder element -> max-threads set on it
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> "Capture":
@@ -241,6 +242,8 @@ class Capture:
             sink = pipeline.get_by_name(VIDEO_SINK if s == "video" else AUDIO_SINK)
             sink.connect("new-sample", self._on_sample, s)
             sink.connect("eos", self._on_sink_eos, s)
+        if self.cfg.decoder_threads:
+            pipeline.connect("deep-element-added", self._on_element_added)
         for s in ("video", "audio"):
             q = pipeline.get_by_name(f"{s}_queue")
             if q is not None:
@@ -288,6 +291,13 @@ class Capture:
     # -- streaming-thread callbacks ------------------------------------------------------------------------------
     def _on_overrun(self, _queue, stream: str) -> None:
         self._queue_overruns[stream] = self._queue_overruns.get(stream, 0) + 1
+
+    def _on_element_added(self, _bin, _sub_bin, element) -> None:
+        # decodebin picks the decoder at run time: its thread count can only be set as it is added
+        factory = element.get_factory()
+        if factory is not None and factory.get_name().startswith("avdec_") and element.find_property("max-threads"):
+            element.set_property("max-threads", int(self.cfg.decoder_threads))
+            self.decoder_threads[element.get_name()] = int(self.cfg.decoder_threads)
 
     def _on_sink_eos(self, _sink, stream: str) -> None:
         self._put(StreamEnd(stream))

@@ -210,3 +210,18 @@ def test_absent_camera_or_microphone_is_a_one_line_sensor_error(uri, element):
         with Capture(SourceConfig(uri=uri, start_timeout_s=3), C) as cap:
             cap.read_or_raise(NS_PER_S)
     assert "\n" not in str(e.value) and time.monotonic() - t0 < 4.0
+
+
+def test_software_video_decoder_gets_the_configured_thread_count(tmp_path):
+    from _runtime_media import missing_elements, write_av
+
+    Gst.init(None)
+    if missing_elements("mp4") or Gst.ElementFactory.find("avdec_h264") is None:
+        pytest.skip("GStreamer lacks the H.264 encoder/decoder (openh264enc, avdec_h264)")
+    path = write_av(tmp_path / "av.mp4", duration_s=1.0)
+    for threads, expected in ((1, [1]), (0, [])):
+        with Capture(SourceConfig(uri=path.as_uri(), fps=10, decoder_threads=threads), C) as cap:
+            items, status = read_all(cap)
+            assert status is ReadStatus.EOS and any(i.kind == "video" for i in items)
+            assert list(cap.decoder_threads.values()) == expected
+            assert all(k.startswith("avdec_h264") for k in cap.decoder_threads)

@@ -34,6 +34,11 @@ class SourceConfig(Section):
         description="videoscale method to the model's H x W; bilinear2 (multi-tap) matches Pillow's bilinear resize "
         "used in training.",
     )
+    decoder_threads: int = Field(
+        1, ge=0, le=64,
+        description="Threads per software video decoder (libav max-threads) inside uridecodebin/decodebin; 1 keeps "
+        "decoding on one core so inference has the others; 0 = the decoder's default (one per core), threads.",
+    )
     appsink_max_buffers: int = Field(8, ge=1, le=1024, description="Buffers an appsink holds before it pushes back, buffers.")
     queue_max_items: int = Field(256, ge=4, le=100_000, description="Python-side capture queue bound, items (drops counted).")
     audio_chunk_s: float = Field(0.1, gt=0.0, le=5.0, description="Audio buffer length requested from test/alsa/pulse sources, s.")
