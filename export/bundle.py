@@ -56,6 +56,7 @@ def write_bundle(out_dir: str | Path, files: Mapping[str, str | Path], manifest:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     tmp_tar = tmp.with_name(tmp.name + ".tar.gz")
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700: a daemon running as another user must be able to read the bundle
         entries: dict[str, dict[str, object]] = {}
         for role, src in sorted(sources.items()):
             name = bundle_file_name(role, src)

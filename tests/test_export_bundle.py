@@ -43,6 +43,7 @@ def test_round_trip(model: Path, tmp_path: Path) -> None:
     info = verify_bundle(out)
     assert info.profile_name == "cpu" and info.tool_versions == TOOLS and info.labels == LABELS
     assert info.model("model_int8") == out / "model_int8.onnx"
+    assert out.stat().st_mode & 0o755 == 0o755  # readable by a daemon running as another user
     assert info.manifest.kind == "bundle" and info.manifest.metrics["int8"]["accuracy"] == 90.5
     m = json.loads((out / "manifest.json").read_text())
     assert len(m["extra"]["files"]["model_fp32"]["sha256"]) == 64
