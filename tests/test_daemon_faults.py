@@ -60,14 +60,14 @@ def test_kill_9_at_random_moments_loses_nothing_committed(media, tmp_path: Path)
         with open(err_path, "w") as err:
             p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
                                  stderr=err, env=env())
-            # a random moment of the replay: 0 to 1.5 s after the daemon said it was ready (every few trials:
-            # during start-up instead - migration, orphan sweep, first commit)
+            # a random moment of the replay: 0 to 1.5 s after its first commit (every 5th trial: at a random
+            # moment of start-up instead - imports, migration, orphan sweep, first commit)
             if trial % 5 == 4:
                 time.sleep(rng.uniform(0.2, 2.0))
             else:
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and '"event": "ready"' not in err_path.read_text(errors="replace"):
-                    time.sleep(0.05)
+                while time.monotonic() < deadline and '"event": "committed"' not in err_path.read_text(errors="replace"):
+                    time.sleep(0.02)
                 time.sleep(rng.uniform(0.0, 1.5))
             p.send_signal(signal.SIGKILL)
             p.wait(10)
@@ -81,7 +81,7 @@ def test_kill_9_at_random_moments_loses_nothing_committed(media, tmp_path: Path)
             con.close()
             missing = reported - in_db
             assert not missing, f"trial {trial}: {len(missing)} committed detection(s) lost"
-    assert sum(1 for n in per_trial if n) >= KILL_TRIALS // 2, per_trial  # most kills hit a running replay
+    assert sum(1 for n in per_trial if n) >= KILL_TRIALS - KILL_TRIALS // 5, per_trial  # kills hit a running replay
     # one clean run afterwards: orphaned evidence (written, never committed) is swept, the rest stays linked
     p = subprocess.Popen([*EDGEAV, "-q", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.PIPE, env=env(), text=True)

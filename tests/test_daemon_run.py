@@ -30,6 +30,18 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_bundle(d / "bundle"), write_media(d / "av.mkv", 6.0)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() installs a stderr handler on the root logger; put the root logger back after each test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def _run(capsys, argv: list[str]) -> tuple[int, dict | None, str]:
     rc = main(argv)
     out, err = capsys.readouterr()
