@@ -2,7 +2,7 @@
 after the first epoch.
 
 Trains the default edge model (train/grid.yaml, joint mode, augmentation on) on GRID for a few epochs with an
-EMPTY cache folder and `train.prepare_data=false`, so epoch 1 decodes every clip as it meets it (cold) and later
+EMPTY cache folder, `train.prepare_data=false` and no BatchNorm warm-up, so epoch 1 decodes every clip as it meets it (cold) and later
 epochs read the cache (warm). Per epoch: samples/s and the number of media files decoded (decode-cache misses).
 
     python bench/train_throughput.py [--data ../shared/data/grid] [--epochs 3] [--out bench/results]
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeav-throughput-") as tmp:
         cache = Path(tmp) / "cache"  # empty: the first epoch is cold
         sets = [f"data.cache_dir={cache}", "train.mode=joint", f"train.epochs={a.epochs}",
-                f"train.batch_size={a.batch_size}", f"train.threads={a.threads}", "train.prepare_data=false",
+                f"train.batch_size={a.batch_size}", f"train.threads={a.threads}", "train.prepare_data=false", "train.bn_warmup_batches=0",
                 "train.eval_test=false", "train.early_stop_patience=1000", "train.max_minutes=1000"]
         cfg = load_config(REPO / "train" / "grid.yaml", sets)
         t0 = time.monotonic()

@@ -390,8 +390,8 @@ class Trainer:
     def _batches(self, indices: list[int]) -> list[list[int]]:
         per_rank = self.cfg.train.batch_size // self.dist.world
         out = [indices[j:j + per_rank] for j in range(0, len(indices), per_rank)]
-        if len(out) > 1 and len(out[-1]) < per_rank:
-            out = out[:-1]  # drop the ragged last batch (BatchNorm on a handful of examples is noise)
+        if len(out) > 1 and len(out[-1]) < 2:
+            out = out[:-1]  # a last batch of one example: BatchNorm cannot normalize over it
         return out
 
     def _train_set(self) -> Dataset:
@@ -789,8 +789,10 @@ class Trainer:
         best_file = BEST_FILE[phase]
         for epoch in range(self.state.epoch, epochs):
             t_epoch = time.monotonic()
+            misses0 = self.data.cache.misses
             tr = self._train_epoch(net, opt, self.scaler, epoch, cache_train)
             va = self._validate(net, cache_val)
+            tr["decoded"] = self.data.cache.misses - misses0  # media decoded this epoch (training + validation)
             sched.step(va["val_acc"])
             self.state.epoch = epoch + 1
             row = {"epoch": epoch + 1, "phase": phase, **tr, **va,
