@@ -4,11 +4,13 @@ product is `slow`.
 
 Small inputs keep it fast: 1 s of audio (101 log-mel frames) and 64 px frames, random weights (pretrained=False).
 Each ONNX test prints and records (junit property `onnx_max_abs_diff`) the largest |ONNX Runtime - PyTorch| over the
-three outputs.
+three outputs. The bound is 1e-4, or 4 x PyTorch's own float32 error (against float64) where that is larger: random
+weights make some deep nets (EfficientNet-B0: |logits| ~ 1e2) round by more than 1e-4 in either framework.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import itertools
 import math
@@ -132,14 +134,23 @@ def _check_onnx(model, tmp_path, record_property) -> float:
         spread = float((r[0] - r[1]).abs().max()) if name != "logits_image" else float((r[0] - r[2]).abs().max())
         assert spread > 1e-3, f"{name} hardly depends on the input ({spread:.3g}): the parity check would be empty"
     diff = max(float(np.abs(g - r.numpy()).max()) for g, r in zip(got, ref))
-    scale = max(1.0, max(float(r.abs().max()) for r in ref))
+    # PyTorch's own float32 rounding, against the same model in float64: random-init deep nets (EfficientNet's
+    # residual stream grows to ~1e3, ResNet-50) carry ~1e-4 of it; ONNX Runtime may differ from PyTorch by a few
+    # times that, since both round, but never by more than max(1e-4, 4 x that)
+    fp32_noise = float("nan")  # measured only where 1e-4 is not met
+    if diff > PARITY_ATOL:
+        model64 = copy.deepcopy(model).double()
+        with torch.no_grad():
+            ref64 = model64(audio.double(), image, mask.double())
+        fp32_noise = max(float((r.double() - r64).abs().max()) for r, r64 in zip(ref, ref64))
+    bound = PARITY_ATOL if diff <= PARITY_ATOL else max(PARITY_ATOL, 4.0 * fp32_noise)
     record_property("onnx_max_abs_diff", diff)
-    record_property("onnx_logit_scale", scale)
+    record_property("torch_fp32_vs_fp64", fp32_noise)
     print(f"onnx parity {model.arch['audio_backbone']}+{model.arch['image_backbone']}->{model.arch['head']}: "
-          f"max |ORT - torch| = {diff:.3g} at logit scale {scale:.3g}")
-    # 1e-4 on logits of unit scale; a random-init EfficientNet reaches |logits| ~ 1e2, where float32 itself carries
-    # ~1e-5 relative error in either framework, so the bound scales with the logits beyond 1
-    assert diff <= PARITY_ATOL * scale, f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {PARITY_ATOL} x {scale:.3g})"
+          f"max |ORT - torch| = {diff:.3g}; torch fp32 vs fp64 {fp32_noise:.3g}; "
+          f"logit scale {max(float(r.abs().max()) for r in ref):.3g}")
+    assert diff <= bound, (f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {PARITY_ATOL}, and > 4 x the "
+                           f"{fp32_noise:.3g} PyTorch float32 itself is off by)")
     return diff
 
 
@@ -315,4 +326,4 @@ def test_onnx_with_a_dynamic_batch_runs_any_batch(triple, tmp_path):
             ref = model(a, i, m)
         for g, r in zip(got, ref):
             assert g.shape == (len(masks), N_CLASSES)
-            assert float(np.abs(g - r.numpy()).max()) <= PARITY_ATOL * max(1.0, float(r.abs().max()))
+            assert float(np.abs(g - r.numpy()).max()) <= PARITY_ATOL  # small heads on MobileNetV3: unit scale
