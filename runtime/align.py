@@ -96,6 +96,7 @@ class Aligner:
         self._audio_wm: int | None = None  # end time of the latest audio sample seen
         self._audio_unordered = False  # an audio chunk arrived before one it precedes
         self._video_wm: int | None = None  # latest frame PTS seen
+        self._video_end: int | None = None  # latest frame PTS + its duration (stream time of the video)
         self._next_end: int | None = None
         self.counters = {"windows": 0, "skipped_windows": 0, "late_audio_chunks": 0, "late_frames": 0,
                          "pruned_audio_chunks": 0, "pruned_frames": 0}
@@ -108,7 +109,7 @@ class Aligner:
         elif item.kind == "audio":
             self.push_audio(item.pts_ns, item.samples, item.rate_hz)
         else:
-            self.push_frame(item.pts_ns, item.rgb)
+            self.push_frame(item.pts_ns, item.rgb, getattr(item, "duration_ns", 0))
 
     def push_audio(self, pts_ns: int, samples: np.ndarray, rate_hz: int) -> None:
         if int(rate_hz) != self.rate_hz:
@@ -127,7 +128,8 @@ class Aligner:
         self._audio.append((pts, end, samples))
         self._audio_wm = end if self._audio_wm is None else max(self._audio_wm, end)
 
-    def push_frame(self, pts_ns: int, rgb: np.ndarray) -> None:
+    def push_frame(self, pts_ns: int, rgb: np.ndarray, duration_ns: int = 0) -> None:
+        """A frame at `pts_ns`, on screen for `duration_ns` (0 = unknown): the stream time reaches its end."""
         pts = int(pts_ns) - self.cfg.video_offset_ns
         self._start_clock(pts)
         if self._next_end is not None and pts < self._next_end - self.window_ns - self.tolerance_ns:
@@ -135,6 +137,8 @@ class Aligner:
             return
         self._frames.append((pts, rgb))
         self._video_wm = pts if self._video_wm is None else max(self._video_wm, pts)
+        end = pts + max(0, int(duration_ns))
+        self._video_end = end if self._video_end is None else max(self._video_end, end)
 
     def end_stream(self, kind: str) -> None:
         """A sensor ended ("audio" / "video"): windows stop waiting for it (its later windows report it missing)."""
@@ -151,7 +155,7 @@ class Aligner:
     @property
     def now_ns(self) -> int | None:
         """Stream time: the latest data time seen from any sensor (after offsets)."""
-        wms = [w for w in (self._audio_wm, self._video_wm) if w is not None]
+        wms = [w for w in (self._audio_wm, self._video_end) if w is not None]
         return max(wms) if wms else None
 
     def _targets(self, start_ns: int) -> list[int]:

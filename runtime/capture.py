@@ -48,6 +48,7 @@ class ReadStatus(enum.Enum):
 class VideoFrame:
     pts_ns: int  # running time on the pipeline clock
     rgb: np.ndarray  # (H, W, 3) uint8
+    duration_ns: int = 0  # how long the frame is on screen (buffer duration; 0 when unknown)
 
     @property
     def kind(self) -> str:
@@ -354,7 +355,8 @@ class Capture:
             rgb = arr[: stride * h].reshape(h, w, 3)  # (H, W, 3) read-only view, no copy
         else:
             rgb = arr[: stride * h].reshape(h, stride)[:, : w * 3].reshape(h, w, 3).copy()  # (H, W, 3) unpadded
-        return VideoFrame(pts_ns, rgb)
+        dur = buf.duration
+        return VideoFrame(pts_ns, rgb, int(dur) if dur != Gst.CLOCK_TIME_NONE else 0)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def _pop_bus_error(self, timeout_ns: int) -> str | None:
