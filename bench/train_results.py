@@ -8,6 +8,7 @@ time of what that variant needs: audio only = phase I audio; image only = phase 
 models + computing the cache + its phase II.
 
     python bench/train_results.py [--datasets grid,birds] [--data ../shared/data] [--out runs/bench_train]
+                                  [--hdmf-run grid=runs/grid_run]   # reuse a finished HD-MF run's phase I
 
 Writes bench/results/train_results.json, prints one line per data set, and puts a Markdown table into README.md
 between <!-- train-results:start --> and <!-- train-results:end --> (creating a "## Results on real data" section
@@ -42,18 +43,24 @@ def _phase_minutes(metrics_csv: Path) -> dict[str, float]:
     return out
 
 
-def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str]) -> dict[str, Any]:
+def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], hdmf_run: Path | None = None) -> dict[str, Any]:
+    """Train (or, with `hdmf_run`, take the finished two_phase HD-MF run in that folder: its train_report.json,
+    metrics.csv and unimodal checkpoints) and train the concat head on the same phase I models."""
     from edgeav.schema import load_config
     from edgeav.train.loop import train
 
     recipe = REPO / RECIPES[name]
     t0 = time.monotonic()
-    hdmf = train(load_config(recipe, ["model.head=hdmf", *extra_sets]), data, out / "hdmf")
+    if hdmf_run is None:
+        hdmf_run = out / "hdmf"
+        hdmf = train(load_config(recipe, ["model.head=hdmf", *extra_sets]), data, hdmf_run)
+    else:
+        hdmf = json.loads((hdmf_run / "train_report.json").read_text())
     t1 = time.monotonic()
-    concat = train(load_config(recipe, ["model.head=concat", f"train.phase1_from={out / 'hdmf'}", *extra_sets]),
+    concat = train(load_config(recipe, ["model.head=concat", f"train.phase1_from={hdmf_run}", *extra_sets]),
                    data, out / "concat")
     t2 = time.monotonic()
-    m_h = _phase_minutes(out / "hdmf" / "metrics.csv")
+    m_h = _phase_minutes(hdmf_run / "metrics.csv")
     m_c = _phase_minutes(out / "concat" / "metrics.csv")
     phase1 = m_h.get("phase1_audio", 0.0) + m_h.get("phase1_image", 0.0)
     cache_h = hdmf.get("phase2_cache_seconds", 0.0) / 60
@@ -79,8 +86,10 @@ def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str]) -> dict
         "splits": hdmf["splits"],
         "variants": rows,
         "fusion_beats_best_single": {k: rows[k]["accuracy"] > best_single for k in ("concat", "hdmf")},
-        "wall_minutes": {"hdmf_run": round((t1 - t0) / 60, 2), "concat_run": round((t2 - t1) / 60, 2)},
-        "checkpoints": {"hdmf": str(out / "hdmf" / "best.pt"), "concat": str(out / "concat" / "best.pt")},
+        "wall_minutes": {"hdmf_run": round((t1 - t0) / 60, 2) if t1 - t0 > 1 else None,
+                         "concat_run": round((t2 - t1) / 60, 2)},
+        "hdmf_run": str(hdmf_run),
+        "checkpoints": {"hdmf": str(hdmf_run / "best.pt"), "concat": str(out / "concat" / "best.pt")},
     }
 
 
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "bench" / "results" / "train_results.json"))
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra config override for every run")
+    p.add_argument("--hdmf-run", action="append", default=[], metavar="DATASET=DIR",
+                   help="take this finished two_phase HD-MF run instead of training one (e.g. grid=runs/grid_run)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in a.datasets.split(",") if n.strip()]
@@ -137,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown data set(s) {unknown}; known: {', '.join(RECIPES)}\n")
         return 2
     results_path = Path(a.results)
+    given = dict(x.split("=", 1) for x in a.hdmf_run)
     for name in names:
-        r = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets)
+        r = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets,
+                        Path(given[name]) if name in given else None)
         print(f"{name}: " + ", ".join(f"{v} {100 * r['variants'][v]['accuracy']:.1f}% "
                                        f"(F1 {r['variants'][v]['macro_f1']:.3f}, {r['variants'][v]['minutes']:.1f} min)"
                                        for v in VARIANTS) + f" on {r['test_examples']} test examples", flush=True)
