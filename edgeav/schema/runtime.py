@@ -40,7 +40,11 @@ class SourceConfig(Section):
         "decoding on one core so inference has the others; 0 = the decoder's default (one per core), threads.",
     )
     appsink_max_buffers: int = Field(8, ge=1, le=1024, description="Buffers an appsink holds before it pushes back, buffers.")
-    queue_max_items: int = Field(256, ge=4, le=100_000, description="Python-side capture queue bound, items (drops counted).")
+    queue_max_items: int = Field(
+        64, ge=4, le=100_000,
+        description="Python-side capture queue bound (frames + audio buffers; about 4 s of a 5 fps camera and "
+        "100 ms audio buffers), items; a live source drops the oldest (counted), a replay waits.",
+    )
     audio_chunk_s: float = Field(0.1, gt=0.0, le=5.0, description="Audio buffer length requested from test/alsa/pulse sources, s.")
     rtsp_latency_ms: int = Field(200, ge=0, le=10_000, description="rtspsrc jitter buffer, ms.")
     rtsp_tcp: bool = Field(True, description="Force RTSP over TCP (interleaved), robust on lossy links.")
