@@ -109,7 +109,7 @@ def markdown(results: dict[str, Any]) -> str:
         beats = r["fusion_beats_best_single"]
         lines.append(f"- {ds}: `{r['recipe']}` ({r['arch']['audio_backbone']} + {r['arch']['image_backbone']}); "
                      f"fusion beats the best single modality: concat {'yes' if beats['concat'] else 'no'}, "
-                     f"HD-MF {'yes' if beats['hdmf'] else 'no'}.")
+                     f"HD-MF {'yes' if beats['hdmf'] else 'no'}." + (f" {r['note']}" if r.get("note") else ""))
     return "\n".join(lines)
 
 
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "bench" / "results" / "train_results.json"))
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra config override for every run")
+    p.add_argument("--note", action="append", default=[], metavar="DATASET=TEXT", help="a note printed under the table")
     p.add_argument("--hdmf-run", action="append", default=[], metavar="DATASET=DIR",
                    help="take this finished two_phase HD-MF run instead of training one (e.g. grid=runs/grid_run)")
     a = p.parse_args(argv)
@@ -157,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
                                        for v in VARIANTS) + f" on {r['test_examples']} test examples", flush=True)
         # merge into what is on disk now (another data set may have been written meanwhile), write, then the table
         results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        notes = dict(x.split("=", 1) for x in a.note)
+        if name in notes:
+            r["note"] = notes[name]
         results.setdefault("datasets", {})[name] = r
         results["date"] = time.strftime("%Y-%m-%d", time.gmtime())
         results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
