@@ -64,6 +64,7 @@ def test_joint_run_writes_checkpoints_metrics_tensorboard_and_report(syn, tmp_pa
     assert last["optimizer_state"]["optimizer"]["param_groups"][0]["name"] == "backbones"
 
 
+@pytest.mark.slow
 def test_differential_learning_rates_and_plateau_schedule(syn, tmp_path):
     cfg = load_config(None, tiny(tmp_path, "train.epochs=3", "train.plateau_patience=0", "train.lr_backbone=1e-4",
                                  "train.lr_fusion=1e-3"))
@@ -118,7 +119,7 @@ def _strip(rows: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]
 
 
-@pytest.mark.parametrize("mode,kill_after", [("joint", 3), ("two_phase", 4)])
+@pytest.mark.parametrize("mode,kill_after", [("joint", 3), pytest.param("two_phase", 4, marks=pytest.mark.slow)])
 def test_resume_after_kill_ends_with_the_same_weights_and_metrics(syn, tmp_path, mode, kill_after):
     """Train straight; train again, SIGKILL the process after `kill_after` epoch rows (two_phase: inside phase I
     image), resume with --resume; the final weights and metric rows are the same."""
