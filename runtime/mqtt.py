@@ -1,13 +1,18 @@
 """MQTT publishing from the durable outbox (optional extra `mqtt`: paho-mqtt).
 
 Every committed detection has a row in the log's `outbox` table, written in the same transaction as the
-detection. This publisher hands pending rows to paho (QoS 1 by default) only while connected, at most
+detection. This publisher hands pending rows to paho (QoS 2 by default) only while connected, at most
 `inflight_max` at a time, and marks a row sent only when the broker acknowledged it (PUBACK / PUBCOMP). So:
 nothing is lost while the broker is away (rows wait in SQLite, across daemon restarts too). A row handed to paho
 is never handed again by this process: if the connection drops before its acknowledgement, paho itself sends it
 again (with the DUP flag) after the reconnect - re-publishing it from the outbox as well would send it twice.
-Only rows left unacknowledged when the process ends go again at the next start; subscribers can deduplicate by
-the detection's stable `id` (in the payload), as with any at-least-once delivery.
+
+Nothing twice: with QoS 1 a message whose PUBACK was lost in the drop is delivered again when paho re-sends it.
+QoS 2 over MQTT 5 closes that: the daemon starts each process with a clean session and resumes it on every
+reconnect (clean start on the first connect only, `session_expiry_s`), so the broker still knows a message id it
+has already taken (PUBREC) and releases it once (PUBREL/PUBCOMP). Subscribers that must not see a message twice
+subscribe with QoS 2 too. Rows left unacknowledged when the process ends go again at the next start, so across
+a daemon restart delivery is at least once; the detection's stable `id` (in the payload) deduplicates those.
 
 Topics: `<prefix>/<unit>/detection` (JSON of the detection), `<prefix>/<unit>/heartbeat` (QoS 0: uptime,
 counts, sensor states), `<prefix>/<unit>/status` (retained `online` / `offline`, the latter as the last will).
@@ -63,8 +68,12 @@ class MqttPublisher:
             raise ConfigError("daemon.mqtt needs paho-mqtt: pip install 'edgeav[mqtt]' (or set daemon.mqtt.enabled=false)") from None
         cfg = self.cfg
         client_id = cfg.client_id or f"edgeav-{socket.gethostname()}"
-        client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             clean_session=True, protocol=mqtt.MQTTv311)
+        if cfg.protocol == "5":  # session: clean at the first connect, resumed on reconnects (connect_async below)
+            client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                 clean_session=True, protocol=mqtt.MQTTv311)
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:
@@ -98,8 +107,17 @@ class MqttPublisher:
 
         self._client = self._make_client()
         self._con = connect(self.db_path)  # own connection: this thread marks rows sent
+        kwargs: dict[str, Any] = {}
+        if self.cfg.protocol == "5":
+            import paho.mqtt.client as mqtt
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.cfg.session_expiry_s
+            kwargs = {"clean_start": mqtt.MQTT_CLEAN_START_FIRST_ONLY, "properties": props}
         try:
-            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
         except (OSError, ValueError) as e:
             raise ConfigError(f"daemon.mqtt: cannot connect to {self.cfg.host}:{self.cfg.port}: {e}") from None
         self._client.loop_start()

@@ -187,7 +187,8 @@ def test_full_disk_stops_evidence_never_detections(media, tmp_path: Path) -> Non
             pytest.skip("could not mount a small tmpfs here")
         u = shutil.disk_usage(fs)
         (fs / "ballast").write_bytes(b"\0" * int(u.total * 0.88 - (u.total - u.free)))  # 12 % free: below the floor
-        tree = daemon_tree(fs, media["bundle"], media["av"].as_uri(), realtime=False, sensors="combined")
+        tree = daemon_tree(fs, media["bundle"], media["av"].as_uri(), realtime=False, sensors="combined",
+                           evidence={"min_free_percent": 20.0})  # the default floor
         cfg = write_config(tmp_path / "d.yaml", tree)
         r = subprocess.run([*EDGEAV, "-q", "run", "--config", str(cfg), "--json"], capture_output=True, text=True,
                            env=env(), timeout=120)
@@ -214,17 +215,23 @@ def test_silent_camera_is_restarted_while_audio_goes_on(media, tmp_path: Path) -
                        supervisor={"backoff_initial_s": 0.3, "backoff_max_s": 1.0, "restart_budget": 100})
     src = tree["runtime"]["source"]
     src.update({"audio_uri": media["audio"].as_uri(), "streams": ["video", "audio"], "stall_timeout_s": 1.0,
-                "start_timeout_s": 2.0})
+                "start_timeout_s": 5.0})
     cfg = write_config(tmp_path / "d.yaml", tree)
     data = media["video"].read_bytes()
     silent, done = threading.Event(), threading.Event()
 
     def camera() -> None:
-        with open(fifo, "wb") as f:  # blocks until the daemon opens the pipe
-            f.write(data[: len(data) // 10])  # ~3 s of video, then nothing: the camera hangs
-            f.flush()
-            silent.set()
-            done.wait(30)  # holds the pipe open, sending nothing
+        deadline = time.monotonic() + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            try:
+                with open(fifo, "wb") as f:  # blocks until the daemon opens the pipe
+                    f.write(data[: len(data) // 10])  # ~3 s of video, then nothing: the camera hangs
+                    f.flush()
+                    silent.set()
+                    done.wait(30)  # holds the pipe open, sending nothing
+                    return
+            except BrokenPipeError:  # a slow start (a loaded machine) was given up and the camera restarted:
+                continue  # feed the new reader
 
     writer = threading.Thread(target=camera, daemon=True)
     writer.start()
@@ -249,13 +256,15 @@ def test_silent_camera_is_restarted_while_audio_goes_on(media, tmp_path: Path) -
     assert p.returncode == 0 and stop_s < 5.0
     summary = json.loads(out)
     restarts = [r for r in json_logs(err_path) if r.get("event") == "sensor_restart"]
-    assert restarts and restarts[0]["sensor"] == "camera" and restarts[0]["reason"] == "no data for 1 s"
+    assert restarts and all(r["sensor"] == "camera" for r in restarts)
+    stalls = [r for r in restarts if r["reason"] == "no data for 1 s"]
+    assert stalls  # the hung camera was declared silent and restarted
     # the hung pipe blocks the pipeline's own shutdown: the worker leaves it behind instead of hanging with it
     assert any(r.get("event") == "pipeline_abandoned" for r in json_logs(err_path))
     assert "microphone" not in summary["restarts"]
     from edgeav.runtime.store import parse_iso_utc
 
-    t_down = parse_iso_utc(restarts[0]["ts"])  # the camera was declared silent (1 s after its last frame)
+    t_down = parse_iso_utc(stalls[0]["ts"])  # the camera was declared silent (1 s after its last frame)
     con = sqlite3.connect(tmp_path / "det.db")
     late = [r[0] for r in con.execute("SELECT modalities FROM detections WHERE utc_ns > ?", (t_down + 10**9,))]
     early = [r[0] for r in con.execute("SELECT modalities FROM detections WHERE utc_ns < ?", (t_down - 2 * 10**9,))]

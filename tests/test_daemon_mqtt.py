@@ -76,7 +76,8 @@ class Broker:
 
 
 class Subscriber:
-    """A persistent-session QoS 1 subscriber that records every message it gets."""
+    """A persistent-session QoS 2 subscriber (what a consumer that must not see a message twice uses) that records
+    every message it gets."""
 
     def __init__(self, port: int, topic: str, tls: dict | None = None, auth: tuple[str, str] | None = None) -> None:
         self.msgs: list[tuple[str, bytes]] = []
@@ -87,7 +88,7 @@ class Subscriber:
             self.c.tls_set(**tls)
         if auth:
             self.c.username_pw_set(*auth)
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=2)
         self.c.on_message = self._on_message
         self.c.reconnect_delay_set(1, 1)
         self.c.connect("127.0.0.1" if not tls else "localhost", port, keepalive=5)

@@ -83,7 +83,16 @@ class MqttConfig(Section):
     client_id: str | None = Field(None, description="MQTT client id; None = edgeav-<hostname>.")
     topic_prefix: str = Field("edgeav", description="Topics: <prefix>/<unit>/detection and <prefix>/<unit>/heartbeat.")
     unit_name: str | None = Field(None, description="Unit name in the topics; None = the host name.")
-    qos: Literal[0, 1, 2] = Field(1, description="QoS of detection messages (1 or 2 for at-least/exactly-once delivery).")
+    qos: Literal[0, 1, 2] = Field(
+        2, description="QoS of detection messages: 2 = exactly once to the broker (a message in flight when the link "
+        "drops is not delivered twice), 1 = at least once (it may be), 0 = at most once.")
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5", description="MQTT protocol version. 5: a fresh session at each daemon start, resumed across reconnects "
+        "(what makes QoS 2 exactly-once through a broker outage); 3.1.1 for brokers without v5 (clean session at "
+        "every connect: a message in flight at a drop may then arrive twice).")
+    session_expiry_s: int = Field(
+        3600, ge=0, le=86_400 * 7, description="MQTT 5: how long the broker keeps the daemon's session (in-flight "
+        "QoS 2 state) while the link is down, s.")
     keepalive_s: int = Field(30, ge=5, le=3600, description="MQTT keep-alive, s.")
     heartbeat_interval_s: float = Field(30.0, gt=0.0, le=86_400.0, description="Heartbeat period, s.")
     username: str | None = Field(None, description="User name; None = anonymous.")
