@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeav.atomic import atomic_write_bytes
 from edgeav.contract import InputContract
 from edgeav.errors import BundleError, DeviceError, ExportError, ModelError
 from edgeav.manifest import sha256_file
@@ -102,20 +102,6 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edgeav" / "engines"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def rebuild_command(onnx_path: str | Path | None, precision: str, profile: str | None = None,
                     dla_core: int | None = None) -> str:
     """The command that builds the engine for this machine (run it on the device itself)."""
@@ -153,11 +139,11 @@ class EngineCache:
         if not engine_bytes:
             raise DeviceError("refusing to cache an empty engine")
         p = self.path_for(key)
-        _atomic_write(p, engine_bytes)
+        atomic_write_bytes(p, engine_bytes)
         side = {"key": key.to_dict(), "bytes": len(engine_bytes),
                 "sha256": hashlib.sha256(engine_bytes).hexdigest(), "built_unix_ns": time.time_ns(),
                 "build": dict(build_info or {})}
-        _atomic_write(sidecar_path(p), json.dumps(side, indent=2, sort_keys=True).encode())
+        atomic_write_bytes(sidecar_path(p), json.dumps(side, indent=2, sort_keys=True).encode())
         log.info("engine cached: %s (%d bytes)", p, len(engine_bytes))
         return p
 
@@ -496,7 +482,7 @@ def build_engine(onnx_path: str | Path, profile: Any, precision: str, *, dla_cor
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT could not build an engine from {onnx_path.name} (see the TensorRT log above)")
-    _atomic_write(timing_path, bytes(memoryview(timing.serialize())))
+    atomic_write_bytes(timing_path, bytes(memoryview(timing.serialize())))
     path = cache.store(key, bytes(memoryview(serialized)),
                        {"onnx": str(onnx_path), "profile": profile.name, "workspace_mib": profile.workspace_mib,
                         "strongly_typed": True, "timing_cache": timing_path.name})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -103,7 +104,12 @@ def test_cli_help_works_without_torch() -> None:
 def test_wheel_installs_one_namespace(tmp_path: Path) -> None:
     """Build the wheel, install it into a fresh venv, import every subpackage from there."""
     dist = tmp_path / "dist"
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(REPO)],
+    # from a copy of the sources: setuptools builds in the source tree (build/, *.egg-info), and tests write only
+    # under their temporary folder; a stale build/ there could also slip removed modules into the wheel
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "runs", ".cache",
+                                                             "*.egg-info", "__pycache__", ".pytest_cache", ".whl"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(dist.glob("edgeav-*.whl"))

@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from edgeav.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +27,6 @@ _CHUNK_BYTES = 1 << 20
 
 def default_cache_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".cache" / "edgeav"
-
-
-def _atomic_write_bytes(dest: Path, write: Callable[[Any], None]) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class DecodeCache:
@@ -81,7 +67,7 @@ class DecodeCache:
         digest = h.hexdigest()
         self._hashes[fast] = digest
         if index is not None:
-            _atomic_write_bytes(index, lambda f: f.write(digest.encode("ascii")))
+            atomic_write(index, lambda f: f.write(digest.encode("ascii")), durable=False)
         return digest
 
     def key(self, namespace: str, path: str | Path, params: dict[str, Any]) -> str:
@@ -115,5 +101,5 @@ class DecodeCache:
                 log.warning("cache entry %s is unreadable (%s); decoding %s again", dest, e, path)
         self.misses += 1
         arr = np.ascontiguousarray(compute())
-        _atomic_write_bytes(dest, lambda f: np.save(f, arr, allow_pickle=False))
+        atomic_write(dest, lambda f: np.save(f, arr, allow_pickle=False), durable=False)
         return arr

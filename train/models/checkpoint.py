@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,6 +30,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from edgeav.atomic import atomic_write
 from edgeav.contract import InputContract
 from edgeav.errors import ModelError, UnknownNameError
 from edgeav.manifest import ArtifactManifest
@@ -121,17 +120,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, labels: Sequence[str], a
         "extra": extra_d,
         "manifest": manifest.to_json(),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
     log.info("checkpoint written: %s", path)
     return path
 
