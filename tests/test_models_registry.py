@@ -327,3 +327,23 @@ def test_onnx_with_a_dynamic_batch_runs_any_batch(triple, tmp_path):
         for g, r in zip(got, ref):
             assert g.shape == (len(masks), N_CLASSES)
             assert float(np.abs(g - r.numpy()).max()) <= PARITY_ATOL  # small heads on MobileNetV3: unit scale
+
+
+def test_concat_head_is_not_drowned_by_the_larger_embedding():
+    """Branches trained apart (two-phase) differ in scale by orders of magnitude (GRID: |z_i| ~157, |z_a| ~0.2): the
+    concat head's per-modality LayerNorms make its output independent of each embedding's scale, so the audio
+    embedding still moves the output however large the image one is."""
+    from edgeav.train.models.heads import Branches, create_head
+
+    torch.manual_seed(0)
+    head = create_head("concat", audio_dim=16, image_dim=24, num_classes=4).eval()
+    za, zi = torch.randn(3, 16), torch.randn(3, 24)
+    empty, mask = torch.zeros(3, 0), torch.ones(3, 2)
+
+    def out(a: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return head(Branches(a[:, :, None, None], i[:, :, None, None], a, i, empty, empty, mask))
+
+    ref = out(za, zi)
+    assert torch.allclose(out(za * 0.1, zi * 1000.0), ref, atol=1e-3)  # scale of either branch: no effect
+    assert not torch.allclose(out(torch.randn(3, 16), zi * 1000.0), ref, atol=1e-2)  # the audio content: an effect

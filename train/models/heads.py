@@ -65,13 +65,17 @@ def _classifier(dim: int, num_classes: int, dropout: float) -> nn.Sequential:
 class ConcatHead(nn.Module):
     """Concatenation baseline; the joint-modeling scenes paper's classifier (concat + MLP 512-128-64-C):
 
-        z = [z_a ; z_i]                                     (B, Da + Di)
+        z = [LN_a(z_a) ; LN_i(z_i)]                         (B, Da + Di)
         y = W_4 relu(W_3 relu(W_2 relu(W_1 z)))             (B, Da + Di) -> 512 -> 128 -> 64 -> (B, C)
-    with dropout before each hidden layer."""
+    with dropout before each hidden layer. The per-modality LayerNorms put both embeddings on one scale: branches
+    trained apart (two-phase) differ by orders of magnitude (measured on GRID: mean |z_i| 157 for a MobileNetV3
+    trained from scratch vs |z_a| 0.2 for the audio CNN), and without them the larger one drowns the other."""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, hidden: tuple[int, ...] = (512, 128, 64),
                  dropout: float = 0.2) -> None:
         super().__init__()
+        self.norm_audio = nn.LayerNorm(audio_dim)
+        self.norm_image = nn.LayerNorm(image_dim)
         layers: list[nn.Module] = []
         d = audio_dim + image_dim
         for h in hidden:
@@ -81,7 +85,7 @@ class ConcatHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def forward(self, b: Branches) -> torch.Tensor:
-        z = torch.cat([b.audio_emb, b.image_emb], dim=1)  # (B, Da + Di)
+        z = torch.cat([self.norm_audio(b.audio_emb), self.norm_image(b.image_emb)], dim=1)  # (B, Da + Di)
         return self.mlp(z)  # (B, C)
 
 
