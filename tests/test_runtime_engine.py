@@ -206,18 +206,34 @@ def test_real_stream_plumbing_with_random_model(shared_data, tmp_path):
     assert [r.n_windows for r in rep.segments] == [3] + [6] * 38 + [4]
 
 
-@pytest.mark.slow
 @pytest.mark.data
-def test_real_stream_segment_accuracy_with_the_int8_bundle(shared_data):
-    """The issue's acceptance figure, where the trained bundle exists (runs/ is not committed: CI skips this;
-    `python bench/runtime_replay.py` gives the same figure with timings)."""
+@pytest.mark.timeout(45 * 60)
+def test_real_stream_segment_accuracy_with_the_int8_bundle(shared_data, tmp_path):
+    """The issue's acceptance figure, from scratch: train the default model on GRID (`train/grid.yaml`), export INT8
+    for the cpu profile through the gate, replay the 120 s stream through GStreamer, >= 90 % segment accuracy.
+    EDGEAV_GRID_BUNDLE names an existing bundle instead (then it takes seconds; `python bench/runtime_replay.py`
+    gives the same figure with timings)."""
+    import os
+    import subprocess
+    import sys
+
     from edgeav.runtime.backends import backend_from_config
     from edgeav.runtime.bundle import verify_bundle
 
-    bundle = Path(__file__).resolve().parent.parent / "runs" / "grid_bundle_int8"
-    if not (bundle / "manifest.json").is_file():
-        pytest.skip(f"{bundle} not found: train (train/grid.yaml) and export --int8 first")
+    grid = shared_data / "grid"
+    given = os.environ.get("EDGEAV_GRID_BUNDLE")
+    if given:
+        bundle = Path(given)
+    else:  # 105 s on a quiet 2-core machine (train, export, replay); training is capped at 28 minutes
+        edgeav = [sys.executable, "-m", "edgeav", "-q"]
+        subprocess.run([*edgeav, "train", "--config", str(Path(__file__).resolve().parent.parent / "train" / "grid.yaml"),
+                        "--data", str(grid), "--out", str(tmp_path / "run"), "--set", f"data.cache_dir={tmp_path / 'cache'}"],
+                       check=True, timeout=40 * 60)
+        bundle = tmp_path / "bundle"
+        subprocess.run([*edgeav, "export", str(tmp_path / "run" / "best.pt"), "--out", str(bundle), "--int8",
+                        "--calib-data", str(grid), "--device", "cpu"], check=True, timeout=20 * 60)
     info = verify_bundle(bundle)
+    assert info.manifest.metrics["int8"]["accuracy"] >= info.manifest.metrics["fp32"]["accuracy"] - 1.0  # the gate, points
     stream = shared_data / "streams" / "grid_stream_120s.mp4"
     cfg = RuntimeConfig.model_validate({"backend": {"intra_op_threads": 1}})
     backend = backend_from_config(cfg.backend, info.model("model_int8"), info.manifest.contract)
