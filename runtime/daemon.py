@@ -141,7 +141,9 @@ class Daemon:
         fresh = (age is not None and age <= max_age) or (age is None and now - self.started_monotonic <= max_age)
         ok = fresh and self.fatal is None and not self.stop_event.is_set()
         detail = {
-            "status": "ok" if ok else "unhealthy", "uptime_s": round(now - self.started_monotonic, 1),
+            # a heartbeat or probe during shutdown says so, instead of reading as a failure
+            "status": "ok" if ok else ("stopping" if self.stop_event.is_set() and self.fatal is None else "unhealthy"),
+            "uptime_s": round(now - self.started_monotonic, 1),
             "last_window_age_s": None if age is None else round(age, 2), "windows": self.windows,
             "detections": self.detections, "committed": self.committed, "sensors": sensors,
             "evidence_paused": bool(self.evidence is not None and self.evidence.disk_low),
