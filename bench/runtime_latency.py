@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                          postprocess={"threshold": 0.0, "smoothing": "none", "confirm_hits": 1, "min_gap_s": 0.0})
     backend = backend_from_config(cfg.backend, model.path, model.contract)
     window_ms = model.contract.audio.window_s * 1000
-    lat, after, infer_ms = [], [], []
+    lat, after = [], []
     load_before = machine()["loadavg_1_5_15"]
     n = 0
     gen = run_stream(cfg.source, backend, model.contract, model.labels, cfg, model_sha256=model.sha256)

@@ -15,7 +15,7 @@ import sys
 from typing import Callable
 
 from edgeav import __version__
-from edgeav.errors import ConfigError, EdgeAVError
+from edgeav.errors import EdgeAVError
 from edgeav.log import setup_logging
 from edgeav.result import CommandResult
 

@@ -21,10 +21,7 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from edgeav.errors import ConfigError, SensorError, StorageError
 from edgeav.result import CommandResult

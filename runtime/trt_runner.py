@@ -188,7 +188,7 @@ def check_engine(engine_path: str | Path, trt_version: str, gpu: GpuInfo, *, onn
         problems.append(f"compute capability {key.compute_capability}, this GPU is {gpu.compute_capability}")
     if problems:
         raise DeviceError(f"{Path(engine_path).name} was built for " + "; ".join(problems)
-                          + f": engines are not portable; rebuild it here: "
+                          + ": engines are not portable; rebuild it here: "
                           + rebuild_command(onnx_path, key.precision, profile, key.dla_core))
     return key
 

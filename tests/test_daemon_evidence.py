@@ -5,17 +5,15 @@ full disk that stops evidence but never detections."""
 from __future__ import annotations
 
 import io
-import os
 import wave
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from _daemon_fixtures import small_fs
 
-from edgeav.runtime.evidence import EvidenceStore, WindowContext, disk_free_ratio, stitch_audio, write_wav
+from edgeav.runtime.evidence import EvidenceStore, WindowContext, stitch_audio, write_wav
 from edgeav.runtime.postprocess import Detection
 from edgeav.runtime.store import DetectionStore, query_detections
 from edgeav.schema.daemon import EvidenceConfig

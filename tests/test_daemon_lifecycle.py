@@ -5,13 +5,11 @@ before it; a bad config or bundle is one line and exit 2."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request

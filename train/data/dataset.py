@@ -41,7 +41,7 @@ import numpy as np
 from edgeav.errors import ConfigError, DataError, MediaError
 from edgeav.registry import Registry
 from edgeav.schema.data import DataConfig
-from edgeav.timebase import NS_PER_S, ns_to_s, s_to_ns, samples_for_ns
+from edgeav.timebase import ns_to_s, s_to_ns, samples_for_ns
 from edgeav.train.data import media
 from edgeav.train.data.cache import DecodeCache
 from edgeav.train.data.records import SPLITS, AudioRef, ImageRef, Sample, Skipped, VideoRef
