@@ -199,6 +199,11 @@ class Capture:
             present = probe_streams(self.cfg.uri, timeout_s=self.cfg.start_timeout_s)
             if self.cfg.streams is None:
                 streams = present  # what the file has; a missing one becomes missing-modality windows
+                missing = [s for s in ("video", "audio") if s not in present]
+                if missing:  # the model runs on one sense: said once, loudly, not as a quiet fallback
+                    log.warning("%s has no %s stream: every window goes to the model with the %s marked missing "
+                                "(modality mask)", mask_credentials(self.cfg.uri), missing[0],
+                                "image" if missing[0] == "video" else "audio")
             else:
                 absent = [s for s in self.cfg.streams if s not in present]
                 if absent:

@@ -94,12 +94,15 @@ def test_file_replay_detects_the_loud_bright_half(tmp_path, tiny, container):
     assert rep.accuracy == 1.0 and [r.n_windows for r in rep.segments] == [3, 4]
 
 
-def test_missing_audio_track_masks_audio_or_errors_as_configured(tmp_path, tiny):
+def test_missing_audio_track_masks_audio_or_errors_as_configured(tmp_path, tiny, caplog):
     if missing_elements("mp4"):
         pytest.skip(f"GStreamer lacks {missing_elements('mp4')}")
     model, contract = tiny
     path = write_av(tmp_path / "video_only.mp4", audio=False)
-    results = list(run_stream(path.as_uri(), model, contract, LABELS, _cfg()))
+    with caplog.at_level("WARNING", logger="edgeav.runtime.capture"):
+        results = list(run_stream(path.as_uri(), model, contract, LABELS, _cfg()))
+    said = [r.getMessage() for r in caplog.records if "no audio stream" in r.getMessage()]
+    assert len(said) == 1 and "audio marked missing" in said[0]  # no quiet fallback: said once, loudly
     assert len(results) == 7  # video only: the stream time ends with the last frame (3.9 s + 0.1 s on screen)
     assert all(r.window.missing == {"audio": "source has no audio stream"} for r in results)
     assert all(r.window.mask().tolist() == [0.0, 1.0] and r.scores.audio is None for r in results)
