@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, end to end on the embedded default, from a fresh machine:
 #   set up -> inspect the real data -> train the default edge model on GRID -> export INT8 through the gate
-#   -> run the daemon over the recorded stream -> show what it logged and the segment accuracy.
+#   -> replay the recorded stream, scored against its segment labels -> run the field daemon over it (detection log
+#   + evidence clips) -> show what it logged.
 # Everything it writes goes under $OUT (default runs/quickstart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,29 @@ rm -f "$OUT/detections.db"
 $EDGEAV run --bundle "$OUT/bundle" --source "file://$(realpath "$STREAM")" --ground-truth "$TRUTH" \
   --db "$OUT/detections.db"
 
-step "6. what it logged"
-$EDGEAV detections --db "$OUT/detections.db" --limit 20
+step "6. the field daemon (edgeav run --config) over the same stream: detection log + evidence clips"
+rm -rf "$OUT/daemon"
+mkdir -p "$OUT/daemon"
+D="$(realpath "$OUT/daemon")"
+cat > "$D/daemon.yaml" <<EOF
+# written by scripts/quickstart.sh; runtime/daemon.example.yaml is the template for a field unit
+runtime:
+  source:
+    uri: file://$(realpath "$STREAM")
+daemon:
+  bundle: $(realpath "$OUT/bundle")
+  sensors: combined   # one file holds both; on a unit, camera and microphone run apart (split)
+  realtime: false     # as fast as it decodes; a camera and a microphone set the pace themselves
+  store:
+    db_path: $D/detections.db
+  evidence:
+    dir: $D/evidence
+  metrics:
+    enabled: false
+EOF
+$EDGEAV run --config "$D/daemon.yaml"
+
+step "7. what the daemon logged (evidence: the WAV + JPEG of each detection)"
+$EDGEAV detections --db "$D/detections.db" --limit 20
 
 echo; echo "[quickstart] done in $(( $(date +%s) - T0 )) s after set-up: see $OUT"

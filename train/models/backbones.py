@@ -295,7 +295,11 @@ def _require_transformers(name: str) -> Any:
 
 
 class Wav2Vec2Backbone(Backbone):
-    """wav2vec 2.0 base on the raw waveform; tokens every 20 ms. Map: (B, 768, 1, tokens)."""
+    """wav2vec 2.0 base on the raw waveform; tokens every 20 ms. Map: (B, 768, 1, tokens).
+
+    LayerDrop is off (the library's config skips each transformer layer with p=0.1 in training): a skipped layer's
+    parameters get no gradient in that step, which DDP refuses (every parameter must be in the graph) and which
+    makes steps of one run differ in depth. Dropout and the feature-level masking stay as configured."""
 
     modality = "audio"
     input_kind = "waveform"
@@ -306,9 +310,9 @@ class Wav2Vec2Backbone(Backbone):
         tf = _require_transformers("wav2vec2_base")
         _check_weights_args("wav2vec2_base", pretrained, weights_path)
         if pretrained:
-            self.encoder = tf.Wav2Vec2Model.from_pretrained(hub_id)
+            self.encoder = tf.Wav2Vec2Model.from_pretrained(hub_id, layerdrop=0.0)
         else:
-            self.encoder = tf.Wav2Vec2Model(tf.Wav2Vec2Config())
+            self.encoder = tf.Wav2Vec2Model(tf.Wav2Vec2Config(layerdrop=0.0))
         if weights_path is not None:
             _load_state_dict(self.encoder, weights_path, "backbone 'wav2vec2_base'")
         self.embed_dim = int(self.encoder.config.hidden_size)
