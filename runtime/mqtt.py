@@ -68,12 +68,10 @@ class MqttPublisher:
             raise ConfigError("daemon.mqtt needs paho-mqtt: pip install 'edgeav[mqtt]' (or set daemon.mqtt.enabled=false)") from None
         cfg = self.cfg
         client_id = cfg.client_id or f"edgeav-{socket.gethostname()}"
-        if cfg.protocol == "5":  # session: clean at the first connect, resumed on reconnects (connect_async below)
-            client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                 protocol=mqtt.MQTTv5)
-        else:
-            client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                 clean_session=True, protocol=mqtt.MQTTv311)
+        # MQTT 5: the session is clean at the first connect and resumed on reconnects (connect_async in start())
+        proto: dict[str, Any] = ({"protocol": mqtt.MQTTv5} if cfg.protocol == "5"
+                                 else {"protocol": mqtt.MQTTv311, "clean_session": True})
+        client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **proto)
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:

@@ -184,6 +184,10 @@ def test_broker_outage_nothing_lost_nothing_twice(bundle: Path, tmp_path: Path, 
         logs = [json.loads(ln) for ln in err_path.read_text().splitlines() if ln.startswith("{")]
         assert any(r.get("event") == "mqtt_disconnected" for r in logs)
         assert sum(1 for r in logs if r.get("event") == "mqtt_connected") >= 2
+        broker.stop()  # (flushes its log) MQTT 5: a clean session at the start, the same one resumed after the outage
+        connects = [ln for ln in (tmp_path / "broker" / "broker.log").read_text().splitlines()
+                    if "New client connected" in ln and "edgeav-test-daemon" in ln]
+        assert "(p5, c1," in connects[0] and all("(p5, c0," in ln for ln in connects[1:]) and len(connects) >= 2
         print(f"broker outage {outage_s:g} s: {len(ids)} detections ({in_outage} during the outage), "
               f"{len(got)} arrived, 0 lost, 0 twice")
     finally:
@@ -251,6 +255,35 @@ def test_tls_and_credentials(bundle: Path, tmp_path: Path) -> None:
         assert wait_for(lambda: set(sub.detection_ids()) >= sent, 10) and refused <= sent
         assert max(collections.Counter(sub.detection_ids()).values()) == 1
         assert "s3cret" not in (tmp_path / "good.yaml").read_text()  # the secret lives in its own file
+    finally:
+        sub.close()
+        broker.stop()
+
+
+def test_mqtt_3_1_1_for_brokers_without_v5(bundle: Path, tmp_path: Path) -> None:
+    """`protocol: "3.1.1"`: detections still reach the broker, each acknowledged row once (QoS 2, no outage)."""
+    port = free_port()
+    broker = Broker(tmp_path / "broker", port).start()
+    sub = Subscriber(port, "edgeav/unit1/#")
+    cfg = write_config(tmp_path / "d.yaml", mqtt_tree(tmp_path, bundle, port, protocol="3.1.1"))
+    try:
+        p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env(), text=True)
+        try:
+            assert wait_for(lambda: len(sub.detection_ids()) >= 5, 40)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            out, err = p.communicate(timeout=15)
+        assert p.returncode == 0, err[-2000:]
+        assert json.loads(out)["mqtt_sent"] > 0
+        con = sqlite3.connect(tmp_path / "det.db")
+        sent = {r[0] for r in con.execute("SELECT detection_id FROM outbox WHERE sent_ns IS NOT NULL")}
+        con.close()
+        assert wait_for(lambda: set(sub.detection_ids()) >= sent, 10)
+        assert max(collections.Counter(sub.detection_ids()).values()) == 1
+        broker.stop()
+        log = (tmp_path / "broker" / "broker.log").read_text()
+        assert "as edgeav-test-daemon (p2, c1," in log  # protocol 3.1.1 (level 4), clean session
     finally:
         sub.close()
         broker.stop()
