@@ -195,8 +195,12 @@ def test_allowed_archs_are_exactly_what_parse_arch_accepts():
                                        ("head", "attention_soup")])
 def test_unknown_names_are_refused_with_the_valid_ones(key, value):
     arch = {"audio_backbone": "audio_cnn", "image_backbone": "mobilenetv3_small", "head": "hdmf", key: value}
-    with pytest.raises(UnknownNameError, match=f"unknown .*{value}.*this edgeav knows: .*"):
+    with pytest.raises(UnknownNameError, match=f"unknown .*{value}.*this edgeav knows: .*") as e:
         build_model(arch, 3)
+    offered = str(e.value).split("this edgeav knows: ")[1].split(", ")
+    fits = {"audio_backbone": ("audio_cnn", "mobilenetv3_small"), "image_backbone": ("mobilenetv3_small", "audio_cnn"),
+            "head": ("hdmf", "audio_cnn")}[key]
+    assert fits[0] in offered and fits[1] not in offered  # only names that fit this key
     registry = HEADS if key == "head" else BACKBONES
     with pytest.raises(UnknownNameError, match="valid names: ") as e:
         registry.create(value)

@@ -74,11 +74,16 @@ def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
     except ValidationError as e:
         first = e.errors()[0]
         raise ModelError(f"bad architecture keys: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    def known(kind: str) -> list[str]:  # the names that fit this key, not every registry entry
+        if kind == "fusion head":
+            return HEADS.names()
+        return [n for n in BACKBONES.names() if BACKBONES.meta(n)["modality"] == kind.split()[0]]
+
     for kind, reg, value in (("audio backbone", BACKBONES, spec.audio_backbone),
                              ("image backbone", BACKBONES, spec.image_backbone), ("fusion head", HEADS, spec.head)):
         if value is not None and value not in reg:
             raise UnknownNameError(f"unknown {kind} {value!r} in the architecture keys; this edgeav knows: "
-                                   f"{', '.join(reg.names())}")
+                                   f"{', '.join(known(kind))}")
     shared = bool(HEADS.meta(spec.head).get("shared_encoder"))
     if shared and spec.audio_backbone is not None:
         raise ModelError(f"head {spec.head!r} runs one shared encoder (image_backbone={spec.image_backbone!r}) over "
