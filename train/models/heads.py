@@ -68,8 +68,9 @@ class ConcatHead(nn.Module):
         z = [LN_a(z_a) ; LN_i(z_i)]                         (B, Da + Di)
         y = W_4 relu(W_3 relu(W_2 relu(W_1 z)))             (B, Da + Di) -> 512 -> 128 -> 64 -> (B, C)
     with dropout before each hidden layer. The per-modality LayerNorms put both embeddings on one scale: branches
-    trained apart (two-phase) differ by orders of magnitude (measured on GRID: mean |z_i| 157 for a MobileNetV3
-    trained from scratch vs |z_a| 0.2 for the audio CNN), and without them the larger one drowns the other."""
+    trained apart (two-phase) differ in scale by far (measured on 12 GRID test clips: mean |z_i| 26 for a
+    MobileNetV3 trained from scratch vs |z_a| 0.36 for the audio CNN, ~70x), and without them the larger one drowns
+    the other."""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, hidden: tuple[int, ...] = (512, 128, 64),
                  dropout: float = 0.2) -> None:
