@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Union
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -104,6 +104,14 @@ def _gst():
         Gst.init(None)
     _GST = Gst
     return Gst
+
+
+def warn_missing_modality(uri: str, streams: Sequence[str]) -> None:
+    """The model takes both senses: when the source gives only one, say so once, loudly (not a quiet fallback)."""
+    missing = [s for s in ("video", "audio") if s not in streams]
+    if len(missing) == 1:
+        log.warning("%s has no %s stream: every window goes to the model with the %s marked missing (modality mask)",
+                    mask_credentials(uri), missing[0], "image" if missing[0] == "video" else "audio")
 
 
 def probe_streams(uri: str, timeout_s: float = 10.0) -> tuple[Stream, ...]:
@@ -199,11 +207,7 @@ class Capture:
             present = probe_streams(self.cfg.uri, timeout_s=self.cfg.start_timeout_s)
             if self.cfg.streams is None:
                 streams = present  # what the file has; a missing one becomes missing-modality windows
-                missing = [s for s in ("video", "audio") if s not in present]
-                if missing:  # the model runs on one sense: said once, loudly, not as a quiet fallback
-                    log.warning("%s has no %s stream: every window goes to the model with the %s marked missing "
-                                "(modality mask)", mask_credentials(self.cfg.uri), missing[0],
-                                "image" if missing[0] == "video" else "audio")
+                warn_missing_modality(self.cfg.uri, present)
             else:
                 absent = [s for s in self.cfg.streams if s not in present]
                 if absent:
@@ -439,4 +443,5 @@ class Capture:
         }
 
 
-__all__ = ["Capture", "ReadStatus", "VideoFrame", "AudioChunk", "StreamEnd", "CaptureItem", "probe_streams", "s_to_ns"]
+__all__ = ["Capture", "ReadStatus", "VideoFrame", "AudioChunk", "StreamEnd", "CaptureItem", "probe_streams",
+           "warn_missing_modality", "s_to_ns"]

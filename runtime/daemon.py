@@ -110,13 +110,15 @@ class Daemon:
         if self.src_cfg.streams is not None:
             return tuple(self.src_cfg.streams)
         if self.src.scheme == "file":
-            from edgeav.runtime.capture import probe_streams
+            from edgeav.runtime.capture import probe_streams, warn_missing_modality
 
             have = probe_streams(self.src_cfg.uri)
         else:
             have = self.src.default_streams
         if self.audio_src is not None and "audio" not in have:
             have = tuple(have) + ("audio",)
+        if self.src.scheme == "file":
+            warn_missing_modality(self.src_cfg.uri, have)  # after audio_uri: a camera file needs no sound track
         return tuple(s for s in ("video", "audio") if s in have)
 
     def _utc_for(self, pts_ns: int) -> int | None:

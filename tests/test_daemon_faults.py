@@ -153,8 +153,21 @@ def test_video_source_removed_mid_run_audio_continues(media, tmp_path: Path) -> 
     assert after and any(r[1] == "audio,image" for r in after)
     # windows never stopped: about one per hop over the whole run
     assert summary["windows_by_modality"].get("audio", 0) >= 10
+    assert not any("has no audio stream" in r["msg"] for r in recs)  # the camera file needs none: audio_uri gives it
     print(f"video removed: {len(restarts)} camera restarts logged, {len(during)} audio-only detections during the "
           f"outage, {summary['detections']} detections in all")
+
+
+def test_file_without_sound_runs_image_only_and_says_so_once(media, tmp_path: Path) -> None:
+    tree = daemon_tree(tmp_path, media["bundle"], media["video"].as_uri(), realtime=False, sensors="combined")
+    cfg = write_config(tmp_path / "d.yaml", tree)
+    r = subprocess.run([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], capture_output=True, text=True,
+                       env=env(), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    said = [ln for ln in r.stderr.splitlines() if "has no audio stream" in ln]
+    assert len(said) == 1 and json.loads(said[0])["level"] == "warning"
+    assert summary["detections"] > 0 and set(summary["detections_by_modality"]) == {"image"}
 
 
 def test_restart_budget_spent_exits_non_zero_for_systemd(media, tmp_path: Path) -> None:
