@@ -72,6 +72,14 @@ class MqttPublisher:
         proto: dict[str, Any] = ({"protocol": mqtt.MQTTv5} if cfg.protocol == "5"
                                  else {"protocol": mqtt.MQTTv311, "clean_session": True})
         client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **proto)
+        self._connect_kwargs: dict[str, Any] = {}
+        if cfg.protocol == "5":
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = cfg.session_expiry_s
+            self._connect_kwargs = {"clean_start": mqtt.MQTT_CLEAN_START_FIRST_ONLY, "properties": props}
         if cfg.username is not None:
             password = None
             if cfg.password_file is not None:
@@ -105,17 +113,9 @@ class MqttPublisher:
 
         self._client = self._make_client()
         self._con = connect(self.db_path)  # own connection: this thread marks rows sent
-        kwargs: dict[str, Any] = {}
-        if self.cfg.protocol == "5":
-            import paho.mqtt.client as mqtt
-            from paho.mqtt.packettypes import PacketTypes
-            from paho.mqtt.properties import Properties
-
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = self.cfg.session_expiry_s
-            kwargs = {"clean_start": mqtt.MQTT_CLEAN_START_FIRST_ONLY, "properties": props}
         try:
-            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **kwargs)
+            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
+                                       **self._connect_kwargs)
         except (OSError, ValueError) as e:
             raise ConfigError(f"daemon.mqtt: cannot connect to {self.cfg.host}:{self.cfg.port}: {e}") from None
         self._client.loop_start()

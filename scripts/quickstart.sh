@@ -45,10 +45,8 @@ step "4. export INT8 for the cpu profile, through the accuracy gate"
 rm -rf "$OUT/bundle"
 $EDGEAV export "$OUT/grid/best.pt" --out "$OUT/bundle" --int8 --calib-data "$GRID" --device cpu
 
-step "5. run the daemon over the recorded stream, scored against its segment labels"
-rm -f "$OUT/detections.db"
-$EDGEAV run --bundle "$OUT/bundle" --source "file://$(realpath "$STREAM")" --ground-truth "$TRUTH" \
-  --db "$OUT/detections.db"
+step "5. replay the recorded stream through GStreamer, scored against its segment labels"
+$EDGEAV run --bundle "$OUT/bundle" --source "file://$(realpath "$STREAM")" --ground-truth "$TRUTH"
 
 step "6. the field daemon (edgeav run --config) over the same stream: detection log + evidence clips"
 rm -rf "$OUT/daemon"

@@ -29,7 +29,7 @@ from torch import nn
 
 from edgeav.contract import InputContract
 from edgeav.errors import ModelError, UnknownNameError
-from edgeav.train.models.backbones import BACKBONES, Backbone, create_backbone
+from edgeav.train.models.backbones import BACKBONES, Backbone, backbone_names, create_backbone
 from edgeav.train.models.frontend import Frontend
 from edgeav.train.models.heads import HEADS, Branches, create_head
 
@@ -75,9 +75,7 @@ def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
         first = e.errors()[0]
         raise ModelError(f"bad architecture keys: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     def known(kind: str) -> list[str]:  # the names that fit this key, not every registry entry
-        if kind == "fusion head":
-            return HEADS.names()
-        return [n for n in BACKBONES.names() if BACKBONES.meta(n)["modality"] == kind.split()[0]]
+        return HEADS.names() if kind == "fusion head" else backbone_names(kind.split()[0])
 
     for kind, reg, value in (("audio backbone", BACKBONES, spec.audio_backbone),
                              ("image backbone", BACKBONES, spec.image_backbone), ("fusion head", HEADS, spec.head)):
