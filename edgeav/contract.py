@@ -7,6 +7,7 @@ bundle's manifest and nothing else.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -53,19 +54,87 @@ class AudioContract(BaseModel):
 
 
 class ImageContract(BaseModel):
+    """Frames the model takes. `n_frames` = T: 1 is a still, (B, 3, H, W) (layout NCHW); T > 1 is a clip of T
+    consecutive frames at `frame_rate_hz` from the window's start, (B, T, 3, H, W) (layout NTCHW). `roi` is a fixed
+    box in frame fractions that the model itself crops (inside the graph, after normalization), so the runtime feeds
+    whole frames and crops exactly as training did."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     height_px: int = Field(224, ge=32, le=1024, description="Frame height the model takes, pixels.")
     width_px: int = Field(224, ge=32, le=1024, description="Frame width the model takes, pixels.")
-    layout: Literal["NCHW"] = Field("NCHW", description="Tensor layout of the frame input.")
+    layout: Literal["NCHW", "NTCHW"] = Field(
+        "NCHW", description="Tensor layout of the frame input: NCHW for one frame, NTCHW for T > 1 (set from n_frames).")
     dtype: Literal["uint8"] = Field("uint8", description="Frames are raw RGB uint8, normalized inside the model.")
-    n_frames: int = Field(1, ge=1, le=64, description="Frames per window fed to the model.")
+    n_frames: int = Field(1, ge=1, le=64, description="Frames per window fed to the model (T).")
+    frame_rate_hz: float | None = Field(
+        None, gt=0.0, le=240.0,
+        description="Rate of the T frames of a window, Hz (frame k at window start + k / rate); needed when T > 1.")
+    roi: tuple[float, float, float, float] | None = Field(
+        None, description="Region of interest (x0, y0, x1, y1) in fractions of the frame, cropped inside the model.")
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Per-channel mean (on 0..1 scale).")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Per-channel std (on 0..1 scale).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_from_frames(cls, data: object) -> object:
+        if isinstance(data, dict) and "layout" not in data:
+            data = {**data, "layout": "NTCHW" if int(data.get("n_frames", 1)) > 1 else "NCHW"}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "ImageContract":
+        want = "NTCHW" if self.n_frames > 1 else "NCHW"
+        if self.layout != want:
+            raise ValueError(f"layout {self.layout} does not fit n_frames={self.n_frames} (use {want})")
+        if self.n_frames > 1 and self.frame_rate_hz is None:
+            raise ValueError(f"n_frames={self.n_frames} needs frame_rate_hz (the rate of the window's frames)")
+        if self.roi is not None:
+            x0, y0, x1, y1 = self.roi
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise ValueError(f"roi {self.roi} must be (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+            (ry0, ry1), (rx0, rx1) = self.roi_rows_px, self.roi_cols_px
+            if ry1 - ry0 < 8 or rx1 - rx0 < 8:
+                raise ValueError(f"roi {self.roi} of a {self.width_px}x{self.height_px} frame is under 8 px a side")
+        return self
+
+    @property
+    def clip_s(self) -> float:
+        """Seconds the T frames span (T / frame_rate_hz; 0 for a still)."""
+        return self.n_frames / self.frame_rate_hz if self.n_frames > 1 and self.frame_rate_hz else 0.0
+
+    def frame_offsets_ns(self, window_ns: int) -> list[int]:
+        """Where the frames sit in a window of `window_ns` (ns from its start): T frames at the frame rate from the
+        start; one frame: the centre."""
+        if self.n_frames == 1:
+            return [window_ns // 2]
+        assert self.frame_rate_hz is not None
+        return [int(round(k * NS_PER_S / self.frame_rate_hz)) for k in range(self.n_frames)]
+
+    @property
+    def roi_rows_px(self) -> tuple[int, int]:
+        """(first, end) row of the region of interest; the whole height without one. One rounding rule: floor of
+        the start, ceil of the end."""
+        if self.roi is None:
+            return 0, self.height_px
+        return int(math.floor(self.roi[1] * self.height_px)), int(math.ceil(self.roi[3] * self.height_px))
+
+    @property
+    def roi_cols_px(self) -> tuple[int, int]:
+        """(first, end) column of the region of interest; the whole width without one."""
+        if self.roi is None:
+            return 0, self.width_px
+        return int(math.floor(self.roi[0] * self.width_px)), int(math.ceil(self.roi[2] * self.width_px))
+
+    def frame_shape(self) -> tuple[int, ...]:
+        """Shape of one window's image input without the batch axis: (3, H, W) or (T, 3, H, W)."""
+        one = (3, self.height_px, self.width_px)
+        return one if self.n_frames == 1 else (self.n_frames, *one)
+
 
 class InputContract(BaseModel):
-    """Inputs of an exported model: `audio` (B, window_samples) float32, `image` (B, 3, H, W) uint8, `mask` (B, 2) float32."""
+    """Inputs of an exported model: `audio` (B, window_samples) float32, `image` (B, 3, H, W) uint8 (or
+    (B, T, 3, H, W) with T = image.n_frames > 1), `mask` (B, 2) float32."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -74,10 +143,17 @@ class InputContract(BaseModel):
     input_names: tuple[str, str, str] = Field(("audio", "image", "mask"), description="ONNX input names.")
     mask_order: tuple[str, str] = Field(("audio", "image"), description="Columns of the modality mask (1 = present).")
 
+    @model_validator(mode="after")
+    def _check(self) -> "InputContract":
+        if self.image.clip_s > self.audio.window_s + 1e-9:
+            raise ValueError(f"{self.image.n_frames} frames at {self.image.frame_rate_hz} Hz span "
+                             f"{self.image.clip_s:.3f} s, longer than the {self.audio.window_s} s window")
+        return self
+
     def shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
         return {
             "audio": (batch, self.audio.window_samples),  # (B, T)
-            "image": (batch, 3, self.image.height_px, self.image.width_px),  # (B, 3, H, W) uint8
+            "image": (batch, *self.image.frame_shape()),  # (B, 3, H, W) or (B, T, 3, H, W) uint8
             "mask": (batch, 2),  # (B, 2) float32
         }
 

@@ -95,8 +95,8 @@ def split_examples(ds: Any, split: str, *, limit: int | None = None, seed: int =
     cands: list[tuple[int, tuple[int, int]]] = []
     for i, (a, v) in enumerate(tds.items):
         label = (a or v).label
-        n_frames = 1
-        if all_frames and v is not None and v.video is not None:
+        n_frames = 1  # a clip model (T > 1 frames per window) takes all of a window's frames in one feed
+        if all_frames and tds.clip_frames == 1 and v is not None and v.video is not None:
             n_frames = len(v.video.frame_times_ns)
         cands.extend((label, (i, f)) for f in range(n_frames))
     chosen = sorted(_stratified(cands, limit, seed))
@@ -108,11 +108,11 @@ def split_examples(ds: Any, split: str, *, limit: int | None = None, seed: int =
         if item is None:
             cache.clear()
             item = cache[i] = tds[i]
-        image = item["frames"][f] if all_frames else item["image"]  # (3, H, W) uint8
+        image = item["frames"][f] if all_frames and tds.clip_frames == 1 else item["image"]  # (3, H, W) / (T, 3, H, W) uint8
         a, v = tds.items[i]
-        sid = (a or v).id + (f"#frame{f}" if all_frames else "")
+        sid = (a or v).id + (f"#frame{f}" if all_frames and tds.clip_frames == 1 else "")
         out.append(Example({"audio": item["audio"].numpy()[None].astype(np.float32),  # (1, T)
-                            "image": np.ascontiguousarray(image.numpy()[None], dtype=np.uint8),  # (1, 3, H, W)
+                            "image": np.ascontiguousarray(image.numpy()[None], dtype=np.uint8),  # (1, [T,] 3, H, W)
                             "mask": item["mask"].numpy()[None].astype(np.float32)},  # (1, 2)
                            int(label), sid))
     log.info("%s split: %d example(s) from %d window(s)%s", split, len(out), len({c[1][0] for c in (cands[i] for i in chosen)}),

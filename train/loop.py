@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from edgeav.train.data.torch_dataset import TorchAVDataset as TorchAVDatasetT
+from edgeav.train.data.torch_dataset import TorchAVDataset as TorchAVDatasetT, model_image
 
 from edgeav.errors import ConfigError, DataError
 from edgeav.result import CommandResult
@@ -61,6 +61,7 @@ from edgeav.train.augment import (
     SpecAugmentHook,
     augment_image,
     augment_wave,
+    build_field_noise,
     build_image_transform,
     joint_mixup,
     mixup_tensors,
@@ -202,7 +203,9 @@ class UnimodalDataset(Dataset):
         self.samples = [s for s in data.samples(split)
                         if (s.audio is not None if modality == "audio" else (s.image is not None or s.video is not None))]
         size = data.cfg.image_size_px
-        self._zero_image = torch.zeros((3, size, size), dtype=torch.uint8)
+        self.clip_frames = data.cfg.frames_per_window
+        self._zero_image = torch.zeros((3, size, size) if self.clip_frames == 1 else (self.clip_frames, 3, size, size),
+                                       dtype=torch.uint8)
         self._zero_audio = torch.zeros(data.window_samples, dtype=torch.float32)
 
     def __len__(self) -> int:
@@ -219,9 +222,8 @@ class UnimodalDataset(Dataset):
             mask = torch.tensor([present, 0.0])
         else:
             v = self.data.load_image(s.image) if s.image is not None else self.data.load_frames(s.video)
-            if v is not None:
-                v = v if v.ndim == 3 else v[v.shape[0] // 2]  # (3, H, W): the middle frame, as TorchAVDataset
-                image, present = torch.from_numpy(np.array(v)), 1.0
+            if v is not None:  # (3, H, W) the middle frame, or (T, 3, H, W) a clip, as TorchAVDataset
+                image, present = torch.from_numpy(np.array(model_image(v, self.clip_frames))), 1.0
             mask = torch.tensor([0.0, present])
         return {"audio": audio, "image": image, "mask": mask, "label": int(s.label)}
 
@@ -255,9 +257,10 @@ class Phase2Cache:
 
     def _load_visual(self, s: Any) -> np.ndarray | None:
         if s.image is not None:
-            return self.data.load_image(s.image)
+            photo = self.data.load_image(s.image)
+            return None if photo is None else model_image(photo, self.data.cfg.frames_per_window)
         frames = self.data.load_frames(s.video)
-        return None if frames is None else frames[frames.shape[0] // 2]  # the middle frame, as TorchAVDataset
+        return None if frames is None else model_image(frames, self.data.cfg.frames_per_window)  # as TorchAVDataset
 
     @staticmethod
     def _run(samples: list, batch_size: int, device: torch.device, load: Callable, fmap: Callable,
@@ -330,6 +333,7 @@ class Trainer:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the {self.dist.world} ranks")
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        self.field_noise = build_field_noise(tc, cfg.data.sample_rate_hz)  # noise bank decoded once, before the data
         self.data = load_dataset(cfg.data, data_path if data_path is not None else cfg.data.path)
         self.data_path = str(self.data.root if data_path is None else data_path)
         self.labels = list(self.data.classes)
@@ -425,7 +429,7 @@ class Trainer:
         if train:
             aug = tc.augment
             if phase != "phase1_image":
-                audio = augment_wave(audio, aug.wave, self.contract.audio.sample_rate_hz, gen)
+                audio = augment_wave(self.field_noise(audio, gen, mask[:, 0]), aug.wave, self.contract.audio.sample_rate_hz, gen)
             if phase != "phase1_audio":
                 image = augment_image(image, self.image_tf)
             if phase == "joint":

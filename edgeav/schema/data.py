@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from edgeav.schema.base import Section
 
@@ -35,7 +35,16 @@ class DataConfig(Section):
     window_s: float = Field(5.0, gt=0.0, le=60.0, description="Audio window cut at load time, seconds.")
     hop_s: float = Field(2.5, gt=0.0, le=60.0, description="Hop between windows cut from one recording, seconds.")
     image_size_px: int = Field(224, ge=32, le=1024, description="Images and frames are resized to this square size, pixels.")
-    frames_per_clip: int = Field(3, ge=1, le=64, description="Frames sampled per video clip (videos with sound).")
+    frames_per_clip: int = Field(
+        3, ge=1, le=64,
+        description=("Still frames sampled per video window when frames_per_window is 1 (training sees one of them "
+                     "per example, export calibrates on each)."))
+    frames_per_window: int = Field(
+        1, ge=1, le=64,
+        description="Frames per window the model takes (T): 1 = a still; T > 1 = T consecutive frames (motion).")
+    frame_rate_hz: float | None = Field(
+        None, gt=0.0, le=240.0,
+        description="Rate of a window's T frames, Hz (frame k at window start + k / rate); needed when frames_per_window > 1.")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="Share of train groups held out for validation (by group).")
     test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of groups for test when the data has no split column.")
     test_image_names: list[str] = Field(
@@ -71,6 +80,17 @@ class DataConfig(Section):
         default_factory=lambda: list(DEFAULT_INFO_COLUMNS),
         description="Index-file columns that are informational and ignored; any other column without a role is bad input.",
     )
+
+    @model_validator(mode="after")
+    def _check_frames(self) -> "DataConfig":
+        if self.frames_per_window > 1:
+            if self.frame_rate_hz is None:
+                raise ValueError(f"frames_per_window={self.frames_per_window} needs frame_rate_hz")
+            span_s = self.frames_per_window / self.frame_rate_hz
+            if span_s > self.window_s + 1e-9:
+                raise ValueError(f"{self.frames_per_window} frames at {self.frame_rate_hz} Hz span {span_s:.3f} s, "
+                                 f"longer than window_s={self.window_s}")
+        return self
 
     @field_validator("label_regex")
     @classmethod

@@ -33,6 +33,11 @@ class ModelConfig(Section):
     contract: InputContract | None = Field(
         None, description="Input contract; default: the named model's, with the data section's rate, window and size."
     )
+    image_roi: tuple[float, float, float, float] | None = Field(
+        None,
+        description=("Region of interest (x0, y0, x1, y1) in fractions of the frame, cropped inside the model (so the "
+                     "runtime crops exactly as training did); null = the whole frame."),
+    )
     modality_dropout_audio_p: float = Field(
         0.15, ge=0.0, le=1.0, description="Training: probability of dropping a sample's audio (fraction)."
     )

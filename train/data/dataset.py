@@ -14,7 +14,9 @@ Layouts (a registry: `LAYOUTS`; `cfg.kind="auto"` picks one from what is on disk
 Windows: a recording of duration D is cut into windows of W = window_s every H = hop_s, starting at 0, for as long
 as a window fits (1 + floor((D - W) / H) windows); a recording shorter than W gives one window, padded with zeros
 at load time. The same holds for a video's sound track; a video window's frames are `frames_per_clip` times spread
-evenly over the part of the window that has picture (t_i = start + span * (2i + 1) / (2N)).
+evenly over the part of the window that has picture (t_i = start + span * (2i + 1) / (2N)); with
+`frames_per_window` T > 1 a window's frames are T consecutive ones at `frame_rate_hz` from its start (t_k = start +
+k / rate), and the model takes all T (motion).
 
 Splits: by group, never by clip (see `splits.py`). A split column, when present, is obeyed; validation is then
 carved from train by group. When train holds a single group (GRID: one speaker), validation is carved from train
@@ -41,7 +43,7 @@ import numpy as np
 from edgeav.errors import ConfigError, DataError, MediaError
 from edgeav.registry import Registry
 from edgeav.schema.data import DataConfig
-from edgeav.timebase import ns_to_s, s_to_ns, samples_for_ns
+from edgeav.timebase import NS_PER_S, ns_to_s, s_to_ns, samples_for_ns
 from edgeav.train.data import media
 from edgeav.train.data.cache import DecodeCache
 from edgeav.train.data.records import SPLITS, AudioRef, ImageRef, Sample, Skipped, VideoRef
@@ -146,6 +148,10 @@ class _Ctx:
         return [i * self.hop_ns for i in range(n)]
 
     def frame_times(self, start_ns: int, duration_ns: int) -> tuple[int, ...]:
+        if self.cfg.frames_per_window > 1:  # a clip: T consecutive frames at the frame rate from the window's start
+            assert self.cfg.frame_rate_hz is not None
+            return tuple(start_ns + int(round(k * NS_PER_S / self.cfg.frame_rate_hz))
+                         for k in range(self.cfg.frames_per_window))
         span = max(1, min(self.window_ns, duration_ns - start_ns))
         n = self.cfg.frames_per_clip
         return tuple(start_ns + span * (2 * i + 1) // (2 * n) for i in range(n))
@@ -770,6 +776,7 @@ class AVDataset:
             "config": {
                 "sample_rate_hz": self.cfg.sample_rate_hz, "window_s": self.cfg.window_s, "hop_s": self.cfg.hop_s,
                 "image_size_px": self.cfg.image_size_px, "frames_per_clip": self.cfg.frames_per_clip,
+                "frames_per_window": self.cfg.frames_per_window, "frame_rate_hz": self.cfg.frame_rate_hz,
                 "seed": self.cfg.seed,
             },
         }

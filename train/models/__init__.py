@@ -2,13 +2,15 @@
 
     from edgeav.train.models import build_model, create_model, load_checkpoint
     model = create_model("edgeav-small", labels)                  # or build_model(arch_dict, labels)
-    out = model(audio, image, mask)   # (B, T) float32, (B, 3, H, W) uint8, (B, 2) float32
+    out = model(audio, image, mask)   # (B, T) float32, (B, 3, H, W) uint8 (or (B, T, 3, H, W)), (B, 2) float32
     out.logits, out.logits_audio, out.logits_image                # (B, C) each
 
 The in-model front end's ONNX nodes are named /frontend/... (`FRONTEND_NODE_PREFIX`): keep them out of INT8.
 """
 
 from edgeav.train.models.backbones import BACKBONES, Backbone, BackboneOutput, backbone_names, create_backbone
+from edgeav.train.models import temporal  # noqa: F401  (registers the temporal picture backbones: video_tcn)
+from edgeav.train.models import video  # noqa: F401  (torchvision video CNNs, temporal shift, per-frame + GRU / tconv)
 from edgeav.train.models.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointInfo,

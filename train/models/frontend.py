@@ -130,23 +130,30 @@ class LogMel(nn.Module):
 
 
 class ImageNormalize(nn.Module):
-    """(B, 3, H, W) uint8 RGB -> (B, 3, H, W) float32 `(x / 255 - mean) / std`."""
+    """(B, 3, H, W) or (B, T, 3, H, W) uint8 RGB -> float32 `(x / 255 - mean) / std`, cropped to the contract's
+    region of interest (a fixed slice: rows r0:r1, columns c0:c1 of `roi_rows_px` / `roi_cols_px`)."""
 
     def __init__(self, contract: ImageContract) -> None:
         super().__init__()
-        mean = torch.tensor(contract.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(contract.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)  # (1, 3, 1, 1)
-        self.register_buffer("shift", -mean / std, persistent=False)  # (1, 3, 1, 1)
+        mean = torch.tensor(contract.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(contract.std, dtype=torch.float32).view(3, 1, 1)
+        self.register_buffer("scale", 1.0 / (255.0 * std), persistent=False)  # (3, 1, 1)
+        self.register_buffer("shift", -mean / std, persistent=False)  # (3, 1, 1)
+        self.rows = contract.roi_rows_px
+        self.cols = contract.roi_cols_px
+        self.full = contract.roi is None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return image.float() * self.scale + self.shift  # (B, 3, H, W)
+        if not self.full:
+            image = image[..., self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]]  # (..., 3, h, w) the ROI
+        return image.float() * self.scale + self.shift  # (B, 3, h, w) or (B, T, 3, h, w)
 
 
 class Frontend(nn.Module):
     """Both preprocessing paths, called once per forward as `self.frontend(audio, image)`.
 
-    (B, T) float32 waveform, (B, 3, H, W) uint8 -> (audio features, (B, 3, H, W) float32 normalized image), where the
+    (B, T) float32 waveform, (B, 3, H, W) uint8 (or (B, T, 3, H, W)) -> (audio features, the float32 normalized
+    image of the same rank, cropped to the contract's region of interest), where the
     audio features are the log-mel (B, 1, n_mels, n_frames) for backbones that take a log-mel (`audio_input="logmel"`),
     or the waveform itself (B, T) for those that take it raw (`audio_input="waveform"`, wav2vec2).
 

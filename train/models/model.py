@@ -2,6 +2,9 @@
 
     model(audio (B, T) float32, image (B, 3, H, W) uint8, mask (B, 2) float32) -> AVOutput(logits, logits_audio, logits_image)
 
+(image (B, T, 3, H, W) uint8 when the contract carries T > 1 frames per window; the image backbone is then a
+temporal one, `input_kind="video"`, and still gives a (B, D, h, w) map and a (B, D) embedding.)
+
 each (B, C). `mask` is [audio_present, image_present] per sample (1 = present).
 
 Missing modalities. A missing modality's feature map and embedding are multiplied by 0 before fusion, its auxiliary
@@ -93,7 +96,31 @@ def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
                          f"{', '.join(n for n in BACKBONES.names() if BACKBONES.meta(n)['modality'] == 'audio')}")
     if BACKBONES.meta(spec.image_backbone)["modality"] != "image":
         raise ModelError(f"image_backbone {spec.image_backbone!r} is an audio backbone")
+    _check_clip(spec, shared)
     return spec
+
+
+def _check_clip(spec: Arch, shared: bool) -> None:
+    """A temporal image backbone needs T >= 2 frames per window, a still one exactly 1."""
+    temporal, T = is_temporal(spec.image_backbone), spec.contract.image.n_frames
+    if shared and temporal:
+        raise ModelError(f"head {spec.head!r} runs one 2D encoder over a canvas; {spec.image_backbone!r} is a "
+                         f"temporal backbone (clips of frames): give a still-image backbone")
+    if temporal and T < 2:
+        raise ModelError(f"image_backbone {spec.image_backbone!r} reads motion over a window's frames, the contract "
+                         f"gives {T}: set data.frames_per_window >= 2 and data.frame_rate_hz")
+    if not temporal and T > 1:
+        raise ModelError(f"image_backbone {spec.image_backbone!r} takes one frame, the contract gives {T} per window; "
+                         f"temporal backbones: {', '.join(temporal_backbone_names())}")
+
+
+def is_temporal(image_backbone: str) -> bool:
+    """True for backbones that take a clip (B, T, 3, H, W) (`input_kind="video"`), False for stills."""
+    return BACKBONES.meta(image_backbone).get("input_kind") == "video"
+
+
+def temporal_backbone_names() -> list[str]:
+    return [n for n in BACKBONES.names() if BACKBONES.meta(n).get("input_kind") == "video"]
 
 
 ArchTriple = tuple[str | None, str, str]
@@ -104,7 +131,8 @@ def allowed_archs(scope: Literal["representative", "full"] = "representative") -
     """The (audio backbone, image backbone, head) combinations the registries allow, in a stable order.
 
     "full": every fusion head over every (audio, image) backbone pair, and every shared-encoder head (shared_2d)
-    with every image backbone as its encoder (audio None). These are exactly the triples `parse_arch` accepts.
+    with every still-image backbone as its encoder (audio None). Triples with a temporal image backbone
+    (`is_temporal`) need a contract with T > 1 frames per window. These are exactly the triples `parse_arch` accepts.
     "representative": every registry entry at least once, each beside the defaults: every head with the default
     pair (a shared-encoder head with the default image backbone as its encoder), every audio backbone with the
     default image backbone and head, every image backbone with the default audio backbone and head.
@@ -113,9 +141,10 @@ def allowed_archs(scope: Literal["representative", "full"] = "representative") -
     image = [n for n in BACKBONES.names() if BACKBONES.meta(n)["modality"] == "image"]
     shared = [h for h in HEADS.names() if HEADS.meta(h).get("shared_encoder")]
     fused = [h for h in HEADS.names() if h not in shared]
+    stills = [i for i in image if not is_temporal(i)]  # a shared 2D encoder takes stills only
     if scope == "full":
         out: list[ArchTriple] = [(a, i, h) for h in fused for a in audio for i in image]
-        return out + [(None, i, h) for h in shared for i in image]
+        return out + [(None, i, h) for h in shared for i in stills]
     if scope != "representative":
         raise ValueError(f"scope must be 'representative' or 'full', got {scope!r}")
     out = [(DEFAULT_AUDIO_BACKBONE, DEFAULT_IMAGE_BACKBONE, h) for h in fused]
@@ -156,7 +185,7 @@ class AVClassifier(nn.Module):
     def forward_features(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> Branches:
         """Per-modality maps and embeddings, the missing modality zeroed; logits fields are left empty (B, 0)."""
         m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
-        a_in, i_in = self.frontend(audio, image)  # (B, 1, M, frames) log-mel (or (B, T) waveform), (B, 3, H, W)
+        a_in, i_in = self.frontend(audio, image)  # (B, 1, M, frames) log-mel (or (B, T) waveform), (B, [T,] 3, h, w)
         fa, za = self.audio_backbone(a_in)  # (B, Da, f, t), (B, Da)
         fi, zi = self.image_backbone(i_in)  # (B, Di, h, w), (B, Di)
         fa = fa * m_a.view(-1, 1, 1, 1)  # (B, Da, f, t)
@@ -223,6 +252,7 @@ def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, con
     spec = parse_arch(arch)
     if contract is not None:
         spec = spec.model_copy(update={"contract": contract})
+        _check_clip(spec, bool(HEADS.meta(spec.head).get("shared_encoder")))
     use_pretrained = spec.pretrained if pretrained is None else pretrained
     label_list = [f"class_{i}" for i in range(labels)] if isinstance(labels, int) else [str(x) for x in labels]
     if not label_list:

@@ -67,6 +67,16 @@ def emotion_shared2d() -> dict[str, Any]:
                  InputContract(audio=AudioContract(window_s=3.0), image=ImageContract(height_px=112, width_px=112)))
 
 
+@NAMED_MODELS.register("edgeav-motion", num_classes=4, target="Jetson Orin Nano",
+                       budget_params=8_000_000, budget_flops=1_500_000_000,
+                       summary=("edge model for moving pictures: log-mel CNN + video_tcn (40 frames at 25 Hz, frame "
+                                "differences), HD-MF fusion; 3 s / 112 px"))
+def edgeav_motion() -> dict[str, Any]:
+    return _arch("edgeav-motion", "audio_cnn", "video_tcn", "hdmf",
+                 InputContract(audio=AudioContract(window_s=3.0),
+                               image=ImageContract(height_px=112, width_px=112, n_frames=40, frame_rate_hz=25.0)))
+
+
 def named_arch(name: str) -> dict[str, Any]:
     """Architecture keys of a named model; unknown names raise `UnknownNameError` with the valid names."""
     return NAMED_MODELS.create(name)
@@ -111,12 +121,20 @@ def resolve_arch(model_cfg: Any, data_cfg: Any | None = None) -> dict[str, Any]:
                 contract = InputContract(
                     audio=contract.audio.model_copy(update={"sample_rate_hz": data_cfg.sample_rate_hz,
                                                             "window_s": data_cfg.window_s}),
-                    image=contract.image.model_copy(update={"height_px": data_cfg.image_size_px,
-                                                            "width_px": data_cfg.image_size_px}),
+                    image=type(contract.image).model_validate({
+                        **contract.image.model_dump(exclude={"layout"}), "height_px": data_cfg.image_size_px,
+                        "width_px": data_cfg.image_size_px, "n_frames": data_cfg.frames_per_window,
+                        "frame_rate_hz": data_cfg.frame_rate_hz if data_cfg.frames_per_window > 1 else None}),
                 )
                 InputContract.model_validate(contract.model_dump())  # re-run the cross-field checks
             except ValueError as e:
                 raise ConfigError(f"model/data: the data section does not fit the model's contract: {e}") from None
+    if model_cfg.image_roi is not None:
+        try:
+            contract = InputContract.model_validate({**contract.model_dump(),
+                                                     "image": {**contract.image.model_dump(), "roi": model_cfg.image_roi}})
+        except ValueError as e:
+            raise ConfigError(f"model.image_roi: {e}") from None
     arch["contract"] = contract.model_dump(mode="json")
     return arch
 
