@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", choices=["test", "train", "val", "all"], default="test")
     e.add_argument("--out", help="report folder (default: beside the checkpoint)")
+    e.add_argument("--noise", metavar="PATH",
+                   help="robustness: mix the noise recordings at PATH (file or folder) into the sound at each --snr-db "
+                        "(picture untouched); writes robustness.json/.md/.png")
+    e.add_argument("--snr-db", metavar="LIST", help="robustness: SNRs in dB, comma-separated (default 20,10,0,-5; a list that starts below 0: "
+                        "--snr-db=-5,-10)")
+    e.add_argument("--noise-seed", type=int, default=0, help="robustness: seed of the noise segments (default 0)")
     _add_common(e)
 
     # export

@@ -1,5 +1,8 @@
 """Training-time augmentation, each part switchable in `train.augment` (and off at evaluation).
 
+- field noise (`noise`): recorded background noise (a `NoiseBank` loaded once per run) mixed into each example
+  with probability `prob` at an SNR drawn uniformly in dB; on a (B, T) batch, before the waveform augmentation
+  (a microphone's gain acts on the sound and the noise together).
 - waveform (`wave`): random gain, white noise at an SNR, circular time shift; on a (B, T) batch.
 - image (`image`): rotation and horizontal flip, and RandAugment restricted to a list of operations; torchvision's
   own transforms (`transforms.v2.RandomRotation`, `RandomHorizontalFlip`, `RandAugment`) on each uint8 image.
@@ -10,20 +13,77 @@
 - modality dropout (`modality_dropout`): the model's own `modality_dropout` on the mask, with the probabilities of
   the `model:` section.
 
-Randomness: `augment_wave`, `joint_mixup` and SpecAugment draw from an explicit `torch.Generator`; the torchvision
+Randomness: `FieldNoise`, `augment_wave`, `joint_mixup` and SpecAugment draw from an explicit `torch.Generator`; the torchvision
 image transforms and the mixup lambdas draw from torch's global RNG. The training loop seeds both at the start of every epoch, which is
 what makes a resumed run repeat the uninterrupted one exactly.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from edgeav.schema.train import ImageAugConfig, MixupConfig, SpecAugmentConfig, WaveAugConfig
+from edgeav.schema.train import ImageAugConfig, MixupConfig, NoiseAugConfig, SpecAugmentConfig, TrainConfig, WaveAugConfig
+from edgeav.train.noise import NoiseBank, mix_at_snr
+
+log = logging.getLogger(__name__)
+
+
+class FieldNoise:
+    """Recorded noise mixed into a batch of windows: `field_noise(audio (B, T), gen, present (B,)) -> (B, T)`.
+
+    Each example gets noise with probability `cfg.prob`, at an SNR drawn uniformly in [snr_db_min, snr_db_max] dB
+    (`mix_at_snr`: the SNR of the whole window), from a bank segment at a random offset. Every draw comes from `gen`
+    (the loop's per-epoch generator), so an epoch is repeatable. Examples whose sound is absent (`present` 0: the
+    zeros of a missing track) are left as they are. Disabled (`bank` None): returns `audio` itself, drawing nothing.
+    """
+
+    def __init__(self, cfg: NoiseAugConfig, bank: NoiseBank | None) -> None:
+        self.cfg = cfg
+        self.bank = bank
+
+    def __call__(self, audio: torch.Tensor, gen: torch.Generator, present: torch.Tensor | None = None) -> torch.Tensor:
+        if self.bank is None or not self.cfg.enabled or self.cfg.prob <= 0:
+            return audio
+        b, t = audio.shape
+        use = torch.rand(b, generator=gen) < self.cfg.prob  # (B,)
+        snr_db = self.cfg.snr_db_min + torch.rand(b, generator=gen) * (self.cfg.snr_db_max - self.cfg.snr_db_min)  # (B,)
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))  # the segments' offsets
+        if present is not None:
+            use &= present.detach().cpu().reshape(-1) > 0
+        if not bool(use.any()):
+            return audio
+        out = audio.clone()
+        clean = audio.detach().cpu().numpy()  # (B, T)
+        for i in torch.nonzero(use).reshape(-1).tolist():
+            mixed = mix_at_snr(clean[i], self.bank.segment(t, rng), float(snr_db[i]))  # (T,)
+            out[i] = torch.from_numpy(mixed).to(out)
+        return out
+
+
+def build_field_noise(tc: TrainConfig, sample_rate_hz: int) -> FieldNoise:
+    """The `train.augment.noise` mixer of a run, its bank decoded now (a bad path fails here, before any epoch: a
+    one-line DataError). Says once, as a warning, where the noise cannot reach in two_phase training."""
+    cfg = tc.augment.noise
+    if not cfg.enabled:
+        return FieldNoise(cfg, None)
+    bank = NoiseBank(cfg.path, sample_rate_hz)  # type: ignore[arg-type]  (the schema requires path when enabled)
+    log.info("field noise: %s, SNR %g..%g dB, probability %.2f per example", cfg.path, cfg.snr_db_min,
+             cfg.snr_db_max, cfg.prob)
+    if tc.mode == "two_phase":
+        if tc.phase1_from:
+            log.warning("train.augment.noise IS NOT APPLIED in this run: train.phase1_from takes phase I from %s, and "
+                        "phase II trains the fusion head on features cached once from the CLEAN sound", tc.phase1_from)
+        else:
+            log.warning("train.augment.noise applies to phase I (the audio model) ONLY: phase II trains the fusion "
+                        "head on features cached once from the CLEAN sound (no waveform augmentation there), so the "
+                        "fusion never learns to lean on the picture in noise; use train.mode=joint for that")
+    return FieldNoise(cfg, bank)
 
 
 def augment_wave(audio: torch.Tensor, cfg: WaveAugConfig, sample_rate_hz: int, gen: torch.Generator) -> torch.Tensor:
@@ -178,6 +238,6 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: fl
 
 
 __all__ = [
-    "RestrictedRandAugment", "SpecAugmentHook", "augment_image", "augment_wave", "build_image_transform",
-    "joint_mixup", "mixup_tensors", "soft_cross_entropy", "spec_augment",
+    "FieldNoise", "RestrictedRandAugment", "SpecAugmentHook", "augment_image", "augment_wave", "build_field_noise",
+    "build_image_transform", "joint_mixup", "mixup_tensors", "soft_cross_entropy", "spec_augment",
 ]

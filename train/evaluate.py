@@ -3,6 +3,9 @@
 The ablation runs the same checkpoint three times through its modality mask: both modalities, audio only
 (mask [1, 0]) and image only (mask [0, 1]). Figures go to a JSON report and a short Markdown summary; the
 confusion matrix to PNG and CSV; the training curves (from metrics.csv beside the checkpoint) to PNG.
+
+With `--noise PATH [--snr-db 20,10,0,-5]` the command runs the robustness evaluation instead
+(`edgeav.train.robustness`: the same masks, prediction and metrics, clean and at each SNR of recorded noise).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import argparse
 import csv
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 import time
 from typing import Any, Iterable
@@ -125,11 +129,20 @@ def plot_curves(metrics_csv: Path, path: Path) -> bool:
     return True
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: str = "test",
-                        out_dir: str | Path | None = None, data: Any = None, batch_size: int = 32) -> dict[str, Any]:
-    """Evaluate `checkpoint` on `split` of the data set at `data_path` (cut as the checkpoint's training config
-    says); writes report.json, summary.md, confusion.csv/.png and curves.png into `out_dir` (default: beside the
-    checkpoint, eval_<split>/). `data`: an already loaded AVDataset of that path (the training loop passes its own)."""
+@dataclass
+class EvalSet:
+    """A checkpoint's model and the examples of one split, cut as its training config says."""
+
+    model: torch.nn.Module
+    info: Any  # CheckpointInfo
+    loader: Iterable[dict[str, torch.Tensor]]  # batches in a fixed order (no shuffling)
+    n: int  # examples
+
+
+def load_eval_set(checkpoint: str | Path, data_path: str | Path, split: str = "test", data: Any = None,
+                  batch_size: int = 32) -> EvalSet:
+    """The model of `checkpoint` and a loader over `split` ("train", "val", "test" or "all") of the data set at
+    `data_path`. `data`: an already loaded AVDataset of that path."""
     from torch.utils.data import ConcatDataset, DataLoader
 
     from edgeav.train.data import load_dataset
@@ -152,11 +165,22 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     if n_total == 0:
         raise DataError(f"{data_path}: the {split!r} split is empty")
     loader = DataLoader(ConcatDataset(sets), batch_size=batch_size, shuffle=False)
+    return EvalSet(model, info, loader, n_total)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: str = "test",
+                        out_dir: str | Path | None = None, data: Any = None, batch_size: int = 32) -> dict[str, Any]:
+    """Evaluate `checkpoint` on `split` of the data set at `data_path` (cut as the checkpoint's training config
+    says); writes report.json, summary.md, confusion.csv/.png and curves.png into `out_dir` (default: beside the
+    checkpoint, eval_<split>/). `data`: an already loaded AVDataset of that path (the training loop passes its own)."""
+    ckpt = Path(checkpoint)
+    es = load_eval_set(ckpt, data_path, split, data, batch_size)
+    model, loader, labels = es.model, es.loader, es.info.labels
     out = Path(out_dir) if out_dir else ckpt.parent / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     report: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(data_path), "split": split, "labels": labels,
-                              "arch": {k: info.arch.get(k) for k in ("name", "audio_backbone", "image_backbone", "head")}}
+                              "arch": {k: es.info.arch.get(k) for k in ("name", "audio_backbone", "image_backbone", "head")}}
     for name, mask in MASKS.items():
         y, p, _ = predict(model, loader, mask)
         m = classification_metrics(y, p, len(labels))
@@ -194,6 +218,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
 
 
 def cmd_eval(args: argparse.Namespace) -> CommandResult:
+    noise, snr_text = getattr(args, "noise", None), getattr(args, "snr_db", None)
+    if noise is not None or snr_text is not None:
+        from edgeav.train.robustness import cmd_eval_robustness
+
+        return cmd_eval_robustness(args)
     report = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out)
     lines = [f"{args.checkpoint} on {args.split} ({report['both']['n']} examples):"]
     for name in MASKS:

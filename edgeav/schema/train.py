@@ -26,9 +26,39 @@ class SpecAugmentConfig(Section):
 class WaveAugConfig(Section):
     enabled: bool = Field(True, description="Waveform augmentation on/off (gain, noise, time shift).")
     gain_db: float = Field(6.0, ge=0.0, le=40.0, description="Random gain drawn from +-gain_db, dB (0 = off).")
-    noise_snr_db: float | None = Field(30.0, ge=-10.0, le=100.0, description="Add white noise at this SNR, dB (null = off).")
+    noise_snr_db: float | None = Field(
+        30.0, ge=-10.0, le=100.0,
+        description="Add white (sensor) noise at this SNR, dB (null = off); recorded field noise is train.augment.noise.")
     noise_prob: float = Field(0.3, ge=0.0, le=1.0, description="Probability of adding noise to an example.")
     time_shift_s: float = Field(0.5, ge=0.0, le=30.0, description="Random circular shift of the window up to this, seconds.")
+
+
+class NoiseAugConfig(Section):
+    enabled: bool = Field(
+        False,
+        description=("Mix recorded background noise (wind, rain, traffic, other birds) into the training sound. "
+                     "two_phase: applied in phase I (the audio model) only; phase II trains the fusion head on "
+                     "features cached once from the clean sound, so the fusion never sees this noise (logged as a "
+                     "warning); use train.mode=joint for a fusion that learns to lean on the picture in noise."),
+    )
+    path: str | None = Field(
+        None,
+        description=("Noise recordings: one audio file, or a folder searched recursively for audio and video files "
+                     "(any PyAV decodes). Decoded once per run, mono, resampled to the model's sample rate; a "
+                     "recording shorter than the window is looped. A missing, empty or undecodable path stops the "
+                     "run at its start. Required when enabled."),
+    )
+    snr_db_min: float = Field(0.0, ge=-30.0, le=60.0, description="Lowest signal-to-noise ratio drawn, dB.")
+    snr_db_max: float = Field(20.0, ge=-30.0, le=60.0, description="Highest signal-to-noise ratio drawn, dB (uniform in dB between min and max).")
+    prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability that an example gets noise, per example per epoch (0..1).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "NoiseAugConfig":
+        if self.enabled and not self.path:
+            raise ValueError("train.augment.noise.enabled=true needs train.augment.noise.path (a folder or file of noise recordings)")
+        if self.snr_db_min > self.snr_db_max:
+            raise ValueError(f"snr_db_min={self.snr_db_min} is above snr_db_max={self.snr_db_max}")
+        return self
 
 
 RANDAUGMENT_OPS = Literal["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color",
@@ -52,6 +82,7 @@ class AugmentConfig(Section):
     mixup: MixupConfig = Field(default_factory=MixupConfig, description="Joint audio-visual mixup.")
     spec_augment: SpecAugmentConfig = Field(default_factory=SpecAugmentConfig, description="SpecAugment on the log-mel.")
     wave: WaveAugConfig = Field(default_factory=WaveAugConfig, description="Waveform augmentation.")
+    noise: NoiseAugConfig = Field(default_factory=NoiseAugConfig, description="Recorded field noise mixed in at a random SNR.")
     image: ImageAugConfig = Field(default_factory=ImageAugConfig, description="Image augmentation.")
     modality_dropout: bool = Field(
         True, description="Drop one modality of an example (mask=0) with the model section's modality_dropout_*_p."
