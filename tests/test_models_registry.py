@@ -3,6 +3,8 @@ in ONNX Runtime. The default run covers every registry entry (`allowed_archs("re
 product is `slow`.
 
 Small inputs keep it fast: 1 s of audio (101 log-mel frames) and 64 px frames, random weights (pretrained=False).
+Temporal picture backbones (`input_kind="video"`) get clips instead: 4 frames of 32 px at 25 Hz (more where the
+backbone's meta asks for more, `min_frames`: s3d takes 6), with a pattern that moves from frame to frame.
 Each ONNX test prints and records (junit property `onnx_max_abs_diff`) the largest |ONNX Runtime - PyTorch| over the
 three outputs. The bound is 1e-4, or 4 x PyTorch's own float32 error (against float64) where that is larger: random
 weights make some deep nets (EfficientNet-B0: |logits| ~ 1e2) round by more than 1e-4 in either framework.
@@ -36,6 +38,7 @@ from edgeav.train.models import (
 )
 
 SMALL = InputContract(audio=AudioContract(window_s=1.0), image=ImageContract(height_px=64, width_px=64))
+CLIP_FRAMES, CLIP_PX, CLIP_RATE_HZ = 4, 32, 25.0
 N_CLASSES = 5
 PARITY_ATOL = 1e-4
 HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
@@ -63,8 +66,19 @@ def _settle_batchnorm(model) -> None:
     model.eval()
 
 
-def _build(triple: tuple, contract: InputContract = SMALL, seed: int = 0):
+def _contract_for(image_backbone: str) -> InputContract:
+    """SMALL for a still-image backbone; for a temporal one, a clip of CLIP_FRAMES (or the backbone's `min_frames`)
+    frames of CLIP_PX px."""
+    if BACKBONES.meta(image_backbone).get("input_kind") != "video":
+        return SMALL
+    T = max(CLIP_FRAMES, int(BACKBONES.meta(image_backbone).get("min_frames", 2)))
+    return InputContract(audio=SMALL.audio, image=ImageContract(height_px=CLIP_PX, width_px=CLIP_PX, n_frames=T,
+                                                                frame_rate_hz=CLIP_RATE_HZ))
+
+
+def _build(triple: tuple, contract: InputContract | None = None, seed: int = 0):
     a, i, h = triple
+    contract = _contract_for(i) if contract is None else contract
     for name in (a, i):
         if name is not None and BACKBONES.meta(name).get("extra") and not HAS_TRANSFORMERS:
             pytest.skip(f"backbone {name!r} needs the optional extra edgeav[{BACKBONES.meta(name)['extra']}]"
@@ -83,11 +97,18 @@ def _inputs(contract: InputContract, masks: list[list[float]], seed: int = 1):
     t = torch.arange(contract.audio.window_samples) / contract.audio.sample_rate_hz
     f0 = 200.0 + 3000.0 * torch.rand(b, 1, generator=g)
     audio = 0.3 * torch.sin(2 * math.pi * f0 * t) + 0.05 * torch.randn(b, t.numel(), generator=g)  # (B, T)
-    _, _, H, W = contract.shapes(b)["image"]
+    H, W = contract.image.height_px, contract.image.width_px
     yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")  # (H, W)
     p = torch.rand(b, 3, 4, 1, 1, generator=g)  # per sample and channel: frequencies, phase, level
     phase = 2 * math.pi * (4 * p[:, :, 0] * xx + 4 * p[:, :, 1] * yy) + 6 * p[:, :, 2]  # (B, 3, H, W)
-    image = 60 + 130 * p[:, :, 3] + 60 * torch.sin(phase) + 8 * torch.randn(b, 3, H, W, generator=g)
+    T = contract.image.n_frames
+    if T == 1:
+        image = 60 + 130 * p[:, :, 3] + 60 * torch.sin(phase) + 8 * torch.randn(b, 3, H, W, generator=g)
+    else:  # a clip: the stripes drift at a per-sample speed, so frames (and their differences) differ by sample
+        speed = 0.3 + 1.2 * torch.rand(b, 1, 1, 1, 1, generator=g)  # (B, 1, 1, 1, 1) radians per frame
+        k = torch.arange(T, dtype=torch.float32).view(1, T, 1, 1, 1)  # (1, T, 1, 1, 1)
+        moving = torch.sin(phase.unsqueeze(1) + speed * k)  # (B, T, 3, H, W)
+        image = 60 + 130 * p[:, :, 3].unsqueeze(1) + 60 * moving + 8 * torch.randn(b, T, 3, H, W, generator=g)
     return audio.float(), image.clamp(0, 255).to(torch.uint8), torch.tensor(masks, dtype=torch.float32)
 
 
@@ -181,8 +202,11 @@ def test_allowed_archs_are_exactly_what_parse_arch_accepts():
     names = [None, *BACKBONES.names()]
     accepted, refused = set(), 0
     for a, i, h in itertools.product(names, BACKBONES.names(), HEADS.names()):
+        # the contract a triple is built with: a clip for a temporal image backbone, a still otherwise
+        contract = _contract_for(i) if BACKBONES.meta(i)["modality"] == "image" else SMALL
         try:
-            parse_arch({"audio_backbone": a, "image_backbone": i, "head": h})
+            parse_arch({"audio_backbone": a, "image_backbone": i, "head": h,
+                        "contract": contract.model_dump(mode="json")})
             accepted.add((a, i, h))
         except ModelError as e:
             assert str(e) and "\n" not in str(e)

@@ -98,8 +98,11 @@ def cmd_model_info(args: argparse.Namespace) -> CommandResult:
         f"  audio  (B, {d['input_shapes']['audio'][1]}) float32 mono, {a['sample_rate_hz']} Hz, {a['window_s']} s;"
         f" log-mel in model: n_fft {a['n_fft']}, hop {a['hop_length']}, win {a['win_length']} (hann),"
         f" {a['n_mels']} mels {a['fmin_hz']:g}-{a['fmax_hz']:g} Hz, floor {a['log_floor']:g}",
-        f"  image  (B, 3, {im['height_px']}, {im['width_px']}) uint8 RGB {im['layout']}; normalized in model"
-        f" mean {tuple(im['mean'])} std {tuple(im['std'])}",
+        f"  image  (B, {', '.join(map(str, d['input_shapes']['image'][1:]))}) uint8 RGB {im['layout']}"
+        + (f", {im['n_frames']} frames at {im['frame_rate_hz']:g} Hz from the window's start"
+           if im["n_frames"] > 1 else "")
+        + f"; normalized in model mean {tuple(im['mean'])} std {tuple(im['std'])}"
+        + (f"; cropped in model to roi (x0, y0, x1, y1) {tuple(im['roi'])}" if im.get("roi") else ""),
         "  mask   (B, 2) float32 [audio_present, image_present]",
         "outputs: logits, logits_audio, logits_image (B, C)",
     ]

@@ -43,6 +43,7 @@ OUTPUT_NAMES: tuple[str, str, str] = ("logits", "logits_audio", "logits_image")
 DEFAULT_AUDIO_BACKBONE = "audio_cnn"
 DEFAULT_IMAGE_BACKBONE = "mobilenetv3_small"
 DEFAULT_HEAD = "hdmf"
+DEFAULT_TEMPORAL_BACKBONE = "video_tcn"  # the temporal picture branch the representative set runs over every head
 INPUT_NAMES: tuple[str, str, str] = ("audio", "image", "mask")
 
 
@@ -135,7 +136,9 @@ def allowed_archs(scope: Literal["representative", "full"] = "representative") -
     (`is_temporal`) need a contract with T > 1 frames per window. These are exactly the triples `parse_arch` accepts.
     "representative": every registry entry at least once, each beside the defaults: every head with the default
     pair (a shared-encoder head with the default image backbone as its encoder), every audio backbone with the
-    default image backbone and head, every image backbone with the default audio backbone and head.
+    default image backbone and head, every image backbone (still or temporal) with the default audio backbone and
+    head, and the default temporal backbone (`DEFAULT_TEMPORAL_BACKBONE`) with every fused head, which then meets a
+    clip's map (time as its width).
     """
     audio = [n for n in BACKBONES.names() if BACKBONES.meta(n)["modality"] == "audio"]
     image = [n for n in BACKBONES.names() if BACKBONES.meta(n)["modality"] == "image"]
@@ -151,6 +154,7 @@ def allowed_archs(scope: Literal["representative", "full"] = "representative") -
     out += [(None, DEFAULT_IMAGE_BACKBONE, h) for h in shared]
     out += [(a, DEFAULT_IMAGE_BACKBONE, DEFAULT_HEAD) for a in audio]
     out += [(DEFAULT_AUDIO_BACKBONE, i, DEFAULT_HEAD) for i in image]
+    out += [(DEFAULT_AUDIO_BACKBONE, DEFAULT_TEMPORAL_BACKBONE, h) for h in fused]
     return list(dict.fromkeys(out))  # drop the repeats of the default triple, keep the order
 
 
