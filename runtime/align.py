@@ -5,9 +5,14 @@ with capture items) in any interleaving; `ready()` returns every window that can
 rest at end of stream.
 
 Windows end on a grid of `hop` (anchored at PTS 0): a window ending at `end_ns` holds the `window_samples` audio
-samples in [end_ns - D, end_ns) (D = their duration) and the frame(s) nearest to evenly spaced targets in it
-(one frame: its centre). Each audio chunk is placed by its own PTS, so discontinuities become gaps, never drift.
-Each sensor's latency offset (ns) is subtracted from its PTS on arrival.
+samples in [end_ns - D, end_ns) (D = their duration) and the frame nearest to each of the contract's frame targets
+(`ImageContract.frame_offsets_ns`: one frame = the window's centre; T frames = k / frame_rate_hz from its start).
+Each audio chunk is placed by its own PTS, so discontinuities become gaps, never drift. Each sensor's latency
+offset (ns) is subtracted from its PTS on arrival.
+
+Missing frames (T > 1): a target with no frame within the tolerance (`frame_tolerance_ms`, and never more than
+half a frame period, so one frame never stands for two targets) is a zero frame with `frames_present[k]` False -
+never a copy of a neighbour. Fewer present frames than `min_frames_present_fraction` of T: no image for the window.
 
 Live or replay: on a live source a window waits at most `max_wait_s` past its end for a lagging sensor (a dead
 camera must not stop the microphone). On a replay (`live=False`: a file decoded as fast as it goes, where one
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -27,7 +33,7 @@ import numpy as np
 from edgeav.contract import InputContract
 from edgeav.errors import SensorError
 from edgeav.schema.runtime import AlignConfig
-from edgeav.timebase import NS_PER_MS, ns_for_samples, s_to_ns, samples_for_ns
+from edgeav.timebase import NS_PER_MS, NS_PER_S, ns_for_samples, s_to_ns, samples_for_ns
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +48,11 @@ class AlignedWindow:
     start_ns: int
     end_ns: int
     audio: np.ndarray | None  # (window_samples,) float32, or None when missing
-    frames: np.ndarray | None  # (n_frames, H, W, 3) uint8, or None when missing
-    frame_pts_ns: tuple[int, ...] = ()
+    frames: np.ndarray | None  # (n_frames, H, W, 3) uint8 (zeros where a frame is missing), or None when missing
+    frame_pts_ns: tuple[int, ...] = ()  # (n_frames,) PTS of each frame; the target time where it is missing
     missing: dict[str, str] = field(default_factory=dict)  # modality -> why it is missing
     audio_filled_ns: int = 0  # zero-filled audio inside the window (small gaps within max_gap_ms)
+    frames_present: tuple[bool, ...] = ()  # (n_frames,) False = no frame within tolerance (a zero frame)
 
     @property
     def centre_ns(self) -> int:
@@ -58,6 +65,11 @@ class AlignedWindow:
     @property
     def has_image(self) -> bool:
         return self.frames is not None
+
+    @property
+    def n_missing_frames(self) -> int:
+        """Frames of an image-bearing window that are zeros for want of a frame within tolerance."""
+        return sum(not p for p in self.frames_present)
 
     def mask(self) -> np.ndarray:
         """(2,) float32 [audio_present, image_present], the model's `mask` row."""
@@ -86,7 +98,13 @@ class Aligner:
         if self.hop_ns <= 0:
             raise ValueError("hop must be positive")
         self.n_frames = contract.image.n_frames
+        self.frame_offsets_ns = contract.image.frame_offsets_ns(self.window_ns)  # (n_frames,) from the window start
         self.tolerance_ns = int(round(self.cfg.frame_tolerance_ms * NS_PER_MS))
+        if self.n_frames > 1:  # half a frame period at most: one frame never stands for two targets
+            assert contract.image.frame_rate_hz is not None  # the contract insists on it for T > 1
+            self.tolerance_ns = min(self.tolerance_ns, int(NS_PER_S / contract.image.frame_rate_hz) // 2)
+        # at least one frame, and this share of T, must be present for the window to have an image
+        self.min_frames_present = max(1, math.ceil(self.cfg.min_frames_present_fraction * self.n_frames - 1e-9))
         self.max_gap_ns = int(round(self.cfg.max_gap_ms * NS_PER_MS))
         self.max_wait_ns = s_to_ns(self.cfg.max_wait_s)
         self.retain_ns = s_to_ns(self.cfg.retain_s)
@@ -99,7 +117,7 @@ class Aligner:
         self._video_end: int | None = None  # latest frame PTS + its duration (stream time of the video)
         self._next_end: int | None = None
         self.counters = {"windows": 0, "skipped_windows": 0, "late_audio_chunks": 0, "late_frames": 0,
-                         "pruned_audio_chunks": 0, "pruned_frames": 0}
+                         "pruned_audio_chunks": 0, "pruned_frames": 0, "missing_frames": 0}
 
     # -- input -----------------------------------------------------------------------------------------------
     def push(self, item: Any) -> None:
@@ -159,8 +177,9 @@ class Aligner:
         return max(wms) if wms else None
 
     def _targets(self, start_ns: int) -> list[int]:
-        n = self.n_frames
-        return [start_ns + (2 * k + 1) * self.window_ns // (2 * n) for k in range(n)]
+        """(n_frames,) times the frames of the window starting at `start_ns` should have; the last one is what the
+        video must reach before the window can be decided."""
+        return [start_ns + off for off in self.frame_offsets_ns]
 
     def _is_ready(self, end_ns: int, now: int) -> bool:
         if end_ns > now:
@@ -212,9 +231,9 @@ class Aligner:
         start_ns = end_ns - self.window_ns
         missing: dict[str, str] = {}
         audio, filled_ns = self._assemble_audio(start_ns, missing)
-        frames, frame_pts = self._assemble_frames(start_ns, missing)
+        frames, frame_pts, present = self._assemble_frames(start_ns, missing)
         self.counters["windows"] += 1
-        return AlignedWindow(start_ns, end_ns, audio, frames, frame_pts, missing, filled_ns)
+        return AlignedWindow(start_ns, end_ns, audio, frames, frame_pts, missing, filled_ns, present)
 
     def _assemble_audio(self, start_ns: int, missing: dict[str, str]) -> tuple[np.ndarray | None, int]:
         if "audio" not in self.streams:
@@ -251,32 +270,51 @@ class Aligner:
             return None, 0
         return out, gap_ns
 
-    def _assemble_frames(self, start_ns: int, missing: dict[str, str]) -> tuple[np.ndarray | None, tuple[int, ...]]:
+    def _assemble_frames(
+        self, start_ns: int, missing: dict[str, str]
+    ) -> tuple[np.ndarray | None, tuple[int, ...], tuple[bool, ...]]:
         if "video" not in self.streams:
             missing[IMAGE] = "source has no video stream"
-            return None, ()
+            return None, (), ()
         if self._video_wm is None:
             missing[IMAGE] = "no frame received yet"
-            return None, ()
+            return None, (), ()
+        targets = self._targets(start_ns)
+        tol_ms = self.tolerance_ns / NS_PER_MS
         if not self._frames:  # all pruned: the latest frame seen is the nearest one
-            dist = min(abs(self._video_wm - t) for t in self._targets(start_ns))
-            missing[IMAGE] = (
-                f"nearest frame {dist / NS_PER_MS:.1f} ms away > tolerance {self.tolerance_ns / NS_PER_MS:.1f} ms"
-            )
-            return None, ()
+            self.counters["missing_frames"] += len(targets)
+            dist = min(abs(self._video_wm - t) for t in targets)
+            missing[IMAGE] = f"nearest frame {dist / NS_PER_MS:.1f} ms away > tolerance {tol_ms:.1f} ms"
+            return None, (), ()
         pts_arr = np.fromiter((p for p, _ in self._frames), dtype=np.int64, count=len(self._frames))
-        picked: list[int] = []
-        for target in self._targets(start_ns):
+        picked: list[int | None] = []  # (n_frames,) buffer index, None = missing frame
+        worst_ns = 0  # distance of the nearest frame of the worst missing target
+        for target in targets:
             i = int(np.argmin(np.abs(pts_arr - target)))
             dist = abs(int(pts_arr[i]) - target)
-            if dist > self.tolerance_ns:
+            if dist > self.tolerance_ns or (picked and picked[-1] == i):  # too far, or the previous target's frame
+                picked.append(None)
+                worst_ns = max(worst_ns, dist)
+            else:
+                picked.append(i)
+        present = tuple(i is not None for i in picked)
+        n_present = sum(present)
+        self.counters["missing_frames"] += len(targets) - n_present
+        if n_present < self.min_frames_present:
+            if self.n_frames == 1:
+                missing[IMAGE] = f"nearest frame {worst_ns / NS_PER_MS:.1f} ms away > tolerance {tol_ms:.1f} ms"
+            else:
                 missing[IMAGE] = (
-                    f"nearest frame {dist / NS_PER_MS:.1f} ms away > tolerance {self.tolerance_ns / NS_PER_MS:.1f} ms"
+                    f"{n_present} of {self.n_frames} frames within tolerance {tol_ms:.1f} ms of their targets "
+                    f"(need {self.min_frames_present}: min_frames_present_fraction "
+                    f"{self.cfg.min_frames_present_fraction:g})"
                 )
-                return None, ()
-            picked.append(i)
-        frames = np.stack([self._frames[i][1] for i in picked])  # (n_frames, H, W, 3)
-        return frames, tuple(int(pts_arr[i]) for i in picked)
+            return None, (), ()
+        like = self._frames[next(i for i in picked if i is not None)][1]  # (H, W, 3)
+        zero = np.zeros_like(like)
+        frames = np.stack([self._frames[i][1] if i is not None else zero for i in picked])  # (n_frames, H, W, 3)
+        pts = tuple(int(pts_arr[i]) if i is not None else t for i, t in zip(picked, targets))
+        return frames, pts, present
 
     # -- memory ----------------------------------------------------------------------------------------------
     def _prune(self) -> None:

@@ -2,7 +2,7 @@
 
 A backend takes exactly the model's inputs and returns its three outputs:
 
-    infer(audio (B, T) float32, image (B, 3, H, W) uint8, mask (B, 2) float32)
+    infer(audio (B, S) float32, image (B, 3, H, W) or (B, T, 3, H, W) uint8, mask (B, 2) float32)
         -> {"logits": (B, C), "logits_audio": (B, C), "logits_image": (B, C)}
 
 Entries: `onnxruntime` (the embedded default; CPU unless CUDA/TensorRT execution providers are asked for, and a
@@ -41,7 +41,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        """audio (B, T) float32, image (B, 3, H, W) uint8, mask (B, 2) float32 -> the three (B, C) logits."""
+        """audio (B, S) float32, image (B, [T,] 3, H, W) uint8, mask (B, 2) float32 -> the three (B, C) logits."""
 
     @property
     def max_batch(self) -> int | None:

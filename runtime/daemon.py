@@ -157,6 +157,9 @@ class Daemon:
         self.info, self.backend, self.role, self.sha = open_bundle(self.bundle_path, self.cfg)
         self.contract = self.info.manifest.contract
         self.labels = self.info.labels
+        from edgeav.runtime.engine import source_for_contract
+
+        self.src_cfg = source_for_contract(self.src_cfg, self.contract)  # T > 1: frames at the model's rate
 
     def _stop_bundle(self) -> None:
         if self.backend is not None:
@@ -189,14 +192,15 @@ class Daemon:
             return store.evidence_rows()
 
         def unlink(detection_id: str, reason: str) -> None:
-            store.update_evidence(detection_id, None, None, f"deleted: {reason}")
+            store.update_evidence(detection_id, None, None, f"deleted: {reason}", clip_path=None)
 
         def deleted(reason: str) -> None:
             if self.metrics is not None:
                 self.metrics.evidence_deleted.labels(reason).inc()
 
+        rate = self.contract.image.frame_rate_hz if self.contract.image.n_frames > 1 else None
         self.evidence = EvidenceStore(ecfg.dir, ecfg, self.contract.audio.sample_rate_hz, rows, unlink,
-                                      on_deleted=deleted).start()
+                                      on_deleted=deleted, frame_rate_hz=rate).start()
         self.evidence.sweep_orphans(store.known_ids)
         self.evidence.apply_retention(force=True)
 
@@ -298,19 +302,19 @@ class Daemon:
         self.windows_by_modality[mods] += 1
         if self.metrics is not None:
             self.metrics.windows.labels(mods).inc()
-        frame = w.frames[len(w.frames) // 2] if w.frames is not None else None
-        context.append(WindowContext(w.start_ns, w.end_ns, w.audio, frame))
+        frame = w.frames[len(w.frames) // 2] if w.frames is not None else None  # (H, W, 3): the middle frame
+        context.append(WindowContext(w.start_ns, w.end_ns, w.audio, frame, w.frames))  # frames (T, H, W, 3)
         for det in res.detections:
             from edgeav.runtime.store import new_detection_id
 
             utc = self._utc_for(det.end_ns) or time.time_ns()
             did = new_detection_id(utc)
-            ap = ip = note = None
+            ap = ip = cp = note = None
             if self.evidence is not None:
                 audio = stitch_audio(context, det.start_ns, det.end_ns, self.contract.audio.sample_rate_hz)
                 try:
-                    ev = self.evidence.write(did, utc, det.label, audio, frame)
-                    ap, ip, note, outcome = ev.audio_path, ev.image_path, ev.note, ev.outcome
+                    ev = self.evidence.write(did, utc, det.label, audio, frame, w.frames)
+                    ap, ip, cp, note, outcome = ev.audio_path, ev.image_path, ev.clip_path, ev.note, ev.outcome
                 except Exception as e:  # evidence is best effort: the detection is logged whatever happens here
                     log.error("evidence for %s failed: %s", did, e)
                     note, outcome = f"failed: {e}", "failed"
@@ -318,7 +322,7 @@ class Daemon:
                     self.metrics.evidence.labels(outcome).inc()
             topics = [self.mqtt.topics["detection"]] if self.mqtt is not None else []
             self.store.add(det, detection_id=did, utc_ns=utc, source=self.src_cfg.uri, run_id=self.run_id,
-                           audio_path=ap, image_path=ip, evidence_note=note, outbox_topics=topics)
+                           audio_path=ap, image_path=ip, evidence_note=note, outbox_topics=topics, clip_path=cp)
             self.detections += 1
             dm = "+".join(det.modalities) or "none"
             self.detections_by_modality[dm] += 1

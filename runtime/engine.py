@@ -38,25 +38,44 @@ class WindowResult(NamedTuple):
 
 
 def make_batch(window: AlignedWindow, contract: InputContract) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The model's inputs for one window: audio (1, T) f32, image (1, 3, H, W) u8, mask (1, 2) f32.
+    """The model's inputs for one window: audio (1, S) f32, image (1, 3, H, W) u8 (T = 1) or (1, T, 3, H, W) u8
+    (T = contract.image.n_frames > 1), mask (1, 2) f32.
 
-    A missing modality is zeros with its mask column 0. With several frames per window the one nearest the
-    centre feeds the model (the image input holds one frame per batch row).
+    A missing modality is zeros with its mask column 0; a missing frame of a T-frame window is already a zero frame
+    (the aligner's `frames_present` says which). Whole frames go in: the model crops its region of interest itself.
     """
     shapes = contract.shapes(batch=1)
     if window.audio is not None:
-        audio = window.audio.reshape(shapes["audio"]).astype(np.float32, copy=False)  # (1, T)
+        audio = window.audio.reshape(shapes["audio"]).astype(np.float32, copy=False)  # (1, S)
     else:
         audio = np.zeros(shapes["audio"], dtype=np.float32)
     if window.frames is not None:
-        frame = window.frames[len(window.frames) // 2]  # (H, W, 3)
-        if frame.shape != (contract.image.height_px, contract.image.width_px, 3):
-            raise SensorError(f"frame is {frame.shape}, the contract takes {shapes['image'][2:]} x 3")
-        image = np.ascontiguousarray(frame.transpose(2, 0, 1)[None])  # (1, 3, H, W)
+        n, h, w = contract.image.n_frames, contract.image.height_px, contract.image.width_px
+        frames = window.frames  # (T, H, W, 3)
+        if n == 1:
+            frames = frames[len(frames) // 2][None]  # (1, H, W, 3): the frame nearest the centre
+        if frames.shape != (n, h, w, 3):
+            raise SensorError(f"window frames are {tuple(window.frames.shape)}, the contract takes ({n}, {h}, {w}, 3)")
+        if frames.dtype != np.uint8:
+            raise SensorError(f"window frames are {frames.dtype}, the contract takes uint8 RGB")
+        chw = frames.transpose(0, 3, 1, 2)  # (T, 3, H, W)
+        image = np.ascontiguousarray(chw if n > 1 else chw[0])[None]  # (1, T, 3, H, W) or (1, 3, H, W)
     else:
         image = np.zeros(shapes["image"], dtype=np.uint8)
     mask = window.mask().reshape(1, 2)  # (1, 2)
     return audio, image, mask
+
+
+def source_for_contract(src_cfg: SourceConfig, contract: InputContract) -> SourceConfig:
+    """The source config the model needs: with T > 1 frames per window, frames must arrive at the contract's
+    `frame_rate_hz` (videorate), whatever `source.fps` says - at another rate the targets would find no frames."""
+    rate = contract.image.frame_rate_hz
+    if contract.image.n_frames == 1 or rate is None or abs(src_cfg.fps - rate) < 1e-6:
+        return src_cfg
+    (log.warning if "fps" in src_cfg.model_fields_set else log.info)(
+        "source fps %g -> %g: the model takes %d frames per window at %g Hz", src_cfg.fps, rate,
+        contract.image.n_frames, rate)
+    return src_cfg.model_copy(update={"fps": float(rate)})
 
 
 def infer_windows(
@@ -74,8 +93,8 @@ def infer_windows(
 
     def run(ws: list[AlignedWindow]) -> Iterator[WindowResult]:
         batches = [make_batch(w, contract) for w in ws]
-        audio = np.concatenate([b[0] for b in batches]) if len(ws) > 1 else batches[0][0]  # (N, T)
-        image = np.concatenate([b[1] for b in batches]) if len(ws) > 1 else batches[0][1]  # (N, 3, H, W)
+        audio = np.concatenate([b[0] for b in batches]) if len(ws) > 1 else batches[0][0]  # (N, S)
+        image = np.concatenate([b[1] for b in batches]) if len(ws) > 1 else batches[0][1]  # (N, [T,] 3, H, W)
         mask = np.concatenate([b[2] for b in batches]) if len(ws) > 1 else batches[0][2]  # (N, 2)
         outputs = backend.infer(audio, image, mask)  # each (N, C)
         for k, w in enumerate(ws):
@@ -133,6 +152,7 @@ def run_stream(
     cfg = cfg or RuntimeConfig()
     src_cfg = source_uri if isinstance(source_uri, SourceConfig) else cfg.source.model_copy(update={"uri": source_uri})
     backend, contract, sha, owned = _resolve_backend(bundle_or_backend, contract, cfg)
+    src_cfg = source_for_contract(src_cfg, contract)
     if backend.input_contract != contract:
         log.warning("the given contract differs from the backend's; using the given one")
     try:
@@ -312,6 +332,7 @@ def score_segments(
 __all__ = [
     "WindowResult",
     "make_batch",
+    "source_for_contract",
     "infer_windows",
     "run_stream",
     "Segment",

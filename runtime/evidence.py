@@ -2,13 +2,20 @@
 
 Files: `<dir>/<YYYY-MM-DD>/<detection id>.wav|.flac` (the detection's aligned audio, from the first confirming
 window's start to the confirming window's end, at the model's rate) and `<detection id>.jpg` (the confirming
-window's frame, at the model's input size - exactly what the model saw). Both paths go into the detection's record.
+window's middle frame, at the model's input size - exactly what the model saw) and, with `clip: true` and a model
+of T > 1 frames per window, `<detection id>.mp4` (the confirming window's T frames at the model's frame rate,
+missing frames black as the model got them). The paths go into the detection's record.
 
 Choices (runtime stays light):
 - audio: WAV 16-bit PCM through the stdlib `wave` module by default - no dependency; 5 s at 16 kHz is 160 kB.
   `audio_format: flac` (about half the size) needs the `soundfile` package and is refused at start without it.
 - image: JPEG through GStreamer's `jpegenc` (gst-plugins-good), which the runtime needs anyway for capture - no
   Pillow on the unit. One small encoder pipeline (appsrc ! jpegenc ! appsink) is kept and reused.
+- clip: H.264 in MP4 through GStreamer (appsrc ! videoconvert ! openh264enc ! h264parse ! mp4mux ! filesink;
+  gstreamer1.0-plugins-bad, which scripts/setup.sh installs) - no PyAV on the unit. Not avenc_mpeg4: gst-libav
+  1.22's encoder emits buffers without PTS, and mp4mux then writes a clip 40 ms long. One pipeline per clip
+  (mp4mux finishes its file at end of stream); a detection is rare enough for that. H.264 wants even sizes: an
+  odd last row / column is cropped.
 
 Retention: before each write, and every `retention_interval_s`, evidence older than `max_age_days` is deleted;
 while the evidence file system has less than `min_free_percent` free, the oldest evidence goes first, but the
@@ -26,6 +33,7 @@ import threading
 import time
 import wave
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -64,6 +72,75 @@ def write_flac(path: Path, samples: np.ndarray, rate_hz: int) -> None:
                     format="FLAC", subtype="PCM_16")
 
 
+def _rgb_buffer_bytes(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 as GStreamer's RGB layout: rows padded to 4 bytes."""
+    h, w = rgb.shape[:2]
+    stride = (w * 3 + 3) // 4 * 4
+    if stride == w * 3:
+        return np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    padded = np.zeros((h, stride), np.uint8)
+    padded[:, : w * 3] = np.asarray(rgb, dtype=np.uint8).reshape(h, w * 3)
+    return padded.tobytes()
+
+
+def clip_pipeline_description(width_px: int, height_px: int, rate_hz: float, bitrate_kbps: int) -> str:
+    """The GStreamer pipeline that writes one evidence clip (the file name is set on `sink` afterwards)."""
+    fr = Fraction(rate_hz).limit_denominator(1001)
+    return (f"appsrc name=src format=time is-live=false block=true caps=video/x-raw,format=RGB,width={width_px},"
+            f"height={height_px},framerate={fr.numerator}/{fr.denominator} ! videoconvert ! "
+            f"openh264enc bitrate={int(bitrate_kbps) * 1000} ! h264parse ! mp4mux ! filesink name=sink sync=false")
+
+
+class ClipEncoder:
+    """Frames (T, H, W, 3) uint8 -> an MP4 file (H.264) at a fixed frame rate (GStreamer openh264enc + mp4mux)."""
+
+    NEEDS = ("appsrc", "videoconvert", "openh264enc", "h264parse", "mp4mux", "filesink")
+
+    def __init__(self, rate_hz: float, bitrate_kbps: int = 400, timeout_s: float = 10.0) -> None:
+        from edgeav.runtime.capture import _gst
+
+        self.Gst = _gst()
+        lacking = [e for e in self.NEEDS if self.Gst.ElementFactory.find(e) is None]
+        if lacking:
+            raise ConfigError(f"evidence clips need GStreamer's {', '.join(lacking)} (gstreamer1.0-plugins-bad, "
+                              "gstreamer1.0-plugins-good); or set daemon.evidence.clip=false")
+        self.rate_hz = float(rate_hz)
+        self.bitrate_kbps = int(bitrate_kbps)
+        self.timeout_s = float(timeout_s)
+
+    def write(self, path: Path, frames: np.ndarray) -> Path:
+        """Write `frames` (T, H, W, 3) uint8 to `path`; SensorError when the encoder fails or stalls."""
+        Gst = self.Gst
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+            raise SensorError(f"a clip takes (T, H, W, 3) uint8 frames, got {frames.dtype}{tuple(frames.shape)}")
+        frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # H.264: even sizes
+        t, h, w = frames.shape[:3]
+        pipeline = Gst.parse_launch(clip_pipeline_description(w, h, self.rate_hz, self.bitrate_kbps))
+        pipeline.get_by_name("sink").set_property("location", str(path))
+        src = pipeline.get_by_name("src")
+        period_ns = int(round(1e9 / self.rate_hz))
+        try:
+            if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+                raise SensorError(f"clip encoder for {path.name} did not start")
+            for k in range(t):
+                buf = Gst.Buffer.new_wrapped(_rgb_buffer_bytes(frames[k]))
+                buf.pts, buf.duration = k * period_ns, period_ns
+                if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
+                    raise SensorError(f"clip encoder refused frame {k} of {path.name}")
+            src.emit("end-of-stream")
+            msg = pipeline.get_bus().timed_pop_filtered(int(self.timeout_s * Gst.SECOND),
+                                                        Gst.MessageType.EOS | Gst.MessageType.ERROR)
+            if msg is None:
+                raise SensorError(f"clip encoder did not finish {path.name} within {self.timeout_s:g} s")
+            if msg.type == Gst.MessageType.ERROR:
+                err, _ = msg.parse_error()
+                raise SensorError(f"clip encoder failed on {path.name}: {err.message}")
+        finally:
+            pipeline.set_state(Gst.State.NULL)
+        return path
+
+
 class JpegEncoder:
     """RGB (H, W, 3) uint8 -> JPEG bytes with a reused GStreamer pipeline (appsrc ! jpegenc ! appsink)."""
 
@@ -99,14 +176,7 @@ class JpegEncoder:
             if self._shape != (h, w):
                 self._build(h, w)
             Gst = self.Gst
-            stride = (w * 3 + 3) // 4 * 4  # GStreamer's RGB rows are padded to 4 bytes
-            if stride != w * 3:
-                padded = np.zeros((h, stride), np.uint8)
-                padded[:, : w * 3] = rgb.reshape(h, w * 3)
-                data = padded.tobytes()
-            else:
-                data = rgb.tobytes()
-            buf = Gst.Buffer.new_wrapped(data)
+            buf = Gst.Buffer.new_wrapped(_rgb_buffer_bytes(rgb))  # rows padded to 4 bytes
             buf.pts = self._n * 40_000_000
             buf.duration = 40_000_000
             self._n += 1
@@ -138,16 +208,18 @@ class EvidenceResult:
     image_path: str | None
     note: str | None  # why something is missing (skipped: disk, failed: ..., no audio in window)
     outcome: str  # written | partial | skipped | failed | none
+    clip_path: str | None = None  # the window's frames as MP4 (evidence.clip)
 
 
 @dataclass(frozen=True)
 class WindowContext:
-    """What evidence is cut from: one processed window's audio and its middle frame."""
+    """What evidence is cut from: one processed window's audio, its middle frame and all its frames."""
 
     start_ns: int
     end_ns: int
-    audio: np.ndarray | None  # (T,) float32
+    audio: np.ndarray | None  # (S,) float32
     frame: np.ndarray | None  # (H, W, 3) uint8
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8, zeros where a frame was missing
 
 
 def stitch_audio(windows: Sequence[WindowContext], start_ns: int, end_ns: int, rate_hz: int) -> np.ndarray | None:
@@ -170,9 +242,14 @@ def stitch_audio(windows: Sequence[WindowContext], start_ns: int, end_ns: int, r
     return out if any_audio else None
 
 
+EVIDENCE_PATH_KEYS = ("audio_path", "image_path", "clip_path")  # the files of one evidence set, as the log names them
+EVIDENCE_SUFFIXES = (".wav", ".flac", ".jpg", ".mp4")
+
+
 class EvidenceStore:
-    """Writes evidence sets and applies retention. `rows()` gives (id, label, utc_ns, audio_path, image_path) of
-    committed detections with evidence, oldest first; `unlink()` reports a deleted set back to the log."""
+    """Writes evidence sets and applies retention. `rows()` gives (id, label, utc_ns, audio_path, image_path
+    [, clip_path]) of committed detections with evidence, oldest first; `unlink()` reports a deleted set back to
+    the log. `frame_rate_hz`: the model's frame rate (T > 1), the rate of the clips."""
 
     def __init__(
         self,
@@ -183,8 +260,11 @@ class EvidenceStore:
         unlink: Callable[[str, str], None],
         free_ratio: Callable[[Path], float] = disk_free_ratio,
         on_deleted: Callable[[str], None] | None = None,
+        frame_rate_hz: float | None = None,
     ) -> None:
         self.root = Path(root)
+        self.frame_rate_hz = frame_rate_hz
+        self.clip: ClipEncoder | None = None
         self.cfg = cfg
         self.rate_hz = int(rate_hz)
         self._rows = rows
@@ -206,8 +286,14 @@ class EvidenceStore:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.cfg.image_format == "jpeg":
             self.jpeg = JpegEncoder(self.cfg.jpeg_quality)
-        log.info("evidence in %s (audio %s, image %s, keep >= %.0f %% free, >= %d per class, max age %s days)",
-                 self.root, self.cfg.audio_format, self.cfg.image_format, self.cfg.min_free_percent,
+        if getattr(self.cfg, "clip", False):
+            if self.frame_rate_hz is None:
+                log.warning("daemon.evidence.clip is on, but the model takes one frame per window: no clips")
+            else:
+                self.clip = ClipEncoder(self.frame_rate_hz, self.cfg.clip_bitrate_kbps)
+        log.info("evidence in %s (audio %s, image %s, clip %s, keep >= %.0f %% free, >= %d per class, max age %s days)",
+                 self.root, self.cfg.audio_format, self.cfg.image_format,
+                 f"mp4 at {self.frame_rate_hz:g} Hz" if self.clip is not None else "none", self.cfg.min_free_percent,
                  self.cfg.keep_per_class, self.cfg.max_age_days)
         return self
 
@@ -221,7 +307,9 @@ class EvidenceStore:
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def write(self, detection_id: str, utc_ns: int, label: str, audio: np.ndarray | None,
-              frame: np.ndarray | None) -> EvidenceResult:
+              frame: np.ndarray | None, frames: np.ndarray | None = None) -> EvidenceResult:
+        """One evidence set: audio (S,), the middle frame (H, W, 3) and, with clips on, the window's frames
+        (T, H, W, 3). Everything is subject to the free-space floor; a failure removes what was written."""
         floor = self.cfg.min_free_percent / 100.0
         if not self.disk_low and self.free_ratio() < floor:
             # entering the low state: make room now. While low, the periodic pass (retention_interval_s) tries
@@ -246,7 +334,7 @@ class EvidenceStore:
         notes: list[str] = []
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            apath = ipath = None
+            apath = ipath = cpath = None
             if self.cfg.audio_format != "none":
                 if audio is None:
                     notes.append("no audio in the detection's windows")
@@ -263,6 +351,13 @@ class EvidenceStore:
                     with open(ipath, "wb") as f:
                         f.write(data)
                     written.append(ipath)
+            if self.clip is not None:
+                if frames is None:
+                    notes.append("no frames for a clip in the confirming window")
+                else:
+                    cpath = folder / f"{detection_id}.mp4"
+                    written.append(cpath)  # removed again if the encoder fails half-way
+                    self.clip.write(cpath, frames)
         except (OSError, SensorError) as e:
             for p in written:
                 try:
@@ -276,11 +371,12 @@ class EvidenceStore:
         if outcome in self.counts:
             self.counts[outcome] += 1
         return EvidenceResult(str(apath) if apath else None, str(ipath) if ipath else None,
-                              "; ".join(notes) or None, outcome)
+                              "; ".join(notes) or None, outcome, str(cpath) if cpath else None)
 
     # -- retention -------------------------------------------------------------------------------------------------
     def _delete(self, row: Any, reason: str) -> None:
-        for p in (row["audio_path"], row["image_path"]):
+        keys = row.keys()
+        for p in (row[k] for k in EVIDENCE_PATH_KEYS if k in keys):
             if p:
                 try:
                     os.unlink(p)
@@ -335,7 +431,7 @@ class EvidenceStore:
         """Delete evidence files whose detection never reached the log (a crash between file and commit)."""
         if not self.root.is_dir():
             return 0
-        files = [p for p in self.root.glob("*/*") if p.suffix in (".wav", ".flac", ".jpg")]
+        files = [p for p in self.root.glob("*/*") if p.suffix in EVIDENCE_SUFFIXES]
         ids = sorted({p.stem for p in files})
         have = known(ids)
         n = 0
@@ -351,5 +447,6 @@ class EvidenceStore:
         return n
 
 
-__all__ = ["EvidenceStore", "EvidenceResult", "WindowContext", "JpegEncoder", "disk_free_ratio", "stitch_audio",
+__all__ = ["EvidenceStore", "EvidenceResult", "WindowContext", "JpegEncoder", "ClipEncoder", "clip_pipeline_description",
+           "disk_free_ratio", "stitch_audio",
            "write_wav", "write_flac"]

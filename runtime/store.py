@@ -11,6 +11,7 @@ process but may lose the last transactions on power loss (fewer fsyncs on an SD 
 Schema versions (PRAGMA user_version):
   1  detections (+ indexes on utc time and label)
   2  evidence columns (audio_path, image_path, evidence_note), the MQTT outbox, runs
+  3  clip_path (the evidence MP4 of a T-frame window)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from edgeav.runtime.postprocess import Detection
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 
 # version reached -> statements that take the previous version to it (each applied in its own transaction)
@@ -79,11 +80,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             model_sha256 TEXT
         )""",
     ),
+    3: ("ALTER TABLE detections ADD COLUMN clip_path TEXT",),
 }
 
 COLUMNS = ("id", "label", "class_index", "start_ns", "end_ns", "start_utc", "end_utc", "utc_ns", "confidence",
            "audio_confidence", "image_confidence", "modalities", "model_sha256", "hits", "source", "run_id",
-           "audio_path", "image_path", "evidence_note")
+           "audio_path", "image_path", "evidence_note", "clip_path")
 
 
 def new_detection_id(utc_ns: int) -> str:
@@ -206,6 +208,7 @@ class DetectionStore:
         image_path: str | None = None,
         evidence_note: str | None = None,
         outbox_topics: Sequence[str] = (),
+        clip_path: str | None = None,
     ) -> str:
         """Queue one detection (and one outbox message per topic in `outbox_topics`, committed in the same
         transaction, so the broker gets every committed detection and nothing else). Returns its id."""
@@ -218,6 +221,7 @@ class DetectionStore:
             "image_confidence": det.image_confidence, "modalities": ",".join(det.modalities),
             "model_sha256": det.model_sha256, "hits": det.hits, "source": source, "run_id": run_id,
             "audio_path": audio_path, "image_path": image_path, "evidence_note": evidence_note,
+            "clip_path": clip_path,
         }
         payload = detection_payload(row) if outbox_topics else ""
         self._pending.append(PendingDetection(did, row, [(t, payload) for t in outbox_topics]))
@@ -226,10 +230,10 @@ class DetectionStore:
         return did
 
     def update_evidence(self, detection_id: str, audio_path: str | None, image_path: str | None,
-                        note: str | None) -> None:
+                        note: str | None, clip_path: str | None = None) -> None:
         """Queue a change of a detection's evidence links (retention deleting files, late evidence)."""
         self._pending_updates.append((detection_id, {"audio_path": audio_path, "image_path": image_path,
-                                                     "evidence_note": note}))
+                                                     "evidence_note": note, "clip_path": clip_path}))
         if self._oldest_pending is None:
             self._oldest_pending = time.monotonic()
 
@@ -265,7 +269,8 @@ class DetectionStore:
                     [(p.id, topic, payload, now_ns) for p in batch for topic, payload in p.outbox])
                 for did, vals in updates:
                     self.con.execute("UPDATE detections SET audio_path=:audio_path, image_path=:image_path, "
-                                     "evidence_note=:evidence_note WHERE id=:id", {**vals, "id": did})
+                                     "evidence_note=:evidence_note, clip_path=:clip_path WHERE id=:id",
+                                     {**vals, "id": did})
                 self.con.execute("COMMIT")
             except BaseException:
                 if self.con.in_transaction:  # SQLite may have rolled back already (e.g. SQLITE_FULL)
@@ -312,8 +317,9 @@ class DetectionStore:
     # -- evidence bookkeeping ------------------------------------------------------------------------------------
     def evidence_rows(self) -> list[sqlite3.Row]:
         """Detections that still link evidence, oldest first."""
-        return self.con.execute("SELECT id, label, utc_ns, audio_path, image_path FROM detections WHERE "
-                                "audio_path IS NOT NULL OR image_path IS NOT NULL ORDER BY utc_ns, id").fetchall()
+        return self.con.execute("SELECT id, label, utc_ns, audio_path, image_path, clip_path FROM detections WHERE "
+                                "audio_path IS NOT NULL OR image_path IS NOT NULL OR clip_path IS NOT NULL "
+                                "ORDER BY utc_ns, id").fetchall()
 
     def known_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)

@@ -133,3 +133,130 @@ def test_full_disk_stops_evidence_never_detections(tmp_path: Path) -> None:
         r = ev.write("after", 1_780_000_000 * 10**9 + 99, "crow", audio, None)
         assert r.outcome == "partial" and r.audio_path and not ev.disk_low  # resumes when space is back
         ev.stop()
+
+
+def _decode_mp4(path: Path) -> tuple[list[float], list[int], tuple[int, int]]:
+    """(mean RGB level per frame, PTS ns per frame, (H, W)) of an MP4, decoded with GStreamer."""
+    from edgeav.runtime.capture import _gst
+
+    Gst = _gst()
+    p = Gst.parse_launch("filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=RGB ! "
+                         "appsink name=sink sync=false")
+    p.get_by_name("src").set_property("location", str(path))
+    sink = p.get_by_name("sink")
+    p.set_state(Gst.State.PLAYING)
+    means, pts, hw = [], [], (0, 0)
+    try:
+        while True:
+            sample = sink.emit("try-pull-sample", 5 * Gst.SECOND)
+            if sample is None:
+                assert sink.get_property("eos"), "the decoder stalled before the end of the clip"
+                break
+            s = sample.get_caps().get_structure(0)
+            h, w = s.get_value("height"), s.get_value("width")
+            buf = sample.get_buffer()
+            ok, info = buf.map(Gst.MapFlags.READ)
+            stride = len(info.data) // h
+            grey = np.frombuffer(bytes(info.data), np.uint8).reshape(h, stride)[:, : w * 3]  # (H, W * 3) RGB
+            buf.unmap(info)
+            means.append(float(grey.mean()))
+            pts.append(int(buf.pts))
+            hw = (h, w)
+    finally:
+        p.set_state(Gst.State.NULL)
+    return means, pts, hw
+
+
+@pytest.mark.gstreamer
+def test_clip_mp4_of_the_window_frames_is_referenced_and_retained(tmp_path: Path) -> None:
+    """evidence.clip: the T frames as an MP4 at the model's rate (decodes to T frames, a missing frame black as the
+    model got it), linked from the detection's record; retention and the orphan sweep remove it with its set."""
+    from edgeav.runtime.capture import _gst
+    from edgeav.runtime.evidence import ClipEncoder
+
+    if missing := [e for e in ClipEncoder.NEEDS if _gst().ElementFactory.find(e) is None]:
+        pytest.skip(f"GStreamer lacks {missing} (gstreamer1.0-plugins-bad)")
+    store = DetectionStore(tmp_path / "d.db")
+    root = tmp_path / "evidence"
+    ecfg = EvidenceConfig(dir=str(root), clip=True, min_free_percent=0.0, keep_per_class=0, max_age_days=1.0)
+
+    def rows():
+        store.flush()
+        return store.evidence_rows()
+
+    ev = EvidenceStore(root, ecfg, 16000, rows,
+                       lambda i, r: store.update_evidence(i, None, None, f"deleted: {r}", clip_path=None),
+                       free_ratio=lambda p: 1.0, frame_rate_hz=25.0).start()
+    frames = np.zeros((10, 32, 40, 3), np.uint8)  # (T, H, W, 3)
+    for k in range(10):
+        frames[k] = 40 + 20 * k  # grey ramp, frame by frame
+    frames[6] = 0  # a missing frame: the aligner's zero frame
+    t0 = 1_780_000_000 * 10**9
+    r = ev.write("clip1", t0, "crow", np.zeros(16000, np.float32), frames[5], frames)
+    assert r.outcome == "written" and r.clip_path and r.clip_path.endswith("clip1.mp4") and Path(r.clip_path).is_file()
+    means, pts, hw = _decode_mp4(Path(r.clip_path))
+    assert len(means) == 10 and hw == (32, 40)
+    assert [p - pts[0] for p in pts] == [k * 40_000_000 for k in range(10)]  # 25 Hz
+    want = [float(frames[k].mean()) for k in range(10)]
+    assert max(abs(a - b) for a, b in zip(means, want)) < 12, (means, want)
+    assert means[6] < 20  # the missing frame stays black, not its neighbour
+    store.add(_det("crow", 0), detection_id="clip1", utc_ns=t0, audio_path=r.audio_path, image_path=r.image_path,
+              evidence_note=r.note, clip_path=r.clip_path)
+    store.flush()
+    row = query_detections(tmp_path / "d.db", limit=None)[0]
+    assert row["clip_path"] == r.clip_path and row["image_path"] and row["audio_path"]
+    # no frames in the window: a note, no clip
+    r2 = ev.write("clip2", t0 + 10**9, "crow", np.zeros(16000, np.float32), None, None)
+    assert r2.clip_path is None and "no frames for a clip" in r2.note and r2.outcome == "partial"
+    # an orphan (a crash between the file and the commit) goes, clip included
+    orphan = Path(r.clip_path).with_name("orphan.mp4")
+    orphan.write_bytes(b"x")
+    assert ev.sweep_orphans(store.known_ids) >= 1 and not orphan.exists() and Path(r.clip_path).is_file()
+    # retention by age deletes the whole set, the clip too, and unlinks it in the log
+    n = ev.apply_retention(force=True, now_ns=t0 + 10 * 86_400 * 10**9)
+    store.flush()
+    assert n >= 1 and not Path(r.clip_path).exists() and not list(root.rglob("clip1.*"))
+    row = query_detections(tmp_path / "d.db", limit=None)[0]
+    assert row["clip_path"] is None and row["evidence_note"].startswith("deleted: age")
+    ev.stop()
+    store.close()
+
+
+@pytest.mark.gstreamer
+def test_daemon_writes_a_clip_per_detection_for_a_t_frame_model(tmp_path: Path) -> None:
+    """`edgeav run` with a bundle whose model takes T = 8 frames at 25 Hz and `evidence.clip: true`: each detection's
+    record links an MP4 of its window's 8 frames (the source's 10 fps file is delivered at the model's 25 Hz)."""
+    import subprocess
+
+    pytest.importorskip("onnx", reason="the test model is built with onnx.helper")
+    pytest.importorskip("onnxruntime")
+    from _daemon_fixtures import EDGEAV, daemon_tree, env, write_config, write_media
+    from test_runtime_backends import tiny_onnx_model
+
+    from edgeav.contract import AudioContract, ImageContract, InputContract
+    from edgeav.export.bundle import write_bundle
+    from edgeav.manifest import ArtifactManifest
+
+    contract = InputContract(audio=AudioContract(window_s=0.4, n_fft=256, win_length=256, hop_length=64),
+                             image=ImageContract(height_px=32, width_px=32, n_frames=8, frame_rate_hz=25.0))
+    model = tiny_onnx_model(tmp_path / "t8.onnx", contract)
+    manifest = ArtifactManifest(kind="onnx", labels=["quiet", "loud"], contract=contract, precision="fp32",
+                                metrics={"fp32": {"accuracy": 0.0}})
+    bundle = write_bundle(tmp_path / "bundle", {"model_fp32": model}, manifest, "cpu", {"edgeav": "test"},
+                          tarball=False)
+    media = write_media(tmp_path / "av.mkv", 2.0)
+    # one pipeline replayed as fast as it goes: every window waits for its frames
+    tree = daemon_tree(tmp_path, bundle, media.as_uri(), realtime=False, sensors="combined", evidence={"clip": True})
+    tree["runtime"]["align"]["hop_s"] = 0.4
+    tree["runtime"]["postprocess"]["threshold"] = 0.0  # every window a detection
+    cfg = write_config(tmp_path / "d.yaml", tree)
+    p = subprocess.run([*EDGEAV, "run", "--config", str(cfg), "--json"], env=env(), capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = query_detections(tmp_path / "det.db", limit=None)
+    with_clip = [r for r in rows if r["clip_path"]]
+    assert rows and with_clip == rows, [r["evidence_note"] for r in rows]
+    assert all(Path(r["clip_path"]).name == f"{r['id']}.mp4" and r["image_path"] for r in with_clip)
+    means, pts, hw = _decode_mp4(Path(with_clip[-1]["clip_path"]))
+    assert len(means) == 8 and hw == (32, 32)
+    assert [q - pts[0] for q in pts] == [k * 40_000_000 for k in range(8)]

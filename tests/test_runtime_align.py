@@ -12,10 +12,11 @@ from edgeav.schema.runtime import AlignConfig
 from edgeav.timebase import NS_PER_MS, NS_PER_S, ns_for_samples, s_to_ns, samples_for_ns
 
 
-def _contract(rate_hz: int = 8000, window_s: float = 1.0, n_frames: int = 1) -> InputContract:
+def _contract(rate_hz: int = 8000, window_s: float = 1.0, n_frames: int = 1,
+              frame_rate_hz: float | None = None) -> InputContract:
     return InputContract(
         audio=AudioContract(sample_rate_hz=rate_hz, window_s=window_s, fmax_hz=rate_hz / 2, n_fft=256, win_length=200, hop_length=80),
-        image=ImageContract(height_px=32, width_px=32, n_frames=n_frames),
+        image=ImageContract(height_px=32, width_px=32, n_frames=n_frames, frame_rate_hz=frame_rate_hz),
     )
 
 
@@ -195,18 +196,82 @@ def test_audio_only_source_and_rate_check():
 
 
 def test_several_frames_per_window():
-    contract = _contract(n_frames=4)
+    contract = _contract(n_frames=4, frame_rate_hz=10.0)
     aligner = Aligner(contract, AlignConfig(hop_s=1.0, frame_tolerance_ms=60), streams=("video", "audio"))
     for k in range(40):
         t = k * s_to_ns(0.1)
         aligner.push_audio(t, np.zeros(800, np.float32), 8000)
-        aligner.push_frame(t, _frame(k))
+        aligner.push_frame(t + 3 * NS_PER_MS, _frame(k))  # 3 ms of jitter: inside the 50 ms (half a period) tolerance
     w = aligner.ready()[0]
     assert w.end_ns == s_to_ns(1.0)
-    assert w.frames.shape == (4, 32, 32, 3)
-    # targets at 125, 375, 625, 875 ms; frames every 100 ms
-    assert list(w.frame_pts_ns) == [s_to_ns(0.1), s_to_ns(0.4), s_to_ns(0.6), s_to_ns(0.9)]
-    assert [int(f[0, 0, 0]) for f in w.frames] == [1, 4, 6, 9]
+    assert w.frames.shape == (4, 32, 32, 3) and w.frames_present == (True,) * 4
+    # targets at 0, 100, 200, 300 ms from the window start (k / 10 Hz); frames every 100 ms
+    assert list(w.frame_pts_ns) == [s_to_ns(0.1 * k) + 3 * NS_PER_MS for k in range(4)]
+    assert [int(f[0, 0, 0]) for f in w.frames] == [0, 1, 2, 3]
+
+
+def _frame_stream(aligner: Aligner, duration_s: float, fps: float, drop=lambda k: False):
+    """Audio in 100 ms chunks and frames at `fps` (frame k has value k % 250 + 1, never 0), merged by PTS."""
+    audio = [("a", k * s_to_ns(0.1), np.zeros(800, np.float32)) for k in range(int(round(duration_s * 10)))]
+    period = NS_PER_S / fps
+    frames = [("v", int(round(k * period)), _frame(k % 250 + 1)) for k in range(int(round(duration_s * fps)))
+              if not drop(k)]
+    out = []
+    for kind, pts, x in sorted(audio + frames, key=lambda r: r[1]):
+        (aligner.push_audio(pts, x, 8000) if kind == "a" else aligner.push_frame(pts, x))
+        out.extend(aligner.ready())
+    return out + aligner.flush()
+
+
+def test_forty_frames_at_25_hz_from_the_capture_clock():
+    contract = _contract(window_s=2.0, n_frames=40, frame_rate_hz=25.0)  # 1.6 s of frames in a 2 s window
+    al = Aligner(contract, AlignConfig(hop_s=0.5))
+    assert al.tolerance_ns == 20 * NS_PER_MS  # the 500 ms default is capped at half a frame period
+    out = _frame_stream(al, 6.0, 25.0)
+    assert [w.end_ns for w in out] == [s_to_ns(2.0) + k * s_to_ns(0.5) for k in range(9)]
+    for w in out:
+        assert not w.missing and w.frames.shape == (40, 32, 32, 3) and w.frames_present == (True,) * 40
+        targets = [w.start_ns + k * s_to_ns(0.04) for k in range(40)]
+        # every other window starts half a frame period off the 25 Hz grid: still 40 distinct consecutive frames
+        assert all(abs(p - t) <= 20 * NS_PER_MS for p, t in zip(w.frame_pts_ns, targets))
+        assert np.all(np.diff(w.frame_pts_ns) == s_to_ns(0.04))
+        assert [int(f[0, 0, 0]) for f in w.frames] == [p // s_to_ns(0.04) % 250 + 1 for p in w.frame_pts_ns]
+    assert al.counters["missing_frames"] == 0
+
+
+def test_a_dropped_frame_is_a_zero_frame_never_a_copy():
+    contract = _contract(window_s=2.0, n_frames=40, frame_rate_hz=25.0)
+    al = Aligner(contract, AlignConfig(hop_s=0.4))  # windows start on the frame grid
+    out = _frame_stream(al, 6.0, 25.0, drop=lambda k: k == 55)  # the frame at 2.20 s never arrives
+    hit = [w for w in out if w.start_ns <= s_to_ns(2.2) < w.start_ns + s_to_ns(1.6)]
+    assert [w.start_ns for w in hit] == [s_to_ns(0.8), s_to_ns(1.2), s_to_ns(1.6), s_to_ns(2.0)]
+    for w in hit:
+        i = (s_to_ns(2.2) - w.start_ns) // s_to_ns(0.04)
+        assert not w.missing and w.mask().tolist() == [1.0, 1.0]  # 39 of 40 frames: the image is there
+        assert w.frames_present[i] is False and sum(w.frames_present) == 39 and w.n_missing_frames == 1
+        assert not w.frames[i].any()  # zeros, not the 2.16 s or 2.24 s frame
+        assert int(w.frames[i - 1, 0, 0, 0]) == 55 and int(w.frames[i + 1, 0, 0, 0]) == 57  # neighbours untouched
+        assert w.frame_pts_ns[i] == s_to_ns(2.2)  # the target time stands where the frame is missing
+    assert all(all(w.frames_present) for w in out if w not in hit)
+    assert al.counters["missing_frames"] == 4
+
+
+def test_too_many_dropped_frames_is_no_image_with_a_reason():
+    contract = _contract(window_s=2.0, n_frames=40, frame_rate_hz=25.0)
+    al = Aligner(contract, AlignConfig(hop_s=0.4, min_frames_present_fraction=0.75))
+    assert al.min_frames_present == 30
+    out = _frame_stream(al, 8.0, 25.0, drop=lambda k: 100 <= k < 120)  # 0.8 s of video lost: 4.00 .. 4.76 s
+    no_image = [w for w in out if "image" in w.missing]
+    assert [w.start_ns for w in no_image] == [s_to_ns(3.2), s_to_ns(3.6), s_to_ns(4.0)]  # 20 of 40 frames each
+    for w in no_image:
+        assert w.frames is None and w.audio is not None and w.mask().tolist() == [1.0, 0.0]
+        assert w.missing["image"] == ("20 of 40 frames within tolerance 20.0 ms of their targets "
+                                      "(need 30: min_frames_present_fraction 0.75)")
+    partial = [w for w in out if w.frames is not None and not all(w.frames_present)]
+    assert partial and all(sum(w.frames_present) >= 30 for w in partial)
+    # from 2.8 s: 10 lost (30 present, just enough), 3.2 / 3.6 / 4.0 s: 20 each (no image), 4.4 s: 10 lost
+    assert [w.start_ns for w in partial] == [s_to_ns(2.8), s_to_ns(4.4)]
+    assert al.counters["missing_frames"] == 10 + 3 * 20 + 10
 
 
 def test_replay_waits_for_a_lagging_decoder_and_for_stream_end():

@@ -35,7 +35,7 @@ def tiny_onnx_model(path: Path, contract: InputContract, n_classes: int = 2) -> 
     from onnx import TensorProto, helper, numpy_helper
 
     t = contract.audio.window_samples
-    h, w = contract.image.height_px, contract.image.width_px
+    image_shape = contract.shapes(batch=1)["image"]  # (1, 3, H, W) or (1, T, 3, H, W)
     c = n_classes
     wa = np.zeros((1, c), np.float32)
     wa[0, 0], wa[0, -1] = -10.0, 10.0
@@ -58,7 +58,8 @@ def tiny_onnx_model(path: Path, contract: InputContract, n_classes: int = 2) -> 
         helper.make_node("Add", ["a_mm", "ba"], ["logits_audio"]),  # (B, C)
         helper.make_node("Cast", ["image"], ["img_f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["img_f", "inv255"], ["img_n"]),
-        helper.make_node("ReduceMean", ["img_n"], ["i_feat4"], axes=[1, 2, 3], keepdims=1),  # (B, 1, 1, 1)
+        helper.make_node("ReduceMean", ["img_n"], ["i_feat4"], axes=list(range(1, len(image_shape))),
+                         keepdims=1),  # (B, 1, 1, 1) or (B, 1, 1, 1, 1) for T frames
         helper.make_node("Flatten", ["i_feat4"], ["i_feat"], axis=1),  # (B, 1)
         helper.make_node("MatMul", ["i_feat", "wi"], ["i_mm"]),
         helper.make_node("Add", ["i_mm", "bi"], ["logits_image"]),  # (B, C)
@@ -73,7 +74,7 @@ def tiny_onnx_model(path: Path, contract: InputContract, n_classes: int = 2) -> 
         "tiny_fused",
         [
             helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["B", t]),
-            helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", 3, h, w]),
+            helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", *image_shape[1:]]),
             helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 2]),
         ],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", c]) for n in ("logits", "logits_audio", "logits_image")],

@@ -24,8 +24,14 @@ from test_runtime_backends import small_contract, tiny_onnx_model  # noqa: E402
 
 from edgeav.errors import SensorError  # noqa: E402
 from edgeav.manifest import sha256_file  # noqa: E402
+from edgeav.contract import AudioContract, ImageContract, InputContract  # noqa: E402
+from edgeav.runtime.align import AlignedWindow  # noqa: E402
+from edgeav.runtime.backends import create_backend  # noqa: E402
 from edgeav.runtime.engine import (  # noqa: E402
+    infer_windows,
+    make_batch,
     predictions_from_results,
+    source_for_contract,
     read_segments_csv,
     run_stream,
     score_segments,
@@ -153,6 +159,54 @@ def test_corrupt_middle_never_hangs(tmp_path, tiny):
         assert "\n" not in str(e)
     assert time.monotonic() - t0 < 15.0
     assert all(r.window.end_ns % s_to_ns(0.5) == 0 for r in results)
+
+
+def _clip_contract(n_frames: int = 8) -> InputContract:
+    return InputContract(audio=AudioContract(sample_rate_hz=16000, window_s=1.0, fmax_hz=8000),
+                         image=ImageContract(height_px=32, width_px=40, n_frames=n_frames, frame_rate_hz=25.0))
+
+
+def test_window_inputs_for_t_frames(tmp_path):
+    """T = 8 frames (T, H, W, 3) -> image (1, T, 3, H, W) uint8; a wrong frame count is one SensorError line; a
+    batch of windows runs through ONNX Runtime with the contract's (N, T, 3, H, W) input."""
+    from edgeav.runtime.postprocess import PostProcessor
+
+    contract = _clip_contract()
+    frames = np.zeros((8, 32, 40, 3), np.uint8)
+    for k in range(8):
+        frames[k, :, :, 0], frames[k, :, :, 2] = k, 100 + k  # R = frame index, B = 100 + index
+    w = AlignedWindow(0, s_to_ns(1.0), np.zeros(16000, np.float32), frames, tuple(range(8)), {}, 0, (True,) * 8)
+    audio, image, mask = make_batch(w, contract)
+    assert audio.shape == (1, 16000) and mask.tolist() == [[1.0, 1.0]]
+    assert image.shape == (1, 8, 3, 32, 40) == contract.shapes(1)["image"] and image.dtype == np.uint8
+    assert image.flags["C_CONTIGUOUS"]
+    assert [int(image[0, k, 0, 5, 5]) for k in range(8)] == list(range(8))  # frame order kept, RGB -> channels
+    assert [int(image[0, k, 2, 5, 5]) for k in range(8)] == [100 + k for k in range(8)]
+    no_image = AlignedWindow(0, s_to_ns(1.0), None, None, (), {"image": "x", "audio": "y"})
+    _, image0, mask0 = make_batch(no_image, contract)
+    assert image0.shape == (1, 8, 3, 32, 40) and not image0.any() and mask0.tolist() == [[0.0, 0.0]]
+    short = AlignedWindow(0, s_to_ns(1.0), None, frames[:5], tuple(range(5)))
+    with pytest.raises(SensorError, match=r"window frames are \(5, 32, 40, 3\), the contract takes \(8, 32, 40, 3\)") as e:
+        make_batch(short, contract)
+    assert "\n" not in str(e.value)
+    # batched through a real ONNX Runtime session: (N, T, 3, H, W) is what the contract (and the model) takes
+    model = tiny_onnx_model(tmp_path / "t8.onnx", contract)
+    bright = AlignedWindow(s_to_ns(0.5), s_to_ns(1.5), np.zeros(16000, np.float32),
+                           np.full((8, 32, 40, 3), 255, np.uint8), tuple(range(8)), {}, 0, (True,) * 8)
+    post = PostProcessor(LABELS, _cfg().postprocess)
+    with create_backend("onnxruntime", model, contract, intra_op_threads=1) as be:
+        res = list(infer_windows([w, bright], be, contract, post, batch_windows=2))
+    assert [r.scores.labels[int(np.argmax(r.scores.image))] for r in res] == ["quiet", "loud"]
+
+
+def test_source_rate_follows_a_t_frame_contract(caplog):
+    contract = _clip_contract()
+    assert source_for_contract(SourceConfig(), contract).fps == 25.0  # the default 5 fps gives way, said at info
+    with caplog.at_level("WARNING", logger="edgeav.runtime.engine"):
+        assert source_for_contract(SourceConfig(fps=5), contract).fps == 25.0
+    assert any("source fps 5 -> 25" in r.getMessage() for r in caplog.records)  # a typed rate is overruled loudly
+    still = small_contract(window_s=1.0, size_px=32)
+    assert source_for_contract(SourceConfig(fps=7), still).fps == 7  # T = 1: the source's own rate
 
 
 def test_live_test_source_runs_and_stops(tiny):

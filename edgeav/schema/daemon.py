@@ -25,7 +25,8 @@ class StoreConfig(Section):
 
 
 class EvidenceConfig(Section):
-    """Per confirmed detection: its aligned audio and one frame, named by the detection id (edgeav.runtime.evidence)."""
+    """Per confirmed detection: its aligned audio, one frame and (`clip`) the window's frames as MP4, named by the
+    detection id (edgeav.runtime.evidence)."""
 
     enabled: bool = Field(True, description="Write evidence clips at all.")
     dir: str = Field("evidence", description="Folder of the evidence files (one sub-folder per UTC day).")
@@ -34,6 +35,10 @@ class EvidenceConfig(Section):
     )
     image_format: Literal["jpeg", "none"] = Field("jpeg", description="jpeg: GStreamer jpegenc (already a runtime dependency); none: no frame.")
     jpeg_quality: int = Field(85, ge=1, le=100, description="JPEG quality, 1..100.")
+    clip: bool = Field(
+        False, description="Also write the confirming window's T frames as a short MP4 (H.264 with GStreamer openh264enc "
+        "+ mp4mux, at the model's frame rate; gstreamer1.0-plugins-bad); only for models with more than one frame per window.")
+    clip_bitrate_kbps: int = Field(400, ge=16, le=50_000, description="H.264 bit rate of the evidence clip, kbit/s.")
     min_free_percent: float = Field(
         20.0, ge=0.0, le=95.0, description="Keep at least this share of the evidence file system free: oldest evidence goes first, %."
     )

@@ -66,6 +66,11 @@ class AlignConfig(Section):
     frame_tolerance_ms: float = Field(
         500.0, gt=0.0, le=60_000.0, description="Nearest frame farther than this from its target time = no image, ms."
     )
+    min_frames_present_fraction: float = Field(
+        0.75, ge=0.0, le=1.0,
+        description="With T frames per window: a frame target with no frame within the tolerance is a missing frame "
+        "(fed as zeros, flagged in frames_present); fewer present frames than this share of T = no image, fraction.",
+    )
     max_gap_ms: float = Field(
         50.0, ge=0.0, le=60_000.0, description="Audio holes up to this total are zero-filled; more = no audio, ms."
     )
