@@ -198,3 +198,21 @@ def test_recipes_cover_the_seed_tasks():
     assert load_config(REPO / "train" / "birds.yaml").data.test_image_names == ["4.jpg", "5.jpg"]
     scenes = load_config(REPO / "train" / "scenes.yaml")
     assert scenes.train.mode == "two_phase" and scenes.model.name == "scenes-f4"
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    """train.lr_schedule=cosine: the learning rate rises over warmup_epochs, peaks at the configured rate, then falls
+    monotonically towards 0 by the phase's last epoch."""
+    from edgeav.schema import load_config
+    from edgeav.train.loop import _scheduler
+
+    tc = load_config(None, ["train.lr_schedule=cosine", "train.warmup_epochs=3"]).train
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = _scheduler(opt, tc, 20)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.02

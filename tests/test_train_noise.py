@@ -186,17 +186,21 @@ def test_field_noise_mixes_at_the_drawn_snr_and_is_seeded(tmp_path):
     assert isinstance(off, FieldNoise) and off(audio, torch.Generator()) is audio
 
 
-def test_two_phase_warns_once_that_phase_two_trains_on_clean_features(tmp_path, caplog):
+def test_two_phase_warns_where_the_noise_does_not_reach(tmp_path, caplog):
     write_noise(tmp_path / "w.wav", 1.0)
     sets = ["train.mode=two_phase", "train.augment.noise.enabled=true", f"train.augment.noise.path={tmp_path / 'w.wav'}"]
     with caplog.at_level(logging.WARNING, logger="edgeav.train.augment"):
-        build_field_noise(load_config(None, sets).train, 16_000)
+        build_field_noise(load_config(None, sets).train, 16_000)  # default: phase II caches noisy copies too
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="edgeav.train.augment"):
+        build_field_noise(load_config(None, [*sets, "train.augment.noise.phase2_variants=0"]).train, 16_000)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "phase I" in warnings[0].getMessage() and "CLEAN" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "CLEAN" in warnings[0].getMessage()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="edgeav.train.augment"):
         build_field_noise(load_config(None, [*sets, f"train.phase1_from={tmp_path}"]).train, 16_000)
-    assert any("NOT APPLIED" in r.getMessage() for r in caplog.records)
+    assert any("NOT APPLIED to phase I" in r.getMessage() for r in caplog.records)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="edgeav.train.augment"):
         build_field_noise(load_config(None, sets[1:]).train, 16_000)  # joint: nothing to warn about
@@ -229,3 +233,26 @@ def test_training_with_noise_runs_and_changes_the_audio_fed_to_the_model(syn, tm
 
     report = train(load_config(None, tiny(tmp_path, "train.epochs=1", *on)), syn, tmp_path / "run")
     assert (tmp_path / "run" / "best.pt").is_file() and report["epochs_run"] == {"joint": 1}
+
+
+def test_phase_two_caches_noisy_copies_and_examples_take_them(syn, tmp_path):
+    """two_phase: phase II caches the frozen audio features of the clean windows and of phase2_variants noisy
+    copies; a noisy copy's features differ from the clean ones, and an epoch draws noisy copies at about `prob`."""
+    from edgeav.train.loop import Phase2Cache
+
+    noise = write_noise(tmp_path / "wind.wav", 2.0)
+    cfg = load_config(None, tiny(tmp_path, "train.mode=two_phase", "train.augment.noise.enabled=true",
+                                 f"train.augment.noise.path={noise}", "train.augment.noise.prob=0.5",
+                                 "train.augment.noise.snr_db_min=-5", "train.augment.noise.snr_db_max=0",
+                                 "train.augment.noise.phase2_variants=3"))
+    trainer = Trainer(cfg, syn, tmp_path / "probe")
+    cache = Phase2Cache(trainer.model, trainer.data, "train", 0, torch.device("cpu"), 8, trainer.field_noise, 3)
+    n = cache.n_audio
+    assert cache.variants == 4 and cache.a_emb.shape[0] == 4 * n
+    for copy in (1, 2, 3):
+        assert not torch.allclose(cache.a_emb[:n], cache.a_emb[copy * n:(copy + 1) * n])
+    ai, _, _ = cache.epoch_items(0)
+    noisy_share = float((ai[ai >= 0] >= n).float().mean())
+    assert 0.2 < noisy_share < 0.8, noisy_share
+    clean_only = Phase2Cache(trainer.model, trainer.data, "train", 0, torch.device("cpu"), 8, trainer.field_noise, 0)
+    assert clean_only.variants == 1 and torch.allclose(clean_only.a_emb, cache.a_emb[:n])

@@ -75,14 +75,13 @@ def build_field_noise(tc: TrainConfig, sample_rate_hz: int) -> FieldNoise:
     bank = NoiseBank(cfg.path, sample_rate_hz)  # type: ignore[arg-type]  (the schema requires path when enabled)
     log.info("field noise: %s, SNR %g..%g dB, probability %.2f per example", cfg.path, cfg.snr_db_min,
              cfg.snr_db_max, cfg.prob)
-    if tc.mode == "two_phase":
-        if tc.phase1_from:
-            log.warning("train.augment.noise IS NOT APPLIED in this run: train.phase1_from takes phase I from %s, and "
-                        "phase II trains the fusion head on features cached once from the CLEAN sound", tc.phase1_from)
-        else:
-            log.warning("train.augment.noise applies to phase I (the audio model) ONLY: phase II trains the fusion "
-                        "head on features cached once from the CLEAN sound (no waveform augmentation there), so the "
-                        "fusion never learns to lean on the picture in noise; use train.mode=joint for that")
+    if tc.mode == "two_phase" and tc.phase1_from:
+        log.warning("train.augment.noise is NOT APPLIED to phase I in this run: train.phase1_from takes the audio "
+                    "model from %s (trained with whatever noise that run had); phase II still caches %d noisy "
+                    "copies", tc.phase1_from, cfg.phase2_variants)
+    if tc.mode == "two_phase" and cfg.phase2_variants == 0:
+        log.warning("train.augment.noise.phase2_variants=0: phase II trains the fusion head on features of the CLEAN "
+                    "sound only, so the fusion never learns to lean on the picture in noise")
     return FieldNoise(cfg, bank)
 
 
@@ -123,13 +122,17 @@ class RestrictedRandAugment(v2.RandAugment):
 
 
 def build_image_transform(cfg: ImageAugConfig) -> v2.Transform | None:
-    """The per-image transform of `cfg` (uint8 (3, H, W) -> uint8 (3, H, W)), or None when everything is off."""
+    """The per-image transform of `cfg` (uint8 (3, H, W) -> uint8 (3, H, W)), or None when everything is off. On a
+    clip (T, 3, H, W) torchvision draws the parameters once, so every frame of a window moves alike."""
     if not cfg.enabled:
         return None
     parts: list[v2.Transform] = []
     if cfg.hflip_prob > 0:
         parts.append(v2.RandomHorizontalFlip(p=cfg.hflip_prob))
-    if cfg.rotation_deg > 0:
+    if cfg.translate_frac > 0:  # rotation and shift in one resampling
+        parts.append(v2.RandomAffine(cfg.rotation_deg, translate=(cfg.translate_frac, cfg.translate_frac),
+                                     interpolation=v2.InterpolationMode.BILINEAR))
+    elif cfg.rotation_deg > 0:
         parts.append(v2.RandomRotation(cfg.rotation_deg, interpolation=v2.InterpolationMode.BILINEAR))
     if cfg.randaugment_ops and cfg.randaugment_prob > 0:
         bins = 31
@@ -140,7 +143,7 @@ def build_image_transform(cfg: ImageAugConfig) -> v2.Transform | None:
 
 
 def augment_image(image: torch.Tensor, transform: v2.Transform | None) -> torch.Tensor:
-    """image (B, 3, H, W) uint8 -> (B, 3, H, W) uint8, each example transformed on its own."""
+    """image (B, 3, H, W) or clips (B, T, 3, H, W) uint8 -> the same, each example transformed on its own."""
     if transform is None:
         return image
     return torch.stack([transform(img) for img in image])

@@ -14,7 +14,8 @@ Modes (`train.mode`):
   cached features), which costs milliseconds per epoch.
 
 Optimizer: Adam/AdamW with two parameter groups (`edgeav.train.models.param_groups`): backbones at
-`lr_backbone`, fusion and classifier heads at `lr_fusion`. ReduceLROnPlateau on validation accuracy; early stop after
+`lr_backbone`, fusion and classifier heads at `lr_fusion`. ReduceLROnPlateau on validation accuracy (or a cosine
+schedule with warm-up, `train.lr_schedule`); early stop after
 `early_stop_patience` epochs without a better one (ties broken by a lower validation loss).
 
 Exact resume: every epoch is a pure function of (seed, epoch, rank) and the state at its start: the data order
@@ -191,6 +192,21 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
+def _scheduler(opt: torch.optim.Optimizer, tc: Any, epochs: int) -> Any:
+    """The phase's learning-rate schedule, stepped once per epoch (`train.lr_schedule`)."""
+    if tc.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=tc.plateau_factor,
+                                                          patience=tc.plateau_patience)
+    warm = min(tc.warmup_epochs, max(epochs - 1, 0))
+
+    def factor(epoch: int) -> float:  # epoch: epochs completed; the factor for the next one
+        if epoch < warm:
+            return (epoch + 1) / (warm + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (epoch - warm) / max(epochs - warm, 1))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
 # ---------------------------------------------------------------- phase I data
 
 
@@ -234,13 +250,17 @@ class UnimodalDataset(Dataset):
 class Phase2Cache:
     """Frozen unimodal features of every example of one split, computed once.
 
-    Audio: map (Na, Da, f, t) and embedding (Na, Da) per audio sample; visual: map (Nv, Di, h, w) and embedding
+    Audio: map (Na, Da, f, t) and embedding (Na, Da) per audio sample - and, with field noise and
+    `noise_variants` V > 0, the same for V noisy copies of each window (stacked: copy c of sample i at c * Na + i,
+    each epoch an example takes a noisy copy with the noise's probability); visual: map (Nv, Di, h, w) and embedding
     (Nv, Di) per visual sample (a photo, or the middle frame of a video window). `epoch_items(epoch)` pairs them as
     the data set pairs its samples for that epoch (species-paired data is re-paired every epoch)."""
 
     def __init__(self, model: nn.Module, data: Any, split: str, seed: int, device: torch.device,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, noise: Any = None, noise_variants: int = 0) -> None:
         self.data, self.split, self.seed = data, split, seed
+        self.noise = noise if noise is not None and noise.bank is not None and noise_variants > 0 else None
+        self.variants = 1 + (noise_variants if self.noise is not None else 0)  # clean + noisy copies per window
         samples = data.samples(split)
         self.audio_ids = {s.id: i for i, s in enumerate([s for s in samples if s.audio is not None])}
         self.visual_ids = {s.id: i for i, s in enumerate([s for s in samples if s.image is not None or s.video is not None])}
@@ -248,12 +268,30 @@ class Phase2Cache:
         v_samples = [s for s in samples if s.image is not None or s.video is not None]
         model.eval()
         with torch.no_grad():
-            self.a_map, self.a_emb, self.a_ok = self._run(a_samples, batch_size, device,
-                                                          lambda s: data.load_audio(s.audio),
-                                                          lambda x: audio_map(model, x), model.audio_backbone)
+            runs = [self._run(a_samples, batch_size, device, self._audio_loader(v), lambda x: audio_map(model, x),
+                              model.audio_backbone) for v in range(self.variants)]
+            self.a_map, self.a_emb, self.a_ok = (torch.cat([r[k] for r in runs]) for k in range(3))  # (V*Na, ...)
             self.v_map, self.v_emb, self.v_ok = self._run(v_samples, batch_size, device, self._load_visual,
                                                           lambda x: image_map(model, x), model.image_backbone)
-        log.info("phase II cache (%s): %d audio, %d visual examples", split, len(a_samples), len(v_samples))
+        self.n_audio = len(a_samples)
+        log.info("phase II cache (%s): %d audio (x%d: clean + %d noisy), %d visual examples", split, len(a_samples),
+                 self.variants, self.variants - 1, len(v_samples))
+
+    def _audio_loader(self, variant: int) -> Callable:
+        """Variant 0: the clean window; variant v > 0: the window with the run's field noise mixed in, each window
+        at its own SNR and noise segment, drawn from (seed, v) - the same copies on every rank and every resume."""
+        if variant == 0:
+            return lambda s: self.data.load_audio(s.audio)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, variant, 0, 5))
+        always = self.noise.cfg.model_copy(update={"prob": 1.0})  # a noisy copy always has noise
+
+        def load(s: Any) -> np.ndarray | None:
+            a = self.data.load_audio(s.audio)
+            if a is None:
+                return None
+            mixed = type(self.noise)(always, self.noise.bank)(torch.from_numpy(np.array(a, dtype=np.float32))[None], gen)
+            return mixed[0].numpy()
+        return load
 
     def _load_visual(self, s: Any) -> np.ndarray | None:
         if s.image is not None:
@@ -284,8 +322,11 @@ class Phase2Cache:
     def epoch_items(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(audio index (N,), visual index (N,), label (N,)); -1 where the example lacks that modality."""
         ai, vi, y = [], [], []
+        rng = np.random.default_rng([self.seed, int(epoch), 7])  # which copy (clean or noisy) each example takes
+        p_noisy = self.noise.cfg.prob if self.noise is not None else 0.0
         for a, v in self.data.pairs(self.split, epoch, self.seed):
-            ai.append(self.audio_ids[a.id] if a is not None and a.id in self.audio_ids else -1)
+            copy = int(rng.integers(1, self.variants)) if self.variants > 1 and rng.random() < p_noisy else 0
+            ai.append(copy * self.n_audio + self.audio_ids[a.id] if a is not None and a.id in self.audio_ids else -1)
             vi.append(self.visual_ids[v.id] if v is not None and v.id in self.visual_ids else -1)
             y.append((a or v).label)
         return torch.tensor(ai), torch.tensor(vi), torch.tensor(y)
@@ -768,8 +809,7 @@ class Trainer:
         tc = self.cfg.train
         self._freeze_for(phase)
         opt = self._optimizer()
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=tc.plateau_factor,
-                                                           patience=tc.plateau_patience)
+        sched = _scheduler(opt, tc, epochs)
         self.scaler = torch.amp.GradScaler("cuda") if (tc.amp and self.device.type == "cuda") else None
         if resume_payload is not None:
             o = resume_payload["optimizer_state"]
@@ -780,7 +820,8 @@ class Trainer:
         cache_train = cache_val = None
         if phase == "phase2_fusion":
             t = time.monotonic()
-            cache_train = Phase2Cache(self.model, self.data, "train", tc.seed, self.device, tc.eval_batch_size)
+            cache_train = Phase2Cache(self.model, self.data, "train", tc.seed, self.device, tc.eval_batch_size,
+                                      self.field_noise, tc.augment.noise.phase2_variants)
             cache_val = Phase2Cache(self.model, self.data, self.val_split, tc.seed, self.device, tc.eval_batch_size)
             self.cache_seconds = time.monotonic() - t
             log.info("phase II: frozen features of train and val computed once in %.1f s", self.cache_seconds)
@@ -797,7 +838,7 @@ class Trainer:
             tr = self._train_epoch(net, opt, self.scaler, epoch, cache_train)
             va = self._validate(net, cache_val)
             tr["decoded"] = self.data.cache.misses - misses0  # media decoded this epoch (training + validation)
-            sched.step(va["val_acc"])
+            sched.step(va["val_acc"]) if tc.lr_schedule == "plateau" else sched.step()
             self.state.epoch = epoch + 1
             row = {"epoch": epoch + 1, "phase": phase, **tr, **va,
                    "lr_backbone": _lr(opt, "backbones"), "lr_fusion": _lr(opt, "fusion"),

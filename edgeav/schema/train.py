@@ -37,9 +37,8 @@ class NoiseAugConfig(Section):
     enabled: bool = Field(
         False,
         description=("Mix recorded background noise (wind, rain, traffic, other birds) into the training sound. "
-                     "two_phase: applied in phase I (the audio model) only; phase II trains the fusion head on "
-                     "features cached once from the clean sound, so the fusion never sees this noise (logged as a "
-                     "warning); use train.mode=joint for a fusion that learns to lean on the picture in noise."),
+                     "two_phase: phase I (the audio model) mixes it on the fly; phase II caches the frozen features "
+                     "of `phase2_variants` noisy copies of each training window beside the clean ones."),
     )
     path: str | None = Field(
         None,
@@ -51,6 +50,13 @@ class NoiseAugConfig(Section):
     snr_db_min: float = Field(0.0, ge=-30.0, le=60.0, description="Lowest signal-to-noise ratio drawn, dB.")
     snr_db_max: float = Field(20.0, ge=-30.0, le=60.0, description="Highest signal-to-noise ratio drawn, dB (uniform in dB between min and max).")
     prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability that an example gets noise, per example per epoch (0..1).")
+    phase2_variants: int = Field(
+        8, ge=0, le=64,
+        description=("two_phase: noisy copies of each training window whose frozen audio features phase II caches "
+                     "beside the clean ones (each at its own drawn SNR and noise segment); every epoch an example "
+                     "takes a noisy copy with probability `prob`, so the fusion learns to lean on the picture when "
+                     "the sound is poor. 0 = phase II sees clean sound only (logged as a warning)."),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "NoiseAugConfig":
@@ -69,6 +75,10 @@ class ImageAugConfig(Section):
     enabled: bool = Field(True, description="Image augmentation on/off (rotation, flip, RandAugment).")
     rotation_deg: float = Field(15.0, ge=0.0, le=180.0, description="Random rotation range +-deg, degrees (0 = off).")
     hflip_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal flip.")
+    translate_frac: float = Field(
+        0.0, ge=0.0, le=0.5,
+        description=("Random shift up to this fraction of the width / height (0 = off): the jitter a fixed region "
+                     "of interest needs to learn a mouth or a feeder that sits a little elsewhere."))
     randaugment_ops: list[RANDAUGMENT_OPS] = Field(
         default_factory=lambda: ["Sharpness", "Contrast", "Identity"],
         description="RandAugment operations allowed (torchvision names; the scene papers found the others hurt; [] = off).",
@@ -108,6 +118,13 @@ class TrainConfig(Section):
     lr_backbone: float = Field(3e-4, gt=0.0, le=1.0, description="Learning rate of the backbones.")
     lr_fusion: float = Field(1e-3, gt=0.0, le=1.0, description="Learning rate of the fusion head and classifiers.")
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="Weight decay.")
+    lr_schedule: Literal["plateau", "cosine"] = Field(
+        "plateau",
+        description=("plateau: ReduceLROnPlateau on validation accuracy (the HD-MF paper's); cosine: linear warm-up "
+                     "over warmup_epochs, then cosine decay to 0 over the phase's epochs (steady on small, noisy "
+                     "validation splits, where a plateau rule reacts to one clip)."),
+    )
+    warmup_epochs: int = Field(3, ge=0, le=1000, description="cosine: epochs of linear learning-rate warm-up.")
     plateau_factor: float = Field(0.1, gt=0.0, lt=1.0, description="ReduceLROnPlateau factor on validation accuracy.")
     plateau_patience: int = Field(5, ge=0, le=1000, description="ReduceLROnPlateau patience, epochs.")
     early_stop_patience: int = Field(12, ge=1, le=10_000, description="Stop after this many epochs without a better validation accuracy.")

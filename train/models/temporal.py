@@ -28,8 +28,9 @@ def _frame_block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _time_block(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True))
+def _time_block(cin: int, cout: int, k: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv1d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+                         nn.BatchNorm1d(cout), nn.ReLU(inplace=True))
 
 
 def frame_differences(x: torch.Tensor) -> torch.Tensor:
@@ -47,14 +48,14 @@ class VideoTCN(Backbone):
 
     def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None, stem: str = "diff",
                  channels: tuple[int, ...] = (24, 48, 64), pool_px: int = 2, embed_dim: int = 128,
-                 temporal_layers: int = 2, temporal_kernel: int = 5) -> None:
+                 temporal_layers: int = 2, temporal_kernel: int = 5, temporal_dilation_growth: int = 1) -> None:
         super().__init__()
         if pretrained:
             raise ModelError("video_tcn has no library weights (it is trained from scratch); set pretrained: false")
         if stem not in ("diff", "raw"):
             raise ModelError(f"video_tcn stem must be 'diff' or 'raw', got {stem!r}")
-        if temporal_layers < 1 or temporal_kernel < 1 or temporal_kernel % 2 == 0:
-            raise ModelError("video_tcn needs temporal_layers >= 1 and an odd temporal_kernel")
+        if temporal_layers < 1 or temporal_kernel < 1 or temporal_kernel % 2 == 0 or temporal_dilation_growth < 1:
+            raise ModelError("video_tcn needs temporal_layers >= 1, an odd temporal_kernel and temporal_dilation_growth >= 1")
         self.stem = stem
         self.embed_dim = int(embed_dim)
         blocks, cin = [], 3
@@ -63,8 +64,8 @@ class VideoTCN(Backbone):
             cin = int(c)
         self.frame_cnn = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(pool_px))
         tblocks, tin = [], cin * pool_px * pool_px
-        for _ in range(temporal_layers):
-            tblocks.append(_time_block(tin, self.embed_dim, temporal_kernel))
+        for i in range(temporal_layers):  # dilation growth g: layer i sees every g^i-th step (a wider field)
+            tblocks.append(_time_block(tin, self.embed_dim, temporal_kernel, int(temporal_dilation_growth) ** i))
             tin = self.embed_dim
         self.temporal = nn.Sequential(*tblocks)
         if weights_path is not None:
@@ -73,9 +74,9 @@ class VideoTCN(Backbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem == "diff":
             x = frame_differences(x)  # (B, T-1, 3, h, w)
-        B, T = int(x.shape[0]), int(x.shape[1])
-        f = self.frame_cnn(x.reshape(B * T, *x.shape[2:]))  # (B*T, C, p, p)
-        f = f.reshape(B, T, -1).transpose(1, 2)  # (B, C*p*p, T)
+        T = int(x.shape[1])  # static; the batch axis stays symbolic (a dynamic-batch export)
+        f = self.frame_cnn(x.flatten(0, 1))  # (B*T, C, p, p)
+        f = f.reshape(-1, T, f.shape[1] * f.shape[2] * f.shape[3]).transpose(1, 2)  # (B, C*p*p, T)
         return self.temporal(f).unsqueeze(2)  # (B, D, 1, T)
 
 
