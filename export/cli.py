@@ -7,9 +7,11 @@ What it does, in order (any failure stops it, and nothing is written at --out):
 2. Rebuilds the model from the checkpoint and reads the checkpoint's own data set (its stored `data:` section; the
    folder from --calib-data).
 3. FP32 ONNX (opset 17, static shapes unless --dynamic-batch, onnxslim, onnx.checker) and the parity check against
-   PyTorch on validation windows: max |logit diff| <= 1e-4 and 100 % top-1 agreement.
+   PyTorch on validation windows: max |logit diff| <= 1e-4 and 100 % top-1 agreement. A clip model (contract
+   n_frames T > 1) takes image (1, T, 3, H, W) uint8 with T static (only the batch axis can be dynamic).
 4. --fp16: a half-precision copy (front end in float32) with its parity report against PyTorch.
-5. --int8: Q/DQ in the profile's form, calibrated on >= 300 training windows stratified by class (both inputs);
+5. --int8: Q/DQ in the profile's form, calibrated on >= 300 training windows stratified by class (both inputs; a
+   still model's video window gives one feed per sampled frame, a clip model's one (1, T, 3, H, W) feed);
    FP32 and INT8 scored in ONNX Runtime on the held-out (test) split; the gate refuses a drop above --max-drop
    (overall) or --max-class-drop (any class). On a gate failure the sensitivity check runs once, the fragile op
    types go to float, and the gate runs again.
@@ -174,8 +176,10 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
         if args.int8:
             calib = split_examples(ds, "train", limit=cfg.calib_windows, seed=0, all_frames=True)
             if len(calib) < cfg.calib_windows:
-                log.warning("CALIBRATION SHORT: the training split gives %d calibration window(s) (one per frame), "
-                            "fewer than the %d asked; calibrating on all of them", len(calib), cfg.calib_windows)
+                n_frames = info.contract.image.n_frames
+                per = f"one feed per window, its {n_frames} frames in it" if n_frames > 1 else "one per frame"
+                log.warning("CALIBRATION SHORT: the training split gives %d calibration feed(s) (%s), fewer than the "
+                            "%d asked; calibrating on all of them", len(calib), per, cfg.calib_windows)
             form = profile.int8_form
             simulate = form == "trt_symmetric"
             int8_path = tmp / "model_int8.onnx"
@@ -204,7 +208,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
             qinfo["calibration"] = {"split": "train", "windows_asked": cfg.calib_windows, "feeds_used": len(calib),
                                     "windows_used": len({e.sample_id.split('#')[0] for e in calib}),
                                     "per_class": class_counts(calib, labels), "stratified": True,
-                                    "inputs": ["audio", "image", "mask"]}
+                                    "inputs": ["audio", "image", "mask"],
+                                    "image_shape": list(calib[0].feeds["image"].shape)}  # (1, [T,] 3, H, W)
             qinfo["evaluated_with"] = ("onnxruntime, Q/DQ simulated in float (what TensorRT computes)" if simulate
                                        else "onnxruntime CPU integer kernels")
             extra["int8"] = qinfo

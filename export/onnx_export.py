@@ -14,11 +14,18 @@ edgeav.export.quantize): the tracer names a node after the chain of modules *cal
 `_rename_nodes` drops the export wrapper's "/model" scope and puts the front end's submodules under "/frontend/"; an
 export that ends with no front end node named so is an error (INT8 would quantize the log-mel).
 
+Adaptive average pools: the TorchScript exporter refuses an `nn.AdaptiveAvgPool{1,2,3}d` whose output size does not
+divide its input size (video_tcn pools each frame's map to 2x2, and the map of a region of interest is often odd:
+train/grid.yaml's mouth box at 160 px gives 5x6 after three stride-2 convolutions). `export_onnx` exports a copy of
+the model in which each such pool averages the same cells with static slices (`SlicedAdaptiveAvgPool`, torch's own
+cell rule), so the graph computes what the model computes; the parity check compares it with the original model.
+
 `set_metadata` mirrors a manifest into the ONNX file's metadata_props (key "edgeav.manifest", plus a few flat keys).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -68,10 +75,83 @@ def _rename_nodes(model_proto: Any, frontend_children: Sequence[str], classifier
     return n_front
 
 
+def _sliced_pool_class() -> type:
+    """`SlicedAdaptiveAvgPool` (defined on first use: torch is imported inside)."""
+    global _SLICED_POOL
+    if _SLICED_POOL is not None:
+        return _SLICED_POOL
+    import torch
+    from torch import nn
+
+    class SlicedAdaptiveAvgPool(nn.Module):
+        """An adaptive average pool over the last `len(output_size)` axes that exports to ONNX for any sizes: where
+        an output size divides its input size it is torch's own pool; elsewhere cell i of an axis of n inputs and m
+        outputs is the mean of inputs floor(i n / m) .. ceil((i + 1) n / m) - 1 (torch's rule), as static slices.
+        A box mean is the mean over one axis of the means over the other, so going axis by axis is exact."""
+
+        def __init__(self, output_size: tuple[int | None, ...]) -> None:
+            super().__init__()
+            self.output_size = tuple(output_size)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., n_1, ..., n_k) -> (..., m_1, ..., m_k)
+            k = len(self.output_size)
+            sizes = [int(n) for n in x.shape[x.dim() - k:]]  # static spatial sizes (the batch axis may be symbolic)
+            want = [n if m is None else int(m) for n, m in zip(sizes, self.output_size)]
+            if all(n % m == 0 for n, m in zip(sizes, want)):
+                fn = (torch.nn.functional.adaptive_avg_pool1d, torch.nn.functional.adaptive_avg_pool2d,
+                      torch.nn.functional.adaptive_avg_pool3d)[k - 1]
+                return fn(x, want if k > 1 else want[0])
+            out = x
+            for i, (n, m) in enumerate(zip(sizes, want)):
+                if n == m:
+                    continue
+                dim = x.dim() - k + i
+                bounds = [((j * n) // m, -(-((j + 1) * n) // m)) for j in range(m)]  # [start, end) of cell j
+                cells = [out.narrow(dim, a, b - a).mean(dim=dim, keepdim=True) for a, b in bounds]
+                out = torch.cat(cells, dim=dim)
+            return out
+
+    _SLICED_POOL = SlicedAdaptiveAvgPool
+    return SlicedAdaptiveAvgPool
+
+
+_SLICED_POOL: type | None = None
+
+
+def exportable_copy(model: Any) -> tuple[Any, list[str]]:
+    """A deep copy of `model` (eval mode) with every `nn.AdaptiveAvgPool{1,2,3}d` of an output size above 1 replaced
+    by a `SlicedAdaptiveAvgPool` of the same output size (same module name, so ONNX node names keep their scopes); a
+    global pool (output 1) divides any size and stays. Returns (copy, names of the replaced modules); without any,
+    the model itself. The model is never changed."""
+    from torch import nn
+
+    pools = {nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3}
+
+    def global_pool(m: Any) -> bool:
+        size = m.output_size if isinstance(m.output_size, (tuple, list)) else (m.output_size,)
+        return all(s == 1 for s in size)
+
+    targets = [name for name, m in model.named_modules() if type(m) in pools and not global_pool(m)]
+    if not targets:
+        return model, []
+    twin = copy.deepcopy(model).eval()
+    sliced = _sliced_pool_class()
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = twin.get_submodule(parent_name) if parent_name else twin
+        old = getattr(parent, child)
+        k = pools[type(old)]
+        size = old.output_size
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size,) * k  # (m_1, ..., m_k); None keeps an axis
+        setattr(parent, child, sliced(size))
+    return twin, targets
+
+
 def export_onnx(model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
                 simplify: bool = True) -> Path:
-    """Export an AVClassifier (edgeav.train.models) to ONNX at `out_path`: inputs audio (B, T) float32, image
-    (B, 3, H, W) uint8, mask (B, 2) float32; outputs logits, logits_audio, logits_image (B, C). Returns the path."""
+    """Export an AVClassifier (edgeav.train.models) to ONNX at `out_path`: inputs audio (B, S) float32, image
+    (B, 3, H, W) uint8 (a clip model, T = contract.image.n_frames > 1: (B, T, 3, H, W), T static), mask (B, 2)
+    float32; outputs logits, logits_audio, logits_image (B, C). Returns the path."""
     import onnx
     import torch
 
@@ -80,7 +160,10 @@ def export_onnx(model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET,
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
-    wrapper = ExportWrapper(model).eval()  # the exporter restores the wrapper's mode after export: keep it eval
+    traced, swapped = exportable_copy(model)
+    if swapped:
+        log.info("export: adaptive average pool(s) %s exported as static slices (same cells)", ", ".join(swapped))
+    wrapper = ExportWrapper(traced).eval()  # the exporter restores the wrapper's mode after export: keep it eval
     example = example_inputs(model.contract, batch=1)
     dynamic_axes = {n: {0: "batch"} for n in (*INPUT_NAMES, *OUTPUT_NAMES)} if dynamic_batch else None
     with tempfile.TemporaryDirectory(prefix="edgeav-onnx-") as tmp:
@@ -410,5 +493,5 @@ def _toposort(graph: Any) -> None:
 
 
 __all__ = ["DEFAULT_OPSET", "METADATA_KEY", "OUTPUT_NAMES", "PARITY_MAX_ABS_DIFF", "ParityReport", "check_model",
-           "compare_outputs", "convert_fp16", "export_onnx", "manifest_from_onnx", "onnx_outputs", "parity_check",
-           "read_metadata", "set_metadata", "torch_outputs"]
+           "compare_outputs", "convert_fp16", "export_onnx", "exportable_copy", "manifest_from_onnx", "onnx_outputs",
+           "parity_check", "read_metadata", "set_metadata", "torch_outputs"]

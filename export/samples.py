@@ -5,10 +5,12 @@
     test = split_examples(ds, "test")                          # the gate: every held-out window
     calib = split_examples(ds, "train", limit=300, all_frames=True)   # INT8 calibration (both inputs)
 
-Each example is one window with a batch axis of 1: feeds {audio (1, T) float32, image (1, 3, H, W) uint8,
-mask (1, 2) float32} and its label. Windows come through the training data layer (`TorchAVDataset`), so the audio
-window, the chosen frame and the modality mask are what training and evaluation saw. With `all_frames=True` a video
-window gives one example per sampled frame (same audio, another real frame): calibration sees every frame.
+Each example is one window with a batch axis of 1: feeds {audio (1, S) float32, image (1, 3, H, W) uint8 - or
+(1, T, 3, H, W) for a clip model (data.frames_per_window T > 1) -, mask (1, 2) float32} and its label. Windows come
+through the training data layer (`TorchAVDataset`), so the audio window, the chosen frame(s) and the modality mask are
+what training and evaluation saw. With `all_frames=True` a still model's video window gives one example per sampled
+frame (same audio, another real frame): calibration sees every frame. A clip model's window is one example whatever
+`all_frames` says: its T frames are already all in the one feed.
 
 Selection is stratified: classes take turns (round robin over a seeded shuffle of each class's windows), so a
 limit keeps the classes balanced.
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Example:
-    feeds: dict[str, np.ndarray]  # audio (1, T) float32, image (1, 3, H, W) uint8, mask (1, 2) float32
+    feeds: dict[str, np.ndarray]  # audio (1, S) f32, image (1, 3, H, W) or (1, T, 3, H, W) u8, mask (1, 2) f32
     label: int
     sample_id: str
 
@@ -111,12 +113,13 @@ def split_examples(ds: Any, split: str, *, limit: int | None = None, seed: int =
         image = item["frames"][f] if all_frames and tds.clip_frames == 1 else item["image"]  # (3, H, W) / (T, 3, H, W) uint8
         a, v = tds.items[i]
         sid = (a or v).id + (f"#frame{f}" if all_frames and tds.clip_frames == 1 else "")
-        out.append(Example({"audio": item["audio"].numpy()[None].astype(np.float32),  # (1, T)
+        out.append(Example({"audio": item["audio"].numpy()[None].astype(np.float32),  # (1, S)
                             "image": np.ascontiguousarray(image.numpy()[None], dtype=np.uint8),  # (1, [T,] 3, H, W)
                             "mask": item["mask"].numpy()[None].astype(np.float32)},  # (1, 2)
                            int(label), sid))
+    per_frame = all_frames and tds.clip_frames == 1
     log.info("%s split: %d example(s) from %d window(s)%s", split, len(out), len({c[1][0] for c in (cands[i] for i in chosen)}),
-             " (one per frame)" if all_frames else "")
+             " (one per frame)" if per_frame else (f" ({tds.clip_frames} frames each)" if tds.clip_frames > 1 else ""))
     return out
 
 

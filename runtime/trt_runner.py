@@ -238,8 +238,53 @@ def trt_version() -> str:
 # ------------------------------------------------------------------------------------------------ runner
 
 
+# ------------------------------------------------------------------------------------------------ shapes
+
+
+def check_engine_shapes(shapes: dict[str, tuple[int, ...]], contract: InputContract, where: str) -> int:
+    """The batch of an engine whose I/O tensors have `shapes` (name -> dims, as `ICudaEngine.get_tensor_shape` gives
+    them), after checking them against the contract: every input and output present and static (no -1), audio
+    (B, S), image (B, 3, H, W) - or (B, T, 3, H, W) for a clip model, T = contract.image.n_frames -, mask (B, 2),
+    each output (B, C), one B for all. ModelError naming the first tensor that does not fit."""
+    missing = [n for n in (*contract.input_names, *OUTPUT_NAMES) if n not in shapes]
+    if missing:
+        raise ModelError(f"{where}: engine lacks tensor(s) {missing}; it has {sorted(shapes)}")
+    dynamic = sorted(n for n, dims in shapes.items() if any(int(d) < 0 for d in dims))
+    if dynamic:
+        raise ModelError(f"{where}: tensor(s) {dynamic} have a dynamic axis ({dynamic[0]!r} is "
+                         f"{tuple(shapes[dynamic[0]])}); build the engine from a static-shape ONNX (edgeav export "
+                         "without --dynamic-batch)")
+    first = contract.input_names[0]
+    if not shapes[first]:
+        raise ModelError(f"{where}: input {first!r} has no batch axis")
+    batch = int(shapes[first][0])
+    want = contract.shapes(batch)
+    for name, kind in zip(contract.input_names, ("audio", "image", "mask")):
+        got = tuple(int(d) for d in shapes[name])
+        if got != want[kind]:
+            raise ModelError(f"{where}: input {name!r} is {got}, the contract says {want[kind]}"
+                             + (f" ({contract.image.n_frames} frames of {contract.image.height_px}x"
+                                f"{contract.image.width_px})" if kind == "image" else ""))
+    for name in OUTPUT_NAMES:
+        got = tuple(int(d) for d in shapes[name])
+        if len(got) != 2 or got[0] != batch:
+            raise ModelError(f"{where}: output {name!r} is {got}, want ({batch}, classes)")
+    return batch
+
+
+def check_static_inputs(shapes: dict[str, tuple[int, ...]], onnx_name: str) -> None:
+    """ExportError when a network input parsed from `onnx_name` has a dynamic axis (-1): engines here are built
+    without optimization profiles, from the static shapes of the export (image (1, 3, H, W) or (1, T, 3, H, W))."""
+    dynamic = {n: tuple(int(d) for d in dims) for n, dims in shapes.items() if any(int(d) < 0 for d in dims)}
+    if dynamic:
+        name = sorted(dynamic)[0]
+        raise ExportError(f"{onnx_name}: input {name!r} has a dynamic shape {dynamic[name]}; TensorRT engines are "
+                          "built from a static-shape export (edgeav export without --dynamic-batch)")
+
+
 class TrtBackend(Backend):
-    """A TensorRT engine with explicit device buffers. Inputs and outputs are static: batch = the engine's."""
+    """A TensorRT engine with explicit device buffers. Inputs and outputs are static: batch = the engine's, and
+    every shape is checked against the contract when the engine is loaded (`check_engine_shapes`)."""
 
     name = "tensorrt"
 
@@ -273,11 +318,12 @@ class TrtBackend(Backend):
         except BaseException:
             self.close()  # free what was allocated before the failure
             raise
-        missing = [n for n in (*contract.input_names, *OUTPUT_NAMES) if n not in self._io]
-        if missing:
+        try:
+            self.batch = check_engine_shapes({n: io["shape"] for n, io in self._io.items()}, contract,
+                                             str(self.model_path))
+        except ModelError:
             self.close()
-            raise ModelError(f"{self.model_path}: engine lacks tensor(s) {missing}; it has {sorted(self._io)}")
-        self.batch = self._io[contract.input_names[0]]["shape"][0]
+            raise
         log.info("tensorrt backend: %s (%s, TensorRT %s, %s), batch %d", self.model_path.name, self.key.precision,
                  self.key.trt_version, gpu.name, self.batch)
 
@@ -463,6 +509,8 @@ def build_engine(onnx_path: str | Path, profile: Any, precision: str, *, dla_cor
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise ExportError(f"TensorRT cannot parse {onnx_path.name}: " + "; ".join(errors[:3]))
+    check_static_inputs({network.get_input(i).name: tuple(network.get_input(i).shape)
+                         for i in range(network.num_inputs)}, onnx_path.name)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(profile.workspace_mib) << 20)
     monitor = _progress_monitor(trt)  # must outlive the build
@@ -496,7 +544,8 @@ def create_backend(model_path: str | Path, contract: InputContract, **options: A
 
 
 __all__ = ["ENGINE_CACHE_ENV", "MIN_TRT_MAJOR", "BuiltEngine", "EngineCache", "EngineKey", "GpuInfo", "TrtBackend",
-           "build_engine", "check_dla_support", "check_engine", "check_trt_version", "create_backend", "engine_key_for",
+           "build_engine", "check_dla_support", "check_engine", "check_engine_shapes", "check_static_inputs",
+           "check_trt_version", "create_backend", "engine_key_for",
            "require_tensorrt", "trt_major",
            "current_gpu", "default_cache_dir", "make_key", "read_sidecar", "rebuild_command", "sidecar_path",
            "trt_version"]

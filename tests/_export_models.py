@@ -92,9 +92,12 @@ def make_synthetic_data(root: Path, n_classes: int = 3, per_class: int = 8) -> P
 
 def train_checkpoint(out: Path, data_root: Path, data: dict | None = None, arch: dict | None = None,
                      steps: int = 40, batch: int = 16, lr: float = 3e-3, seed: int = 0,
-                     cache_dir: Path | None = None) -> Path:
+                     cache_dir: Path | None = None,
+                     roi: tuple[float, float, float, float] | None = None) -> Path:
     """Train `arch` (default: TINY_ARCH with a 1 s / 32 px contract) for `steps` Adam steps on the train split of
-    `data_root` and write a self-describing checkpoint (its train_config carries the data: section)."""
+    `data_root` and write a self-describing checkpoint (its train_config carries the data: section). The contract
+    follows `data`: frames_per_window T > 1 gives a clip contract (T frames at data.frame_rate_hz, layout NTCHW);
+    `roi` is the image region of interest the model crops."""
     import torch
 
     from edgeav.contract import AudioContract, ImageContract, InputContract
@@ -106,8 +109,11 @@ def train_checkpoint(out: Path, data_root: Path, data: dict | None = None, arch:
     data_cfg = DataConfig.model_validate({"window_s": 1.0, "hop_s": 0.5, "image_size_px": 32, "val_fraction": 0.25,
                                           "cache_dir": str(cache_dir) if cache_dir else None, **(data or {})})
     ds = load_dataset(data_cfg, data_root)
+    clip = data_cfg.frames_per_window > 1  # T frames per window: the contract takes (B, T, 3, H, W)
     contract = InputContract(audio=AudioContract(sample_rate_hz=data_cfg.sample_rate_hz, window_s=data_cfg.window_s),
-                             image=ImageContract(height_px=data_cfg.image_size_px, width_px=data_cfg.image_size_px))
+                             image=ImageContract(height_px=data_cfg.image_size_px, width_px=data_cfg.image_size_px,
+                                                 n_frames=data_cfg.frames_per_window,
+                                                 frame_rate_hz=data_cfg.frame_rate_hz if clip else None, roi=roi))
     arch_d = dict(arch or TINY_ARCH)
     arch_d["contract"] = contract.model_dump(mode="json")
     torch.manual_seed(seed)

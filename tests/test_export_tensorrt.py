@@ -132,6 +132,48 @@ def test_dla_support_by_tensorrt_version() -> None:
             check_dla_support(version)
 
 
+def _clip_contract(n_frames: int = 8):  # noqa: ANN202
+    from edgeav.contract import AudioContract, ImageContract, InputContract
+
+    return InputContract(audio=AudioContract(window_s=1.0),
+                         image=ImageContract(height_px=48, width_px=48, n_frames=n_frames, frame_rate_hz=25.0))
+
+
+def _engine_shapes(image: tuple[int, ...], batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """I/O shapes as `ICudaEngine.get_tensor_shape` reports them for a static engine of 3 classes."""
+    return {"audio": (batch, 16_000), "image": image, "mask": (batch, 2),
+            "logits": (batch, 3), "logits_audio": (batch, 3), "logits_image": (batch, 3)}
+
+
+def test_engine_shapes_of_a_clip_model_are_checked_against_the_contract() -> None:
+    """A clip model's engine takes image (B, T, 3, H, W): accepted at the contract's T, refused at another T, as a
+    still (B, 3, H, W), or with a dynamic axis; batch = the engine's."""
+    from edgeav.contract import InputContract
+    from edgeav.errors import ExportError, ModelError
+    from edgeav.runtime.trt_runner import check_engine_shapes, check_static_inputs
+
+    clip = _clip_contract(8)
+    assert check_engine_shapes(_engine_shapes((1, 8, 3, 48, 48)), clip, "e.engine") == 1
+    assert check_engine_shapes(_engine_shapes((4, 8, 3, 48, 48), batch=4), clip, "e.engine") == 4
+    with pytest.raises(ModelError, match=r"input 'image' is \(1, 4, 3, 48, 48\), the contract says \(1, 8, 3, 48, 48\) "
+                                         r"\(8 frames of 48x48\)"):
+        check_engine_shapes(_engine_shapes((1, 4, 3, 48, 48)), clip, "e.engine")
+    with pytest.raises(ModelError, match=r"input 'image' is \(1, 3, 48, 48\)"):
+        check_engine_shapes(_engine_shapes((1, 3, 48, 48)), clip, "e.engine")
+    with pytest.raises(ModelError, match=r"dynamic axis \('image' is \(-1, 8, 3, 48, 48\)\).*without --dynamic-batch"):
+        check_engine_shapes(_engine_shapes((-1, 8, 3, 48, 48)), clip, "e.engine")
+    shapes = _engine_shapes((1, 8, 3, 48, 48))
+    del shapes["logits_image"]
+    with pytest.raises(ModelError, match=r"engine lacks tensor\(s\) \['logits_image'\]"):
+        check_engine_shapes(shapes, clip, "e.engine")
+    still = InputContract(audio=clip.audio, image=clip.image.model_copy(update={"n_frames": 1, "layout": "NCHW",
+                                                                                  "frame_rate_hz": None}))
+    assert check_engine_shapes(_engine_shapes((1, 3, 48, 48)), still, "e.engine") == 1  # T = 1 unchanged
+    check_static_inputs({"audio": (1, 16_000), "image": (1, 8, 3, 48, 48), "mask": (1, 2)}, "m.onnx")
+    with pytest.raises(ExportError, match=r"m.onnx: input 'image' has a dynamic shape \(-1, 8, 3, 48, 48\)"):
+        check_static_inputs({"audio": (1, 16_000), "image": (-1, 8, 3, 48, 48), "mask": (1, 2)}, "m.onnx")
+
+
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here")
 def test_without_tensorrt_export_engine_and_backend_say_so(tmp_path: Path) -> None:
     from edgeav.contract import InputContract
