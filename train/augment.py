@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class FieldNoise:
     """Recorded noise mixed into a batch of windows: `field_noise(audio (B, T), gen, present (B,)) -> (B, T)`.
 
-    Each example gets noise with probability `cfg.prob`, at an SNR drawn uniformly in [snr_db_min, snr_db_max] dB
+    Each example gets noise with probability `cfg.prob`, at an SNR drawn uniformly in [snr_floor_db(), snr_db_max] dB
     (`mix_at_snr`: the SNR of the whole window), from a bank segment at a random offset. Every draw comes from `gen`
     (the loop's per-epoch generator), so an epoch is repeatable. Examples whose sound is absent (`present` 0: the
     zeros of a missing track) are left as they are. Disabled (`bank` None): returns `audio` itself, drawing nothing.
@@ -46,13 +46,24 @@ class FieldNoise:
     def __init__(self, cfg: NoiseAugConfig, bank: NoiseBank | None) -> None:
         self.cfg = cfg
         self.bank = bank
+        self.epoch: int | None = None  # epoch of the phase (the loop sets it); None = the full range (no curriculum)
+
+    def snr_floor_db(self) -> float:
+        """The lowest SNR drawn now: with `curriculum_epochs` N it falls linearly from snr_db_max to snr_db_min
+        over the phase's first N epochs (a model first learns the classes, then to hear them through noise)."""
+        n = self.cfg.curriculum_epochs
+        if n == 0 or self.epoch is None:
+            return self.cfg.snr_db_min
+        frac = min(1.0, (self.epoch + 1) / n)
+        return self.cfg.snr_db_max - frac * (self.cfg.snr_db_max - self.cfg.snr_db_min)
 
     def __call__(self, audio: torch.Tensor, gen: torch.Generator, present: torch.Tensor | None = None) -> torch.Tensor:
         if self.bank is None or not self.cfg.enabled or self.cfg.prob <= 0:
             return audio
         b, t = audio.shape
         use = torch.rand(b, generator=gen) < self.cfg.prob  # (B,)
-        snr_db = self.cfg.snr_db_min + torch.rand(b, generator=gen) * (self.cfg.snr_db_max - self.cfg.snr_db_min)  # (B,)
+        low = self.snr_floor_db()
+        snr_db = low + torch.rand(b, generator=gen) * (self.cfg.snr_db_max - low)  # (B,)
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))  # the segments' offsets
         if present is not None:
             use &= present.detach().cpu().reshape(-1) > 0

@@ -50,6 +50,12 @@ class NoiseAugConfig(Section):
     snr_db_min: float = Field(0.0, ge=-30.0, le=60.0, description="Lowest signal-to-noise ratio drawn, dB.")
     snr_db_max: float = Field(20.0, ge=-30.0, le=60.0, description="Highest signal-to-noise ratio drawn, dB (uniform in dB between min and max).")
     prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability that an example gets noise, per example per epoch (0..1).")
+    curriculum_epochs: int = Field(
+        0, ge=0, le=10_000,
+        description=("Noise curriculum: over a phase's first N epochs the lowest SNR drawn falls linearly from "
+                     "snr_db_max to snr_db_min (0 = the full range from the start). From-scratch audio models "
+                     "given hard noise at once may never find the classes."),
+    )
     phase2_variants: int = Field(
         8, ge=0, le=64,
         description=("two_phase: noisy copies of each training window whose frozen audio features phase II caches "
