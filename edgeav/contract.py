@@ -66,7 +66,7 @@ class ImageContract(BaseModel):
     layout: Literal["NCHW", "NTCHW"] = Field(
         "NCHW", description="Tensor layout of the frame input: NCHW for one frame, NTCHW for T > 1 (set from n_frames).")
     dtype: Literal["uint8"] = Field("uint8", description="Frames are raw RGB uint8, normalized inside the model.")
-    n_frames: int = Field(1, ge=1, le=64, description="Frames per window fed to the model (T).")
+    n_frames: int = Field(1, ge=1, le=256, description="Frames per window fed to the model (T).")
     frame_rate_hz: float | None = Field(
         None, gt=0.0, le=240.0,
         description="Rate of the T frames of a window, Hz (frame k at window start + k / rate); needed when T > 1.")

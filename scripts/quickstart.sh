@@ -18,7 +18,6 @@ if [ -d "$DATA/grid" ] && [ -d "$DATA/streams" ]; then
   GRID="$DATA/grid"
   STREAM="$DATA/streams/grid_stream_120s.mp4"
   TRUTH="$DATA/streams/grid_stream_120s.csv"
-  TRAIN_NOISE=(--set "train.augment.noise.path=$DATA/streams/opensoundscape_1min.wav")  # field noise for training
   TEST_NOISE="$DATA/streams/birdnet_soundscape_120s.flac"  # the OTHER field recording: noise it never trained on
   step "1. inspect the real data sets (sheets under $OUT)"
   if [ -d "$DATA/birds" ]; then
@@ -33,19 +32,18 @@ else
   GRID="$SYN/videos"
   STREAM="$SYN/stream.mp4"
   TRUTH="$SYN/stream.csv"
-  TRAIN_NOISE=(--set train.augment.noise.enabled=false)  # no field recordings without the data
   TEST_NOISE=""
   step "1. inspect the SYNTHETIC data set"
   $EDGEAV data inspect "$GRID" --config train/grid.yaml --sheet "$OUT/synthetic_sheet.png"
 fi
 
-step "2. train the default edge model for moving pictures (edgeav-motion: sound + 40 frames of the mouth) on $GRID"
-$EDGEAV train --config train/grid.yaml --data "$GRID" --out "$OUT/grid" "${TRAIN_NOISE[@]}"
+step "2. train the default edge model (edgeav-small) on $GRID"
+$EDGEAV train --config train/grid.yaml --data "$GRID" --out "$OUT/grid"
 
 step "3. evaluate it on the held-out split"
 $EDGEAV eval "$OUT/grid/best.pt" --data "$GRID" --split test
 if [ -n "$TEST_NOISE" ]; then
-  step "3b. robustness: the same clips with field noise it never trained on, fused vs sound alone vs picture alone"
+  step "3b. robustness: the same clips with field noise (a bird soundscape), fused vs sound alone vs picture alone"
   $EDGEAV eval "$OUT/grid/best.pt" --data "$GRID" --split test --noise "$TEST_NOISE" --snr-db=20,10,0,-5 \
     --out "$OUT/robustness"
 fi

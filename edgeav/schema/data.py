@@ -40,7 +40,7 @@ class DataConfig(Section):
         description=("Still frames sampled per video window when frames_per_window is 1 (training sees one of them "
                      "per example, export calibrates on each)."))
     frames_per_window: int = Field(
-        1, ge=1, le=64,
+        1, ge=1, le=256,
         description="Frames per window the model takes (T): 1 = a still; T > 1 = T consecutive frames (motion).")
     frame_rate_hz: float | None = Field(
         None, gt=0.0, le=240.0,
