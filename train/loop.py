@@ -285,13 +285,13 @@ class Phase2Cache:
         if variant == 0:
             return lambda s: self.data.load_audio(s.audio)
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, variant, 0, 5))
-        always = self.noise.cfg.model_copy(update={"prob": 1.0})  # a noisy copy always has noise
+        mix = type(self.noise)(self.noise.cfg.model_copy(update={"prob": 1.0}), self.noise.bank)  # always noisy
 
         def load(s: Any) -> np.ndarray | None:
             a = self.data.load_audio(s.audio)
             if a is None:
                 return None
-            mixed = type(self.noise)(always, self.noise.bank)(torch.from_numpy(np.array(a, dtype=np.float32))[None], gen)
+            mixed = mix(torch.from_numpy(np.array(a, dtype=np.float32))[None], gen)
             return mixed[0].numpy()
         return load
 

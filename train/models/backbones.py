@@ -109,18 +109,24 @@ _TORCHVISION: dict[str, tuple[str, int]] = {
 
 
 def _torchvision_model(name: str, pretrained: bool, weights_path: str | Path | None) -> nn.Module:
-    import torchvision
+    return build_torchvision(name, "torchvision.models", _TORCHVISION[name][0], pretrained, weights_path)
+
+
+def build_torchvision(name: str, module: str, builder_name: str, pretrained: bool,
+                      weights_path: str | Path | None) -> nn.Module:
+    """torchvision's `module.builder_name` (e.g. torchvision.models.video.r3d_18) with its DEFAULT weights, none, or
+    a local state dict of that library model; a failed download is a one-line `ModelError`."""
+    import importlib
 
     _check_weights_args(name, pretrained, weights_path)
-    builder_name, _ = _TORCHVISION[name]
-    builder = getattr(torchvision.models, builder_name)
+    builder = getattr(importlib.import_module(module), builder_name)
     if pretrained:
         try:
             net = builder(weights="DEFAULT")
         except Exception as e:  # no network and no cache, or a broken download
             raise ModelError(
                 f"backbone {name!r}: cannot load torchvision's pretrained weights ({type(e).__name__}: {e}); "
-                f"without network, pass weights_path= a local state dict of torchvision.models.{builder_name}"
+                f"without network, pass weights_path= a local state dict of {module}.{builder_name}"
             ) from None
         log.info("backbone %s: torchvision pretrained weights (DEFAULT)", name)
     else:

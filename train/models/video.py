@@ -35,6 +35,7 @@ from torch import nn
 
 from edgeav.errors import ModelError
 from edgeav.train.models.backbones import (
+    build_torchvision,
     BACKBONES,
     Backbone,
     TorchvisionBackbone,
@@ -69,25 +70,7 @@ _TORCHVISION_VIDEO: dict[str, tuple[str, int, int]] = {
 
 
 def _torchvision_video_model(name: str, pretrained: bool, weights_path: str | Path | None) -> nn.Module:
-    from torchvision.models import video
-
-    _check_weights_args(name, pretrained, weights_path)
-    builder_name = _TORCHVISION_VIDEO[name][0]
-    builder = getattr(video, builder_name)
-    if pretrained:
-        try:
-            net = builder(weights="DEFAULT")
-        except Exception as e:  # no network and no cache, or a broken download
-            raise ModelError(
-                f"backbone {name!r}: cannot load torchvision's pretrained weights ({type(e).__name__}: {e}); "
-                f"without network, pass weights_path= a local state dict of torchvision.models.video.{builder_name}"
-            ) from None
-        log.info("backbone %s: torchvision pretrained weights (DEFAULT, Kinetics-400)", name)
-    else:
-        net = builder(weights=None)
-    if weights_path is not None:
-        _load_state_dict(net, weights_path, f"backbone {name!r}")
-    return net
+    return build_torchvision(name, "torchvision.models.video", _TORCHVISION_VIDEO[name][0], pretrained, weights_path)
 
 
 class TorchvisionVideoBackbone(Backbone):
