@@ -70,6 +70,7 @@ from edgeav.train.augment import (
     mixup_tensors,
     soft_cross_entropy,
 )
+from edgeav.train.codec import codec_augment
 
 log = logging.getLogger(__name__)
 
@@ -474,6 +475,8 @@ class Trainer:
             if phase != "phase1_image":
                 audio = augment_wave(self.field_noise(audio, gen, mask[:, 0]), aug.wave, self.contract.audio.sample_rate_hz, gen)
             if phase != "phase1_audio":
+                if aug.image.enabled:  # the camera's codec first, then the geometry
+                    image = codec_augment(image, aug.image.codec_prob, (aug.image.codec_crf_min, aug.image.codec_crf_max), gen)
                 image = augment_image(image, self.image_tf)
             if phase == "joint":
                 audio, image, target = joint_mixup(audio, image, target, aug.mixup, gen)

@@ -92,6 +92,18 @@ class ImageAugConfig(Section):
     randaugment_num_ops: int = Field(2, ge=1, le=8, description="RandAugment operations applied in a row, count.")
     randaugment_magnitude: float = Field(0.3, ge=0.0, le=1.0, description="Strength of each RandAugment op, 0..1 of torchvision's range.")
     randaugment_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability of applying RandAugment to an image (0 = off).")
+    codec_prob: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description=("Probability of sending a window's frames through H.264 (libx264) and back (0 = off): the "
+                     "artifacts of a camera's compressed stream, which a temporal branch otherwise reads as motion."))
+    codec_crf_min: int = Field(23, ge=0, le=51, description="Lowest H.264 constant rate factor drawn (finer).")
+    codec_crf_max: int = Field(40, ge=0, le=51, description="Highest H.264 constant rate factor drawn (coarser).")
+
+    @model_validator(mode="after")
+    def _crf_range(self) -> "ImageAugConfig":
+        if self.codec_crf_min > self.codec_crf_max:
+            raise ValueError(f"codec_crf_min {self.codec_crf_min} > codec_crf_max {self.codec_crf_max}")
+        return self
 
 
 class AugmentConfig(Section):
