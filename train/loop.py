@@ -366,6 +366,8 @@ class Trainer:
         from edgeav.train.data import load_dataset
         from edgeav.train.data.torch_dataset import TorchAVDataset
         from edgeav.train.models import build_model, resolve_arch
+        from edgeav.train.models.transfer import init_from_checkpoint
+        from edgeav.train.models.weights import weights_record
 
         self.t0 = time.monotonic()
         self.cfg = cfg
@@ -401,8 +403,12 @@ class Trainer:
                             f"run on a handful of clips, set train.val_split=train)")
         self.arch = resolve_arch(cfg.model, cfg.data)
         torch.manual_seed(tc.seed)
-        self.model = build_model(self.arch, self.labels, audio_weights_path=cfg.model.audio_weights_path,
+        self.model = build_model(self.arch, self.labels, pretrained=cfg.model.pretrained,
+                                 audio_weights_path=cfg.model.audio_weights_path,
                                  image_weights_path=cfg.model.image_weights_path)
+        self.weights = weights_record(cfg.model.pretrained, cfg.model.audio_weights_path, cfg.model.image_weights_path)
+        if tc.init_from:
+            self.weights["init"] = init_from_checkpoint(self.model, tc.init_from)
         self.contract = self.model.contract
         if tc.mode == "two_phase" and self.model.audio_backbone is None:
             raise ConfigError(f"train.mode=two_phase needs two unimodal backbones; head {self.arch['head']!r} runs one "
@@ -709,7 +715,7 @@ class Trainer:
                                train_config=self.cfg.model_dump(mode="json"), metrics=_finite(metrics),
                                optimizer_state=opt_state,
                                extra={"train_state": self._train_state_dict(), "phase": self.state.phase,
-                                      "seed": self.cfg.train.seed, "data": self.data_path})
+                                      "seed": self.cfg.train.seed, "data": self.data_path, "weights": self.weights})
 
     def _load_weights(self, path: Path) -> dict[str, Any]:
         from edgeav.train.models import read_checkpoint
@@ -982,6 +988,7 @@ class Trainer:
             "world_size": self.dist.world,
             "out": str(self.out),
             "checkpoint": str(self.out / "best.pt"),
+            "weights": self.weights,  # what the run started from: pretrained source, --init (path + sha256)
         }
         if self.ddp_shards:
             report["ddp_shards"] = self.ddp_shards
@@ -1072,6 +1079,8 @@ def train(cfg: EdgeAVConfig, data_path: str | Path | None, out_dir: str | Path, 
 
 def cmd_train(args: argparse.Namespace) -> CommandResult:
     cfg = load_config(args.config, list(args.overrides or []))
+    if getattr(args, "init", None):
+        cfg.train.init_from = args.init
     report = train(cfg, args.data, args.out, resume=args.resume)
     best = report["best"].get("phase2_fusion") or report["best"].get("joint") or {}
     text = (f"trained ({report['mode']}) in {report['minutes']:.1f} min; best validation accuracy "

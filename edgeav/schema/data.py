@@ -27,8 +27,9 @@ def _check_one_group_regex(value: str | None, name: str) -> str | None:
 
 
 class DataConfig(Section):
-    kind: Literal["auto", "paired", "video", "manifest"] = Field(
-        "auto", description="Data set layout: species-paired folders, videos with sound, or a manifest; auto detects it."
+    kind: Literal["auto", "paired", "video", "manifest", "images"] = Field(
+        "auto", description=("Data set layout: species-paired folders, videos with sound, a manifest, or photos only "
+                             "(images/<class>/); auto detects it."),
     )
     path: str | None = Field(None, description="Root folder (or manifest file) of the data set; --data overrides it.")
     sample_rate_hz: int = Field(16_000, ge=4_000, le=192_000, description="Audio is resampled to this rate, Hz.")

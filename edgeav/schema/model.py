@@ -25,11 +25,17 @@ class ModelConfig(Section):
     image_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the image backbone.")
     head_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the fusion head.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the auxiliary classifiers (fraction).")
-    pretrained: bool = Field(
-        True, description="Load the library's pretrained weights into torchvision/transformers backbones (needs network or cache)."
+    pretrained: bool | str = Field(
+        True,
+        description=("Starting weights of both backbones: true = the library's (torchvision/transformers; needs network "
+                     "or its cache), false = random init, or a local PATH: a torch hub cache folder copied from a "
+                     "workstation (read offline), or a state dict file of the backbones (audio_backbone.*, "
+                     "image_backbone.*; an edgeav checkpoint's backbones). A *_weights_path below wins for its branch."),
     )
-    audio_weights_path: str | None = Field(None, description="Local state dict for the audio backbone (no network).")
-    image_weights_path: str | None = Field(None, description="Local state dict for the image backbone (no network).")
+    audio_weights_path: str | None = Field(
+        None, description="Local state dict of the audio backbone (its own or its library model's); wins over pretrained.")
+    image_weights_path: str | None = Field(
+        None, description="Local state dict of the image backbone (its own or its library model's); wins over pretrained.")
     contract: InputContract | None = Field(
         None, description="Input contract; default: the named model's, with the data section's rate, window and size."
     )
@@ -51,6 +57,6 @@ class ModelConfig(Section):
             raise ValueError("modality_dropout_audio_p + modality_dropout_image_p must be at most 1")
         if self.name is None and (self.image_backbone is None or self.head is None):
             raise ValueError("without a named model, give image_backbone and head (and audio_backbone)")
-        if self.pretrained and (self.audio_weights_path or self.image_weights_path):
-            raise ValueError("pretrained=true and a local weights path both given; set pretrained: false")
+        if isinstance(self.pretrained, str) and not self.pretrained.strip():
+            raise ValueError("pretrained: give true, false or a path")
         return self

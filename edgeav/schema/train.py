@@ -124,6 +124,12 @@ class TrainConfig(Section):
         description=("two_phase: folder of an earlier two_phase run of the same backbones; its best_audio.pt and "
                      "best_image.pt stand in for phase I (train several fusion heads on one pair of unimodal models)."),
     )
+    init_from: str | None = Field(
+        None,
+        description=("edgeav checkpoint to start from (`edgeav train --init`): its backbones and fusion are loaded, the "
+                     "classifier layers are rebuilt for this data set's labels (kept when the labels are the same); "
+                     "the architecture must match. Transfer from a base model to your own classes."),
+    )
     epochs: int = Field(30, ge=1, le=10_000, description="Epochs (joint mode, or phase II in two_phase mode).")
     phase1_audio_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of the audio model in phase I (two_phase).")
     phase1_image_epochs: int = Field(20, ge=1, le=10_000, description="Epochs of the image model in phase I (two_phase).")

@@ -10,6 +10,7 @@ Layouts (a registry: `LAYOUTS`; `cfg.kind="auto"` picks one from what is on disk
 - `video`: videos with sound, `<class>/*.{mp4,mpg,flv,mkv,webm,avi,mov}`, a flat folder with `label_regex`, or an
   index with a video/clip column (grid/manifest.csv).
 - `manifest`: an index file (CSV/JSONL) with columns image, video, audio, label, split, group.
+- `images`: photos only, `images/<class>/*` without sound (`edgeav.train.data.images`).
 
 Windows: a recording of duration D is cut into windows of W = window_s every H = hop_s, starting at 0, for as long
 as a window fits (1 + floor((D - W) / H) windows); a recording shorter than W gives one window, padded with zeros
@@ -580,6 +581,8 @@ def detect_kind(root: Path, cfg: DataConfig) -> str:
         return "manifest"
     if (root / IMAGE_DIR_NAME).is_dir() and any((root / n).is_dir() for n in AUDIO_DIR_NAMES):
         return "paired"
+    if (root / IMAGE_DIR_NAME).is_dir() and find_index(root, cfg.index_file) is None:
+        return "images"
     index_path = find_index(root, cfg.index_file)
     if index_path is not None:
         table = read_index(index_path, cfg.info_columns)
@@ -591,8 +594,8 @@ def detect_kind(root: Path, cfg: DataConfig) -> str:
     ):
         return "video"
     raise DataError(
-        f"{root}: cannot tell the layout: expected images/<class>/ + audio/<class>/ (paired), videos in <class>/ "
-        f"folders (video), or a manifest.csv/.jsonl; set data.kind"
+        f"{root}: cannot tell the layout: expected images/<class>/ + audio/<class>/ (paired), images/<class>/ alone "
+        f"(images), videos in <class>/ folders (video), or a manifest.csv/.jsonl; set data.kind"
     )
 
 

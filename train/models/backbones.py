@@ -72,20 +72,11 @@ def backbone_names(modality: str | None = None) -> list[str]:
 
 
 def _load_state_dict(module: nn.Module, weights_path: str | Path, what: str) -> None:
-    p = Path(weights_path)
-    if not p.is_file():
-        raise ModelError(f"{what}: weights file {p} not found")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickled objects
-        raise ModelError(f"{what}: cannot read weights from {p}: {e}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ModelError(f"{what}: weights in {p} do not fit: {str(e).splitlines()[0]}") from None
-    log.info("%s: loaded weights from %s", what, p)
+    """Strict load with a one-line error naming the file and the first mismatched key (`weights.load_strict`)."""
+    from edgeav.train.models.weights import load_strict, read_state_dict
+
+    load_strict(module, read_state_dict(weights_path, what), weights_path, what)
+    log.info("%s: loaded weights from %s", what, weights_path)
 
 
 def _check_weights_args(name: str, pretrained: bool, weights_path: str | Path | None) -> None:

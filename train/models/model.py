@@ -23,6 +23,7 @@ Submodule names are part of the export contract: `frontend` (kept out of INT8, O
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
@@ -32,9 +33,10 @@ from torch import nn
 
 from edgeav.contract import InputContract
 from edgeav.errors import ModelError, UnknownNameError
-from edgeav.train.models.backbones import BACKBONES, Backbone, backbone_names, create_backbone
+from edgeav.train.models.backbones import BACKBONES, Backbone, backbone_names
 from edgeav.train.models.frontend import Frontend
 from edgeav.train.models.heads import HEADS, Branches, create_head
+from edgeav.train.models.weights import create_branch, plan_weights
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +100,20 @@ def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
     if BACKBONES.meta(spec.image_backbone)["modality"] != "image":
         raise ModelError(f"image_backbone {spec.image_backbone!r} is an audio backbone")
     _check_clip(spec, shared)
+    check_audio_frontend(spec)
     return spec
+
+
+def check_audio_frontend(spec: Arch) -> None:
+    """An audio backbone with its own front end (registry meta `audio_frontend`: BirdNET takes 48 kHz, 3 s) needs a
+    contract with exactly that sample rate and window; anything else is a one-line `ModelError`, never a resample."""
+    fixed = BACKBONES.meta(spec.audio_backbone).get("audio_frontend") if spec.audio_backbone is not None else None
+    a = spec.contract.audio
+    if fixed and (a.sample_rate_hz, a.window_s) != (fixed["sample_rate_hz"], fixed["window_s"]):
+        raise ModelError(f"audio_backbone {spec.audio_backbone!r} takes {fixed['sample_rate_hz']} Hz mono in "
+                         f"{fixed['window_s']:g} s windows (its own front end), the contract gives {a.sample_rate_hz} "
+                         f"Hz, {a.window_s:g} s: set data.sample_rate_hz: {fixed['sample_rate_hz']} and data.window_s: "
+                         f"{fixed['window_s']:g}")
 
 
 def _check_clip(spec: Arch, shared: bool) -> None:
@@ -246,37 +261,37 @@ class SharedAVClassifier(AVClassifier):
 
 
 def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, contract: InputContract | None = None,
-                pretrained: bool | None = None, audio_weights_path: str | None = None,
-                image_weights_path: str | None = None) -> AVClassifier:
+                pretrained: bool | str | Path | None = None, audio_weights_path: str | Path | None = None,
+                image_weights_path: str | Path | None = None) -> AVClassifier:
     """Build a model from architecture keys (the dict a checkpoint stores) and labels (or a class count).
 
     `contract` overrides arch["contract"]; `pretrained` overrides arch["pretrained"] (a checkpoint rebuild passes
-    False: its weights come from the file); the weights paths load local state dicts into the backbones.
+    False: its weights come from the file) and may be a local folder or file; the weights paths load local state
+    dicts into one backbone each (`edgeav.train.models.weights`: the rule when both are given, the errors).
     """
     spec = parse_arch(arch)
     if contract is not None:
         spec = spec.model_copy(update={"contract": contract})
         _check_clip(spec, bool(HEADS.meta(spec.head).get("shared_encoder")))
+        check_audio_frontend(spec)
     use_pretrained = spec.pretrained if pretrained is None else pretrained
     label_list = [f"class_{i}" for i in range(labels)] if isinstance(labels, int) else [str(x) for x in labels]
     if not label_list:
         raise ModelError("a model needs at least one label")
     C = len(label_list)
+    plan = plan_weights(use_pretrained, ["image"] if spec.audio_backbone is None else ["audio", "image"],
+                        audio_weights_path, image_weights_path)
     try:
-        image = create_backbone(spec.image_backbone, pretrained=use_pretrained, weights_path=image_weights_path,
-                                **spec.image_kwargs)
+        image = create_branch(spec.image_backbone, "image", plan["image"], **spec.image_kwargs)
         if spec.audio_backbone is None:
             fusion = create_head(spec.head, image.embed_dim, image.embed_dim, C, **spec.head_kwargs)
             model: AVClassifier = SharedAVClassifier(image, fusion, C, spec.contract, spec.dropout)
         else:
-            audio_pretrained = use_pretrained and BACKBONES.meta(spec.audio_backbone).get("source", "").startswith(
-                ("torchvision", "transformers"))
             audio_kwargs = dict(spec.audio_kwargs)
             if BACKBONES.meta(spec.audio_backbone).get("logmel_shape_kwargs"):  # input size fixed at build time
                 audio_kwargs.setdefault("n_mels", spec.contract.audio.n_mels)
                 audio_kwargs.setdefault("max_frames", spec.contract.audio.n_frames)
-            audio = create_backbone(spec.audio_backbone, pretrained=audio_pretrained,
-                                    weights_path=audio_weights_path, **audio_kwargs)
+            audio = create_branch(spec.audio_backbone, "audio", plan["audio"], **audio_kwargs)
             fusion = create_head(spec.head, audio.embed_dim, image.embed_dim, C, **spec.head_kwargs)
             model = AVClassifier(audio, image, fusion, C, spec.contract, spec.dropout)
     except TypeError as e:  # bad *_kwargs

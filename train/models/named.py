@@ -109,7 +109,7 @@ def resolve_arch(model_cfg: Any, data_cfg: Any | None = None) -> dict[str, Any]:
         if getattr(model_cfg, key):
             arch[key] = dict(getattr(model_cfg, key))
     arch["dropout"] = model_cfg.dropout
-    arch["pretrained"] = model_cfg.pretrained
+    arch["pretrained"] = model_cfg.pretrained is True  # library weights; a local path is given to build_model
     if "image_backbone" not in arch or "head" not in arch:
         raise ConfigError("model: give a named model (model.name) or at least model.image_backbone and model.head")
     if model_cfg.contract is not None:
@@ -145,6 +145,6 @@ def build_model_from_config(cfg: Any, labels: Sequence[str] | int) -> tuple[Any,
     from edgeav.train.models.model import build_model
 
     arch = resolve_arch(cfg.model, getattr(cfg, "data", None))
-    model = build_model(arch, labels, audio_weights_path=cfg.model.audio_weights_path,
+    model = build_model(arch, labels, pretrained=cfg.model.pretrained, audio_weights_path=cfg.model.audio_weights_path,
                         image_weights_path=cfg.model.image_weights_path)
     return model, dict(model.arch), model.contract
