@@ -30,6 +30,11 @@ DDP: under `torchrun --nproc_per_node=N` each rank takes a disjoint shard of eve
 `batch_size / N` examples per step; DDP averages gradients (NCCL on GPUs, gloo on CPU); only rank 0 writes
 checkpoints, metrics, TensorBoard and the report.
 
+Starting weights: `model.pretrained` / `model.*_weights_path` (`edgeav.train.models.weights`) and `--init
+CHECKPOINT` (`train.init_from`, `edgeav.train.models.transfer`: a base model's backbones and fusion, the classifier
+rebuilt for this data set's labels); what the run started from (paths + sha256) is in every checkpoint's
+extra["weights"] and in train_report.json.
+
 Outputs in OUT: best.pt (and best_audio.pt / best_image.pt in two_phase), last.pt, metrics.csv (one row per epoch),
 steps.csv (loss of every optimizer step), tensorboard/, train_report.json, report.md, and eval_test/ (`edgeav eval`
 of best.pt on the test split, when the data has one).
@@ -1050,7 +1055,12 @@ def _report_md(r: dict[str, Any]) -> str:
              f"- data: `{r['data']}` ({', '.join(f'{k} {v}' for k, v in r['splits'].items())})",
              f"- minutes: {r['minutes']} (epochs of all phases, resumes included: {r['train_minutes']}); training throughput {r['train_samples_per_s']} samples/s; "
              f"world size {r['world_size']}",
-             f"- media decoded: {r['decodes']['prepare']} while preparing, {r['decodes']['training']} while training", ""]
+             f"- media decoded: {r['decodes']['prepare']} while preparing, {r['decodes']['training']} while training"]
+    init = (r.get("weights") or {}).get("init")
+    if init:
+        lines.append(f"- started from `{init['path']}` (sha256 {init['sha256'][:12]}, {init['labels_there']} classes): "
+                     f"{init['loaded_tensors']} tensors loaded, new: {', '.join(init['new_modules']) or 'none'}")
+    lines.append("")
     lines += ["| phase | best epoch | val acc | val acc audio | val acc image |", "|---|---|---|---|---|"]
     for phase, b in r["best"].items():
         lines.append(f"| {phase} | {b['epoch']} | {_f(b['val_acc'])} | {_f(b['val_acc_audio'])} | {_f(b['val_acc_image'])} |")
