@@ -11,6 +11,7 @@ The in-model front end's ONNX nodes are named /frontend/... (`FRONTEND_NODE_PREF
 from edgeav.train.models.backbones import BACKBONES, Backbone, BackboneOutput, backbone_names, create_backbone
 from edgeav.train.models import temporal  # noqa: F401  (registers the temporal picture backbones: video_tcn)
 from edgeav.train.models import video  # noqa: F401  (torchvision video CNNs, temporal shift, per-frame + GRU / tconv)
+from edgeav.train.models import birdnet  # noqa: F401  (registers birdnet_v24: BirdNET V2.4, converted locally)
 from edgeav.train.models.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointInfo,

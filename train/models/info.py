@@ -66,7 +66,19 @@ def model_info(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
     return {"name": name, **source, "arch": {k: v for k, v in model.arch.items() if k != "contract"},
             "num_classes": model.num_classes, "contract": model.contract.model_dump(mode="json"),
             "input_shapes": {k: list(v) for k, v in model.contract.shapes(1).items()},
-            "outputs": ["logits", "logits_audio", "logits_image"], **stats, "budget": budget}
+            "outputs": ["logits", "logits_audio", "logits_image"], **stats, "budget": budget,
+            "licences": _licences(model.arch)}
+
+
+def _raw_audio(arch: dict[str, Any]) -> bool:
+    name = arch.get("audio_backbone")
+    return bool(name) and BACKBONES.meta(name).get("input_kind") == "waveform"
+
+
+def _licences(arch: dict[str, Any]) -> dict[str, str]:
+    """Backbone -> the licence of weights it carries that are not edgeav's (registry meta `licence`: BirdNET)."""
+    names = [arch.get("audio_backbone"), arch.get("image_backbone")]
+    return {n: BACKBONES.meta(n)["licence"] for n in names if n and "licence" in BACKBONES.meta(n)}
 
 
 def cmd_model_info(args: argparse.Namespace) -> CommandResult:
@@ -96,8 +108,9 @@ def cmd_model_info(args: argparse.Namespace) -> CommandResult:
         "",
         "input contract:",
         f"  audio  (B, {d['input_shapes']['audio'][1]}) float32 mono, {a['sample_rate_hz']} Hz, {a['window_s']} s;"
-        f" log-mel in model: n_fft {a['n_fft']}, hop {a['hop_length']}, win {a['win_length']} (hann),"
-        f" {a['n_mels']} mels {a['fmin_hz']:g}-{a['fmax_hz']:g} Hz, floor {a['log_floor']:g}",
+        + (" raw waveform into the audio backbone (its own front end)" if _raw_audio(arch) else
+           f" log-mel in model: n_fft {a['n_fft']}, hop {a['hop_length']}, win {a['win_length']} (hann),"
+           f" {a['n_mels']} mels {a['fmin_hz']:g}-{a['fmax_hz']:g} Hz, floor {a['log_floor']:g}"),
         f"  image  (B, {', '.join(map(str, d['input_shapes']['image'][1:]))}) uint8 RGB {im['layout']}"
         + (f", {im['n_frames']} frames at {im['frame_rate_hz']:g} Hz from the window's start"
            if im["n_frames"] > 1 else "")
@@ -106,6 +119,9 @@ def cmd_model_info(args: argparse.Namespace) -> CommandResult:
         "  mask   (B, 2) float32 [audio_present, image_present]",
         "outputs: logits, logits_audio, logits_image (B, C)",
     ]
+    for backbone, licence in d["licences"].items():
+        lines.append(f"licence: {backbone} carries weights under {licence}; so does any checkpoint, ONNX file or "
+                     f"bundle of this model")
     return CommandResult(d, "\n".join(lines))
 
 
@@ -121,6 +137,7 @@ def cmd_model_list(args: argparse.Namespace) -> CommandResult:
     lines.append("backbones:")
     for b in backbones:
         extra = f" [needs edgeav[{b['extra']}]]" if b.get("extra") else ""
+        extra += f" [licence: {b['licence']}]" if b.get("licence") else ""
         lines.append(f"  {b['name']:<26} {b['modality']:<6} in={b['input_kind']:<9} dim={b['embed_dim']:<5} "
                      f"{b['source']}{extra}")
     lines.append("fusion heads:")
