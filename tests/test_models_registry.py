@@ -13,6 +13,7 @@ weights make some deep nets (EfficientNet-B0: |logits| ~ 1e2) round by more than
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import itertools
 import math
@@ -66,23 +67,40 @@ def _settle_batchnorm(model) -> None:
     model.eval()
 
 
-def _contract_for(image_backbone: str) -> InputContract:
+def _contract_for(image_backbone: str, audio_backbone: str | None = None) -> InputContract:
     """SMALL for a still-image backbone; for a temporal one, a clip of CLIP_FRAMES (or the backbone's `min_frames`)
-    frames of CLIP_PX px."""
+    frames of CLIP_PX px. An audio backbone with its own front end (meta `audio_frontend`: birdnet_v24 takes 48 kHz,
+    3 s) gets that sample rate and window."""
+    audio = SMALL.audio
+    fixed = BACKBONES.meta(audio_backbone).get("audio_frontend") if audio_backbone is not None else None
+    if fixed:
+        audio = AudioContract(sample_rate_hz=fixed["sample_rate_hz"], window_s=fixed["window_s"])
     if BACKBONES.meta(image_backbone).get("input_kind") != "video":
-        return SMALL
+        return InputContract(audio=audio, image=SMALL.image)
     T = max(CLIP_FRAMES, int(BACKBONES.meta(image_backbone).get("min_frames", 2)))
-    return InputContract(audio=SMALL.audio, image=ImageContract(height_px=CLIP_PX, width_px=CLIP_PX, n_frames=T,
-                                                                frame_rate_hz=CLIP_RATE_HZ))
+    return InputContract(audio=audio, image=ImageContract(height_px=CLIP_PX, width_px=CLIP_PX, n_frames=T,
+                                                          frame_rate_hz=CLIP_RATE_HZ))
+
+
+def _missing_files(name: str) -> str | None:
+    """Why a backbone that needs files made on this machine (meta `requires`, "module:function" giving the reason or
+    None: birdnet_v24's converted BirdNET) cannot be built here."""
+    requires = BACKBONES.meta(name).get("requires")
+    if not requires:
+        return None
+    module, func = requires.split(":")
+    return getattr(importlib.import_module(module), func)()
 
 
 def _build(triple: tuple, contract: InputContract | None = None, seed: int = 0):
     a, i, h = triple
-    contract = _contract_for(i) if contract is None else contract
+    contract = _contract_for(i, a) if contract is None else contract
     for name in (a, i):
         if name is not None and BACKBONES.meta(name).get("extra") and not HAS_TRANSFORMERS:
             pytest.skip(f"backbone {name!r} needs the optional extra edgeav[{BACKBONES.meta(name)['extra']}]"
                         " (transformers), not installed here; the error it gives is tested in test_models_checkpoint")
+        if name is not None and (reason := _missing_files(name)):
+            pytest.skip(f"backbone {name!r}: {reason}")
     torch.manual_seed(seed)
     arch = {"audio_backbone": a, "image_backbone": i, "head": h, "contract": contract.model_dump(mode="json")}
     return build_model(arch, [f"c{k}" for k in range(N_CLASSES)])
@@ -203,7 +221,7 @@ def test_allowed_archs_are_exactly_what_parse_arch_accepts():
     accepted, refused = set(), 0
     for a, i, h in itertools.product(names, BACKBONES.names(), HEADS.names()):
         # the contract a triple is built with: a clip for a temporal image backbone, a still otherwise
-        contract = _contract_for(i) if BACKBONES.meta(i)["modality"] == "image" else SMALL
+        contract = _contract_for(i, a) if BACKBONES.meta(i)["modality"] == "image" else SMALL
         try:
             parse_arch({"audio_backbone": a, "image_backbone": i, "head": h,
                         "contract": contract.model_dump(mode="json")})
