@@ -50,3 +50,12 @@ def test_bad_input_is_refused():
         reencode_h264(np.zeros((2, 3, 15, 16), np.uint8), 23)
     with pytest.raises(ValidationError, match="codec_crf_min"):
         ImageAugConfig(codec_crf_min=40, codec_crf_max=30)
+
+
+def test_region_of_interest_alone_goes_through_the_codec_at_camera_scale():
+    batch = torch.from_numpy(np.stack([_moving_clip(8, 64)]))
+    roi = (0.25, 0.25, 0.75, 0.75)  # pixels 16..48, plus an 8-pixel margin: 8..56
+    out = codec_augment(batch, 1.0, (35, 35), torch.Generator().manual_seed(0), camera_scale=2.0, roi=roi)
+    changed = (out != batch).any(dim=(0, 1, 2))  # (H, W)
+    assert changed[8:56, 8:56].any()
+    assert not changed[:8].any() and not changed[56:].any() and not changed[:, :8].any() and not changed[:, 56:].any()

@@ -10,11 +10,13 @@ come back decoded, in memory (PyAV's codec contexts, no container), about 40 ms 
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def reencode_h264(frames: np.ndarray, crf: int, *, preset: str = "veryfast") -> np.ndarray:
@@ -45,22 +47,46 @@ def reencode_h264(frames: np.ndarray, crf: int, *, preset: str = "veryfast") -> 
     return np.stack(out).transpose(0, 3, 1, 2).copy()
 
 
-def codec_augment(image: torch.Tensor, prob: float, crf_range: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+def codec_augment(image: torch.Tensor, prob: float, crf_range: tuple[int, int], gen: torch.Generator, *,
+                  camera_scale: float = 1.0, roi: tuple[float, float, float, float] | None = None) -> torch.Tensor:
     """image (B, 3, H, W) or clips (B, T, 3, H, W) uint8: each example, with probability `prob`, re-encoded at a
-    CRF drawn uniformly from `crf_range` (inclusive). Draws from `gen`, so a resumed run repeats."""
+    CRF drawn uniformly from `crf_range` (inclusive). Draws from `gen`, so a resumed run repeats.
+
+    H.264 works on 16-pixel blocks of the CAMERA's frame: at `camera_scale` (camera width / model width) > 1 the
+    frames are scaled up by it before the encoder and back after, so the blocks are the size they are in the field.
+    With a region of interest `roi` (x0, y0, x1, y1 fractions, the model's crop) only that box (plus an 8-pixel
+    margin) goes through the codec: what the model never sees need not be encoded."""
     if prob <= 0:
         return image
     pick = torch.rand(image.shape[0], generator=gen) < prob
     crfs = torch.randint(crf_range[0], crf_range[1] + 1, (image.shape[0],), generator=gen)
     if not bool(pick.any()):
         return image
+    h, w = image.shape[-2:]
+    r0, r1, c0, c1 = 0, h, 0, w
+    if roi is not None:
+        margin = 8
+        r0, r1 = max(0, math.floor(roi[1] * h) - margin), min(h, math.ceil(roi[3] * h) + margin)
+        c0, c1 = max(0, math.floor(roi[0] * w) - margin), min(w, math.ceil(roi[2] * w) + margin)
     out = image.clone()
     for b in torch.nonzero(pick).flatten().tolist():
-        x = image[b].cpu().numpy()
-        clip = x if x.ndim == 4 else x[None]
-        y = torch.from_numpy(reencode_h264(clip, int(crfs[b])))
-        out[b] = (y if x.ndim == 4 else y[0]).to(image.device)
+        x = image[b]
+        clip = (x if x.ndim == 4 else x[None])[..., r0:r1, c0:c1]  # (T, 3, h', w')
+        size = (2 * max(1, round(clip.shape[-2] * camera_scale / 2)), 2 * max(1, round(clip.shape[-1] * camera_scale / 2)))
+        big = clip if size == tuple(clip.shape[-2:]) else _resize_u8(clip, size)
+        y = torch.from_numpy(reencode_h264(big.cpu().numpy(), int(crfs[b])))
+        y = y if size == tuple(clip.shape[-2:]) else _resize_u8(y, tuple(clip.shape[-2:]))
+        if x.ndim == 4:
+            out[b, :, :, r0:r1, c0:c1] = y.to(image.device)
+        else:
+            out[b, :, r0:r1, c0:c1] = y[0].to(image.device)
     return out
+
+
+def _resize_u8(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(T, 3, h, w) uint8 -> (T, 3, *size) uint8, bilinear with antialiasing (as a camera's scaler)."""
+    y = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8)
 
 
 __all__ = ["codec_augment", "reencode_h264"]

@@ -487,7 +487,8 @@ class Trainer:
                 audio = augment_wave(self.field_noise(audio, gen, mask[:, 0]), aug.wave, self.contract.audio.sample_rate_hz, gen)
             if phase != "phase1_audio":
                 if aug.image.enabled:  # the camera's codec first, then the geometry
-                    image = codec_augment(image, aug.image.codec_prob, (aug.image.codec_crf_min, aug.image.codec_crf_max), gen)
+                    image = codec_augment(image, aug.image.codec_prob, (aug.image.codec_crf_min, aug.image.codec_crf_max),
+                                          gen, camera_scale=aug.image.codec_camera_scale, roi=self.contract.image.roi)
                 image = augment_image(image, self.image_tf)
             if phase == "joint":
                 audio, image, target = joint_mixup(audio, image, target, aug.mixup, gen)

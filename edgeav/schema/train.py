@@ -98,6 +98,10 @@ class ImageAugConfig(Section):
                      "artifacts of a camera's compressed stream, which a temporal branch otherwise reads as motion."))
     codec_crf_min: int = Field(23, ge=0, le=51, description="Lowest H.264 constant rate factor drawn (finer).")
     codec_crf_max: int = Field(40, ge=0, le=51, description="Highest H.264 constant rate factor drawn (coarser).")
+    codec_camera_scale: float = Field(
+        1.0, ge=1.0, le=8.0,
+        description=("The camera's frame width over the model's, ratio: H.264 codes 16-pixel blocks of the camera's "
+                     "frame, so frames are scaled up by this before the encoder (GRID: 360 px / 160 px = 2.25)."))
 
     @model_validator(mode="after")
     def _crf_range(self) -> "ImageAugConfig":
