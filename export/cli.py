@@ -65,6 +65,14 @@ def _gate_figures(m: Any) -> dict[str, Any]:
     return d
 
 
+def _licences(arch: dict[str, Any]) -> dict[str, str]:
+    """Backbone -> the licence of third-party weights it carries (registry meta `licence`, e.g. BirdNET's)."""
+    from edgeav.train.models.backbones import BACKBONES
+
+    names = [arch.get("audio_backbone"), arch.get("image_backbone")]
+    return {n: str(BACKBONES.meta(n)["licence"]) for n in names if n and "licence" in BACKBONES.meta(n)}
+
+
 def _check_request(args: argparse.Namespace, profile: Any) -> None:
     from edgeav.devices import check_precision
     from edgeav.export.quantize import NO_CALIB_MSG
@@ -110,7 +118,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
     from edgeav.export.bundle import write_bundle
     from edgeav.export.onnx_export import compare_outputs, convert_fp16, export_onnx, onnx_outputs, parity_check, \
         set_metadata, torch_outputs
-    from edgeav.export.quantize import quantize_for_device, sensitivity_check
+    from edgeav.export.quantize import check_float_prefixes, model_float_prefixes, quantize_for_device, \
+        sensitivity_check
     from edgeav.export.samples import as_eval_samples, class_counts, dataset_for_checkpoint, split_examples
     from edgeav.manifest import ArtifactManifest, sha256_file
     from edgeav.train.models import load_checkpoint, read_checkpoint
@@ -120,6 +129,9 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
     raw = read_checkpoint(ckpt)
     ckpt_sha = sha256_file(ckpt)
     labels = info.labels
+    float_why = model_float_prefixes(info.arch)  # ONNX name prefix -> why it stays float (front end, backbone meta)
+    prefixes = list(float_why)
+    licences = _licences(info.arch)
     ds = dataset_for_checkpoint(raw.get("train_config") or {}, labels, args.calib_data)
     val = split_examples(ds, "val", limit=cfg.parity_windows, seed=0)
 
@@ -131,6 +143,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
                    "checker": "onnx.checker.check_model(full_check=True)"},
         "data": {"path": str(args.calib_data) if args.calib_data else None, "root": str(ds.root)},
     }
+    if licences:
+        extra["licences"] = licences
     files: dict[str, Path] = {}
     precisions = ["fp32"]
     result: dict[str, Any] = {}
@@ -138,6 +152,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
         tmp = Path(tmpd)
         # --- FP32 + parity
         fp32 = export_onnx(model, tmp / "model_fp32.onnx", opset=cfg.opset, dynamic_batch=args.dynamic_batch)
+        counts = check_float_prefixes(fp32, prefixes)
+        extra["float_prefixes"] = {p: {"why": float_why[p], "nodes": counts[p]} for p in prefixes}
         feeds = [e.feeds for e in val]
         parity = parity_check(model, fp32, feeds, max_abs_diff=cfg.parity_max_abs_diff, min_agreement=100.0)
         metrics["parity_fp32"] = parity.to_dict()
@@ -149,7 +165,7 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
 
         # --- FP16
         if args.fp16:
-            fp16, fp16_info = convert_fp16(fp32, tmp / "model_fp16.onnx")
+            fp16, fp16_info = convert_fp16(fp32, tmp / "model_fp16.onnx", keep_float_prefixes=prefixes)
             rep = compare_outputs(torch_outputs(model, feeds), onnx_outputs(fp16, feeds),
                                   max_abs_diff=cfg.fp16_max_abs_diff, min_agreement=cfg.fp16_min_agreement_pct)
             metrics["parity_fp16"] = rep.to_dict()
@@ -183,19 +199,19 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
             form = profile.int8_form
             simulate = form == "trt_symmetric"
             int8_path = tmp / "model_int8.onnx"
-            _, qinfo = quantize_for_device(fp32, int8_path, (e.feeds for e in calib), profile)
+            _, qinfo = quantize_for_device(fp32, int8_path, (e.feeds for e in calib), profile, float_prefixes=prefixes)
             int8_m = gate_mod.evaluate_onnx(int8_path, as_eval_samples(test), labels, simulate_qdq=simulate)
             g = gate_mod.accuracy_gate(fp32_m, int8_m, cfg.max_drop_points, cfg.max_class_drop_points)
             attempts = [{"float_op_types": [], "gate": g.to_dict(), "int8_accuracy": int8_m.accuracy}]
             if not g.passed and cfg.sensitivity_retry:
                 log.warning("INT8 gate failed (%s); running the sensitivity check to find fragile op types",
                             "; ".join(g.failures))
-                sens = sensitivity_check(fp32, [e.feeds for e in calib], form, max_feeds=16,
+                sens = sensitivity_check(fp32, [e.feeds for e in calib], form, max_feeds=16, float_prefixes=prefixes,
                                          reduce_range=bool(profile.int8_reduce_range))
                 extra["sensitivity"] = sens.to_dict()
                 if sens.fragile_nodes:
                     _, qinfo = quantize_for_device(fp32, int8_path, (e.feeds for e in calib), profile,
-                                                   extra_float_nodes=sens.fragile_nodes)
+                                                   extra_float_nodes=sens.fragile_nodes, float_prefixes=prefixes)
                     int8_m = gate_mod.evaluate_onnx(int8_path, as_eval_samples(test), labels, simulate_qdq=simulate)
                     g = gate_mod.accuracy_gate(fp32_m, int8_m, cfg.max_drop_points, cfg.max_class_drop_points)
                     attempts.append({"float_op_types": sens.fragile_op_types, "gate": g.to_dict(),
@@ -224,12 +240,13 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
 
         # --- manifests into the ONNX files: FP32 first (its sha256 is the parent of the others)
         base = ArtifactManifest(kind="onnx", labels=labels, contract=info.contract, arch=info.arch, precision="fp32",
-                                parent_sha256=ckpt_sha, metrics=metrics, extra={"target_profile": profile.name})
+                                parent_sha256=ckpt_sha, metrics=metrics,
+                                extra={"target_profile": profile.name, **({"licences": licences} if licences else {})})
         set_metadata(fp32, base.to_json(), {"edgeav.precision": "fp32", "edgeav.labels": "\n".join(labels)})
         fp32_sha = sha256_file(fp32)
         for role, prec in (("model_fp16", "fp16"), ("model_int8", "int8")):
             if role in files:
-                extra_role = {"target_profile": profile.name}
+                extra_role = {**base.extra}
                 if prec == "int8":
                     extra_role["int8"] = extra["int8"]
                 man = base.model_copy(update={"precision": prec, "parent_sha256": fp32_sha, "extra": extra_role})

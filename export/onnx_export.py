@@ -348,7 +348,8 @@ def parity_check(model: Any, onnx_path: str | Path, feeds: Sequence[Feeds], *,
 def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, keep_float_prefixes: Sequence[str] = (FRONTEND_SCOPE + "/",)
                  ) -> tuple[Path, dict[str, Any]]:
     """Half-precision copy of an FP32 ONNX model: inputs and outputs keep their types (float32 / uint8); the front
-    end (power spectrum, mel, log) stays in float32, where FP16 would overflow (power values above 65504)."""
+    end (power spectrum, mel, log) stays in float32, where FP16 would overflow (power values above 65504), and so
+    does every part the model declares float-only (pass `edgeav.export.quantize.model_float_prefixes(arch)`)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 

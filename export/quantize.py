@@ -8,8 +8,11 @@ Two forms (chosen by the device profile's `int8_form`):
 - `ort_u8s8`: uint8 (asymmetric) activations and per-channel int8 weights: the fast form for ONNX Runtime on CPUs.
 
 The audio front end (every node whose name starts with `/frontend/`: STFT as Conv1d, mel MatMul, log) stays in
-float, as do any extra node names a sensitivity check found fragile. Without calibration data it refuses: scales
-are never invented.
+float, as do any extra node names a sensitivity check found fragile. What else stays in float is a property of the
+model, not a list here: a backbone's registry meta `float_scopes` ({submodule path inside the backbone: why}) names
+the parts that must stay float (BirdNET's in-network spectrogram: `birdnet/spec`), and `model_float_prefixes(arch)`
+turns them into ONNX name prefixes (`/audio_backbone/birdnet/spec/`) for INT8, FP16 and the manifest. Without
+calibration data it refuses: scales are never invented.
 
 The quantizer is ONNX Runtime's static quantization (`quantize_static`, QDQ format). NVIDIA ModelOpt
 (`modelopt.onnx.quantization`) also writes Q/DQ ONNX, but it targets TensorRT only (no uint8-activation CPU form),
@@ -105,6 +108,39 @@ def float_node_names(model_path: str | Path, prefixes: Sequence[str] = FLOAT_PRE
 
     model = onnx.load(str(model_path), load_external_data=False)
     return [n.name for n in model.graph.node if n.name.startswith(tuple(prefixes))]
+
+
+BRANCH_SCOPES: dict[str, str] = {"audio_backbone": "audio_backbone", "image_backbone": "image_backbone"}
+
+
+def model_float_prefixes(arch: Mapping[str, Any]) -> dict[str, str]:
+    """ONNX node-name prefix -> why it stays in float, for the model with architecture keys `arch` (a checkpoint's
+    or manifest's `arch`): the front end (`FLOAT_PREFIXES`) and each backbone's registry meta `float_scopes`
+    ({path inside the backbone: why}) under the branch's scope, e.g. `/audio_backbone/birdnet/spec/`."""
+    from edgeav.train.models.backbones import BACKBONES
+
+    out = {p: "the in-model front end (STFT, mel, log; image normalization)" for p in FLOAT_PREFIXES}
+    for key, scope in BRANCH_SCOPES.items():
+        name = arch.get(key)
+        if not name:
+            continue
+        for sub, why in dict(BACKBONES.meta(name).get("float_scopes") or {}).items():
+            out[f"/{scope}/{sub.strip('/')}/"] = f"{name}: {why}"
+    return out
+
+
+def check_float_prefixes(model_path: str | Path, prefixes: Sequence[str]) -> dict[str, int]:
+    """Nodes per prefix in the ONNX file; a prefix that names no node is an ExportError (a float-only part that
+    cannot be found would be quantized silently)."""
+    import onnx
+
+    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+    counts = {p: sum(1 for n in names if n.startswith(p)) for p in prefixes}
+    lost = [p for p, c in counts.items() if c == 0]
+    if lost:
+        raise ExportError(f"{Path(model_path).name}: no node named {lost[0]}... although the model declares it "
+                          f"float-only; it could not be kept out of INT8/FP16")
+    return counts
 
 
 def form_for_profile(profile: Any) -> str:
@@ -324,5 +360,6 @@ _QUANTIZABLE = frozenset({
     "LayerNormalization", "Where", "Gather", "Transpose", "Reshape", "Split", "Pad", "Squeeze", "Unsqueeze",
 })
 
-__all__ = ["FLOAT_PREFIXES", "INT8_FORMS", "NO_CALIB_MSG", "SensitivityReport", "float_node_names",
-           "form_for_profile", "logits_error", "quantize_for_device", "quantize_int8", "sensitivity_check"]
+__all__ = ["FLOAT_PREFIXES", "INT8_FORMS", "NO_CALIB_MSG", "SensitivityReport", "check_float_prefixes",
+           "float_node_names", "form_for_profile", "logits_error", "model_float_prefixes", "quantize_for_device",
+           "quantize_int8", "sensitivity_check"]

