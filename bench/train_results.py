@@ -9,6 +9,10 @@ models + computing the cache + its phase II.
 
     python bench/train_results.py [--datasets grid,birds] [--data ../shared/data] [--out runs/bench_train]
                                   [--hdmf-run grid=runs/grid_run]   # reuse a finished HD-MF run's phase I
+    python bench/train_results.py --only birdnet                    # only the birds' BirdNET-alone row
+
+Birds also get a "BirdNET V2.4 alone" row (bench/birdnet_alone.py: BirdNET's own logits restricted to the 17
+species, on the recipe's test windows; nothing trained here), where BirdNET is converted on this machine.
 
 Writes bench/results/train_results.json, prints one line per data set, and puts a Markdown table into README.md
 between <!-- train-results:start --> and <!-- train-results:end --> (creating a "## Results on real data" section
@@ -93,6 +97,22 @@ def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], hdmf_ru
     }
 
 
+def birdnet_row(data: Path) -> dict[str, Any] | None:
+    """bench/birdnet_alone.py's result on the birds recipe's test windows, or None (logged) without BirdNET."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import birdnet_alone
+
+    from edgeav.train.models.birdnet import birdnet_missing
+
+    reason = birdnet_missing()
+    if reason is not None:
+        logging.getLogger("bench").warning("no BirdNET-alone row: %s", reason)
+        return None
+    r = birdnet_alone.run(REPO / RECIPES["birds"], data)
+    print(birdnet_alone.one_line(r), flush=True)
+    return {k: v for k, v in r.items() if k not in ("confusion", "classes")}
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [f"Test accuracy and macro-F1, each model trained from scratch on this machine's CPU (2 cores, shared), "
              f"by `python bench/train_results.py` ({results['date']}). Minutes: training time of what the variant "
@@ -104,12 +124,24 @@ def markdown(results: dict[str, Any]) -> str:
             x = r["variants"][v]
             lines.append(f"| {ds} | {r['test_examples']} | {names[v]} | {100 * x['accuracy']:.1f} % | "
                          f"{x['macro_f1']:.3f} | {x['minutes']:.1f} |")
+        if r.get("birdnet_alone"):
+            b = r["birdnet_alone"]
+            lines.append(f"| {ds} | {b['test_windows']} | BirdNET V2.4 alone (restricted to the species; not trained "
+                         f"here) | {100 * b['accuracy']:.1f} % | {b['macro_f1']:.3f} | - |")
     lines.append("")
     for ds, r in results["datasets"].items():
         beats = r["fusion_beats_best_single"]
         lines.append(f"- {ds}: `{r['recipe']}` ({r['arch']['audio_backbone']} + {r['arch']['image_backbone']}); "
                      f"fusion beats the best single modality: concat {'yes' if beats['concat'] else 'no'}, "
                      f"HD-MF {'yes' if beats['hdmf'] else 'no'}." + (f" {r['note']}" if r.get("note") else ""))
+        if r.get("birdnet_alone"):
+            b, w = r["birdnet_alone"], r["birdnet_alone"]["windows"]
+            k = w["birdnet_chunks_per_window"]
+            lines.append(f"- {ds}, BirdNET V2.4 alone (`bench/birdnet_alone.py`, {b['licence'].split(' (')[0]}): the "
+                         f"recipe's {b['test_windows']} {w['window_s']:g} s test windows with audio"
+                         + (f", each scored as {k} chunks of 3 s (confidences averaged)" if k > 1 else "")
+                         + f"; per recording {100 * b['per_recording']['accuracy']:.1f} % "
+                           f"({b['per_recording']['recordings']} test recordings).")
     return "\n".join(lines)
 
 
@@ -130,6 +162,13 @@ def write_readme(readme: Path, table: str) -> None:
     os.replace(tmp, readme)
 
 
+def _write_results(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="grid,birds")
@@ -139,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra config override for every run")
     p.add_argument("--note", action="append", default=[], metavar="DATASET=TEXT", help="a note printed under the table")
+    p.add_argument("--only", choices=["birdnet"], default=None,
+                   help="birdnet: only the birds' BirdNET-alone row (into the existing results and table)")
     p.add_argument("--hdmf-run", action="append", default=[], metavar="DATASET=DIR",
                    help="take this finished two_phase HD-MF run instead of training one (e.g. grid=runs/grid_run)")
     a = p.parse_args(argv)
@@ -149,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown data set(s) {unknown}; known: {', '.join(RECIPES)}\n")
         return 2
     results_path = Path(a.results)
+    if a.only == "birdnet":
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        if "birds" not in results.get("datasets", {}):
+            sys.stderr.write(f"--only birdnet: {results_path} has no birds results to add the row to\n")
+            return 2
+        row = birdnet_row(Path(a.data) / "birds")
+        if row is None:
+            return 2
+        results["datasets"]["birds"]["birdnet_alone"] = row
+        _write_results(results_path, results)
+        write_readme(Path(a.readme), markdown(results))
+        return 0
     given = dict(x.split("=", 1) for x in a.hdmf_run)
     for name in names:
         r = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets,
@@ -161,13 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         notes = dict(x.split("=", 1) for x in a.note)
         if name in notes:
             r["note"] = notes[name]
+        if name == "birds":
+            r["birdnet_alone"] = birdnet_row(Path(a.data) / name)
         results.setdefault("datasets", {})[name] = r
         results["date"] = time.strftime("%Y-%m-%d", time.gmtime())
         results["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, results_path)
+        _write_results(results_path, results)
         write_readme(Path(a.readme), markdown(results))
     return 0
 
