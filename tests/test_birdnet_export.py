@@ -178,3 +178,26 @@ def test_checkpoint_keeps_birdnet_by_reference_and_rebuilds(tmp_path):
     with pytest.raises(ModelError, match="are not the ones the checkpoint was trained with") as e:
         load_checkpoint(tmp_path / "other.pt")
     assert "\n" not in str(e.value)
+
+
+@needs_birdnet
+@pytest.mark.parametrize("trainable_blocks", [0, 2])
+def test_training_phases_keep_birdnet_frozen_as_declared(trainable_blocks):
+    """Every phase of the training loop unfreezes whole branches; BirdNET outside its trainable blocks stays frozen
+    (a frozen birdnet_v24 trained at phase I's learning rate diverged: loss 301 then 20341 in two epochs)."""
+    from types import SimpleNamespace
+
+    from edgeav.train.loop import Trainer
+    from edgeav.train.models import build_model
+
+    model = build_model({**ARCH, "audio_kwargs": {"trainable_blocks": trainable_blocks},
+                         "contract": CONTRACT.model_dump(mode="json")}, 3)
+    bb = model.audio_backbone
+    declared = {n for n, p in bb.named_parameters() if p.requires_grad}
+    assert bool(declared) == (trainable_blocks > 0)
+    for phase in ("joint", "phase1_audio", "phase1_image", "phase2_fusion"):
+        Trainer._freeze_for(SimpleNamespace(model=model), phase)
+        now = {n for n, p in bb.named_parameters() if p.requires_grad}
+        assert now == (declared if phase in ("joint", "phase1_audio") else set()), phase
+        assert any(p.requires_grad for p in model.aux_audio.parameters()) == (phase in ("joint", "phase1_audio"))
+    assert set(bb.file_state_keys()).isdisjoint(declared)  # phase II froze them: still stored by value

@@ -687,6 +687,9 @@ class Trainer:
             m.aux_audio.eval()
             m.aux_image.eval()
             m.fusion.requires_grad_(True)
+        for bb in m.backbones():  # a backbone's own frozen part stays frozen (birdnet_v24: all but trainable_blocks)
+            if hasattr(bb, "restrict_trainable"):
+                bb.restrict_trainable()
 
     def _optimizer(self) -> torch.optim.Optimizer:
         from edgeav.train.models import param_groups

@@ -159,20 +159,32 @@ class BirdNetV24(Backbone):
             raise ModelError(f"backbone 'birdnet_v24': trainable_blocks={trainable_blocks}, it has {len(self.blocks)} "
                              f"blocks (0 = frozen)")
         self.trainable_blocks = int(trainable_blocks)
-        train_set = set(self.blocks[len(self.blocks) - self.trainable_blocks:])
+        self._train_set = set(self.blocks[len(self.blocks) - self.trainable_blocks:])
         for name, p in self.birdnet.named_parameters():
-            p.requires_grad_(name.startswith("net.") and _block_of(name[len("net."):]) in train_set)
+            p.requires_grad_(self._trainable(name))
         if weights_path is not None:
             _load_state_dict(self, weights_path, "backbone 'birdnet_v24'")
         log.info("backbone birdnet_v24: BirdNET V2.4 (%s), %s", BIRDNET_LICENCE,
                  f"last {self.trainable_blocks} of {len(self.blocks)} blocks trainable" if self.trainable_blocks
                  else "frozen")
 
+    def _trainable(self, name: str) -> bool:
+        """Whether parameter `name` (of `self.birdnet`) is in one of the last `trainable_blocks` blocks."""
+        return name.startswith("net.") and _block_of(name[len("net."):]) in self._train_set
+
+    def restrict_trainable(self) -> None:
+        """Turn requires_grad off for every parameter outside the last `trainable_blocks` blocks (never on): a
+        caller that unfreezes a whole model (a training phase) calls this after, so BirdNET stays as declared."""
+        for name, p in self.birdnet.named_parameters():
+            if not self._trainable(name):
+                p.requires_grad_(False)
+
     def file_state_keys(self) -> list[str]:
         """State-dict keys (relative to this backbone) whose tensors are copies of the converted file: every buffer
-        (the network's constants) and every frozen parameter. A checkpoint stores them by reference (key list +
-        sha256), not by value (`edgeav.train.models.checkpoint`); the trained blocks' parameters it stores."""
-        trained = {f"birdnet.{n}" for n, p in self.birdnet.named_parameters() if p.requires_grad}
+        (the network's constants) and every parameter outside the trainable blocks (by the block rule, not by the
+        current requires_grad: phase II freezes the trained blocks too). A checkpoint stores them by reference (key
+        list + sha256), not by value (`edgeav.train.models.checkpoint`); the trainable blocks it stores."""
+        trained = {f"birdnet.{n}" for n, _ in self.birdnet.named_parameters() if self._trainable(n)}
         return [k for k in self.state_dict() if k.startswith("birdnet.") and k not in trained]
 
     def _check(self, wave: torch.Tensor) -> None:
