@@ -6,7 +6,8 @@
 
 The exporter is torch's TorchScript-based one (`dynamo=False`): it writes exactly the opset asked for (the dynamo
 exporter may raise it). Shapes are static (batch 1) unless `dynamic_batch`, then the batch axis is named "batch".
-The graph is simplified with onnxslim and checked with `onnx.checker` (full check, shape inference included).
+The graph is simplified with onnxslim, DFT columns that no mel filter reads are dropped (`edgeav.export.prune`,
+exact), and it is checked with `onnx.checker` (full check, shape inference included).
 
 Node names: the front end's nodes are renamed to start with "/frontend/" (`FLOAT_PREFIXES` of
 edgeav.export.quantize): the tracer names a node after the chain of modules *called*, so the LogMel module called as
@@ -185,6 +186,9 @@ def export_onnx(model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET,
     n_front = _rename_nodes(proto, front_children, own)
     if simplify:
         proto = _slim(proto)
+    from edgeav.export.prune import prune_discarded_columns
+
+    prune_discarded_columns(proto)  # exact: DFT columns no mel filter reads (BirdNET's spectrograms)
     n_front = sum(1 for n in proto.graph.node if n.name.startswith(FRONTEND_SCOPE + "/"))
     if n_front == 0:
         raise ExportError("the exported graph has no node named /frontend/...: the log-mel front end could not be "

@@ -73,6 +73,52 @@ def test_a_declared_float_part_missing_from_the_graph_is_an_error(tmp_path):
         check_float_prefixes(path, [*FLOAT_PREFIXES, SPEC])
 
 
+def _dft_mel_onnx(path: Path, nonlinear: bool = False) -> tuple[Path, np.ndarray]:
+    """x (1, 10, 1, 16) @ basis (16, 9) -> squeeze(-2) -> reshape(-1, 9) [-> relu] -> @ mel (9, 4), mel rows 0, 1, 7
+    and 8 zero (BirdNET's spectrogram in small)."""
+    import torch
+    from torch import nn
+
+    class DftMel(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            g = torch.Generator().manual_seed(0)
+            self.register_buffer("basis", torch.randn(16, 9, generator=g))
+            mel = torch.rand(9, 4, generator=g)
+            mel[[0, 1, 7, 8]] = 0.0
+            self.register_buffer("mel", mel)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.matmul(x, self.basis).squeeze(-2).reshape(-1, 9)  # (10, 9)
+            return torch.matmul(torch.relu(y) if nonlinear else y, self.mel)  # (10, 4)
+
+    x = torch.randn(1, 10, 1, 16, generator=torch.Generator().manual_seed(1))
+    torch.onnx.export(DftMel(), (x,), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    return path, x.numpy()
+
+
+@pytest.mark.parametrize("nonlinear", [False, True])
+def test_dft_columns_no_mel_filter_reads_are_pruned_exactly(tmp_path, nonlinear):
+    import onnx
+    import onnxruntime as ort
+
+    from edgeav.export.onnx_export import check_model
+    from edgeav.export.prune import prune_discarded_columns
+
+    path, x = _dft_mel_onnx(tmp_path / "m.onnx", nonlinear)
+    proto = onnx.load(str(path))
+    done = prune_discarded_columns(proto)
+    check_model(proto)
+    onnx.save(proto, str(tmp_path / "pruned.onnx"))
+    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+           for p in (path, tmp_path / "pruned.onnx")]
+    assert np.allclose(run[0], run[1], atol=1e-6)
+    if nonlinear:  # a Relu between: not the pattern, left alone (relu(0)=0 happens to hold, but any op is refused)
+        assert done == []
+    else:
+        assert [(d["columns"], d["kept"]) for d in done] == [(9, 5)]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # with the converted model
 # --------------------------------------------------------------------------------------------------------------------

