@@ -129,8 +129,9 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
     raw = read_checkpoint(ckpt)
     ckpt_sha = sha256_file(ckpt)
     labels = info.labels
-    float_why = model_float_prefixes(info.arch)  # ONNX name prefix -> why it stays float (front end, backbone meta)
+    float_why = model_float_prefixes(info.arch, "int8")  # ONNX name prefix -> why it stays float (backbone meta)
     prefixes = list(float_why)
+    fp16_prefixes = list(model_float_prefixes(info.arch, "fp16"))
     licences = _licences(info.arch)
     ds = dataset_for_checkpoint(raw.get("train_config") or {}, labels, args.calib_data)
     val = split_examples(ds, "val", limit=cfg.parity_windows, seed=0)
@@ -153,7 +154,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
         # --- FP32 + parity
         fp32 = export_onnx(model, tmp / "model_fp32.onnx", opset=cfg.opset, dynamic_batch=args.dynamic_batch)
         counts = check_float_prefixes(fp32, prefixes)
-        extra["float_prefixes"] = {p: {"why": float_why[p], "nodes": counts[p]} for p in prefixes}
+        extra["float_prefixes"] = {"int8": {p: {"why": float_why[p], "nodes": counts[p]} for p in prefixes},
+                                   "fp16": fp16_prefixes}
         feeds = [e.feeds for e in val]
         parity = parity_check(model, fp32, feeds, max_abs_diff=cfg.parity_max_abs_diff, min_agreement=100.0)
         metrics["parity_fp32"] = parity.to_dict()
@@ -165,7 +167,7 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
 
         # --- FP16
         if args.fp16:
-            fp16, fp16_info = convert_fp16(fp32, tmp / "model_fp16.onnx", keep_float_prefixes=prefixes)
+            fp16, fp16_info = convert_fp16(fp32, tmp / "model_fp16.onnx", keep_float_prefixes=fp16_prefixes)
             rep = compare_outputs(torch_outputs(model, feeds), onnx_outputs(fp16, feeds),
                                   max_abs_diff=cfg.fp16_max_abs_diff, min_agreement=cfg.fp16_min_agreement_pct)
             metrics["parity_fp16"] = rep.to_dict()

@@ -10,8 +10,9 @@ Two forms (chosen by the device profile's `int8_form`):
 The audio front end (every node whose name starts with `/frontend/`: STFT as Conv1d, mel MatMul, log) stays in
 float, as do any extra node names a sensitivity check found fragile. What else stays in float is a property of the
 model, not a list here: a backbone's registry meta `float_scopes` ({submodule path inside the backbone: why}) names
-the parts that must stay float (BirdNET's in-network spectrogram: `birdnet/spec`), and `model_float_prefixes(arch)`
-turns them into ONNX name prefixes (`/audio_backbone/birdnet/spec/`) for INT8, FP16 and the manifest. Without
+the parts that must stay float (BirdNET's in-network spectrogram: `birdnet/spec`), `int8_float_scopes` those that
+stay float in INT8 only (BirdNET's CNN), and `model_float_prefixes(arch, precision)` turns them into ONNX name
+prefixes (`/audio_backbone/birdnet/spec/`) for INT8, FP16 and the manifest. Without
 calibration data it refuses: scales are never invented.
 
 The quantizer is ONNX Runtime's static quantization (`quantize_static`, QDQ format). NVIDIA ModelOpt
@@ -31,6 +32,7 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 import numpy as np
 
 from edgeav.errors import ExportError
+from edgeav.export.onnx_export import _private_initializers
 
 log = logging.getLogger(__name__)
 
@@ -113,19 +115,24 @@ def float_node_names(model_path: str | Path, prefixes: Sequence[str] = FLOAT_PRE
 BRANCH_SCOPES: dict[str, str] = {"audio_backbone": "audio_backbone", "image_backbone": "image_backbone"}
 
 
-def model_float_prefixes(arch: Mapping[str, Any]) -> dict[str, str]:
+def model_float_prefixes(arch: Mapping[str, Any], precision: Literal["int8", "fp16"] = "int8") -> dict[str, str]:
     """ONNX node-name prefix -> why it stays in float, for the model with architecture keys `arch` (a checkpoint's
     or manifest's `arch`): the front end (`FLOAT_PREFIXES`) and each backbone's registry meta `float_scopes`
-    ({path inside the backbone: why}) under the branch's scope, e.g. `/audio_backbone/birdnet/spec/`."""
+    ({path inside the backbone: why}) under the branch's scope, e.g. `/audio_backbone/birdnet/spec/`; for INT8 also
+    its `int8_float_scopes` (parts measured fragile under INT8 only)."""
     from edgeav.train.models.backbones import BACKBONES
 
+    if precision not in ("int8", "fp16"):
+        raise ExportError(f"float prefixes are for int8 or fp16, not {precision!r}")
     out = {p: "the in-model front end (STFT, mel, log; image normalization)" for p in FLOAT_PREFIXES}
+    keys = ("float_scopes", "int8_float_scopes") if precision == "int8" else ("float_scopes",)
     for key, scope in BRANCH_SCOPES.items():
         name = arch.get(key)
         if not name:
             continue
-        for sub, why in dict(BACKBONES.meta(name).get("float_scopes") or {}).items():
-            out[f"/{scope}/{sub.strip('/')}/"] = f"{name}: {why}"
+        for meta_key in keys:
+            for sub, why in dict(BACKBONES.meta(name).get(meta_key) or {}).items():
+                out[f"/{scope}/{sub.strip('/')}/"] = f"{name}: {why}"
     return out
 
 
@@ -214,6 +221,13 @@ def quantize_int8(
             log.warning("no node name starts with %s in %s: nothing of a front end is kept in float",
                         list(float_prefixes), fp32_path.name)
         exclude = sorted(set(prefixed) | set(extra_float_nodes))
+        n_inits = len(model.graph.initializer)
+        _private_initializers(model.graph, set(exclude))  # a float node must not read a weight quantized for another
+        if len(model.graph.initializer) > n_inits:
+            log.info("%d initializer(s) shared by float-kept and quantized nodes copied for the float ones",
+                     len(model.graph.initializer) - n_inits)
+            src = Path(tmp) / "private.onnx"
+            onnx.save(model, str(src))
         reader = _make_reader(it, _input_names(model))
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[calibrate_method]
