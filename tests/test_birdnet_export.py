@@ -278,3 +278,31 @@ def test_training_phases_keep_birdnet_frozen_as_declared(trainable_blocks):
         assert now == (declared if phase in ("joint", "phase1_audio") else set()), phase
         assert any(p.requires_grad for p in model.aux_audio.parameters()) == (phase in ("joint", "phase1_audio"))
     assert set(bb.file_state_keys()).isdisjoint(declared)  # phase II froze them: still stored by value
+
+
+STREAMS = DATA.parent / "streams"
+
+
+@pytest.mark.slow
+@pytest.mark.gstreamer
+@needs_birdnet
+@pytest.mark.parametrize("stream, seconds", [("birdnet_soundscape_120s.flac", 120.0), ("opensoundscape_1min.wav", 59.5)])
+def test_runtime_feeds_birdnet_48k_windows_from_any_rate(tmp_path, stream, seconds):
+    """The runtime resamples to the contract's 48 kHz (the soundscape is 48 kHz, the dawn chorus 32 kHz) and cuts 3 s
+    windows; audio only, so the picture is a masked modality on every window."""
+    pytest.importorskip("gi", reason="GStreamer's Python bindings (gi) are not installed")
+    if not (STREAMS / stream).is_file():
+        pytest.skip(f"no {STREAMS / stream}")
+    from edgeav.export.onnx_export import export_onnx
+    from edgeav.runtime.engine import run_stream
+    from edgeav.schema.runtime import RuntimeConfig
+
+    model = _fused(3)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    cfg = RuntimeConfig.model_validate({"align": {"hop_s": 3.0}})
+    results = list(run_stream((STREAMS / stream).as_uri(), path, model.contract, model.labels, cfg))
+    assert len(results) == int((seconds - 3.0) // 3.0) + 1
+    for r in results:
+        assert r.window.audio is not None and r.window.audio.shape == (144_000,) and "image" in r.window.missing
+        assert r.scores is not None
+    assert max(float(np.abs(r.window.audio).max()) for r in results) > 0.01  # real sound, not zeros
