@@ -65,6 +65,30 @@ def _gate_figures(m: Any) -> dict[str, Any]:
     return d
 
 
+def _missing_modality_figures(gate_mod: Any, fp32: Path, int8: Path, test: list[Any], labels: list[str],
+                              simulate: bool) -> dict[str, Any]:
+    """FP32 and INT8 test accuracy with one sensor missing (its input zero, its mask column 0), in percent; a drop
+    above 5 points is logged loudly (informational: the gate itself scores complete windows)."""
+    import numpy as np
+
+    out: dict[str, Any] = {}
+    for mode, keep in (("audio_only", (1.0, 0.0)), ("image_only", (0.0, 1.0))):
+        samples = []
+        for e in test:
+            f = dict(e.feeds)
+            f["mask"] = (f["mask"] * np.array(keep, np.float32)).astype(np.float32)
+            gone = "image" if keep[1] == 0.0 else "audio"
+            f[gone] = np.zeros_like(f[gone])
+            samples.append((f, e.label))
+        a = gate_mod.evaluate_onnx(fp32, samples, labels).accuracy
+        b = gate_mod.evaluate_onnx(int8, samples, labels, simulate_qdq=simulate).accuracy
+        out[mode] = {"fp32_accuracy": round(a, 4), "int8_accuracy": round(b, 4)}
+        if a - b > 5.0:
+            log.warning("INT8 with %s: test accuracy %.2f %% vs FP32 %.2f %% (a missing sensor costs INT8 more)",
+                        mode.replace("_", " "), b, a)
+    return out
+
+
 def _licences(arch: dict[str, Any]) -> dict[str, str]:
     """Backbone -> the licence of third-party weights it carries (registry meta `licence`, e.g. BirdNET's)."""
     from edgeav.train.models.backbones import BACKBONES
@@ -119,7 +143,7 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
     from edgeav.export.onnx_export import compare_outputs, convert_fp16, export_onnx, onnx_outputs, parity_check, \
         set_metadata, torch_outputs
     from edgeav.export.quantize import check_float_prefixes, model_float_prefixes, quantize_for_device, \
-        sensitivity_check
+        sensitivity_check, with_missing_modalities
     from edgeav.export.samples import as_eval_samples, class_counts, dataset_for_checkpoint, split_examples
     from edgeav.manifest import ArtifactManifest, sha256_file
     from edgeav.train.models import load_checkpoint, read_checkpoint
@@ -201,23 +225,27 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
             form = profile.int8_form
             simulate = form == "trt_symmetric"
             int8_path = tmp / "model_int8.onnx"
-            _, qinfo = quantize_for_device(fp32, int8_path, (e.feeds for e in calib), profile, float_prefixes=prefixes)
+            calib_feeds = [e.feeds for e in calib]  # + audio-only / image-only copies: a sensor may die in the field
+            _, qinfo = quantize_for_device(fp32, int8_path, with_missing_modalities(calib_feeds), profile,
+                                           float_prefixes=prefixes)
             int8_m = gate_mod.evaluate_onnx(int8_path, as_eval_samples(test), labels, simulate_qdq=simulate)
             g = gate_mod.accuracy_gate(fp32_m, int8_m, cfg.max_drop_points, cfg.max_class_drop_points)
             attempts = [{"float_op_types": [], "gate": g.to_dict(), "int8_accuracy": int8_m.accuracy}]
             if not g.passed and cfg.sensitivity_retry:
                 log.warning("INT8 gate failed (%s); running the sensitivity check to find fragile op types",
                             "; ".join(g.failures))
-                sens = sensitivity_check(fp32, [e.feeds for e in calib], form, max_feeds=16, float_prefixes=prefixes,
+                sens = sensitivity_check(fp32, list(with_missing_modalities(calib_feeds)), form, max_feeds=16,
+                                         float_prefixes=prefixes,
                                          reduce_range=bool(profile.int8_reduce_range))
                 extra["sensitivity"] = sens.to_dict()
                 if sens.fragile_nodes:
-                    _, qinfo = quantize_for_device(fp32, int8_path, (e.feeds for e in calib), profile,
+                    _, qinfo = quantize_for_device(fp32, int8_path, with_missing_modalities(calib_feeds), profile,
                                                    extra_float_nodes=sens.fragile_nodes, float_prefixes=prefixes)
                     int8_m = gate_mod.evaluate_onnx(int8_path, as_eval_samples(test), labels, simulate_qdq=simulate)
                     g = gate_mod.accuracy_gate(fp32_m, int8_m, cfg.max_drop_points, cfg.max_class_drop_points)
                     attempts.append({"float_op_types": sens.fragile_op_types, "gate": g.to_dict(),
                                      "int8_accuracy": int8_m.accuracy})
+            metrics["int8_missing_modality"] = _missing_modality_figures(gate_mod, fp32, int8_path, test, labels, simulate)
             metrics["int8"] = _gate_figures(int8_m)
             metrics["int8"]["split"] = "test"
             metrics["gate"] = g.to_dict()
@@ -226,6 +254,7 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
             qinfo["calibration"] = {"split": "train", "windows_asked": cfg.calib_windows, "feeds_used": len(calib),
                                     "windows_used": len({e.sample_id.split('#')[0] for e in calib}),
                                     "per_class": class_counts(calib, labels), "stratified": True,
+                                    "missing_modality_copies": "audio-only and image-only copies of every 2nd feed",
                                     "inputs": ["audio", "image", "mask"],
                                     "image_shape": list(calib[0].feeds["image"].shape)}  # (1, [T,] 3, H, W)
             qinfo["evaluated_with"] = ("onnxruntime, Q/DQ simulated in float (what TensorRT computes)" if simulate

@@ -124,6 +124,21 @@ def test_dft_columns_no_mel_filter_reads_are_pruned_exactly(tmp_path, nonlinear)
         assert [(d["columns"], d["kept"]) for d in done] == [(9, 5)]
 
 
+def test_calibration_sees_each_sensor_missing():
+    from edgeav.export.quantize import with_missing_modalities
+
+    feeds = [{"audio": np.ones((1, 4), np.float32), "image": np.ones((1, 3, 2, 2), np.uint8),
+              "mask": np.ones((1, 2), np.float32)} for _ in range(4)]
+    out = list(with_missing_modalities(iter(feeds), every=2))
+    masks = [tuple(f["mask"][0]) for f in out]
+    assert masks == [(1, 1), (1, 0), (0, 1), (1, 1), (1, 1), (1, 0), (0, 1), (1, 1)]
+    assert not out[1]["image"].any() and out[1]["audio"].all() and not out[2]["audio"].any()
+    assert out[0]["image"].all()  # the originals are not changed
+    solo = [{"audio": np.ones((1, 4), np.float32), "image": np.zeros((1, 3, 2, 2), np.uint8),
+             "mask": np.array([[1.0, 0.0]], np.float32)}]
+    assert len(list(with_missing_modalities(solo))) == 1  # no copy of a sensor that is already missing
+
+
 def test_a_float_node_never_reads_a_weight_quantized_for_another(tmp_path):
     """Identical initializers are shared after export (a random-init picture CNN's zero biases and BirdNET's): the
     quantizer would hand the float-kept node the int8 copy through a DequantizeLinear."""
