@@ -110,7 +110,8 @@ def run(recipe: Path, data: Path, batch: int = 16, sets: list[str] | None = None
     rec = per_recording([s.group for s in samples], labels, conf)
     seconds = time.monotonic() - t0
     return {
-        "model": "BirdNET V2.4 (birdnet_v24, torch from the converted TFLite), logits restricted to the data set's species",
+        "model": ("BirdNET V2.4 (birdnet_v24, torch from the converted TFLite), logits restricted to the data set's "
+                  "species"),
         "licence": BIRDNET_LICENCE, "recipe": str(recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe),
         "data": str(data), "windows": cut, "test_windows": m["n"], "unique_windows": len({s.id for s in samples}),
         "classes": list(ds.classes), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],

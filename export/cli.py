@@ -245,7 +245,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
                     g = gate_mod.accuracy_gate(fp32_m, int8_m, cfg.max_drop_points, cfg.max_class_drop_points)
                     attempts.append({"float_op_types": sens.fragile_op_types, "gate": g.to_dict(),
                                      "int8_accuracy": int8_m.accuracy})
-            metrics["int8_missing_modality"] = _missing_modality_figures(gate_mod, fp32, int8_path, test, labels, simulate)
+            metrics["int8_missing_modality"] = _missing_modality_figures(gate_mod, fp32, int8_path, test, labels,
+                                                                         simulate)
             metrics["int8"] = _gate_figures(int8_m)
             metrics["int8"]["split"] = "test"
             metrics["gate"] = g.to_dict()

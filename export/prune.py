@@ -112,8 +112,9 @@ def prune_discarded_columns(proto: Any) -> list[dict[str, Any]]:
                   if uses.get(n, 0) != 1]
         if len(kept) == 0 or len(kept) == basis.shape[1] or shared:
             continue
-        inits[head.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(basis[:, kept]), inits[head.input[1]].name))
-        inits[tail.input[1]].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(mel[kept, :]), inits[tail.input[1]].name))
+        b_init, m_init = inits[head.input[1]], inits[tail.input[1]]
+        b_init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(basis[:, kept]), b_init.name))  # (K, N')
+        m_init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(mel[kept, :]), m_init.name))  # (N', M)
         for r in between:
             if r.op_type == "Reshape":
                 shape = _const(inits, r.input[1]).copy()

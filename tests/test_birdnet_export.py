@@ -231,11 +231,13 @@ def test_int8_keeps_birdnet_float_and_fp16_its_spectrogram(tmp_path):
     assert info["quantize_linear_nodes"] > 20  # the picture branch and the fusion are quantized
     ref = onnx_outputs(fp32, feeds[8:])
     got = onnx_outputs(int8, feeds[8:])
-    err = logits_error(np.concatenate([r["logits_audio"] for r in ref]), np.concatenate([g["logits_audio"] for g in got]))
+    err = logits_error(np.concatenate([r["logits_audio"] for r in ref]),
+                       np.concatenate([g["logits_audio"] for g in got]))
     print(f"INT8 (BirdNET float) vs FP32, audio logits on 4 real windows: relative RMS error {err:.3f}")
     assert err <= INT8_MAX_REL_ERROR
 
-    fp16, finfo = convert_fp16(fp32, tmp_path / "fp16.onnx", keep_float_prefixes=list(model_float_prefixes(model.arch, "fp16")))
+    fp16, finfo = convert_fp16(fp32, tmp_path / "fp16.onnx",
+                               keep_float_prefixes=list(model_float_prefixes(model.arch, "fp16")))
     spec_nodes = {n for n in birdnet if n.startswith(SPEC)}
     assert spec_nodes <= set(finfo["float32_nodes"]) and not any(n.startswith(NET) for n in finfo["float32_nodes"])
     half = onnx_outputs(fp16, feeds[8:])
@@ -301,7 +303,8 @@ STREAMS = DATA.parent / "streams"
 @pytest.mark.slow
 @pytest.mark.gstreamer
 @needs_birdnet
-@pytest.mark.parametrize("stream, seconds", [("birdnet_soundscape_120s.flac", 120.0), ("opensoundscape_1min.wav", 59.5)])
+@pytest.mark.parametrize("stream, seconds", [("birdnet_soundscape_120s.flac", 120.0),
+                                             ("opensoundscape_1min.wav", 59.5)])
 def test_runtime_feeds_birdnet_48k_windows_from_any_rate(tmp_path, stream, seconds):
     """The runtime resamples to the contract's 48 kHz (the soundscape is 48 kHz, the dawn chorus 32 kHz) and cuts 3 s
     windows; audio only, so the picture is a masked modality on every window."""

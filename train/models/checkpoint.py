@@ -119,8 +119,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, labels: Sequence[str], a
     extra_d = _plain(extra or {}, "extra")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     refs = _by_reference(model, arch_d, state)
-    man_extra = {**extra_d, **({"file_weights": {b: {k: v for k, v in r.items() if k != "keys"} for b, r in refs.items()}}
-                              if refs else {})}
+    summary = {b: {k: v for k, v in r.items() if k != "keys"} for b, r in refs.items()}
+    man_extra = {**extra_d, **({"file_weights": summary} if refs else {})}
     manifest = ArtifactManifest(kind="checkpoint", labels=labels_l, contract=contract_obj, arch=arch_d,
                                 precision="fp32", metrics=metrics_d, extra=man_extra)
     payload = {
@@ -191,7 +191,8 @@ def _fill_by_reference(payload: dict[str, Any], p: Path, model: nn.Module | None
             try:
                 bb = BACKBONES.create(ref["backbone"], **dict(payload["arch"].get(BRANCH_KWARGS[branch]) or {}))
             except (ModelError, UnknownNameError) as e:
-                raise type(e)(f"{p}: cannot rebuild {ref['backbone']} for its weights stored by reference: {e}") from None
+                raise type(e)(f"{p}: cannot rebuild {ref['backbone']} for its weights stored by reference: "
+                              f"{e}") from None
             source = {f"{branch}.{k}": v for k, v in bb.state_dict().items()}
         missing = [k for k in ref["keys"] if k not in source]
         if missing:
