@@ -256,3 +256,28 @@ def test_fused_model_exports_to_one_onnx_graph_that_matches_torch(tmp_path):
     print(f"fused birdnet_v24 + mobilenetv3_small -> hdmf: max |ONNX Runtime - torch| {diff:.3g}")
     assert float((ref.logits_audio[0] - ref.logits_audio[1]).abs().max()) > 1e-3  # the audio reaches the output
     assert diff <= ONNX_ATOL
+
+
+@needs_birdnet
+@needs_data
+def test_audio_head_from_birdnets_own_classifier_hears_as_birdnet_alone(windows):
+    """model.audio_head_from_backbone: a fused model's audio-only output IS BirdNET restricted to the species."""
+    from edgeav.train.models.transfer import audio_head_from_backbone
+
+    wave, species = windows
+    names = sorted(set(species))
+    arch = parse_arch({"audio_backbone": "birdnet_v24", "image_backbone": "mobilenetv3_small", "head": "hdmf",
+                       "contract": CONTRACT.model_dump()})
+    model = build_model(arch, names).eval()
+    rec = audio_head_from_backbone(model, names)
+    assert rec == {"from": "BirdNetV24", "classes": 17}
+    x = torch.from_numpy(wave[:8])
+    image = torch.zeros(8, 3, 64, 64, dtype=torch.uint8)
+    mask = torch.tensor([[1.0, 0.0]]).repeat(8, 1)
+    with torch.no_grad():
+        out = model(x, image, mask)
+    alone = bn.birdnet_scores(wave[:8], names, backbone=model.audio_backbone)
+    assert np.allclose(out.logits_audio.numpy(), alone, atol=1e-4)
+    assert torch.equal(out.logits, out.logits_audio)  # picture masked: the fused output is the audio head's
+    with pytest.raises(ModelError, match="no BirdNET V2.4 label"):
+        audio_head_from_backbone(build_model(arch, names[:16] + ["Dodo bird"]), names[:16] + ["Dodo bird"])

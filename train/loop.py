@@ -371,7 +371,7 @@ class Trainer:
         from edgeav.train.data import load_dataset
         from edgeav.train.data.torch_dataset import TorchAVDataset
         from edgeav.train.models import build_model, resolve_arch
-        from edgeav.train.models.transfer import init_from_checkpoint
+        from edgeav.train.models.transfer import audio_head_from_backbone, init_from_checkpoint
         from edgeav.train.models.weights import weights_record
 
         self.t0 = time.monotonic()
@@ -414,6 +414,8 @@ class Trainer:
         self.weights = weights_record(cfg.model.pretrained, cfg.model.audio_weights_path, cfg.model.image_weights_path)
         if tc.init_from:
             self.weights["init"] = init_from_checkpoint(self.model, tc.init_from)
+        if cfg.model.audio_head_from_backbone:
+            self.weights["audio_head"] = audio_head_from_backbone(self.model, self.labels)
         self.contract = self.model.contract
         if tc.mode == "two_phase" and self.model.audio_backbone is None:
             raise ConfigError(f"train.mode=two_phase needs two unimodal backbones; head {self.arch['head']!r} runs one "

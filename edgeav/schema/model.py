@@ -34,6 +34,12 @@ class ModelConfig(Section):
     )
     audio_weights_path: str | None = Field(
         None, description="Local state dict of the audio backbone (its own or its library model's); wins over pretrained.")
+    audio_head_from_backbone: bool = Field(
+        False,
+        description=("Start the audio-only head as the audio backbone's own classifier restricted to the data set's "
+                     "classes (birdnet_v24: BirdNET's rows for the species, matched by name): a frozen BirdNET then "
+                     "hears as well as BirdNET alone from the first step. A backbone without a classifier, or a class "
+                     "it does not know, is an error."))
     image_weights_path: str | None = Field(
         None, description="Local state dict of the image backbone (its own or its library model's); wins over pretrained.")
     contract: InputContract | None = Field(

@@ -153,6 +153,7 @@ class BirdNetV24(Backbone):
                  model_dir: str | Path | None = None) -> None:
         super().__init__()
         # BirdNET is its weights: they always come from the converted file; `pretrained` changes nothing
+        self.model_dir = model_dir
         self.birdnet = load_birdnet_module(_require_converted(model_dir))
         self.blocks = list(dict.fromkeys(b for n, _ in self.birdnet.net.named_parameters()
                                          if (b := _block_of(n)) is not None))
@@ -201,6 +202,18 @@ class BirdNetV24(Backbone):
         """BirdNET's own classifier: (B, 144000) -> (B, 6522) logits (sigmoid gives BirdNET's confidences)."""
         self._check(wave)
         return self.birdnet(wave)[0]
+
+    def classifier_for(self, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """BirdNET's own classifier (logits = emb @ W + b over its 6522 labels) restricted to `classes` (species
+        names, matched as `species_to_birdnet` does): weight (C, 1024) and bias (C,), copies. A class with no BirdNET
+        label is a one-line `ModelError`."""
+        mats = [t for t in self.birdnet.net.buffers() if tuple(t.shape) == (EMBED_DIM, N_BIRDNET_CLASSES)]
+        vecs = [t for t in self.birdnet.net.buffers() if tuple(t.shape) == (N_BIRDNET_CLASSES,)]
+        if len(mats) != 1 or len(vecs) != 1:
+            raise ModelError(f"BirdNET's classifier not found in the converted graph ({len(mats)} weight and "
+                             f"{len(vecs)} bias tensors of its shapes): re-run `edgeav model birdnet-convert --force`")
+        idx = torch.as_tensor(species_to_birdnet(classes, birdnet_labels(self.model_dir)))
+        return mats[0][:, idx].t().clone(), vecs[0][idx].clone()
 
     def embed_and_logits(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(emb (B, 1024), logits (B, 6522)) in one pass."""

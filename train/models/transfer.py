@@ -74,3 +74,23 @@ def init_from_checkpoint(model: AVClassifier, path: str | Path) -> dict[str, Any
              where, sha[:12], len(loaded), ", ".join(loaded_parts), len(model.labels), len(payload["labels"]),
              len(new), len(new_modules), ", ".join(new_modules) if new_modules else "none (same labels)")
     return record
+
+
+def audio_head_from_backbone(model: AVClassifier, labels: list[str]) -> dict[str, Any]:
+    """`model.audio_head_from_backbone`: the audio-only head (`aux_audio`'s Linear) becomes the audio backbone's own
+    classifier restricted to `labels` (the backbone's `classifier_for(labels)`). Returns what the run records."""
+    backbone = model.audio_backbone
+    fn = getattr(backbone, "classifier_for", None)
+    if fn is None:
+        raise ModelError(f"model.audio_head_from_backbone: audio backbone {type(backbone).__name__} has no classifier "
+                         f"of its own (birdnet_v24 has)")
+    weight, bias = fn(labels)  # (C, D), (C,)
+    linear = model.aux_audio[-1]
+    if tuple(linear.weight.shape) != tuple(weight.shape):
+        raise ModelError(f"model.audio_head_from_backbone: head {tuple(linear.weight.shape)} vs the backbone's "
+                         f"classifier {tuple(weight.shape)}")
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    log.info("audio head: the backbone's own classifier for %d classes (%s)", len(labels), type(backbone).__name__)
+    return {"from": type(backbone).__name__, "classes": len(labels)}
