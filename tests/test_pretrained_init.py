@@ -241,7 +241,8 @@ def test_bird_photo_base_model_lifts_the_picture_branch_by_ten_points(shared_dat
     assert base["train_minutes"] <= 16
     short = ["train.phase1_audio_epochs=1", "train.epochs=1"]
     scratch = train(load_config(REPO / "train" / "birds.yaml", short), shared_data / "birds", tmp_path / "scratch")
-    cfg = load_config(REPO / "train" / "birds.yaml", [*short, f"train.init_from={tmp_path / 'base' / 'best.pt'}"])
+    cfg = load_config(REPO / "train" / "birds.yaml", [*short, f"train.init_from={tmp_path / 'base' / 'best.pt'}",
+                                                      "train.phase1_lr=null"])  # the README's command
     transfer = train(cfg, shared_data / "birds", tmp_path / "transfer")
     gain = transfer["test"]["image_only"]["accuracy"] - scratch["test"]["image_only"]["accuracy"]
     assert gain >= 0.10, (scratch["test"], transfer["test"])
