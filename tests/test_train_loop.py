@@ -216,3 +216,16 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
         sched.step()
     assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] < 0.02
+
+
+def test_two_phase_with_a_parameter_free_fusion_scores_phase_two_once(syn, tmp_path):
+    """late_prod has nothing to learn: phase II is one scored pass over the phase I heads, not an error."""
+    cfg = load_config(None, tiny(tmp_path, "train.mode=two_phase", "train.phase1_audio_epochs=1",
+                                 "train.phase1_image_epochs=1", "train.epochs=5", "model.head=late_prod",
+                                 "train.eval_test=false"))
+    out = tmp_path / "late"
+    train(cfg, syn, out)
+    rows = [r for r in _rows(out / "metrics.csv") if r["phase"] == "phase2_fusion"]
+    assert len(rows) == 1 and rows[0]["train_loss"] == "nan" and float(rows[0]["val_acc"]) >= 0
+    model, info = load_checkpoint(out / "best.pt")
+    assert info.arch["head"] == "late_prod"

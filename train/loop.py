@@ -831,10 +831,16 @@ class Trainer:
     def _run_phase(self, phase: str, epochs: int, resume_payload: dict[str, Any] | None) -> None:
         tc = self.cfg.train
         self._freeze_for(phase)
-        opt = self._optimizer()
-        sched = _scheduler(opt, tc, epochs)
+        # a fusion without parameters (late_prod, late_avg) has nothing to learn in phase II: one pass scores it
+        fixed = phase == "phase2_fusion" and not any(p.requires_grad for p in self.model.parameters())
+        if fixed:
+            log.info("phase II: head %r has no parameters; the fused output combines the phase I heads: scored once, "
+                     "nothing trained", self.arch["head"])
+            epochs = min(epochs, self.state.epoch + 1)
+        opt = None if fixed else self._optimizer()
+        sched = None if fixed else _scheduler(opt, tc, epochs)
         self.scaler = torch.amp.GradScaler("cuda") if (tc.amp and self.device.type == "cuda") else None
-        if resume_payload is not None:
+        if resume_payload is not None and opt is not None:
             o = resume_payload["optimizer_state"]
             opt.load_state_dict(o["optimizer"])
             sched.load_state_dict(o["scheduler"])
@@ -858,13 +864,15 @@ class Trainer:
         for epoch in range(self.state.epoch, epochs):
             t_epoch = time.monotonic()
             misses0 = self.data.cache.misses
-            tr = self._train_epoch(net, opt, self.scaler, epoch, cache_train)
+            tr = (self._train_epoch(net, opt, self.scaler, epoch, cache_train) if not fixed
+                  else {"train_loss": math.nan, "train_acc": math.nan, "samples_per_s": 0.0, "train_seconds": 0.0})
             va = self._validate(net, cache_val)
             tr["decoded"] = self.data.cache.misses - misses0  # media decoded this epoch (training + validation)
-            sched.step(va["val_acc"]) if tc.lr_schedule == "plateau" else sched.step()
+            if sched is not None:
+                sched.step(va["val_acc"]) if tc.lr_schedule == "plateau" else sched.step()
             self.state.epoch = epoch + 1
             row = {"epoch": epoch + 1, "phase": phase, **tr, **va,
-                   "lr_backbone": _lr(opt, "backbones"), "lr_fusion": _lr(opt, "fusion"),
+                   "lr_backbone": _lr(opt, "backbones") if opt else 0.0, "lr_fusion": _lr(opt, "fusion") if opt else 0.0,
                    "seconds": round(time.monotonic() - t_epoch, 2)}
             improved = va["val_acc"] > self.state.best_acc or (
                 va["val_acc"] == self.state.best_acc and va["val_loss"] < self.state.best_loss)
