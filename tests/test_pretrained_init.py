@@ -86,6 +86,14 @@ def test_image_backbone_saved_from_a_trained_model_loads_by_path(base, tmp_path)
     assert not _equal(model.audio_backbone, trained.audio_backbone)  # the other branch starts random
 
 
+def test_image_weights_path_to_a_checkpoint_takes_its_picture_branch_under_another_audio_branch(base, tmp_path):
+    """A base model's picture branch under another audio backbone (birds: BirdNET's ear, the photo base model's eye)."""
+    trained, _ = load_checkpoint(base)
+    model, _, _ = build_model_from_config(_cfg(tmp_path, f"model.image_weights_path={base}",
+                                               "model.audio_backbone=audio_cnn_large"), 4)
+    assert _equal(model.image_backbone, trained.image_backbone)
+
+
 def test_pretrained_path_to_a_checkpoint_loads_both_backbones(base, tmp_path):
     trained, _ = load_checkpoint(base)
     model, _, _ = build_model_from_config(_cfg(tmp_path, f"model.pretrained={base}"), 4)

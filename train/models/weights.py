@@ -13,7 +13,8 @@
   of the model must be in it.
 
 `model.audio_weights_path` / `model.image_weights_path`: a state dict of that one backbone, either the backbone's
-own (`torch.save(model.image_backbone.state_dict(), path)`) or its library model's
+own (`torch.save(model.image_backbone.state_dict(), path)`; an edgeav checkpoint gives its `image_backbone.*` /
+`audio_backbone.*` part, so a base model's picture branch moves under another audio branch) or its library model's
 (`torch.save(torchvision.models.resnet18().state_dict(), path)`). Rule when both are given: the per-branch path
 wins for its branch, `pretrained` applies to the other branch (logged).
 
@@ -200,6 +201,9 @@ def create_branch(name: str, branch: str, plan: BranchWeights, **kwargs: Any) ->
     if plan.file is None:
         return bb
     state = read_state_dict(plan.file, f"model.{branch}_weights_path")
+    prefix = BRANCH_PREFIX[branch]
+    if any(k.startswith(prefix) for k in state):  # an edgeav model's state or checkpoint: this branch's backbone
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     own = first_mismatch(bb.state_dict(), state)
     if own is None:
         bb.load_state_dict(state, strict=True)
