@@ -19,7 +19,6 @@ from edgeav.schema import load_config
 from edgeav.train.data import load_dataset
 from edgeav.train.loop import Trainer, train
 from edgeav.train.models import build_model_from_config, create_backbone, load_checkpoint, read_checkpoint, resolve_arch
-from edgeav.train.models.transfer import ARCH_KEYS
 from edgeav.train.synthetic import make_paired_set
 from test_train_loop import REPO, _empty_config, tiny
 
@@ -227,11 +226,13 @@ def test_cli_init_flag_reaches_the_trainer_and_errors_are_one_line(base, syn4, t
 # ---------------------------------------------------------------------------------------------------- the recipes
 
 
-def test_birds_pretrain_recipe_builds_the_birds_recipe_architecture():
-    """`--init runs/birds_base/best.pt` into train/birds.yaml needs the same backbones, head and arguments."""
+def test_birds_pretrain_recipe_builds_the_birds_recipe_picture_branch():
+    """train/birds.yaml takes the base model's picture branch (model.image_weights_path=runs/birds_base/best.pt)
+    under BirdNET's ear: the image backbone and its arguments must be the same."""
     pre, birds = (load_config(REPO / "train" / n) for n in ("birds_pretrain.yaml", "birds.yaml"))
     a, b = resolve_arch(pre.model, pre.data), resolve_arch(birds.model, birds.data)
-    assert {k: a.get(k) for k in ARCH_KEYS} == {k: b.get(k) for k in ARCH_KEYS}
+    keys = ("image_backbone", "image_kwargs")
+    assert {k: a.get(k) for k in keys} == {k: b.get(k) for k in keys}
     assert pre.data.kind == "images" and pre.model.pretrained is False
 
 
@@ -249,7 +250,7 @@ def test_bird_photo_base_model_lifts_the_picture_branch_by_ten_points(shared_dat
     assert base["train_minutes"] <= 16
     short = ["train.phase1_audio_epochs=1", "train.epochs=1"]
     scratch = train(load_config(REPO / "train" / "birds.yaml", short), shared_data / "birds", tmp_path / "scratch")
-    cfg = load_config(REPO / "train" / "birds.yaml", [*short, f"train.init_from={tmp_path / 'base' / 'best.pt'}",
+    cfg = load_config(REPO / "train" / "birds.yaml", [*short, f"model.image_weights_path={tmp_path / 'base' / 'best.pt'}",
                                                       "train.phase1_lr=null"])  # the README's command
     transfer = train(cfg, shared_data / "birds", tmp_path / "transfer")
     gain = transfer["test"]["image_only"]["accuracy"] - scratch["test"]["image_only"]["accuracy"]
