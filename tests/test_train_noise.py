@@ -17,7 +17,7 @@ from edgeav.schema import load_config
 from edgeav.train.augment import FieldNoise, build_field_noise
 from edgeav.train.loop import Trainer, seed_epoch, train
 from edgeav.train.noise import NoiseBank, mix_at_snr
-from edgeav.train.synthetic import make_paired_set
+from test_train_loop import syn, tiny as tiny_run  # noqa: F401 (syn: the shared synthetic set fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 SNRS_DB = (30.0, 20.0, 10.0, 0.0, -5.0, -20.0)
@@ -41,15 +41,9 @@ def write_noise(path: Path, seconds: float, rate_hz: int = 16_000, seed: int = 0
     return path
 
 
-@pytest.fixture(scope="module")
-def syn(tmp_path_factory) -> Path:
-    return make_paired_set(tmp_path_factory.mktemp("syn") / "data", n_classes=3, per_class=6, seconds=1.0, size_px=64)
-
-
 def tiny(tmp: Path, *extra: str) -> list[str]:
-    return [f"data.cache_dir={tmp / 'cache'}", "data.kind=paired", "data.window_s=1.0", "data.hop_s=1.0",
-            "data.image_size_px=64", "data.val_fraction=0.3", "model.pretrained=false", "train.batch_size=4",
-            "train.threads=1", "train.eval_test=false", *extra]
+    """test_train_loop's fast run, without the test-split evaluation."""
+    return tiny_run(tmp, "train.eval_test=false", *extra)
 
 
 # ---------------------------------------------------------------- mixing
