@@ -5,7 +5,7 @@ one. A temporal picture branch that reads frame differences sees the encoder's c
 GRID test clips, `edgeav-motion`'s picture head read 38/40 of the MPEG-1 clips and 29/40 of the same clips in the
 H.264 stream (`grid_stream_120s.mp4`, ~100 kbit/s), decoded alike by PyAV or GStreamer (so not the scaler). The cure is
 the codec itself: each picked clip's T frames go through libx264 at a constant rate factor drawn from a range and
-come back decoded, in memory (PyAV's codec contexts, no container), about 40 ms for 40 frames of 160 px.
+come back decoded, in memory (PyAV's codec contexts, no container).
 """
 
 from __future__ import annotations
