@@ -181,7 +181,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
         extra["float_prefixes"] = {"int8": {p: {"why": float_why[p], "nodes": counts[p]} for p in prefixes},
                                    "fp16": fp16_prefixes}
         feeds = [e.feeds for e in val]
-        parity = parity_check(model, fp32, feeds, max_abs_diff=cfg.parity_max_abs_diff, min_agreement=100.0)
+        parity = parity_check(model, fp32, feeds, max_abs_diff=cfg.parity_max_abs_diff, min_agreement=100.0,
+                              rel_diff=cfg.parity_rel_diff)
         metrics["parity_fp32"] = parity.to_dict()
         extra["parity_split"] = {"split": "val", "windows": len(val), "per_class": class_counts(val, labels)}
         parity.raise_if_failed("FP32 ONNX")

@@ -46,6 +46,7 @@ WRAPPER_SCOPE = "/model"  # ExportWrapper keeps the classifier as `self.model`
 FRONTEND_SCOPE = "/frontend"
 METADATA_KEY = "edgeav.manifest"
 PARITY_MAX_ABS_DIFF = 1e-4
+PARITY_REL_DIFF = 1e-5
 OUTPUT_NAMES: tuple[str, str, str] = ("logits", "logits_audio", "logits_image")
 
 Feeds = Mapping[str, np.ndarray]
@@ -272,6 +273,7 @@ class ParityReport:
     min_agreement: float = 100.0
     reference: str = "pytorch fp32"
     failures: list[str] = field(default_factory=list)
+    rel_diff_limit: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -279,7 +281,8 @@ class ParityReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"n": self.n, "max_abs_diff": dict(self.max_abs_diff), "top1_agreement": self.top1_agreement,
-                "max_abs_diff_limit": self.max_abs_diff_limit, "min_agreement": self.min_agreement,
+                "max_abs_diff_limit": self.max_abs_diff_limit, "rel_diff_limit": self.rel_diff_limit,
+                "min_agreement": self.min_agreement,
                 "reference": self.reference, "passed": self.passed, "failures": list(self.failures)}
 
     def raise_if_failed(self, what: str = "ONNX") -> None:
@@ -314,36 +317,45 @@ def onnx_outputs(path: str | Path, feeds: Iterable[Feeds], *, disable_optimizati
 
 
 def compare_outputs(reference: Sequence[Mapping[str, np.ndarray]], other: Sequence[Mapping[str, np.ndarray]], *,
-                    max_abs_diff: float, min_agreement: float = 100.0, reference_name: str = "pytorch fp32"
-                    ) -> ParityReport:
-    """Max |diff| of each output and top-1 agreement of `logits` between two runs over the same feeds."""
+                    max_abs_diff: float, min_agreement: float = 100.0, reference_name: str = "pytorch fp32",
+                    rel_diff: float = 0.0) -> ParityReport:
+    """Max |diff| of each output and top-1 agreement of `logits` between two runs over the same feeds.
+
+    An element passes when |diff| <= max_abs_diff + rel_diff * |reference| (numpy's allclose rule): float32 rounding
+    grows with the size of the values, so a model whose logits are large (BirdNET's, tens of units) needs the
+    relative term. rel_diff 0 is a pure absolute bound."""
     if len(reference) != len(other) or not reference:
         raise ExportError(f"parity: {len(reference)} reference runs vs {len(other)} runs")
     diffs: dict[str, float] = {}
+    over: dict[str, bool] = {}
     for name in OUTPUT_NAMES:
-        diffs[name] = float(max(np.max(np.abs(r[name].astype(np.float64) - o[name].astype(np.float64)))
-                                for r, o in zip(reference, other)))
+        pairs = [(r[name].astype(np.float64), o[name].astype(np.float64)) for r, o in zip(reference, other)]
+        diffs[name] = float(max(np.max(np.abs(a - b)) for a, b in pairs))
+        # NaN (an overflow) fails, never passes: `not <=` is True for NaN
+        over[name] = any(not np.all(np.abs(a - b) <= max_abs_diff + rel_diff * np.abs(a)) for a, b in pairs)
     ref_top = np.concatenate([np.argmax(r["logits"], axis=-1).ravel() for r in reference])
     oth_top = np.concatenate([np.argmax(o["logits"], axis=-1).ravel() for o in other])
     agreement = float(100.0 * np.mean(ref_top == oth_top))
-    failures = [f"max |{k} diff| {v:.3g} > {max_abs_diff:g}" for k, v in diffs.items()
-                if not np.isfinite(v) or v > max_abs_diff]  # NaN (an overflow) fails, never passes
+    bound = f"{max_abs_diff:g}" + (f" + {rel_diff:g} x |reference|" if rel_diff else "")
+    failures = [f"max |{k} diff| {diffs[k]:.3g} > {bound}" for k in OUTPUT_NAMES if over[k]]
     if agreement < min_agreement:
         failures.append(f"top-1 agreement {agreement:.2f} % < {min_agreement:g} % "
                         f"({int(np.sum(ref_top != oth_top))} of {ref_top.size} differ)")
-    rep = ParityReport(int(ref_top.size), diffs, agreement, max_abs_diff, min_agreement, reference_name, failures)
+    rep = ParityReport(int(ref_top.size), diffs, agreement, max_abs_diff, min_agreement, reference_name, failures,
+                      rel_diff)
     log.info("parity vs %s on %d samples: max |logits diff| %.3g, top-1 agreement %.2f %%%s", reference_name,
              rep.n, diffs["logits"], agreement, "" if rep.passed else " -> FAILED: " + "; ".join(failures))
     return rep
 
 
 def parity_check(model: Any, onnx_path: str | Path, feeds: Sequence[Feeds], *,
-                 max_abs_diff: float = PARITY_MAX_ABS_DIFF, min_agreement: float = 100.0) -> ParityReport:
+                 max_abs_diff: float = PARITY_MAX_ABS_DIFF, min_agreement: float = 100.0,
+                 rel_diff: float = PARITY_REL_DIFF) -> ParityReport:
     """PyTorch FP32 vs the ONNX model in ONNX Runtime (default optimizations, what the runtime runs)."""
     if not feeds:
         raise ExportError("parity check needs at least one real sample")
     return compare_outputs(torch_outputs(model, feeds), onnx_outputs(onnx_path, feeds), max_abs_diff=max_abs_diff,
-                           min_agreement=min_agreement)
+                           min_agreement=min_agreement, rel_diff=rel_diff)
 
 
 # ------------------------------------------------------------------------------------------------ FP16

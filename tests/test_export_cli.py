@@ -125,7 +125,7 @@ def test_parity_failure_writes_nothing(setup: dict[str, Path]) -> None:
     out = setup["root"] / "bundles" / "parity"
     # the real ONNX Runtime vs PyTorch difference (~1e-6) against a tolerance no float computation meets
     with pytest.raises(ExportError, match=r"FP32 ONNX parity check failed on \d+ samples: max \|logits diff\|"):
-        run_export(_args(setup, out), ExportConfig(parity_max_abs_diff=1e-12))
+        run_export(_args(setup, out), ExportConfig(parity_max_abs_diff=1e-12, parity_rel_diff=0.0))
     _nothing_at(out)
 
 

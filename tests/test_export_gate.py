@@ -65,3 +65,27 @@ def test_evaluate_onnx_on_an_iterable(tmp_path: Path) -> None:
     assert evaluate_onnx(path, wrong, LABELS, simulate_qdq=True).accuracy == 0.0
     with pytest.raises(ExportError, match="no evaluation samples"):
         evaluate_onnx(path, [], LABELS)
+
+
+def _outputs(logits: np.ndarray) -> dict[str, np.ndarray]:
+    from edgeav.export.onnx_export import OUTPUT_NAMES
+
+    return {name: logits.astype(np.float32) for name in OUTPUT_NAMES}
+
+
+def test_parity_bound_scales_with_the_logits_size() -> None:
+    """BirdNET-sized logits (tens of units) differ by float32 rounding more than 1e-4 and must pass; the same
+    difference on unit-sized logits is a real error and must fail; NaN never passes."""
+    from edgeav.export.onnx_export import compare_outputs
+
+    big = np.array([[-31.0, 24.0, -12.5]])
+    rep = compare_outputs([_outputs(big)], [_outputs(big + 1.4e-4)], max_abs_diff=1e-4, rel_diff=1e-5)
+    assert rep.passed and rep.max_abs_diff["logits"] == pytest.approx(1.4e-4, rel=1e-2)
+    assert rep.to_dict()["rel_diff_limit"] == 1e-5
+    assert not compare_outputs([_outputs(big)], [_outputs(big + 1.4e-4)], max_abs_diff=1e-4).passed  # absolute only
+    small = np.array([[0.3, -0.9, 0.1]])
+    rep = compare_outputs([_outputs(small)], [_outputs(small + 1.4e-4)], max_abs_diff=1e-4, rel_diff=1e-5)
+    assert not rep.passed and "1e-05 x |reference|" in rep.failures[0]
+    nan = small.copy()
+    nan[0, 0] = np.nan
+    assert not compare_outputs([_outputs(small)], [_outputs(nan)], max_abs_diff=1e-4, rel_diff=1e-5).passed

@@ -24,6 +24,11 @@ class ExportConfig(Section):
     parity_max_abs_diff: float = Field(
         1e-4, gt=0.0, le=1.0, description="Parity check: largest allowed |logit difference| ONNX vs PyTorch (logit units)."
     )
+    parity_rel_diff: float = Field(
+        1e-5, ge=0.0, le=1e-2, description="Parity check: relative term of the bound, |diff| <= parity_max_abs_diff + "
+        "parity_rel_diff x |PyTorch logit| element by element (numpy allclose's rule; float32 rounding grows with the "
+        "logits' size), ratio."
+    )
     fp16_max_abs_diff: float = Field(
         5e-2, gt=0.0, le=10.0, description="FP16 parity: largest allowed |logit difference| vs PyTorch FP32 (logit units)."
     )
