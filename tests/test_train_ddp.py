@@ -83,3 +83,61 @@ def test_two_gloo_ranks_follow_the_single_process_loss_curve(tmp_path):
     assert max(rel) < 0.5, (a, b)  # BatchNorm normalizes over each rank's 11 examples: close, not identical
     assert abs(sum(a) - sum(b)) / sum(a) < 0.1, (a, b)
     assert a[-1] < 0.5 * a[0] and b[-1] < 0.5 * b[0]  # and both actually learn
+
+
+# ------------------------------------------------------------------ backend and device of a rank (no GPU needed)
+
+
+def test_a_cuda_rank_gets_nccl_on_its_own_gpu_a_cpu_rank_gets_gloo():
+    from edgeav.train.distributed import dist_plan
+
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    cuda = dist_plan("auto", env, cuda_available=True, cuda_count=2)
+    assert (cuda.backend, cuda.device, cuda.rank, cuda.world) == ("nccl", "cuda:1", 1, 2)  # not every rank on cuda:0
+    assert dist_plan("cuda", env, cuda_available=True, cuda_count=2).device == "cuda:1"
+    cpu = dist_plan("auto", env, cuda_available=False, cuda_count=0)
+    assert (cpu.backend, cpu.device) == ("gloo", "cpu")
+    assert dist_plan("cpu", env, cuda_available=True, cuda_count=2).backend == "gloo"  # train.device=cpu on a GPU box
+    single = dist_plan("auto", {}, cuda_available=True, cuda_count=1)
+    assert (single.backend, single.device) == (None, "cuda:0")
+
+
+def test_a_rank_without_a_gpu_of_its_own_is_refused():
+    from edgeav.errors import ConfigError
+    from edgeav.train.distributed import dist_plan
+
+    with pytest.raises(ConfigError, match=r"LOCAL_RANK 2 but this machine has 2 CUDA device\(s\).*--nproc_per_node=2"):
+        dist_plan("auto", {"WORLD_SIZE": "3", "RANK": "2", "LOCAL_RANK": "2"}, cuda_available=True, cuda_count=2)
+    with pytest.raises(ConfigError, match="train.device=cuda but no CUDA device"):
+        dist_plan("cuda", {}, cuda_available=False, cuda_count=0)
+
+
+def test_nccl_rank_owns_its_gpu_before_joining_the_group(monkeypatch):
+    """torch.cuda.set_device(local_rank) comes before init_process_group (NCCL binds to the current device); the
+    info names cuda:local_rank as the device of collective tensors. CUDA and the group are recorded, not run."""
+    import torch
+
+    from edgeav.train import distributed as d
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda dev: calls.append(("set_device", str(dev))))
+    monkeypatch.setattr(d.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(d.dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(d.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(d.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(d.dist, "get_backend", lambda: "nccl")
+    info = d.init_distributed(d.DistPlan("nccl", "cuda:1", world=2, rank=1, local_rank=1))
+    assert calls == [("set_device", "cuda:1"), ("init", "nccl")]
+    assert str(info.device) == "cuda:1" and (info.rank, info.world, info.backend) == (1, 2, "nccl")
+
+
+def test_all_reduce_sum_on_a_real_gloo_group(tmp_path):
+    import torch.distributed as dist
+
+    from edgeav.train.distributed import DistInfo, all_reduce_sum
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert all_reduce_sum([1.5, 3.0, 4.0], DistInfo(backend="gloo")) == [1.5, 3.0, 4.0]
+    finally:
+        dist.destroy_process_group()

@@ -76,6 +76,8 @@ from edgeav.train.augment import (
     soft_cross_entropy,
 )
 from edgeav.train.codec import codec_augment
+from edgeav.train.distributed import DistInfo, all_reduce_sum, plan_from_environment
+from edgeav.train.distributed import init_distributed as _init_distributed
 
 log = logging.getLogger(__name__)
 
@@ -89,35 +91,14 @@ BEST_FILE = {"joint": "best.pt", "phase1_audio": "best_audio.pt", "phase1_image"
 # ---------------------------------------------------------------- distributed
 
 
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
 def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
-    info = DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    log.info("distributed: rank %d of %d (%s)", info.rank, info.world, dist.get_backend())
-    return info
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); see edgeav.train.distributed."""
+    return _init_distributed(plan_from_environment("cuda" if device_kind == "cuda" else "cpu", os.environ))
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+    env = {**os.environ, "LOCAL_RANK": str(local_rank)}
+    return torch.device(plan_from_environment(name, env).device)
 
 
 # ---------------------------------------------------------------- seeds
@@ -378,8 +359,9 @@ class Trainer:
         self.cfg = cfg
         tc = cfg.train
         self.out = Path(out_dir)
-        self.device = pick_device(tc.device, int(os.environ.get("LOCAL_RANK", "0")))
-        self.dist = init_distributed(self.device.type)
+        plan = plan_from_environment(tc.device, os.environ)  # NCCL on cuda:LOCAL_RANK, gloo on the CPU
+        self.dist = _init_distributed(plan)  # torch.cuda.set_device(local_rank) before the group is joined
+        self.device = self.dist.device
         if tc.batch_size % self.dist.world:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the {self.dist.world} ranks")
         if tc.threads:
@@ -596,9 +578,7 @@ class Trainer:
             b = int(label.numel())
             step_loss = float(loss)
             if self.dist.world > 1:  # the global batch's loss (equal shards: mean of the ranks' means)
-                t = torch.tensor([step_loss], dtype=torch.float64)
-                dist.all_reduce(t)
-                step_loss = float(t) / self.dist.world
+                step_loss = all_reduce_sum([step_loss], self.dist)[0] / self.dist.world
             self.step_rows.append({"phase": self.state.phase, "epoch": epoch + 1, "step": k + 1, "loss": step_loss})
             total += b
             loss_sum += float(loss) * b
@@ -609,10 +589,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         seconds = time.monotonic() - t0
-        stats = torch.tensor([loss_sum, float(correct), float(total)], dtype=torch.float64)
-        if self.dist.world > 1:
-            dist.all_reduce(stats)
-        loss_sum, correct, total = stats.tolist()
+        if self.dist.world > 1:  # on the collective's device: CUDA tensors for NCCL
+            loss_sum, correct, total = all_reduce_sum([loss_sum, float(correct), float(total)], self.dist)
         self.samples_seen += int(total)
         self.train_seconds += seconds
         return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),

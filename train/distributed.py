@@ -1,0 +1,108 @@
+"""Distributed training set-up: which backend and device a rank uses, joining the process group, and collectives on
+the right device.
+
+    plan = dist_plan("auto", os.environ, cuda_available=torch.cuda.is_available(), cuda_count=...)
+    info = init_distributed(plan)        # torch.cuda.set_device(local_rank) first on NCCL, then init_process_group
+    loss, n = all_reduce_sum([loss, n], info)
+
+NCCL only moves CUDA tensors, and each rank must own its GPU before the group is joined: `torch.cuda.set_device(
+local_rank)` is called before `init_process_group`, the model goes to `cuda:local_rank` and every tensor handed to a
+collective is created there. gloo (CPU) takes CPU tensors. `dist_plan` is a pure function of the environment and the
+GPUs present, so its choice is tested on machines without a GPU; nothing here has run on NCCL in this project (no
+GPU on its machines): the gloo path runs in tests/test_train_ddp.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+from edgeav.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistPlan:
+    """What this process will do: `backend` None = not distributed; `device` "cpu" or "cuda:<local_rank>"."""
+
+    backend: str | None
+    device: str
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: torch.device = torch.device("cpu")  # where tensors handed to collectives live
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, str(default))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer (torchrun sets it)") from None
+
+
+def dist_plan(device_name: str, env: Mapping[str, str], *, cuda_available: bool, cuda_count: int) -> DistPlan:
+    """The backend and device of this rank for `train.device` (auto / cuda / cpu) under torchrun's environment
+    (WORLD_SIZE, RANK, LOCAL_RANK): NCCL on `cuda:LOCAL_RANK` when the run uses CUDA, gloo on the CPU otherwise, no
+    backend for a single process. ConfigError for cuda without a GPU, or a LOCAL_RANK this machine has no GPU for."""
+    world = _env_int(env, "WORLD_SIZE", 1)
+    rank = _env_int(env, "RANK", 0)
+    local_rank = _env_int(env, "LOCAL_RANK", 0)
+    use_cuda = device_name == "cuda" or (device_name == "auto" and cuda_available)
+    if use_cuda and not cuda_available:
+        raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
+    if use_cuda and local_rank >= cuda_count:
+        raise ConfigError(f"LOCAL_RANK {local_rank} but this machine has {cuda_count} CUDA device(s): start at most "
+                          f"{cuda_count} processes per node (torchrun --nproc_per_node={cuda_count})")
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    backend = None if world <= 1 else ("nccl" if use_cuda else "gloo")
+    return DistPlan(backend, device, world, rank, local_rank)
+
+
+def plan_from_environment(device_name: str, env: Mapping[str, str]) -> DistPlan:
+    available = torch.cuda.is_available()
+    return dist_plan(device_name, env, cuda_available=available,
+                     cuda_count=torch.cuda.device_count() if available else 0)
+
+
+def init_distributed(plan: DistPlan) -> DistInfo:
+    """Own the rank's GPU (`torch.cuda.set_device`, before the group: NCCL binds to the current device), then join
+    the process group when launched by torchrun (WORLD_SIZE > 1); only the device step for a single process."""
+    device = torch.device(plan.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if plan.backend is None:
+        return DistInfo(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=plan.backend)
+    info = DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=plan.local_rank,
+                    backend=dist.get_backend(), device=device)
+    log.info("distributed: rank %d of %d (%s on %s)", info.rank, info.world, info.backend, device)
+    return info
+
+
+def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
+    """Sum `values` over the ranks (float64), through a tensor on the collective's device (CUDA for NCCL)."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=info.device)
+    dist.all_reduce(t)
+    return [float(v) for v in t.cpu().tolist()]
+
+
+__all__ = ["DistInfo", "DistPlan", "all_reduce_sum", "dist_plan", "init_distributed", "plan_from_environment"]
