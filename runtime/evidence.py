@@ -17,7 +17,9 @@ Choices (runtime stays light):
   (mp4mux finishes its file at end of stream); a detection is rare enough for that. H.264 wants even sizes: an
   odd last row / column is cropped.
 
-Retention: before each write, and every `retention_interval_s`, evidence older than `max_age_days` is deleted;
+Retention: before each write, and every `retention_interval_s`, evidence older than `max_age_days` is deleted
+(age = unit uptime since the daemon wrote it, `edgeav.runtime.wallclock.OperatingClock`; never a wall-clock
+comparison, which an NTP step would fool);
 while the evidence file system has less than `min_free_percent` free, the oldest evidence goes first, but the
 newest `keep_per_class` sets of each class stay. If that cannot free enough, evidence stops (counted, noted in the
 record) - detections are always logged: the free-space floor keeps room for the log.
@@ -35,10 +37,11 @@ import wave
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from edgeav.atomic import TEMP_SUFFIX, atomic_write, atomic_write_bytes, durable_replace, temp_path_for
 from edgeav.errors import ConfigError, SensorError
 
 log = logging.getLogger(__name__)
@@ -56,20 +59,24 @@ def disk_free_ratio(path: str | os.PathLike) -> float:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate_hz: int) -> None:
-    """Mono 16-bit PCM WAV of float samples in [-1, 1] (clipped)."""
+    """Mono 16-bit PCM WAV of float samples in [-1, 1] (clipped); durable and atomic (temp name, fsync, rename)."""
     pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(rate_hz))
-        w.writeframes(pcm.tobytes())
+
+    def put(f) -> None:
+        with wave.open(f, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(int(rate_hz))
+            w.writeframes(pcm.tobytes())
+
+    atomic_write(path, put)
 
 
 def write_flac(path: Path, samples: np.ndarray, rate_hz: int) -> None:
     import soundfile
 
-    soundfile.write(str(path), np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), int(rate_hz),
-                    format="FLAC", subtype="PCM_16")
+    atomic_write(path, lambda f: soundfile.write(f, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0),
+                                                 int(rate_hz), format="FLAC", subtype="PCM_16"))
 
 
 def _rgb_buffer_bytes(rgb: np.ndarray) -> bytes:
@@ -109,7 +116,8 @@ class ClipEncoder:
         self.timeout_s = float(timeout_s)
 
     def write(self, path: Path, frames: np.ndarray) -> Path:
-        """Write `frames` (T, H, W, 3) uint8 to `path`; SensorError when the encoder fails or stalls."""
+        """Write `frames` (T, H, W, 3) uint8 to `path`; SensorError when the encoder fails or stalls. filesink
+        writes a temporary name; only a finished clip is fsynced and renamed to `path` (then the folder fsynced)."""
         Gst = self.Gst
         frames = np.asarray(frames)
         if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
@@ -117,7 +125,9 @@ class ClipEncoder:
         frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]  # H.264: even sizes
         t, h, w = frames.shape[:3]
         pipeline = Gst.parse_launch(clip_pipeline_description(w, h, self.rate_hz, self.bitrate_kbps))
-        pipeline.get_by_name("sink").set_property("location", str(path))
+        tmp = temp_path_for(path)
+        pipeline.get_by_name("sink").set_property("location", str(tmp))
+        done = False
         src = pipeline.get_by_name("src")
         period_ns = int(round(1e9 / self.rate_hz))
         try:
@@ -136,9 +146,16 @@ class ClipEncoder:
             if msg.type == Gst.MessageType.ERROR:
                 err, _ = msg.parse_error()
                 raise SensorError(f"clip encoder failed on {path.name}: {err.message}")
+            done = True
         finally:
-            pipeline.set_state(Gst.State.NULL)
-        return path
+            pipeline.set_state(Gst.State.NULL)  # filesink closes the file
+            if not done:
+                tmp.unlink(missing_ok=True)
+        try:
+            return durable_replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class JpegEncoder:
@@ -207,7 +224,7 @@ class EvidenceResult:
     audio_path: str | None
     image_path: str | None
     note: str | None  # why something is missing (skipped: disk, failed: ..., no audio in window)
-    outcome: str  # written | partial | skipped | failed | none
+    outcome: str  # written | partial | skipped | failed | none | pending (planned, not yet written)
     clip_path: str | None = None  # the window's frames as MP4 (evidence.clip)
 
 
@@ -244,6 +261,7 @@ def stitch_audio(windows: Sequence[WindowContext], start_ns: int, end_ns: int, r
 
 EVIDENCE_PATH_KEYS = ("audio_path", "image_path", "clip_path")  # the files of one evidence set, as the log names them
 EVIDENCE_SUFFIXES = (".wav", ".flac", ".jpg", ".mp4")
+PENDING_NOTE = "pending: being written"  # a committed row whose files are still being encoded
 
 
 class EvidenceStore:
@@ -256,11 +274,12 @@ class EvidenceStore:
         root: str | Path,
         cfg: Any,  # EvidenceConfig
         rate_hz: int,
-        rows: Callable[[], list],
+        rows: Callable[[], Iterable],
         unlink: Callable[[str, str], None],
         free_ratio: Callable[[Path], float] = disk_free_ratio,
         on_deleted: Callable[[str], None] | None = None,
         frame_rate_hz: float | None = None,
+        op_clock: Any = None,  # edgeav.runtime.wallclock.OperatingClock: what evidence ages by (None = the wall clock)
     ) -> None:
         self.root = Path(root)
         self.frame_rate_hz = frame_rate_hz
@@ -273,6 +292,7 @@ class EvidenceStore:
         self.on_deleted = on_deleted
         self.jpeg: JpegEncoder | None = None
         self._last_retention = 0.0
+        self.op_clock = op_clock
         self.disk_low = False
         self.counts = {"written": 0, "partial": 0, "skipped": 0, "failed": 0, "deleted_age": 0, "deleted_disk": 0}
 
@@ -309,7 +329,14 @@ class EvidenceStore:
     def write(self, detection_id: str, utc_ns: int, label: str, audio: np.ndarray | None,
               frame: np.ndarray | None, frames: np.ndarray | None = None) -> EvidenceResult:
         """One evidence set: audio (S,), the middle frame (H, W, 3) and, with clips on, the window's frames
-        (T, H, W, 3). Everything is subject to the free-space floor; a failure removes what was written."""
+        (T, H, W, 3). Everything is subject to the free-space floor; a failure removes what was written.
+        `admit` + `write_files` in one call (the daemon runs the second on its evidence thread)."""
+        skipped = self.admit()
+        return skipped if skipped is not None else self.write_files(detection_id, utc_ns, audio, frame, frames)
+
+    def admit(self) -> EvidenceResult | None:
+        """The free-space floor, on the thread that owns the log (it may run retention): None = go ahead, else the
+        `skipped` result."""
         floor = self.cfg.min_free_percent / 100.0
         if not self.disk_low and self.free_ratio() < floor:
             # entering the low state: make room now. While low, the periodic pass (retention_interval_s) tries
@@ -328,36 +355,59 @@ class EvidenceStore:
         if self.disk_low:
             log.info("evidence resumed: %.1f %% free on %s", free * 100, self.root)
             self.disk_low = False
+        return None
+
+    def _paths(self, detection_id: str, utc_ns: int, audio: Any, frame: Any, frames: Any
+               ) -> tuple[Path | None, Path | None, Path | None, list[str]]:
+        """(audio, image, clip) paths the set gets (None = not written) and notes on what is missing."""
         day = _dt.datetime.fromtimestamp(utc_ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d")
         folder = self.root / day
-        written: list[Path] = []
+        apath = ipath = cpath = None
         notes: list[str] = []
+        if self.cfg.audio_format != "none":
+            if audio is None:
+                notes.append("no audio in the detection's windows")
+            else:
+                apath = folder / f"{detection_id}.{self.cfg.audio_format}"
+        if self.jpeg is not None:
+            if frame is None:
+                notes.append("no frame in the confirming window")
+            else:
+                ipath = folder / f"{detection_id}.jpg"
+        if self.clip is not None:
+            if frames is None:
+                notes.append("no frames for a clip in the confirming window")
+            else:
+                cpath = folder / f"{detection_id}.mp4"
+        return apath, ipath, cpath, notes
+
+    def plan(self, detection_id: str, utc_ns: int, audio: Any, frame: Any, frames: Any = None) -> EvidenceResult:
+        """The paths `write_files` will give this set (outcome `pending`, note `PENDING_NOTE`): the log links them
+        at once; the write's result corrects the row later, and a start-up check marks files that never came."""
+        apath, ipath, cpath, notes = self._paths(detection_id, utc_ns, audio, frame, frames)
+        if apath is None and ipath is None and cpath is None:  # nothing to write: the final result already
+            return EvidenceResult(None, None, "; ".join(notes) or None, "none")
+        return EvidenceResult(str(apath) if apath else None, str(ipath) if ipath else None, PENDING_NOTE, "pending",
+                              str(cpath) if cpath else None)
+
+    def write_files(self, detection_id: str, utc_ns: int, audio: np.ndarray | None, frame: np.ndarray | None,
+                    frames: np.ndarray | None = None) -> EvidenceResult:
+        """Encode and write one admitted set; every file durable and atomic (temp name, fsync, rename, fsync of the
+        folder), so a file a committed row names is whole or absent, never truncated."""
+        apath, ipath, cpath, notes = self._paths(detection_id, utc_ns, audio, frame, frames)
+        written: list[Path] = []
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            apath = ipath = cpath = None
-            if self.cfg.audio_format != "none":
-                if audio is None:
-                    notes.append("no audio in the detection's windows")
-                else:
-                    apath = folder / f"{detection_id}.{self.cfg.audio_format}"
-                    (write_flac if self.cfg.audio_format == "flac" else write_wav)(apath, audio, self.rate_hz)
-                    written.append(apath)
-            if self.jpeg is not None:
-                if frame is None:
-                    notes.append("no frame in the confirming window")
-                else:
-                    ipath = folder / f"{detection_id}.jpg"
-                    data = self.jpeg.encode(frame)
-                    with open(ipath, "wb") as f:
-                        f.write(data)
-                    written.append(ipath)
-            if self.clip is not None:
-                if frames is None:
-                    notes.append("no frames for a clip in the confirming window")
-                else:
-                    cpath = folder / f"{detection_id}.mp4"
-                    written.append(cpath)  # removed again if the encoder fails half-way
-                    self.clip.write(cpath, frames)
+            if apath is not None:
+                apath.parent.mkdir(parents=True, exist_ok=True)
+                written.append(apath)
+                (write_flac if self.cfg.audio_format == "flac" else write_wav)(apath, audio, self.rate_hz)
+            if ipath is not None:
+                written.append(ipath)  # removed again if a later write fails
+                atomic_write_bytes(ipath, self.jpeg.encode(frame))
+            if cpath is not None:
+                cpath.parent.mkdir(parents=True, exist_ok=True)
+                written.append(cpath)
+                self.clip.write(cpath, frames)
         except (OSError, SensorError) as e:
             for p in written:
                 try:
@@ -389,6 +439,19 @@ class EvidenceStore:
         if self.on_deleted is not None:
             self.on_deleted("age" if reason.startswith("age") else "disk")
 
+    def _age_ns(self, row: Any, now_ns: int | None) -> int | None:
+        """How old a row's evidence is; None = unknown (kept). With an operating clock: op time now minus the op
+        time the row was written at - monotonic uptime, carried across restarts and reboots, blind to wall-clock
+        steps (an NTP sync hours after boot must not age pre-sync evidence by hours). Rows without an op time
+        (written before schema 4) are aged by UTC only against a wall clock known to be right: `now_ns` given, or
+        the kernel says the clock is synced; else kept. Without an operating clock: UTC against the wall clock."""
+        op = row["written_op_ns"] if "written_op_ns" in row.keys() else None
+        if self.op_clock is not None and op is not None:
+            return self.op_clock.now_ns() - int(op)
+        if now_ns is None and self.op_clock is not None and not self.op_clock.wall_synced():
+            return None
+        return (now_ns if now_ns is not None else time.time_ns()) - int(row["utc_ns"])
+
     def apply_retention(self, force: bool = False, now_ns: int | None = None) -> int:
         """Delete by age, then oldest-first while the disk is below the floor (keeping N per class). Returns the
         number of evidence sets deleted."""
@@ -396,28 +459,31 @@ class EvidenceStore:
         if not force and now - self._last_retention < self.cfg.retention_interval_s:
             return 0
         self._last_retention = now
-        rows = self._rows()
+        # rows() may page through the log (an iterable read a page at a time): each pass reads it afresh and
+        # keeps only counts and the ids deleted in this call, never every row
+        gone: set[str] = set()
         deleted = 0
+        if self.op_clock is not None:
+            self.op_clock.persist()
         if self.cfg.max_age_days is not None:
-            cut = (now_ns if now_ns is not None else time.time_ns()) - int(self.cfg.max_age_days * 86_400e9)
-            keep = []
-            for r in rows:
-                if r["utc_ns"] < cut:
+            max_age_ns = int(self.cfg.max_age_days * 86_400e9)
+            for r in self._rows():
+                age = self._age_ns(r, now_ns)
+                if age is not None and age > max_age_ns:
                     self._delete(r, f"age: older than {self.cfg.max_age_days:g} days")
+                    gone.add(r["id"])
                     deleted += 1
-                else:
-                    keep.append(r)
-            rows = keep
         floor = self.cfg.min_free_percent / 100.0
         target = min(1.0, floor + RETENTION_HYSTERESIS)  # free a little more than the floor: not one set per write
-        if rows and self.free_ratio() < floor:
+        if self.free_ratio() < floor:
             per_class: dict[str, int] = {}
-            for r in rows:
-                per_class[r["label"]] = per_class.get(r["label"], 0) + 1
-            for r in rows:  # oldest first
+            for r in self._rows():
+                if r["id"] not in gone:
+                    per_class[r["label"]] = per_class.get(r["label"], 0) + 1
+            for r in self._rows():  # oldest first
                 if self.free_ratio() >= target:
                     break
-                if per_class[r["label"]] <= self.cfg.keep_per_class:
+                if r["id"] in gone or per_class[r["label"]] <= self.cfg.keep_per_class:
                     continue
                 self._delete(r, f"disk: below {self.cfg.min_free_percent:g} % free")
                 per_class[r["label"]] -= 1

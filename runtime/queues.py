@@ -25,7 +25,8 @@ class BoundedQueue(Generic[T]):
         returns False and counts as dropped.
     """
 
-    def __init__(self, maxsize: int, policy: Policy = "drop_oldest", name: str = "queue") -> None:
+    def __init__(self, maxsize: int, policy: Policy = "drop_oldest", name: str = "queue",
+                 bell: threading.Event | None = None) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         if policy not in ("drop_oldest", "drop_newest", "block"):
@@ -33,6 +34,7 @@ class BoundedQueue(Generic[T]):
         self.maxsize = int(maxsize)
         self.policy: Policy = policy
         self.name = name
+        self._bell = bell  # set on every put and at close (a QueueGroup's consumer waits on it)
         self._items: collections.deque[T] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -72,6 +74,8 @@ class BoundedQueue(Generic[T]):
             self.put_count += 1
             self.high_water = max(self.high_water, len(self._items))
             self._cond.notify_all()
+            if self._bell is not None:
+                self._bell.set()
             return True
 
     def get(self, timeout_s: float | None = None) -> tuple[bool, T | None]:
@@ -94,6 +98,8 @@ class BoundedQueue(Generic[T]):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        if self._bell is not None:
+            self._bell.set()
 
     @property
     def closed(self) -> bool:
@@ -109,3 +115,54 @@ class BoundedQueue(Generic[T]):
                 "put": self.put_count,
                 "high_water": self.high_water,
             }
+
+
+class QueueGroup:
+    """One bounded queue per producer (e.g. per sensor), read by one consumer: `get` takes the next item from the
+    queues in turn, waiting on one shared bell. Each queue keeps its own bound, policy and drop count, so a
+    producer that outpaces the consumer drops only its own items."""
+
+    def __init__(self) -> None:
+        self._bell = threading.Event()
+        self.queues: dict[str, BoundedQueue] = {}
+        self._order: list[BoundedQueue] = []
+        self._next = 0
+
+    def add(self, name: str, maxsize: int, policy: Policy) -> BoundedQueue:
+        if name in self.queues:
+            raise ValueError(f"queue {name!r} is already in the group")
+        q: BoundedQueue = BoundedQueue(maxsize, policy, name=name, bell=self._bell)
+        self.queues[name] = q
+        self._order.append(q)
+        return q
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._order)
+
+    def get(self, timeout_s: float | None = None) -> tuple[bool, object | None]:
+        """(True, item) from the next non-empty queue, or (False, None) after `timeout_s` / when all are closed
+        and empty."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        n = len(self._order)
+        while True:
+            self._bell.clear()  # before looking: a put after the look sets it again and the wait returns at once
+            for k in range(n):
+                i = (self._next + k) % n
+                ok, item = self._order[i].get(timeout_s=0)
+                if ok:
+                    self._next = (i + 1) % n
+                    return True, item
+            if all(q.closed for q in self._order):
+                return False, None
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False, None
+            self._bell.wait(remaining)
+
+    def close(self) -> None:
+        for q in self._order:
+            q.close()
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        return {name: q.dropped for name, q in self.queues.items()}
