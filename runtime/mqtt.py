@@ -44,7 +44,7 @@ class MqttPublisher:
     """Outbox -> broker. `start()` connects asynchronously (a broker that is down is not an error: rows wait)."""
 
     def __init__(self, cfg: Any, db_path: str | Path, heartbeat: Callable[[], dict[str, Any]] | None = None,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, outbox_added: Callable[[], int] | None = None) -> None:
         self.cfg = cfg
         self.db_path = Path(db_path)
         self.heartbeat = heartbeat
@@ -57,6 +57,11 @@ class MqttPublisher:
         self._client = None
         self._con = None
         self.sent = 0
+        # pending rows are counted in memory: (rows pending at start) + (rows the store wrote since) - (rows marked
+        # sent here); `outbox_added` is the store's counter. Without it: COUNT(*) at most once a second
+        self._outbox_added = outbox_added
+        self._pending_base = 0
+        self._pending_cache = (0.0, 0)
         self.connects = 0
         self.last_error: str | None = None
 
@@ -113,6 +118,8 @@ class MqttPublisher:
 
         self._client = self._make_client()
         self._con = connect(self.db_path)  # own connection: this thread marks rows sent
+        at_start = self._count_pending()
+        self._pending_base = at_start - (self._outbox_added() if self._outbox_added is not None else 0)
         try:
             self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
                                        **self._connect_kwargs)
@@ -141,7 +148,10 @@ class MqttPublisher:
             finally:
                 self._client.loop_stop()
         if self._con is not None:
-            self._collect_acks()
+            try:
+                self._collect_acks()
+            except Exception as e:  # disk full at shutdown: the rows go again at the next start
+                log.warning("MQTT outbox: cannot mark %d acknowledged row(s) sent: %s", len(self._handed), e)
             self._con.close()
             self._con = None
 
@@ -170,19 +180,32 @@ class MqttPublisher:
                         extra={"fields": {"event": "mqtt_disconnected", "unacked": len(self._handed)}})
 
     # -- the outbox thread ------------------------------------------------------------------------------------------
-    def pending(self) -> int:
-        if self._con is None:
-            return 0
+    def _count_pending(self) -> int:
         return int(self._con.execute("SELECT COUNT(*) FROM outbox WHERE sent_ns IS NULL").fetchone()[0])
 
+    def pending(self) -> int:
+        """Outbox rows not yet acknowledged (in memory; no query in the loop)."""
+        if self._con is None:
+            return 0
+        if self._outbox_added is not None:
+            return max(0, self._pending_base + self._outbox_added() - self.sent)
+        t, n = self._pending_cache
+        if time.monotonic() - t >= 1.0:
+            n = self._count_pending()
+            self._pending_cache = (time.monotonic(), n)
+        return n
+
     def _collect_acks(self) -> int:
-        """Mark acknowledged rows sent (one transaction)."""
+        """Mark acknowledged rows sent (one transaction, rolled back on error: the rows stay handed and are marked
+        at the next try)."""
+        from edgeav.runtime.store import write_transaction
+
         done = [seq for seq, info in self._handed.items() if info.is_published()]
         if done and self._con is not None:
             now = time.time_ns()
-            self._con.execute("BEGIN IMMEDIATE")
-            self._con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=? AND sent_ns IS NULL", [(now, s) for s in done])
-            self._con.execute("COMMIT")
+            with write_transaction(self._con):
+                self._con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=? AND sent_ns IS NULL",
+                                      [(now, s) for s in done])
             for seq in done:
                 del self._handed[seq]
             self.sent += len(done)
@@ -213,6 +236,7 @@ class MqttPublisher:
 
     def _run(self) -> None:
         last_hb = 0.0
+        last_warn = -1e18
         while not self._stop.is_set():
             try:
                 self._collect_acks()
@@ -226,9 +250,11 @@ class MqttPublisher:
                             self.metrics.mqtt_published.labels("heartbeat").inc()
                 if self.metrics is not None:
                     self.metrics.outbox_pending.set(self.pending())
-            except Exception as e:  # sqlite busy, a paho hiccup: log, keep going
+            except Exception as e:  # sqlite busy or disk full, a paho hiccup: log (at most every 10 s), keep going
+                if str(e) != self.last_error or time.monotonic() - last_warn >= 10.0:
+                    log.warning("MQTT outbox: %s", e)
+                    last_warn = time.monotonic()
                 self.last_error = str(e)
-                log.warning("MQTT outbox: %s", e)
             self._stop.wait(0.05)
 
 

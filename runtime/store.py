@@ -12,10 +12,13 @@ Schema versions (PRAGMA user_version):
   1  detections (+ indexes on utc time and label)
   2  evidence columns (audio_path, image_path, evidence_note), the MQTT outbox, runs
   3  clip_path (the evidence MP4 of a T-frame window)
+  4  clock (`synced` / `unsynced`: was utc_ns from an NTP-disciplined clock) and written_op_ns (the
+     evidence's write time on the operating clock, edgeav.runtime.wallclock: what retention ages by)
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -25,14 +28,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from edgeav.errors import ConfigError, StorageError
 from edgeav.runtime.postprocess import Detection
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 
 # version reached -> statements that take the previous version to it (each applied in its own transaction)
@@ -81,11 +84,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )""",
     ),
     3: ("ALTER TABLE detections ADD COLUMN clip_path TEXT",),
+    4: ("ALTER TABLE detections ADD COLUMN clock TEXT", "ALTER TABLE detections ADD COLUMN written_op_ns INTEGER"),
 }
 
 COLUMNS = ("id", "label", "class_index", "start_ns", "end_ns", "start_utc", "end_utc", "utc_ns", "confidence",
            "audio_confidence", "image_confidence", "modalities", "model_sha256", "hits", "source", "run_id",
-           "audio_path", "image_path", "evidence_note", "clip_path")
+           "audio_path", "image_path", "evidence_note", "clip_path", "clock", "written_op_ns")
 
 
 def new_detection_id(utc_ns: int) -> str:
@@ -124,6 +128,24 @@ def connect(path: str | Path, readonly: bool = False, busy_timeout_ms: int = 500
     return con
 
 
+@contextlib.contextmanager
+def write_transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`; on any error (SQLITE_FULL, an I/O error, an exception of the caller) the
+    transaction is rolled back and the error re-raised, so the connection is never left inside a half transaction
+    (every later BEGIN would fail). Every write of the log and the outbox goes through here."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:  # SQLite may have rolled back already (e.g. SQLITE_FULL during COMMIT)
+            try:
+                con.execute("ROLLBACK")
+            except sqlite3.DatabaseError as e:  # the error being raised is the one that matters
+                log.warning("rollback failed: %s", e)
+        raise
+
+
 def schema_version(con: sqlite3.Connection) -> int:
     return int(con.execute("PRAGMA user_version").fetchone()[0])
 
@@ -137,16 +159,10 @@ def migrate(con: sqlite3.Connection) -> tuple[int, int]:
     v = before
     while v < SCHEMA_VERSION:
         nxt = v + 1
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(con):
             for stmt in MIGRATIONS[nxt]:
                 con.execute(stmt)
             con.execute(f"PRAGMA user_version={nxt}")
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
         log.info("detection log migrated to schema version %d", nxt)
         v = nxt
     return before, v
@@ -170,6 +186,7 @@ class DetectionStore:
         batch_interval_s: float = 1.0,
         busy_timeout_ms: int = 5000,
         on_commit: Callable[[list[str]], None] | None = None,
+        max_pending: int | None = None,
     ) -> None:
         if synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"sqlite synchronous={synchronous!r}; valid: NORMAL, FULL, EXTRA")
@@ -188,12 +205,23 @@ class DetectionStore:
         self.batch_max = int(batch_max)
         self.batch_interval_s = float(batch_interval_s)
         self.on_commit = on_commit
+        # while commits fail (disk full, I/O error) detections wait in memory: at most this many; past half of it the
+        # oldest waiting detection's evidence files go (they hold the disk), past all of it the oldest detection
+        self.max_pending = int(max_pending) if max_pending is not None else None
         self._pending: list[PendingDetection] = []
         self._pending_updates: list[tuple[str, dict[str, Any]]] = []
         self._oldest_pending: float | None = None
+        self._evidence_scan = 0  # index in _pending below which no waiting detection links evidence any more
         self.committed = 0
         self.commits = 0
         self.commit_errors = 0
+        self.dropped_detections = 0
+        self.dropped_evidence = 0
+        self.failing_since: float | None = None  # monotonic time of the first failed commit since the last good one
+        self.last_error: str | None = None
+        # counters kept in memory (no COUNT(*) in the loop): rows in the log, outbox rows this store wrote
+        self.detections_count = int(self.con.execute("SELECT COUNT(*) FROM detections").fetchone()[0])
+        self.outbox_added = 0
 
     # -- writing ---------------------------------------------------------------------------------------------------
     def add(
@@ -209,6 +237,8 @@ class DetectionStore:
         evidence_note: str | None = None,
         outbox_topics: Sequence[str] = (),
         clip_path: str | None = None,
+        clock: str | None = None,
+        written_op_ns: int | None = None,
     ) -> str:
         """Queue one detection (and one outbox message per topic in `outbox_topics`, committed in the same
         transaction, so the broker gets every committed detection and nothing else). Returns its id."""
@@ -221,13 +251,55 @@ class DetectionStore:
             "image_confidence": det.image_confidence, "modalities": ",".join(det.modalities),
             "model_sha256": det.model_sha256, "hits": det.hits, "source": source, "run_id": run_id,
             "audio_path": audio_path, "image_path": image_path, "evidence_note": evidence_note,
-            "clip_path": clip_path,
+            "clip_path": clip_path, "clock": clock, "written_op_ns": written_op_ns,
         }
         payload = detection_payload(row) if outbox_topics else ""
         self._pending.append(PendingDetection(did, row, [(t, payload) for t in outbox_topics]))
         if self._oldest_pending is None:
             self._oldest_pending = time.monotonic()
+        if self.max_pending is not None:
+            self._bound_pending()
         return did
+
+    def _bound_pending(self) -> None:
+        """Keep what waits for a commit bounded: evidence of the oldest waiting detections first, detections last."""
+        cap = self.max_pending
+        while len(self._pending) > max(1, cap // 2) and self._evidence_scan < len(self._pending) - cap // 2:
+            p = self._pending[self._evidence_scan]
+            self._evidence_scan += 1
+            paths = [p.row[k] for k in ("audio_path", "image_path", "clip_path") if p.row.get(k)]
+            if not paths:
+                continue
+            for f in paths:
+                try:
+                    os.unlink(f)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.warning("cannot delete evidence %s of waiting detection %s: %s", f, p.id, e)
+            p.row.update(audio_path=None, image_path=None, clip_path=None,
+                         evidence_note=f"dropped: the log could not be written for {self._failing_for_s():.0f} s")
+            self.dropped_evidence += 1
+            log.warning("dropped the evidence of waiting detection %s (%d detections wait for the log; bound %d)",
+                        p.id, len(self._pending), cap,
+                        extra={"fields": {"event": "dropped_evidence", "id": p.id, "waiting": len(self._pending)}})
+        while len(self._pending) > cap:
+            p = self._pending.pop(0)
+            self._evidence_scan = max(0, self._evidence_scan - 1)
+            self.dropped_detections += 1
+            log.error("dropped waiting detection %s (%s at %s): the log could not be written for %.0f s and %d "
+                      "detections wait (store.max_pending_detections)", p.id, p.row["label"], p.row["utc_ns"],
+                      self._failing_for_s(), cap,
+                      extra={"fields": {"event": "dropped_detection", "id": p.id, "dropped": self.dropped_detections}})
+
+    def _failing_for_s(self) -> float:
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
+    def problem(self) -> str | None:
+        """None while commits succeed; else what fails and for how long (for /health)."""
+        if self.failing_since is None:
+            return None
+        return f"store: {self.last_error} since {self._failing_for_s():.0f}s ({self.pending} waiting)"
 
     def update_evidence(self, detection_id: str, audio_path: str | None, image_path: str | None,
                         note: str | None, clip_path: str | None = None) -> None:
@@ -259,39 +331,44 @@ class DetectionStore:
         now_ns = time.time_ns()
         cols = ", ".join(COLUMNS)
         marks = ", ".join(f":{c}" for c in COLUMNS)
+        outbox = [(p.id, topic, payload, now_ns) for p in batch for topic, payload in p.outbox]
         try:
-            self.con.execute("BEGIN IMMEDIATE")
-            try:
-                self.con.executemany(f"INSERT OR IGNORE INTO detections ({cols}) VALUES ({marks})",
-                                     [p.row for p in batch])
+            with write_transaction(self.con):
+                inserted = self.con.executemany(f"INSERT OR IGNORE INTO detections ({cols}) VALUES ({marks})",
+                                                [p.row for p in batch]).rowcount
                 self.con.executemany(
-                    "INSERT INTO outbox (detection_id, topic, payload, created_ns) VALUES (?, ?, ?, ?)",
-                    [(p.id, topic, payload, now_ns) for p in batch for topic, payload in p.outbox])
+                    "INSERT INTO outbox (detection_id, topic, payload, created_ns) VALUES (?, ?, ?, ?)", outbox)
                 for did, vals in updates:
                     self.con.execute("UPDATE detections SET audio_path=:audio_path, image_path=:image_path, "
                                      "evidence_note=:evidence_note, clip_path=:clip_path WHERE id=:id",
                                      {**vals, "id": did})
-                self.con.execute("COMMIT")
-            except BaseException:
-                if self.con.in_transaction:  # SQLite may have rolled back already (e.g. SQLITE_FULL)
-                    self.con.execute("ROLLBACK")
-                raise
         except sqlite3.DatabaseError as e:
             self.commit_errors += 1
+            self.last_error = str(e)
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
             # keep the batch queued: the next flush retries it (e.g. after the disk got space back)
             raise StorageError(f"{self.path}: commit of {len(batch)} detection(s) failed: {e}") from None
-        self._pending, self._pending_updates, self._oldest_pending = [], [], None
+        if self.failing_since is not None:
+            log.warning("the detection log is written again after %.0f s of failed commits (%s); %d detection(s) "
+                        "committed now, %d dropped meanwhile", self._failing_for_s(), self.last_error, len(batch),
+                        self.dropped_detections, extra={"fields": {"event": "store_recovered"}})
+        self.failing_since, self.last_error = None, None
+        self._pending, self._pending_updates, self._oldest_pending, self._evidence_scan = [], [], None, 0
         ids = [p.id for p in batch]
         self.committed += len(ids)
         self.commits += 1
+        self.detections_count += max(0, inserted)
+        self.outbox_added += len(outbox)
         if self.on_commit is not None and ids:
             self.on_commit(ids)
         return ids
 
     def record_run(self, run_id: str, bundle: str | None, source: str | None, model_sha256: str | None) -> None:
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-        self.con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
-                         (run_id, started, bundle, source, model_sha256))
+        with write_transaction(self.con):
+            self.con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
+                             (run_id, started, bundle, source, model_sha256))
 
     # -- outbox (MQTT) -------------------------------------------------------------------------------------------
     def outbox_pending(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
@@ -305,21 +382,32 @@ class DetectionStore:
         if not seqs:
             return
         now = time.time_ns()
-        self.con.execute("BEGIN IMMEDIATE")
-        self.con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=?", [(now, s) for s in seqs])
-        self.con.execute("COMMIT")
+        with write_transaction(self.con):
+            self.con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=?", [(now, s) for s in seqs])
 
-    def outbox_prune(self, keep_sent_s: float = 86_400.0) -> int:
-        cut = time.time_ns() - int(keep_sent_s * 1e9)
-        cur = self.con.execute("DELETE FROM outbox WHERE sent_ns IS NOT NULL AND sent_ns < ?", (cut,))
-        return cur.rowcount
+    def outbox_prune(self, keep_sent_s: float = 86_400.0, now_ns: int | None = None) -> int:
+        """Delete outbox rows the broker acknowledged more than `keep_sent_s` ago; pending rows always stay."""
+        cut = (now_ns if now_ns is not None else time.time_ns()) - int(keep_sent_s * 1e9)
+        with write_transaction(self.con):
+            n = self.con.execute("DELETE FROM outbox WHERE sent_ns IS NOT NULL AND sent_ns < ?", (cut,)).rowcount
+        if n:
+            log.info("outbox: pruned %d acknowledged message(s)", n, extra={"fields": {"event": "outbox_pruned", "rows": n}})
+        return n
 
     # -- evidence bookkeeping ------------------------------------------------------------------------------------
-    def evidence_rows(self) -> list[sqlite3.Row]:
-        """Detections that still link evidence, oldest first."""
-        return self.con.execute("SELECT id, label, utc_ns, audio_path, image_path, clip_path FROM detections WHERE "
-                                "audio_path IS NOT NULL OR image_path IS NOT NULL OR clip_path IS NOT NULL "
-                                "ORDER BY utc_ns, id").fetchall()
+    def evidence_rows(self, page_rows: int = 500) -> Iterator[sqlite3.Row]:
+        """Detections that still link evidence, oldest first, read `page_rows` at a time (keyset paging on
+        (utc_ns, id)): a log of months is never held in memory at once."""
+        after: tuple[int, str] = (-(2 ** 63), "")
+        while True:
+            page = self.con.execute(
+                "SELECT id, label, utc_ns, audio_path, image_path, clip_path, written_op_ns FROM detections WHERE "
+                "(audio_path IS NOT NULL OR image_path IS NOT NULL OR clip_path IS NOT NULL) AND (utc_ns, id) > (?, ?) "
+                "ORDER BY utc_ns, id LIMIT ?", (*after, int(page_rows))).fetchall()
+            yield from page
+            if len(page) < page_rows:
+                return
+            after = (page[-1]["utc_ns"], page[-1]["id"])
 
     def known_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -332,7 +420,8 @@ class DetectionStore:
         return out
 
     def count(self) -> int:
-        return int(self.con.execute("SELECT COUNT(*) FROM detections").fetchone()[0])
+        """Detections in the log (kept in memory: counted once at open, then by commits and prunes)."""
+        return self.detections_count
 
     def close(self) -> None:
         """Flush what is queued, checkpoint the WAL, close."""
@@ -402,19 +491,13 @@ def integrity_check(path: str | Path) -> str:
 def detection_payload(row: dict[str, Any]) -> str:
     """The JSON an MQTT subscriber gets for one detection (stable id, times, scores, modalities)."""
     keep = ("id", "label", "confidence", "audio_confidence", "image_confidence", "start_utc", "end_utc", "utc_ns",
-            "start_ns", "end_ns", "modalities", "model_sha256", "hits", "source", "run_id")
+            "start_ns", "end_ns", "modalities", "model_sha256", "hits", "source", "run_id", "clock")
     d = {k: row.get(k) for k in keep}
     if isinstance(d["modalities"], str):
         d["modalities"] = [m for m in d["modalities"].split(",") if m]
     return json.dumps(d, sort_keys=True)
 
 
-def file_size_or_zero(p: str | os.PathLike | None) -> int:
-    try:
-        return os.stat(p).st_size if p else 0
-    except OSError:
-        return 0
-
-
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "DetectionStore", "connect", "migrate", "schema_version",
-           "query_detections", "integrity_check", "new_detection_id", "parse_iso_utc", "detection_payload"]
+           "query_detections", "integrity_check", "new_detection_id", "parse_iso_utc", "detection_payload",
+           "write_transaction"]

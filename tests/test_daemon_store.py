@@ -113,3 +113,162 @@ def test_query_filters(tmp_path: Path) -> None:
     assert parse_iso_utc("2026-05-01") == parse_iso_utc("2026-05-01T00:00:00Z")
     with pytest.raises(ConfigError):
         parse_iso_utc("May 1st")
+
+
+# -- full disk, bounded growth (issue 13) --------------------------------------------------------------------------
+
+def _mount_small_fs(path: Path, size_kb: int = 4096) -> None:
+    """A real tmpfs of `size_kb` (needs root); the caller unmounts it."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the full-disk tests needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+
+
+def _umount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a ballast file until the file system says ENOSPC; returns it (delete it to give the space back)."""
+    import errno
+
+    ballast = folder / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        for chunk in (1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    return ballast
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    fs = tmp_path / "fs"
+    _mount_small_fs(fs)
+    yield fs
+    _umount(fs)
+
+
+def test_full_disk_keeps_detections_bounded_drops_evidence_first_and_recovers(small_fs: Path, tmp_path: Path) -> None:
+    ev = tmp_path / "ev"  # evidence elsewhere: deleting it must not give the log's file system space back here
+    ev.mkdir()
+    st = DetectionStore(small_fs / "d.db", max_pending=10)
+    ok = st.add(det(), utc_ns=T0)
+    assert st.flush() == [ok] and st.problem() is None
+    files = []
+    for i in range(30):
+        f = ev / f"{i}.wav"
+        f.write_bytes(b"x" * 1000)
+        files.append(f)
+    ballast = fill(small_fs)
+    ids = []
+    for i in range(30):
+        ids.append(st.add(det(t_s=i), utc_ns=T0 + (i + 1) * 10**9, audio_path=str(files[i]), outbox_topics=["t/d"]))
+        with pytest.raises(StorageError, match="database or disk is full"):
+            st.flush()
+    # bounded: the 20 oldest waiting detections are dropped, the evidence of the oldest survivors went first
+    assert st.pending == 10 and st.dropped_detections == 20
+    assert st.dropped_evidence == 25  # past half the bound: 20 of the dropped + 5 of the waiting lost their files
+    assert [f.exists() for f in files] == [False] * 25 + [True] * 5
+    problem = st.problem()
+    assert problem is not None and problem.startswith("store: database or disk is full since ")
+    ballast.unlink()
+    assert st.flush() == ids[20:] and st.problem() is None  # space is back: the waiting ones commit by themselves
+    rows = query_detections(small_fs / "d.db")
+    assert [r["id"] for r in rows] == [ok] + ids[20:] and st.count() == 11
+    assert [r["evidence_note"] or "" for r in rows[1:6]] == [rows[1]["evidence_note"]] * 5
+    assert rows[1]["evidence_note"].startswith("dropped: the log could not be written for")
+    assert rows[1]["audio_path"] is None and rows[6]["audio_path"] == str(files[25])
+    assert len(st.outbox_pending()) == 10
+    st.close()
+    assert integrity_check(small_fs / "d.db") == "ok"
+
+
+def test_outbox_write_on_a_full_disk_rolls_back_and_works_again(small_fs: Path) -> None:
+    st = DetectionStore(small_fs / "d.db")
+    for i in range(200):
+        st.add(det(t_s=i), utc_ns=T0 + i * 10**9, outbox_topics=["t/d"])
+    st.flush()
+    st.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    seqs = [r[0] for r in st.outbox_pending(limit=1000)]
+    ballast = fill(small_fs)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        st.outbox_mark_sent(seqs)
+    assert not st.con.in_transaction  # rolled back: a half-open transaction would fail every later write
+    ballast.unlink()
+    st.outbox_mark_sent(seqs)
+    assert st.outbox_pending() == []
+    st.close()
+
+
+def test_write_transaction_rolls_back_a_statement_error_sqlite_does_not(tmp_path: Path) -> None:
+    from edgeav.runtime.store import write_transaction
+
+    st = DetectionStore(tmp_path / "d.db")
+    st.add(det(), utc_ns=T0, outbox_topics=["t/d"])
+    st.flush()
+    with pytest.raises(sqlite3.IntegrityError):  # a statement error leaves SQLite's transaction open by itself
+        with write_transaction(st.con):
+            st.con.execute("UPDATE outbox SET sent_ns=1")
+            st.con.execute("INSERT INTO outbox (seq, detection_id, topic, payload, created_ns) "
+                           "SELECT seq, detection_id, topic, payload, created_ns FROM outbox")
+    assert not st.con.in_transaction and len(st.outbox_pending()) == 1  # the whole transaction is undone
+    st.outbox_mark_sent([st.outbox_pending()[0][0]])  # and the next write works
+    st.close()
+
+
+def test_prune_archives_old_detections_then_deletes_them_and_sent_outbox_rows(tmp_path: Path) -> None:
+    from edgeav.runtime.growth import StoreUpkeep, archive_dir_for, read_archive
+    from edgeav.schema.daemon import StoreConfig
+
+    import time
+
+    db = tmp_path / "d.db"
+    st = DetectionStore(db)
+    day_ns = 86_400 * 10**9
+    now = time.time_ns() + 60 * 10**9  # after the outbox rows are marked sent below
+    t0 = now - 10 * day_ns + 3600 * 10**9  # 10 days ago (+1 h)
+    ids = [st.add(det(t_s=i), utc_ns=t0 + i * day_ns // 4, outbox_topics=["t/d"]) for i in range(40)]  # 4 a day
+    st.add(det(), utc_ns=t0, audio_path=str(tmp_path / "kept.wav"))  # old, but still links evidence
+    st.flush()
+    assert st.count() == 41
+    seqs = [r[0] for r in st.outbox_pending(limit=1000)]
+    st.outbox_mark_sent(seqs[:30])
+    up = StoreUpkeep(st, StoreConfig(keep_days=3.0, outbox_keep_days=0.0), wall_ns=lambda: now)
+    done = up.prune()
+    assert done == {"outbox": 30, "detections": 28}  # the first 7 days (28 rows); the row with evidence stays
+    assert st.count() == 13 == len(query_detections(db, limit=None))
+    assert len(st.outbox_pending(limit=1000)) == 10  # unacknowledged messages are never pruned
+    archived = read_archive(archive_dir_for(db))
+    assert [r["id"] for r in archived] == ids[:28] and archived[0]["label"] == "crow"
+    days = {time.strftime("%Y-%m-%d", time.gmtime(r["utc_ns"] // 10**9)) for r in archived}
+    assert sorted(p.name for p in archive_dir_for(db).iterdir()) == [f"detections-{d}.jsonl.gz" for d in sorted(days)]
+    assert up.prune() == {"outbox": 0, "detections": 0}
+    st.add(det(), utc_ns=t0 + 8, outbox_topics=[])  # a late one of the first day: appended to that day's file
+    st.flush()
+    up.prune()
+    assert len(read_archive(archive_dir_for(db))) == 29
+    st.close()
+
+
+def test_evidence_rows_are_read_a_page_at_a_time(tmp_path: Path) -> None:
+    st = DetectionStore(tmp_path / "d.db")
+    for i in range(25):
+        st.add(det(t_s=i), utc_ns=T0 + (i % 5) * 10**9, audio_path=f"/e/{i}.wav")  # equal times: paged by (utc, id)
+    st.flush()
+    rows = st.evidence_rows(page_rows=4)
+    assert not isinstance(rows, list)
+    got = [r["id"] for r in rows]
+    assert len(got) == 25 == len(set(got)) and got == [r["id"] for r in query_detections(tmp_path / "d.db")]
+    st.close()

@@ -22,6 +22,25 @@ class StoreConfig(Section):
     )
     batch_max_detections: int = Field(64, ge=1, le=100_000, description="Commit when this many detections are queued, detections.")
     batch_interval_s: float = Field(1.0, ge=0.0, le=3600.0, description="Commit queued detections at least this often, s.")
+    max_pending_detections: int = Field(
+        10_000, ge=2, le=10_000_000, description="Detections held in memory while commits fail (disk full, I/O error): "
+        "past half of it the oldest waiting detection's evidence files are deleted, past all of it the oldest "
+        "waiting detection is dropped (each logged and counted), detections.")
+    max_unhealthy_s: float = Field(
+        900.0, gt=0.0, le=604_800.0, description="Stop sending WATCHDOG=1 (systemd restarts the daemon) when nothing "
+        "could be committed for this long; /health is unhealthy from the first failed commit, s.")
+    outbox_keep_days: float = Field(
+        1.0, ge=0.0, le=3650.0, description="MQTT outbox rows the broker acknowledged are deleted this long after, days.")
+    keep_days: float | None = Field(
+        None, gt=0.0, le=36_500.0, description="Detections older than this (and without evidence files) are appended to "
+        "<db_path>.archive/detections-<day>.jsonl.gz, then deleted; None = keep every detection in the log, days.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StoreConfig":
+        if self.max_pending_detections < 2 * self.batch_max_detections:
+            raise ValueError("store.max_pending_detections must be at least twice store.batch_max_detections "
+                             "(a full batch waits in memory before its commit)")
+        return self
 
 
 class EvidenceConfig(Section):
@@ -52,6 +71,20 @@ class EvidenceConfig(Section):
     context_windows: int = Field(
         8, ge=1, le=1000, description="Recent windows kept in memory to cut a detection's audio from, windows."
     )
+    queue_max_sets: int = Field(
+        8, ge=1, le=10_000, description="Evidence sets waiting for the evidence thread (encoding is off the main loop); "
+        "a set beyond this is skipped (counted, noted in its row), sets.")
+
+
+class QueuesConfig(Section):
+    """One bounded queue per sensor between its capture thread and the main loop, so a stalled main loop cannot let
+    one sensor push the other's data out. A live source drops the oldest item of its own queue (counted per
+    sensor); a replay waits. Combined sensors (one pipeline) get the sum of the two."""
+
+    camera_max_items: int = Field(
+        32, ge=4, le=100_000, description="Camera queue bound (about 6 s of a 5 fps camera), frames.")
+    microphone_max_items: int = Field(
+        128, ge=4, le=100_000, description="Microphone queue bound (about 13 s of 100 ms audio buffers), buffers.")
 
 
 class SupervisorConfig(Section):
@@ -141,6 +174,7 @@ class DaemonConfig(Section):
     )
     store: StoreConfig = Field(default_factory=StoreConfig, description="Detection log.")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Evidence clips and retention.")
+    queues: QueuesConfig = Field(default_factory=QueuesConfig, description="Per-sensor queues to the main loop.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Sensor restarts.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and /health.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
@@ -152,4 +186,4 @@ class DaemonConfig(Section):
         return self
 
 
-__all__ = ["DaemonConfig", "StoreConfig", "EvidenceConfig", "SupervisorConfig", "MetricsConfig", "MqttConfig"]
+__all__ = ["DaemonConfig", "StoreConfig", "EvidenceConfig", "QueuesConfig", "SupervisorConfig", "MetricsConfig", "MqttConfig"]
