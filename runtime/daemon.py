@@ -69,8 +69,9 @@ def systemd_watchdog_s() -> float | None:
 
 class Daemon:
     def __init__(self, cfg: Any, bundle_override: str | None = None, db_override: str | None = None,
-                 realtime_override: bool | None = None) -> None:
+                 realtime_override: bool | None = None, time_source: Any = None) -> None:
         from edgeav.runtime.sources import parse_source_uri
+        from edgeav.runtime.wallclock import WallClock
 
         self.cfg = cfg
         self.dcfg = cfg.daemon
@@ -104,6 +105,8 @@ class Daemon:
         self.store = None
         self.backend = None
         self.run_id = None
+        self.wallclock = WallClock(time_source)  # UTC re-read per window; steps logged (runtime/wallclock.py)
+        self.op_clock = None  # evidence ages by it (runtime/wallclock.OperatingClock), with evidence on
 
     # -- helpers -------------------------------------------------------------------------------------------------
     def _streams(self) -> tuple[str, ...]:
@@ -122,7 +125,10 @@ class Daemon:
         return tuple(s for s in ("video", "audio") if s in have)
 
     def _utc_for(self, pts_ns: int) -> int | None:
-        return self.utc0_ns + int(pts_ns) if self.clock == "wall" else None
+        """UTC of a time on the daemon's timeline (clock "wall": monotonic ns since t0_ns): the capture's monotonic
+        time mapped with the wall clock as read at this window (`WallClock.sample`), so an NTP step is followed
+        from the next window on. None on the media clock (a full-speed replay has no wall time)."""
+        return self.wallclock.utc_ns_for(self.t0_ns + int(pts_ns)) if self.clock == "wall" else None
 
     def _on_commit(self, ids: list[str]) -> None:
         self.committed += len(ids)
@@ -199,8 +205,11 @@ class Daemon:
                 self.metrics.evidence_deleted.labels(reason).inc()
 
         rate = self.contract.image.frame_rate_hz if self.contract.image.n_frames > 1 else None
+        from edgeav.runtime.wallclock import OperatingClock
+
+        self.op_clock = OperatingClock(ecfg.dir, self.wallclock.source)
         self.evidence = EvidenceStore(ecfg.dir, ecfg, self.contract.audio.sample_rate_hz, rows, unlink,
-                                      on_deleted=deleted, frame_rate_hz=rate).start()
+                                      on_deleted=deleted, frame_rate_hz=rate, op_clock=self.op_clock).start()
         self.evidence.sweep_orphans(store.known_ids)
         self.evidence.apply_retention(force=True)
 
@@ -246,7 +255,7 @@ class Daemon:
         self.queue = BoundedQueue(self.src_cfg.queue_max_items, "drop_oldest" if live else "block", name="daemon")
         sup = self.dcfg.supervisor
         t0 = time.monotonic_ns()
-        self.t0_ns, self.utc0_ns = t0, time.time_ns()
+        self.t0_ns = t0
         for name, sset in stream_sets(self.dcfg.sensors, streams):
             uri = self.src_cfg.uri
             if sset == ("audio",) and self.audio_src is not None:
@@ -292,6 +301,7 @@ class Daemon:
     def _process(self, w, infer_windows, post, context) -> None:
         from edgeav.runtime.evidence import WindowContext, stitch_audio
 
+        self.wallclock.sample()  # the wall clock and its sync state, re-read once per window
         t0 = time.perf_counter()
         res = next(iter(infer_windows([w], self.backend, self.contract, post)))
         if res.scores is not None and self.metrics is not None:
@@ -307,7 +317,7 @@ class Daemon:
         for det in res.detections:
             from edgeav.runtime.store import new_detection_id
 
-            utc = self._utc_for(det.end_ns) or time.time_ns()
+            utc = self._utc_for(det.end_ns) or self.wallclock.now_utc_ns()
             did = new_detection_id(utc)
             ap = ip = cp = note = None
             if self.evidence is not None:
@@ -322,7 +332,9 @@ class Daemon:
                     self.metrics.evidence.labels(outcome).inc()
             topics = [self.mqtt.topics["detection"]] if self.mqtt is not None else []
             self.store.add(det, detection_id=did, utc_ns=utc, source=self.src_cfg.uri, run_id=self.run_id,
-                           audio_path=ap, image_path=ip, evidence_note=note, outbox_topics=topics, clip_path=cp)
+                           audio_path=ap, image_path=ip, evidence_note=note, outbox_topics=topics, clip_path=cp,
+                           clock=self.wallclock.state,
+                           written_op_ns=self.op_clock.now_ns() if self.op_clock is not None else None)
             self.detections += 1
             dm = "+".join(det.modalities) or "none"
             self.detections_by_modality[dm] += 1
@@ -469,7 +481,8 @@ class Daemon:
             "detections_by_modality": dict(self.detections_by_modality), "restarts": dict(self.restarts),
             "evidence": dict(self.evidence.counts) if self.evidence is not None else None,
             "mqtt_sent": self.mqtt.sent if self.mqtt is not None else None, "db": str(self.db_path),
-            "run_id": self.run_id, "wall_s": round(wall, 3), "stop_s": round(stop_s, 3),
+            "run_id": self.run_id, "clock": self.wallclock.state, "clock_steps": self.wallclock.steps,
+            "wall_s": round(wall, 3), "stop_s": round(stop_s, 3),
         }
         if self.fatal is not None:
             raise SensorError(self.fatal)
