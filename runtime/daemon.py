@@ -4,8 +4,8 @@ capture (supervised sensor threads) -> align -> infer -> post-process -> act (ev
 
 Start, in order (each rolled back in reverse if a later one fails): bundle + backend (verified: a hash mismatch
 is exit 2), detection log, evidence, metrics endpoint, MQTT, sensors. Then `READY=1` to systemd. The main loop
-pulls sensor items from one bounded queue, assembles windows on the daemon's timeline, infers, logs, and sends
-`WATCHDOG=1` while it is alive. SIGTERM / SIGINT: stop reading, flush the log, stop everything in reverse - all
+pulls sensor items from one bounded queue per sensor, assembles windows on the daemon's timeline, infers, logs (the
+evidence thread encodes), and sends `WATCHDOG=1` while it is alive. SIGTERM / SIGINT: stop reading, flush the log, stop everything in reverse - all
 within `daemon.shutdown_timeout_s` (4 s; systemd's default stop timeout is far longer, the unit says 10 s).
 
 Exit: 0 after SIGTERM or at the end of a non-looping file source; 1 when a sensor spent its restart budget (so
@@ -19,12 +19,14 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from typing import Any
 
 from edgeav.errors import ConfigError, SensorError, StorageError
 from edgeav.result import CommandResult
+from edgeav.runtime.daemon_evidence import DaemonEvidence
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def systemd_watchdog_s() -> float | None:
 # -- the daemon ----------------------------------------------------------------------------------------------------
 
 
-class Daemon:
+class Daemon(DaemonEvidence):
     def __init__(self, cfg: Any, bundle_override: str | None = None, db_override: str | None = None,
                  realtime_override: bool | None = None, time_source: Any = None) -> None:
         from edgeav.runtime.sources import parse_source_uri
@@ -144,14 +146,20 @@ class Daemon:
         sensors = {w.sensor: {"state": w.state, "restarts": w.restarts, "epoch": w.epoch, "last_error": w.last_error}
                    for w in self.workers}
         fresh = (age is not None and age <= max_age) or (age is None and now - self.started_monotonic <= max_age)
-        ok = fresh and self.fatal is None and not self.stop_event.is_set()
+        store_problem = self.store.problem() if self.store is not None else None  # e.g. disk full: commits fail
+        ok = fresh and self.fatal is None and not self.stop_event.is_set() and store_problem is None
         detail = {
             # a heartbeat or probe during shutdown says so, instead of reading as a failure
             "status": "ok" if ok else ("stopping" if self.stop_event.is_set() and self.fatal is None else "unhealthy"),
+            "reason": store_problem or self.fatal or (None if fresh else f"no window for over {max_age:g} s"),
             "uptime_s": round(now - self.started_monotonic, 1),
             "last_window_age_s": None if age is None else round(age, 2), "windows": self.windows,
             "detections": self.detections, "committed": self.committed, "sensors": sensors,
+            "store": None if self.store is None else {"waiting": self.store.pending, "rows": self.store.count(),
+                                                      "dropped_detections": self.store.dropped_detections,
+                                                      "dropped_evidence": self.store.dropped_evidence},
             "evidence_paused": bool(self.evidence is not None and self.evidence.disk_low),
+            "queues": self._queue_stats(),
             "mqtt_connected": bool(self.mqtt is not None and self.mqtt.connected.is_set()),
         }
         return ok, detail
@@ -173,11 +181,14 @@ class Daemon:
 
     def _start_store(self) -> None:
         from edgeav.runtime.sources import mask_credentials
+        from edgeav.runtime.growth import StoreUpkeep
         from edgeav.runtime.store import DetectionStore, new_detection_id
 
         st = self.dcfg.store
         self.store = DetectionStore(self.db_path, synchronous=st.synchronous, batch_max=st.batch_max_detections,
-                                    batch_interval_s=st.batch_interval_s, on_commit=self._on_commit)
+                                    batch_interval_s=st.batch_interval_s, on_commit=self._on_commit,
+                                    max_pending=st.max_pending_detections)
+        self.upkeep = StoreUpkeep(self.store, st)  # commits (errors kept), outbox and detection pruning
         self.run_id = new_detection_id(time.time_ns())
         self.store.record_run(self.run_id, str(self.bundle_path), mask_credentials(self.src_cfg.uri), self.sha)
 
@@ -210,12 +221,10 @@ class Daemon:
         self.op_clock = OperatingClock(ecfg.dir, self.wallclock.source)
         self.evidence = EvidenceStore(ecfg.dir, ecfg, self.contract.audio.sample_rate_hz, rows, unlink,
                                       on_deleted=deleted, frame_rate_hz=rate, op_clock=self.op_clock).start()
+        self._check_evidence()
         self.evidence.sweep_orphans(store.known_ids)
         self.evidence.apply_retention(force=True)
-
-    def _stop_evidence(self) -> None:
-        if self.evidence is not None:
-            self.evidence.stop()
+        self._start_evidence_worker()
 
     def _start_metrics(self) -> None:
         from edgeav.runtime.metrics import DaemonMetrics, MetricsServer
@@ -237,8 +246,9 @@ class Daemon:
 
         if not self.dcfg.mqtt.enabled:
             return
+        store = self.store
         self.mqtt = MqttPublisher(self.dcfg.mqtt, self.db_path, heartbeat=lambda: self.health()[1],
-                                  metrics=self.metrics).start()
+                                  metrics=self.metrics, outbox_added=lambda: store.outbox_added).start()
 
     def _stop_mqtt(self) -> None:
         if self.mqtt is not None:
@@ -246,13 +256,14 @@ class Daemon:
 
     def _start_sensors(self) -> None:
         from edgeav.runtime.capture import Capture
-        from edgeav.runtime.queues import BoundedQueue
+        from edgeav.runtime.queues import QueueGroup
         from edgeav.runtime.supervisor import Backoff, RestartBudget, SensorWorker, stream_sets
 
         streams = self._streams()
         self.streams = streams
         live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)
-        self.queue = BoundedQueue(self.src_cfg.queue_max_items, "drop_oldest" if live else "block", name="daemon")
+        self.queue = QueueGroup()  # one bounded queue per sensor: a fast camera cannot push audio out
+        qc = self.dcfg.queues
         sup = self.dcfg.supervisor
         t0 = time.monotonic_ns()
         self.t0_ns = t0
@@ -276,8 +287,11 @@ class Daemon:
                 if self.metrics is not None:
                     self.metrics.items.labels(sensor, item.kind).inc()
 
+            size = {"camera": qc.camera_max_items, "microphone": qc.microphone_max_items}.get(
+                name, qc.camera_max_items + qc.microphone_max_items)  # "av": one pipeline carries both
             w = SensorWorker(
-                name, opener, self.queue, uri=uri, clock=self.clock, t0_monotonic_ns=t0,
+                name, opener, self.queue.add(name, size, "drop_oldest" if live else "block"), uri=uri, clock=self.clock,
+                t0_monotonic_ns=t0,
                 stall_timeout_s=self.src_cfg.stall_timeout_s, read_timeout_s=min(self.src_cfg.read_timeout_s, 0.2),
                 backoff=Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_factor, sup.backoff_jitter),
                 budget=RestartBudget(sup.restart_budget, sup.restart_window_s), healthy_after_s=sup.healthy_after_s,
@@ -299,7 +313,7 @@ class Daemon:
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def _process(self, w, infer_windows, post, context) -> None:
-        from edgeav.runtime.evidence import WindowContext, stitch_audio
+        from edgeav.runtime.evidence import WindowContext
 
         self.wallclock.sample()  # the wall clock and its sync state, re-read once per window
         t0 = time.perf_counter()
@@ -321,14 +335,13 @@ class Daemon:
             did = new_detection_id(utc)
             ap = ip = cp = note = None
             if self.evidence is not None:
-                audio = stitch_audio(context, det.start_ns, det.end_ns, self.contract.audio.sample_rate_hz)
                 try:
-                    ev = self.evidence.write(did, utc, det.label, audio, frame, w.frames)
+                    ev = self._evidence_for(did, utc, det, context, frame, w.frames)
                     ap, ip, cp, note, outcome = ev.audio_path, ev.image_path, ev.clip_path, ev.note, ev.outcome
                 except Exception as e:  # evidence is best effort: the detection is logged whatever happens here
                     log.error("evidence for %s failed: %s", did, e)
                     note, outcome = f"failed: {e}", "failed"
-                if self.metrics is not None:
+                if self.metrics is not None and outcome != "pending":  # a pending set counts when it is written
                     self.metrics.evidence.labels(outcome).inc()
             topics = [self.mqtt.topics["detection"]] if self.mqtt is not None else []
             self.store.add(det, detection_id=did, utc_ns=utc, source=self.src_cfg.uri, run_id=self.run_id,
@@ -343,27 +356,23 @@ class Daemon:
 
     def _tick(self, state: dict[str, Any]) -> None:
         now = time.monotonic()
-        try:
-            self.store.maybe_flush()
-        except StorageError as e:  # e.g. disk full for a moment: the batch stays queued and is retried
-            if now - state.get("last_store_error", 0.0) > 10:
-                log.error("%s (kept in memory, retrying)", e)
-                state["last_store_error"] = now
-        if state["watchdog_s"] and now - state["last_watchdog"] >= state["watchdog_s"]:
+        self.upkeep.tick(now)  # a failed commit stays queued (bounded) and is retried; /health says why
+        if state["watchdog_s"] and now - state["last_watchdog"] >= state["watchdog_s"] and self.upkeep.watchdog_ok(now):
             sd_notify("WATCHDOG=1")
             state["last_watchdog"] = now
         if self.evidence is not None:
-            self.evidence.apply_retention()
+            try:  # its rows() commits first: a full disk or an I/O error must not end the loop
+                self.evidence.apply_retention()
+            except (StorageError, sqlite3.DatabaseError, OSError) as e:
+                if now - state.get("last_retention_error", -1e18) >= 10.0:
+                    log.error("evidence retention failed (tried again later): %s", e)
+                    state["last_retention_error"] = now
             if self.metrics is not None and now - state.get("last_disk", 0.0) >= 5.0:
                 self.metrics.disk_free.set(self.evidence.free_ratio())
                 state["last_disk"] = now
         if self.metrics is not None and now - state.get("last_gauges", 0.0) >= 1.0:
             state["last_gauges"] = now
-            self.metrics.queue_depth.labels("daemon").set(len(self.queue))
-            d = self.queue.dropped
-            if d > state.get("drops", 0):
-                self.metrics.drops.labels("daemon").inc(d - state.get("drops", 0))
-                state["drops"] = d
+            self._queue_gauges(state)  # per sensor queue and the evidence queue
             for wk in self.workers:
                 self.metrics.sensor_up.labels(wk.sensor).set(1 if wk.state == "up" else 0)
 
@@ -407,10 +416,12 @@ class Daemon:
                         sd_notify(f"STATUS={msg.sensor} sensor down: {msg.detail}"[:200])
                     elif msg.kind == "up":
                         sd_notify(f"STATUS=running; {msg.sensor} sensor up (epoch {msg.epoch})")
+            self._drain_evidence()
             self._tick(state)
             if ended >= names and len(self.queue) == 0:
                 for w in aligner.flush():
                     self._process(w, infer_windows, post, context)
+                self._finish_evidence()
                 self.exit_reason = "end of stream"
                 if self.dcfg.exit_on_eos:
                     break
@@ -443,7 +454,7 @@ class Daemon:
             for comp in (
                 Component("bundle", self._start_bundle, self._stop_bundle, 0.5),
                 Component("store", self._start_store, self._stop_store, 1.0),
-                Component("evidence", self._start_evidence, self._stop_evidence, 0.5),
+                Component("evidence", self._start_evidence, self._stop_evidence, 1.0),
                 Component("metrics", self._start_metrics, self._stop_metrics, 0.5),
                 Component("mqtt", self._start_mqtt, self._stop_mqtt, 2.0),
                 Component("sensors", self._start_sensors, self._stop_sensors, 2.0),
@@ -480,6 +491,7 @@ class Daemon:
             "committed": self.committed, "windows_by_modality": dict(self.windows_by_modality),
             "detections_by_modality": dict(self.detections_by_modality), "restarts": dict(self.restarts),
             "evidence": dict(self.evidence.counts) if self.evidence is not None else None,
+            "queues": self._queue_stats(), "evidence_check": self.evidence_check,
             "mqtt_sent": self.mqtt.sent if self.mqtt is not None else None, "db": str(self.db_path),
             "run_id": self.run_id, "clock": self.wallclock.state, "clock_steps": self.wallclock.steps,
             "wall_s": round(wall, 3), "stop_s": round(stop_s, 3),

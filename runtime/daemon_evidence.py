@@ -23,6 +23,12 @@ class DaemonEvidence:
     evidence_worker: Any = None  # EvidenceWorker, with evidence on
     evidence_check: dict[str, int] = {}  # the start-up check's counts (rows marked missing, pending rows settled)
 
+    def _start_evidence_worker(self) -> None:
+        from edgeav.runtime.evidence_worker import EvidenceWorker
+
+        live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)  # as the sensor queues
+        self.evidence_worker = EvidenceWorker(self.evidence, self.dcfg.evidence.queue_max_sets, live=live).start()
+
     def _check_evidence(self) -> None:
         """After a crash: no half-written temp file stays, and no committed row names a file that is not whole."""
         from edgeav.runtime.evidence_worker import check_committed, remove_temp_files
