@@ -168,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> CommandResult:
 
 # -- edgeav detections ------------------------------------------------------------------------------------------
 
-_TABLE_COLS = ("utc", "label", "confidence", "audio", "image", "modalities", "id", "evidence")
+_TABLE_COLS = ("utc", "label", "confidence", "audio", "image", "modalities", "id", "evidence", "clock")
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -184,7 +184,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
     body = [(r.get("end_utc") or utc_iso(r.get("utc_ns")) or "-", r["label"], _fmt(r["confidence"]),
              _fmt(r.get("audio_confidence")), _fmt(r.get("image_confidence")), "+".join(r["modalities"]) or "-",
-             r["id"], "yes" if (r.get("audio_path") or r.get("image_path")) else "-") for r in rows]
+             r["id"], "yes" if (r.get("audio_path") or r.get("image_path")) else "-", r.get("clock") or "-")
+            for r in rows]  # clock: was the UTC time from an NTP-synced clock (schema 4; "-" before)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(_TABLE_COLS)]
     out = ["  ".join(h.ljust(w) for h, w in zip(_TABLE_COLS, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]
