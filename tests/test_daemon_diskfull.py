@@ -1,0 +1,159 @@
+"""The daemon's detection log and evidence on a real 4 MB file system (tmpfs, mounted here: needs root) that fills up
+mid-run: the daemon keeps running (retention, which commits first, fails and is tried again), /health turns
+unhealthy with the reason, WATCHDOG=1 stops after store.max_unhealthy_s, and when the space is back every detection
+is committed by itself - none lost, no traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="the test bundle's model is built with torch")
+pytest.importorskip("gi", reason="the daemon captures through GStreamer")
+
+from _daemon_fixtures import EDGEAV, daemon_tree, env, make_bundle, write_config, write_media  # noqa: E402
+
+pytestmark = pytest.mark.gstreamer
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("diskfull")
+    return {"bundle": make_bundle(d / "bundle"), "av": write_media(d / "av.mkv", 6.0)}
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a 4 MB tmpfs for the full-disk test needs root")
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(fs)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    yield fs
+    subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    ballast = folder / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        for chunk in (1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    return ballast
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def health(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:  # 503 while unhealthy: the body says why
+        return json.loads(e.read())
+
+
+def wait_for(what: str, cond, proc: subprocess.Popen, timeout_s: float = 90.0):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the daemon ended while waiting for {what} (rc {proc.returncode})"
+        try:
+            last = cond()
+        except OSError:
+            last = None  # not listening yet
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs: Path, tmp_path: Path) -> None:
+    port = free_port()
+    max_unhealthy_s = 3.0
+    tree = daemon_tree(small_fs, media["bundle"], media["av"].as_uri(), realtime=True, loop=True, sensors="combined",
+                       metrics={"enabled": True, "port": port}, watchdog_interval_s=0.2,
+                       store={"max_pending_detections": 100_000, "max_unhealthy_s": max_unhealthy_s},
+                       evidence={"retention_interval_s": 0.2})  # retention (which commits first) runs while full
+    cfg = write_config(tmp_path / "d.yaml", tree)
+    err_path = tmp_path / "err.log"
+    sock_path = str(tmp_path / "notify.sock")
+    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ns.bind(sock_path)
+    ns.settimeout(0.2)
+    watchdogs: list[float] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        while not done.is_set():
+            try:
+                if ns.recv(4096).decode() == "WATCHDOG=1":
+                    watchdogs.append(time.monotonic())
+            except socket.timeout:
+                pass
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([*EDGEAV, "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
+                                stderr=err, env={**env(), "NOTIFY_SOCKET": sock_path}, text=True)
+    try:
+        wait_for("20 committed", lambda: health(port)["committed"] >= 20, proc)
+        ballast = fill(small_fs)
+        t_full = time.monotonic()
+        h = wait_for("unhealthy", lambda: (lambda h: h if h["status"] == "unhealthy" else None)(health(port)), proc)
+        assert h["reason"].startswith("store: database or disk is full since "), h
+        n_full = h["detections"]
+        # it keeps running (windows, detections) while nothing can be committed
+        h = wait_for("30 more detections and max_unhealthy_s + 3 s",
+                     lambda: (lambda h: h if h["detections"] >= n_full + 30 and time.monotonic() - t_full
+                              > max_unhealthy_s + 3 else None)(health(port)), proc)
+        assert h["status"] == "unhealthy" and h["store"]["waiting"] >= 30 and h["store"]["dropped_detections"] == 0
+        t_check = time.monotonic()
+        # the keep-alive went on while the disk was full for less than max_unhealthy_s, and stopped after it
+        assert any(t_full < t < t_full + max_unhealthy_s - 0.5 for t in watchdogs), (t_full, watchdogs[-20:])
+        assert not [t for t in watchdogs if t_full + max_unhealthy_s + 1.0 < t < t_check], (t_full, watchdogs[-20:])
+        ballast.unlink()
+        wait_for("healthy again", lambda: health(port)["status"] == "ok", proc)
+        wait_for("WATCHDOG=1 again", lambda: watchdogs and watchdogs[-1] > t_check, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        done.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.join(2)
+        ns.close()
+    stderr = err_path.read_text()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "database or disk is full" in stderr and "is written again after" in stderr
+    assert "evidence retention failed (tried again later)" in stderr  # it failed and the loop went on
+    assert "WATCHDOG=1 stops" in stderr
+    summary = json.loads(out)
+    con = sqlite3.connect(small_fs / "det.db")
+    n_rows = con.execute("SELECT COUNT(*) FROM detections").fetchone()[0]
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    assert summary["detections"] == summary["committed"] == n_rows > n_full + 30  # none lost
