@@ -46,11 +46,14 @@ class DaemonEvidence:
 
     def _stop_evidence(self) -> None:
         if self.evidence_worker is not None:
-            left = self.evidence_worker.stop(timeout_s=max(0.1, min(1.0, self._stop_deadline - time.monotonic() - 1.5)))
+            left, busy = self.evidence_worker.stop(
+                timeout_s=max(0.1, min(1.0, self._stop_deadline - time.monotonic() - 1.5)))
             self._drain_evidence()
-            if left:
-                log.warning("evidence of %d detection(s) not written at stop (marked missing at the next start): %s",
-                            len(left), " ".join(left))
+            for did in left:  # never started: the row stops naming files that will not come
+                self.store.update_evidence(did, None, None, "missing: not written before the daemon stopped")
+            if left or busy:
+                log.warning("evidence of %d detection(s) not written at stop%s", len(left) + bool(busy),
+                            f" ({busy} is settled at the next start)" if busy else "")
         if self.evidence is not None:
             self.evidence.stop()
 

@@ -102,9 +102,10 @@ class EvidenceWorker:
             out.append(self._done.popleft())
         return out
 
-    def stop(self, timeout_s: float) -> list[str]:
-        """Take no more jobs, give the set being written `timeout_s` to finish; returns the ids never written
-        (their rows keep the pending note and planned names; the next start's check settles them)."""
+    def stop(self, timeout_s: float) -> tuple[list[str], str | None]:
+        """Take no more jobs, give the set being written `timeout_s` to finish. Returns (ids of the queued sets
+        that will never be written, the id still being written when time ran out or None); the second keeps its
+        pending row (the next start's check settles it, whether its files arrived or not)."""
         self.jobs.close()
         left = []
         while True:
@@ -113,9 +114,7 @@ class EvidenceWorker:
                 break
             left.append(job.detection_id)
         self._thread.join(timeout_s)
-        if self._thread.is_alive() and self._busy is not None:
-            left.append(self._busy)
-        return left
+        return left, (self._busy if self._thread.is_alive() else None)
 
 
 def remove_temp_files(root: str | os.PathLike) -> int:
