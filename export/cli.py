@@ -287,19 +287,24 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
 
         # --- TensorRT engine (on the device only)
         if args.engine:
-            from edgeav.export.tensorrt import build_engine
+            from edgeav.export.tensorrt import build_checked_engine
 
             src_role = "model_int8" if "model_int8" in files else ("model_fp16" if "model_fp16" in files else "model_fp32")
             prec = src_role.split("_")[1]
             from edgeav.runtime.trt_runner import sidecar_path
 
-            eng = build_engine(files[src_role], profile, precision=prec)
+            # built, then compared with ONNX Runtime on the parity windows (int8: and the accuracy gate on test)
+            int8_gate = {"test_samples": as_eval_samples(test), "labels": labels,
+                         "reference_metrics": fp32_m} if prec == "int8" else {}
+            eng, eng_check = build_checked_engine(files[src_role], profile, prec, feeds=feeds, cfg=cfg,
+                                                  contract=info.contract, **int8_gate)
             engine_copy = tmp / f"engine_{prec}.engine"
             shutil.copyfile(eng.path, engine_copy)
             shutil.copyfile(sidecar_path(eng.path), sidecar_path(engine_copy))
             files[f"engine_{prec}"] = engine_copy
             files[f"engine_{prec}_key"] = sidecar_path(engine_copy)
-            extra["engine"] = {**eng.key.to_dict(), "source_role": src_role, "from_cache": eng.from_cache}
+            extra["engine"] = {**eng.key.to_dict(), "source_role": src_role, "from_cache": eng.from_cache,
+                               "check": eng_check.to_dict()}
 
         extra["precisions"] = precisions
         bundle_manifest = base.model_copy(update={"precision": precisions[0], "extra": {**extra}})

@@ -109,7 +109,8 @@ def test_engine_without_sidecar_or_tampered_is_refused(tmp_path: Path) -> None:
 
 
 def test_rebuild_command_names_dla_core() -> None:
-    assert rebuild_command("m.onnx", "int8", "jetson-agx-orin", 1).endswith("--device jetson-agx-orin --dla-core 1")
+    assert rebuild_command("m.onnx", "int8", "jetson-agx-orin", 1).endswith(
+        "--device jetson-agx-orin --dla-core 1 --parity-feeds WINDOWS.npz")
 
 
 def test_trt_version_rules() -> None:
@@ -222,3 +223,186 @@ def test_real_engine_build_and_run(tmp_path: Path) -> None:  # pragma: no cover 
         out = be.infer(a, i, m)
     ref = onnx_outputs(onnx_path, [{"audio": a, "image": i, "mask": m}])[0]
     assert np.abs(out["logits"] - ref["logits"]).max() < 1e-2
+
+
+# ------------------------------------------------------- the builder, the cache and the engine check, on a fake TensorRT
+# tests/_fake_tensorrt.py stands in for the `tensorrt` module (TensorRT 10 API); the ONNX files and ONNX Runtime are real.
+
+def _tiny_onnx(path: Path, qdq: bool = False, seed: int = 0) -> Path:
+    """audio (1, 8), image (1, 3, 2, 2), mask (1, 2) -> logits_audio = audio @ Wa, logits_image = flat(image) @ Wi,
+    logits = their sum (3 classes); `qdq` puts int8 QuantizeLinear/DequantizeLinear on the audio (an int8 model)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "wa"),
+             numpy_helper.from_array(rng.normal(size=(12, 3)).astype(np.float32), "wi"),
+             numpy_helper.from_array(np.array([1, 12], dtype=np.int64), "flat")]
+    nodes = []
+    audio = "audio"
+    if qdq:
+        inits += [numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s"),
+                  numpy_helper.from_array(np.array(0, dtype=np.int8), "z")]
+        nodes += [helper.make_node("QuantizeLinear", ["audio", "s", "z"], ["aq"]),
+                  helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["adq"])]
+        audio = "adq"
+    nodes += [helper.make_node("MatMul", [audio, "wa"], ["logits_audio"]),
+              helper.make_node("Reshape", ["image", "flat"], ["imf"]),
+              helper.make_node("MatMul", ["imf", "wi"], ["logits_image"]),
+              helper.make_node("Add", ["logits_audio", "logits_image"], ["logits"])]
+    inputs = [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 8]),
+              helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 2, 2]),
+              helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 2])]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3])
+               for n in ("logits", "logits_audio", "logits_image")]
+    model = helper.make_model(helper.make_graph(nodes, "tiny", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _feeds(n: int = 6) -> list[dict]:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    return [{"audio": rng.normal(size=(1, 8)).astype(np.float32),
+             "image": rng.normal(size=(1, 3, 2, 2)).astype(np.float32),
+             "mask": np.ones((1, 2), np.float32)} for _ in range(n)]
+
+
+def test_a_half_written_cache_entry_is_rebuilt_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine without its sidecar (the old write order, killed between the two), a truncated engine, and a
+    sidecar whose engine never arrived all count as absent: the next build replaces them."""
+    import _fake_tensorrt
+
+    from edgeav.runtime.trt_builder import build_engine
+    from edgeav.runtime.trt_cache import sidecar_path
+
+    trt = _fake_tensorrt.install(monkeypatch, gpu=ORIN)
+    onnx_path, cache, orin = _tiny_onnx(tmp_path / "m.onnx"), EngineCache(tmp_path / "engines"), load_profile("jetson-orin-nx")
+    first = build_engine(onnx_path, orin, "fp32", cache=cache)
+    assert build_engine(onnx_path, orin, "fp32", cache=cache).from_cache and len(trt.builds) == 1
+
+    sidecar_path(first.path).unlink()  # engine without sidecar
+    again = build_engine(onnx_path, orin, "fp32", cache=cache)
+    assert not again.from_cache and len(trt.builds) == 2 and check_engine(again.path, "10.3.0", ORIN) == again.key
+
+    again.path.write_bytes(again.path.read_bytes()[:5])  # engine cut short: its sha256 is not the sidecar's
+    assert not build_engine(onnx_path, orin, "fp32", cache=cache).from_cache and len(trt.builds) == 3
+
+    first.path.unlink()  # sidecar without engine
+    assert not build_engine(onnx_path, orin, "fp32", cache=cache).from_cache and len(trt.builds) == 4
+    assert build_engine(onnx_path, orin, "fp32", cache=cache).from_cache and len(trt.builds) == 4
+
+
+def test_cache_writes_the_sidecar_before_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgeav.runtime import trt_cache
+
+    written: list[str] = []
+    real = trt_cache.atomic_write_bytes
+    monkeypatch.setattr(trt_cache, "atomic_write_bytes", lambda p, data: (written.append(Path(p).suffix), real(p, data))[1])
+    EngineCache(tmp_path).store(make_key(SHA, "int8", "10.3.0", ORIN), b"engine")
+    assert written == [".json", ".engine"]
+
+
+def test_precision_builds_a_different_engine_or_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp16 from an fp32 model: a weakly typed network with the FP16 builder flag (TensorRT 10); fp32 clears TF32;
+    int8 from the Q/DQ model: strongly typed, no flags; int8 from an fp32 model: refused with what can be built."""
+    import _fake_tensorrt
+
+    from edgeav.errors import ExportError
+    from edgeav.runtime.trt_builder import build_engine, build_mode
+
+    _fake_tensorrt.install(monkeypatch, gpu=ORIN)
+    fp32, int8 = _tiny_onnx(tmp_path / "model_fp32.onnx"), _tiny_onnx(tmp_path / "model_int8.onnx", qdq=True)
+    cache, orin = EngineCache(tmp_path / "engines"), load_profile("jetson-orin-nx")
+    e32 = _fake_tensorrt.engine_info(build_engine(fp32, orin, "fp32", cache=cache).path)
+    e16 = _fake_tensorrt.engine_info(build_engine(fp32, orin, "fp16", cache=cache).path)
+    e8 = _fake_tensorrt.engine_info(build_engine(int8, orin, "int8", cache=cache).path)
+    assert e32 == {"strongly_typed": True, "flags": [], "n": 1}  # TF32 cleared
+    assert e16 == {"strongly_typed": False, "flags": ["BuilderFlag.FP16", "BuilderFlag.TF32"], "n": 2}
+    assert e8 == {"strongly_typed": True, "flags": ["BuilderFlag.TF32"], "n": 3}
+    with pytest.raises(ExportError) as e:
+        build_engine(fp32, orin, "int8", cache=cache)
+    assert str(e.value) == ("model_fp32.onnx computes in fp32: --precision int8 cannot be built from it; from this file: "
+                            "--precision fp32 or fp16 (TensorRT 10's FP16 builder flag); int8 needs the Q/DQ "
+                            "model_int8.onnx of `edgeav export --int8`")
+    with pytest.raises(ExportError, match="model_int8.onnx computes in int8: --precision fp16 cannot be built"):
+        build_engine(int8, orin, "fp16", cache=cache)
+    with pytest.raises(ExportError, match=r"from this file: --precision fp32; fp16 needs model_fp16.onnx .*"
+                                          r"\(TensorRT 11.0.0 has no FP16 flag\)"):
+        build_mode("fp16", "fp32", "11.0.0", "model_fp32.onnx")
+    assert len(list(cache.root.glob("*.engine"))) == 3  # the refusals left nothing in the cache
+
+
+def _run_like_onnxruntime(offset: float = 0.0):  # noqa: ANN202
+    """A fake engine runner: ONNX Runtime's outputs of the file the engine came from, plus `offset` on logits."""
+    from edgeav.export.onnx_export import onnx_outputs
+
+    def run(engine_path: Path, contract, feeds):  # noqa: ANN001, ANN202
+        outs = onnx_outputs(engine_path.parent.parent / "m.onnx", feeds)
+        for o in outs:
+            o["logits"] = o["logits"] + offset * (o["logits"] == o["logits"].min())  # lifts the lowest logit
+        return outs
+
+    return run
+
+
+def test_engine_is_compared_with_onnxruntime_after_the_build_and_refused_when_it_differs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import _fake_tensorrt
+
+    from edgeav.errors import ExportError
+    from edgeav.export.tensorrt import build_checked_engine
+    from edgeav.schema.export import ExportConfig
+
+    trt = _fake_tensorrt.install(monkeypatch, gpu=ORIN)
+    onnx_path, cache, orin = _tiny_onnx(tmp_path / "m.onnx"), EngineCache(tmp_path / "engines"), load_profile("jetson-orin-nx")
+    built, check = build_checked_engine(onnx_path, orin, "fp32", feeds=_feeds(), cfg=ExportConfig(), cache=cache,
+                                        contract=object(), run_engine=_run_like_onnxruntime())
+    assert check is not None and check.passed and check.parity["n"] == 6 and check.parity["max_abs_diff"]["logits"] == 0
+    with pytest.raises(ExportError) as e:  # an engine whose lowest logit becomes the top one on every window
+        build_checked_engine(onnx_path, orin, "fp32", feeds=_feeds(), cache=cache, contract=object(), force=True,
+                             run_engine=_run_like_onnxruntime(offset=100.0))
+    msg = str(e.value)
+    assert msg.startswith("TensorRT fp32 engine of m.onnx refused: its outputs differ from ONNX Runtime's on 6 windows")
+    assert "max |logits diff|" in msg and "top-1 agreement 0.00 % < 100 %" in msg and "\n" not in msg
+    assert cache.lookup(built.key) is None and not built.path.exists()  # evicted: never reused
+    assert len(trt.builds) == 2
+
+
+def test_int8_engine_gate_is_the_export_accuracy_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8: agreement with ONNX Runtime's Q/DQ model decides, diffs are reported; with test windows the INT8
+    accuracy gate (max_drop_points) applies to the engine's predictions."""
+    import _fake_tensorrt
+
+    from edgeav.errors import ExportError
+    from edgeav.export.onnx_export import onnx_outputs
+    from edgeav.export.tensorrt import build_checked_engine
+
+    _fake_tensorrt.install(monkeypatch, gpu=ORIN)
+    onnx_path = _tiny_onnx(tmp_path / "m.onnx", qdq=True)
+    cache, orin, feeds = EngineCache(tmp_path / "engines"), load_profile("jetson-orin-nx"), _feeds(8)
+    truth = [int(o["logits"].argmax()) for o in onnx_outputs(onnx_path, feeds)]
+    test = list(zip(feeds, truth))
+    fp32_figures = {"accuracy": 100.0, "per_class_recall": {c: 100.0 for c in "abc" if "abc".index(c) in truth}}
+    _, check = build_checked_engine(onnx_path, orin, "int8", feeds=feeds, cache=cache, contract=object(),
+                                    run_engine=_run_like_onnxruntime(), test_samples=test, labels=list("abc"),
+                                    reference_metrics=fp32_figures)
+    assert check is not None and check.passed and check.gate["accuracy_drop_points"] == 0.0
+    assert check.parity["max_abs_diff_limit"] is None  # reported, not gated
+    with pytest.raises(ExportError, match="accuracy fell 100.00 points"):
+        build_checked_engine(onnx_path, orin, "int8", feeds=feeds, cache=cache, contract=object(), force=True,
+                             run_engine=_run_like_onnxruntime(offset=100.0), test_samples=test, labels=list("abc"),
+                             reference_metrics=fp32_figures)
+
+
+@pytest.mark.parametrize("args", [[], ["--no-parity", "--parity-feeds", "w.npz"]])
+def test_engine_command_wants_parity_windows_or_an_explicit_no(args: list[str], capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    from edgeav.export.tensorrt import main
+
+    assert main([str(tmp_path / "m.onnx"), "--precision", "fp32", *args]) != 0
+    assert "give --parity-feeds NPZ" in capsys.readouterr().err
