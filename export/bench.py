@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgeav.errors import BundleError
+from edgeav.onnx_session import OnnxRunner
 from edgeav.result import CommandResult
 
 log = logging.getLogger(__name__)
@@ -70,32 +71,15 @@ def _inputs(contract: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
             "mask": np.ones(shapes["mask"], np.float32)}  # (B, 2)
 
 
-def _ort_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    # idle ORT worker threads would otherwise spin after each run and steal the cores from the next backend in turn
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _static_batch(sess: Any) -> int | None:
-    dim = sess.get_inputs()[0].shape[0]
-    return dim if isinstance(dim, int) else None
-
-
 def _ort_runner(name: str, path: Path, contract: Any, threads: int) -> _Runner:
-    sess = _ort_session(path, threads)
-    static = _static_batch(sess)
-    names = [i.name for i in sess.get_inputs()]
+    # threads 0: ONNX Runtime's default; idle worker threads must not spin after each run, or they would steal the
+    # cores from the next backend in turn
+    runner = OnnxRunner.open(path, intra_op_threads=threads, allow_spinning=False)
+    static = runner.static_batch
 
     def make(batch: int) -> Callable[[], Any]:
-        feeds = _inputs(contract, batch)
-        feeds = {n: feeds[n] for n in names}
-        return lambda: sess.run(None, feeds)
+        feeds = runner.feed(_inputs(contract, batch))
+        return lambda: runner.run(feeds)
 
     batches = [static] if static else list(BATCH_CANDIDATES)
     note = f"static batch {static}: export with --dynamic-batch to try larger batches" if static else ""

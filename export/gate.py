@@ -15,6 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edgeav.errors import ExportError
+from edgeav.export.parity import top1
+from edgeav.onnx_session import OnnxRunner
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +53,27 @@ def metrics_from_predictions(y_true: Sequence[int] | np.ndarray, y_pred: Sequenc
 
 def evaluate_onnx(model_path: str | Path, samples: Iterable[tuple[Mapping[str, np.ndarray], Any]],
                   labels: Sequence[str], *, output: str = "logits", simulate_qdq: bool = False,
-                  providers: Sequence[str] = ("CPUExecutionProvider",)) -> ClassificationMetrics:
+                  providers: Sequence[str] = ("cpu",)) -> ClassificationMetrics:
     """Accuracy and per-class recall of the ONNX model at `model_path` on `samples`.
 
     `samples` yields (feeds, label): feeds {audio, image, mask} with a batch axis, label an int or an array of
     ints (one per batch row). `simulate_qdq=True` runs Q/DQ nodes as float ops (graph optimizations off): use it
     for the trt_symmetric form, whose integer kernels run in TensorRT, not in ONNX Runtime on this CPU.
+    Predictions are `edgeav.export.parity.top1` of `output`, the comparator's top-1 rule.
     """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if simulate_qdq:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(model_path), so, providers=list(providers))
-    inputs = [i.name for i in sess.get_inputs()]
+    runner = OnnxRunner.open(model_path, [output], providers=tuple(providers),
+                             optimization="disable" if simulate_qdq else "all")
+    inputs = runner.input_names
     y_true: list[np.ndarray] = []
     y_pred: list[np.ndarray] = []
     for feeds, label in samples:
         missing = [n for n in inputs if n not in feeds]
         if missing:
             raise ExportError(f"evaluation feeds lack input(s) {missing}")
-        logits = sess.run([output], {n: feeds[n] for n in inputs})[0]  # (B, C)
+        logits = runner.run(feeds)[output]  # (B, C)
         if logits.shape[-1] != len(labels):
             raise ExportError(f"{Path(model_path).name} gives {logits.shape[-1]} classes; {len(labels)} labels given")
-        y_pred.append(np.argmax(logits.reshape(-1, logits.shape[-1]), axis=-1))
+        y_pred.append(top1(logits))
         y_true.append(np.asarray(label, dtype=np.int64).reshape(-1))
     if not y_true:
         raise ExportError(f"no evaluation samples for {Path(model_path).name}")

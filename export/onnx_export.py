@@ -4,6 +4,8 @@
     report = parity_check(model, path, feeds)                            # max |logit diff|, top-1 agreement
     report.raise_if_failed()
 
+The parity check and the comparator live in edgeav.export.parity (re-exported here).
+
 The exporter is torch's TorchScript-based one (`dynamo=False`): it writes exactly the opset asked for (the dynamo
 exporter may raise it). Shapes are static (batch 1) unless `dynamic_batch`, then the batch axis is named "batch".
 The graph is simplified with onnxslim, DFT columns that no mel filter reads are dropped (`edgeav.export.prune`,
@@ -31,13 +33,20 @@ import json
 import logging
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
-
-import numpy as np
+from typing import Any, Mapping, Sequence
 
 from edgeav.errors import ExportError
+from edgeav.export.parity import (  # noqa: F401 - the parity check's names, re-exported where they were
+    OUTPUT_NAMES,
+    PARITY_MAX_ABS_DIFF,
+    PARITY_REL_DIFF,
+    ParityReport,
+    compare_outputs,
+    onnx_outputs,
+    parity_check,
+    torch_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +54,6 @@ DEFAULT_OPSET = 17
 WRAPPER_SCOPE = "/model"  # ExportWrapper keeps the classifier as `self.model`
 FRONTEND_SCOPE = "/frontend"
 METADATA_KEY = "edgeav.manifest"
-PARITY_MAX_ABS_DIFF = 1e-4
-PARITY_REL_DIFF = 1e-5
-OUTPUT_NAMES: tuple[str, str, str] = ("logits", "logits_audio", "logits_image")
-
-Feeds = Mapping[str, np.ndarray]
 
 
 def _rename_nodes(model_proto: Any, frontend_children: Sequence[str], classifier_children: Sequence[str]) -> int:
@@ -257,105 +261,6 @@ def manifest_from_onnx(path: str | Path) -> dict[str, Any]:
     if METADATA_KEY not in meta:
         raise ExportError(f"{path}: no {METADATA_KEY} in the ONNX metadata")
     return json.loads(meta[METADATA_KEY])
-
-
-# ------------------------------------------------------------------------------------------------ parity
-
-
-@dataclass
-class ParityReport:
-    """PyTorch vs ONNX Runtime on the same feeds. Diffs are absolute, per output; agreement in percent."""
-
-    n: int
-    max_abs_diff: dict[str, float]
-    top1_agreement: float
-    max_abs_diff_limit: float
-    min_agreement: float = 100.0
-    reference: str = "pytorch fp32"
-    failures: list[str] = field(default_factory=list)
-    rel_diff_limit: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return not self.failures
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "max_abs_diff": dict(self.max_abs_diff), "top1_agreement": self.top1_agreement,
-                "max_abs_diff_limit": self.max_abs_diff_limit, "rel_diff_limit": self.rel_diff_limit,
-                "min_agreement": self.min_agreement,
-                "reference": self.reference, "passed": self.passed, "failures": list(self.failures)}
-
-    def raise_if_failed(self, what: str = "ONNX") -> None:
-        if self.failures:
-            raise ExportError(f"{what} parity check failed on {self.n} samples: " + "; ".join(self.failures))
-
-
-def torch_outputs(model: Any, feeds: Iterable[Feeds]) -> list[dict[str, np.ndarray]]:
-    """The model's three outputs on each feed (eval mode, no grad)."""
-    import torch
-
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for f in feeds:
-            o = model(torch.from_numpy(np.ascontiguousarray(f["audio"])), torch.from_numpy(np.ascontiguousarray(f["image"])),
-                      torch.from_numpy(np.ascontiguousarray(f["mask"])))
-            out.append({k: v.numpy().astype(np.float32) for k, v in zip(OUTPUT_NAMES, o)})
-    return out
-
-
-def onnx_outputs(path: str | Path, feeds: Iterable[Feeds], *, disable_optimizations: bool = False) -> list[dict[str, np.ndarray]]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if disable_optimizations:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    return [dict(zip(OUTPUT_NAMES, sess.run(list(OUTPUT_NAMES), {n: f[n] for n in names}))) for f in feeds]
-
-
-def compare_outputs(reference: Sequence[Mapping[str, np.ndarray]], other: Sequence[Mapping[str, np.ndarray]], *,
-                    max_abs_diff: float, min_agreement: float = 100.0, reference_name: str = "pytorch fp32",
-                    rel_diff: float = 0.0) -> ParityReport:
-    """Max |diff| of each output and top-1 agreement of `logits` between two runs over the same feeds.
-
-    An element passes when |diff| <= max_abs_diff + rel_diff * |reference| (numpy's allclose rule): float32 rounding
-    grows with the size of the values, so a model whose logits are large (BirdNET's, tens of units) needs the
-    relative term. rel_diff 0 is a pure absolute bound."""
-    if len(reference) != len(other) or not reference:
-        raise ExportError(f"parity: {len(reference)} reference runs vs {len(other)} runs")
-    diffs: dict[str, float] = {}
-    over: dict[str, bool] = {}
-    for name in OUTPUT_NAMES:
-        pairs = [(r[name].astype(np.float64), o[name].astype(np.float64)) for r, o in zip(reference, other)]
-        diffs[name] = float(max(np.max(np.abs(a - b)) for a, b in pairs))
-        # NaN (an overflow) fails, never passes: `not <=` is True for NaN
-        over[name] = any(not np.all(np.abs(a - b) <= max_abs_diff + rel_diff * np.abs(a)) for a, b in pairs)
-    ref_top = np.concatenate([np.argmax(r["logits"], axis=-1).ravel() for r in reference])
-    oth_top = np.concatenate([np.argmax(o["logits"], axis=-1).ravel() for o in other])
-    agreement = float(100.0 * np.mean(ref_top == oth_top))
-    bound = f"{max_abs_diff:g}" + (f" + {rel_diff:g} x |reference|" if rel_diff else "")
-    failures = [f"max |{k} diff| {diffs[k]:.3g} > {bound}" for k in OUTPUT_NAMES if over[k]]
-    if agreement < min_agreement:
-        failures.append(f"top-1 agreement {agreement:.2f} % < {min_agreement:g} % "
-                        f"({int(np.sum(ref_top != oth_top))} of {ref_top.size} differ)")
-    rep = ParityReport(int(ref_top.size), diffs, agreement, max_abs_diff, min_agreement, reference_name, failures,
-                      rel_diff)
-    log.info("parity vs %s on %d samples: max |logits diff| %.3g, top-1 agreement %.2f %%%s", reference_name,
-             rep.n, diffs["logits"], agreement, "" if rep.passed else " -> FAILED: " + "; ".join(failures))
-    return rep
-
-
-def parity_check(model: Any, onnx_path: str | Path, feeds: Sequence[Feeds], *,
-                 max_abs_diff: float = PARITY_MAX_ABS_DIFF, min_agreement: float = 100.0,
-                 rel_diff: float = PARITY_REL_DIFF) -> ParityReport:
-    """PyTorch FP32 vs the ONNX model in ONNX Runtime (default optimizations, what the runtime runs)."""
-    if not feeds:
-        raise ExportError("parity check needs at least one real sample")
-    return compare_outputs(torch_outputs(model, feeds), onnx_outputs(onnx_path, feeds), max_abs_diff=max_abs_diff,
-                           min_agreement=min_agreement, rel_diff=rel_diff)
 
 
 # ------------------------------------------------------------------------------------------------ FP16

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ import numpy as np
 
 from edgeav.errors import ExportError
 from edgeav.export.onnx_export import _private_initializers
+from edgeav.export.parity import compare_outputs
+from edgeav.onnx_session import OnnxRunner, run_all
 
 log = logging.getLogger(__name__)
 
@@ -300,20 +303,17 @@ def quantize_for_device(fp32_path: str | Path, out_path: str | Path, feeds: Iter
 
 
 def _run(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], output: str, simulate_qdq: bool = False) -> np.ndarray:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if simulate_qdq:  # run Q/DQ as float ops: what TensorRT computes, free of CPU int8 kernel saturation
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run([output], f)[0] for f in feeds], axis=0)
+    """`output` over all `feeds`, concatenated on the batch axis; `simulate_qdq` runs Q/DQ as float ops (graph
+    optimizations off), free of the CPU int8 kernels' saturation."""
+    runner = OnnxRunner.open(model_path, [output], optimization="disable" if simulate_qdq else "all")
+    return np.concatenate([r[output] for r in run_all(runner, feeds)], axis=0)
 
 
 def logits_error(reference: np.ndarray, other: np.ndarray) -> float:
-    """RMS difference relative to the RMS of the reference (0 = identical)."""
-    ref = reference.astype(np.float64)
-    return float(np.sqrt(np.mean((ref - other) ** 2)) / (np.sqrt(np.mean(ref**2)) + 1e-12))
+    """RMS difference relative to the RMS of the reference (0 = identical): the comparator's `rel_rms_error`."""
+    rep = compare_outputs([{"logits": reference}], [{"logits": other}], max_abs_diff=math.inf, min_agreement=0.0,
+                          reference_name="the float model")
+    return rep.rel_rms_error["logits"]
 
 
 @dataclass

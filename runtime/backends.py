@@ -17,12 +17,13 @@ import abc
 import importlib
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from edgeav.contract import InputContract
 from edgeav.errors import DeviceError, ModelError
+from edgeav.onnx_session import OnnxRunner, SessionSettings, create_session
 from edgeav.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,13 @@ class Backend(abc.ABC):
         """Most windows one `infer` call takes; None = any (dynamic batch axis). The safe default is 1."""
         return 1
 
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`infer` on feeds by input name (`edgeav.onnx_session.Runner`, what export's parity and gate call)."""
+        missing = [n for n in self.input_contract.input_names if n not in feeds]
+        if missing:
+            raise ModelError(f"{self.name}: feeds lack input(s) {missing}; they have {sorted(feeds)}")
+        return self.infer(*(feeds[n] for n in self.input_contract.input_names))
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release the session / engine."""
 
@@ -70,12 +78,6 @@ class Backend(abc.ABC):
 
 BACKENDS: Registry[Backend] = Registry("inference backend")
 
-_ORT_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-
 
 class OrtBackend(Backend):
     """ONNX Runtime. `providers` in priority order ("cpu", "cuda", "tensorrt"); CPU is always appended last
@@ -92,45 +94,12 @@ class OrtBackend(Backend):
         inter_op_threads: int = 0,
         device_id: int = 0,
     ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise ModelError(f"onnxruntime is not installed here ({e}); pip install 'edgeav[runtime]'") from None
         self._contract = contract
         self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise ModelError(f"{self.model_path}: ONNX model not found")
-        unknown = [p for p in providers if p not in _ORT_PROVIDERS]
-        if unknown or not providers:
-            raise ModelError(f"unknown ONNX Runtime provider(s) {unknown}; valid: {', '.join(_ORT_PROVIDERS)}")
-        available = set(ort.get_available_providers())
-        wanted = [_ORT_PROVIDERS[p] for p in providers]
-        missing = [p for p, full in zip(providers, wanted) if full not in available]
-        if missing:
-            raise DeviceError(
-                f"ONNX Runtime execution provider(s) {missing} requested but not available here "
-                f"(available: {', '.join(sorted(available))}); no fallback is made"
-            )
-        opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = int(intra_op_threads)
-        if inter_op_threads:
-            opts.inter_op_num_threads = int(inter_op_threads)
-        provider_list: list[Any] = []
-        for full in wanted:
-            if full in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-                provider_list.append((full, {"device_id": int(device_id)}))
-            else:
-                provider_list.append(full)
-        try:
-            self._session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=provider_list)
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelError(f"{self.model_path}: ONNX Runtime cannot load it: {e}") from None
-        active = self._session.get_providers()
-        inactive = [full for full in wanted if full not in active]
-        if inactive:  # ORT can drop a provider at session creation (missing CUDA libraries): refuse, loudly
-            raise DeviceError(f"ONNX Runtime did not activate {inactive} (active: {active}); no fallback is made")
-        self.providers = tuple(active)
+        settings = SessionSettings(providers=tuple(providers), intra_op_threads=int(intra_op_threads),
+                                   inter_op_threads=int(inter_op_threads), log_severity=2, device_id=int(device_id))
+        self._session = create_session(self.model_path, settings)
+        self.providers = tuple(self._session.get_providers())
         in_names = {i.name for i in self._session.get_inputs()}
         if set(contract.input_names) - in_names:
             raise ModelError(
@@ -139,7 +108,7 @@ class OrtBackend(Backend):
         out_names = [o.name for o in self._session.get_outputs()]
         if set(OUTPUT_NAMES) - set(out_names):
             raise ModelError(f"{self.model_path}: outputs {out_names} lack {sorted(set(OUTPUT_NAMES) - set(out_names))}")
-        self._out_names = list(OUTPUT_NAMES)
+        self._runner = OnnxRunner(self._session, OUTPUT_NAMES, self.model_path.name)
         dims0 = {i.name: (i.shape[0] if i.shape else 1) for i in self._session.get_inputs()}
         fixed = [d for d in dims0.values() if isinstance(d, int) and d > 0]
         self._max_batch: int | None = min(fixed) if fixed else None  # a symbolic batch axis takes any batch
@@ -156,11 +125,11 @@ class OrtBackend(Backend):
     def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
         self.check_inputs(audio, image, mask)
         a, i, m = self._contract.input_names
-        outs = self._session.run(self._out_names, {a: audio, i: image, m: mask})
-        return {k: np.asarray(v, dtype=np.float32) for k, v in zip(self._out_names, outs)}  # each (B, C)
+        outs = self._runner.run({a: audio, i: image, m: mask})
+        return {k: np.asarray(v, dtype=np.float32) for k, v in outs.items()}  # each (B, C)
 
     def close(self) -> None:
-        self._session = None
+        self._session = self._runner = None
 
 
 @BACKENDS.register("onnxruntime", default=True, artifact=".onnx")

@@ -76,9 +76,9 @@ def onnx_input_specs(model_path: str | Path) -> dict[str, tuple[str, tuple[int |
             dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
             out[vi.name] = ("float" if elem == "float32" else elem, dims)
         return out
-    import onnxruntime as ort
+    from edgeav.onnx_session import create_session
 
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    sess = create_session(model_path, intra_op_threads=1, optimization="disable")  # metadata only: nothing runs
     return {i.name: (i.type.removeprefix("tensor(").removesuffix(")"), tuple(i.shape)) for i in sess.get_inputs()}
 
 

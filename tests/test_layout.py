@@ -67,6 +67,14 @@ def test_train_and_devices_import_no_later_stage(path: Path) -> None:
     assert not bad, f"{path.name} imports {bad}"
 
 
+def test_onnx_runtime_sessions_are_made_in_one_place() -> None:
+    """Every ONNX Runtime session of the package comes from edgeav.onnx_session.create_session (threads, optimization
+    level, providers and log severity set there), so no stage makes one with ONNX Runtime's defaults."""
+    makers = sorted(str(p.relative_to(REPO)) for folder in ("edgeav", *STAGE_DIRS) for p in _py_files(folder)
+                    if "InferenceSession(" in p.read_text(encoding="utf-8"))
+    assert makers == ["edgeav/onnx_session.py"], f"onnxruntime.InferenceSession( in {makers}"
+
+
 _BLOCK_TORCH = r"""
 import importlib, pkgutil, sys
 class _Block:

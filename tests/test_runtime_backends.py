@@ -243,3 +243,25 @@ def test_batched_inference_gives_the_same_results_as_one_by_one(tmp_path):
         assert [(d.label, d.end_ns) for d in a.detections] == [(d.label, d.end_ns) for d in b.detections]
     assert four[7].scores.image is None and four[7].scores.audio is not None
     assert sum(len(r.detections) for r in one) > 0
+
+
+def test_session_factory_sets_the_threads_asked_for(tmp_path):
+    """Threads are explicit: the number asked for (config or caller) is what the session runs with, and the default
+    is the cores free now, not ONNX Runtime's one-per-core (which over-subscribes a shared machine)."""
+    from edgeav.onnx_session import OnnxRunner, create_session, free_cores
+
+    contract = small_contract()
+    path = tiny_onnx_model(tmp_path / "tiny.onnx", contract)
+    opts = create_session(path, intra_op_threads=3, inter_op_threads=2, optimization="disable").get_session_options()
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 2)
+    assert opts.graph_optimization_level.name == "ORT_DISABLE_ALL" and opts.log_severity_level == 3
+    assert 1 <= create_session(path).get_session_options().intra_op_num_threads <= free_cores() + 1
+    with backend_from_config(BackendConfig(intra_op_threads=2), path, contract) as be:
+        assert be._session.get_session_options().intra_op_num_threads == 2
+        a, i, m = _feeds(contract)
+        via_feeds = be.run({"audio": a, "image": i, "mask": m, "unused": m})  # the runner interface of every stage
+        np.testing.assert_array_equal(via_feeds["logits"], be.infer(a, i, m)["logits"])
+        np.testing.assert_array_equal(OnnxRunner.open(path, ["logits"]).run({"audio": a, "image": i, "mask": m})["logits"],
+                                      via_feeds["logits"])
+    with pytest.raises(ModelError, match="unknown graph optimization level 'fast'"):
+        create_session(path, optimization="fast")

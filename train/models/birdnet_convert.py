@@ -138,7 +138,8 @@ def _expose_outputs(model: Any) -> None:
 def _static_shapes(model: Any, names: list[str]) -> dict[str, tuple[int, ...]]:
     """Shapes of the tensors `names` for one window (batch 1), from one ONNX Runtime pass."""
     import onnx
-    import onnxruntime as ort
+
+    from edgeav.onnx_session import create_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -146,9 +147,7 @@ def _static_shapes(model: Any, names: list[str]) -> dict[str, tuple[int, ...]]:
     for n in names:
         if n not in have:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = create_session(probe.SerializeToString(), intra_op_threads=1, log_severity=2)
     wave = np.zeros((1, WINDOW_SAMPLES), np.float32)
     values = sess.run(names, {"wave": wave})
     return {n: tuple(int(d) for d in v.shape) for n, v in zip(names, values)}
