@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -74,3 +75,39 @@ def make_paired(root: Path, classes: dict[str, list[float]], n_images: int = 5, 
             write_wav(root / audio_dir / cls / f"r{i}.wav", d, rate_hz=(22_050, 8_000, 44_100)[i % 3],
                       channels=1 + i % 2, freq_hz=200 + 100 * ci)
     return root
+
+
+def make_video_set(root: Path) -> Path:
+    """<class>/<speaker>_<class>.mp4: two classes, two speakers, half-second clips with sound."""
+    for cls in ("hi", "yo"):
+        for spk in ("s1", "s2"):
+            write_video(root / cls / f"{spk}_{cls}.mp4", duration_s=0.5)
+    return root
+
+
+def make_manifest_set(root: Path) -> Path:
+    """manifest.csv naming a recording and a photo per row, with label, split and group."""
+    lines = ["image,audio,label,split,group"]
+    for i in range(4):
+        write_wav(root / f"a{i}.wav", 1.0, rate_hz=16_000)
+        write_image(root / f"i{i}.png", (60 * i, 0, 0))
+        lines.append(f"i{i}.png,a{i}.wav,{'x' if i % 2 else 'y'},{'test' if i < 2 else 'train'},site{i}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_images_set(root: Path) -> Path:
+    """images/<class>/<k>.png and no sound."""
+    for ci, cls in enumerate(("crow", "owl")):
+        for k in range(3):
+            write_image(root / "images" / cls / f"{k}.png", (80 * ci, 40 * k, 0))
+    return root
+
+
+# One tiny set per registered layout, with the classes it holds (tests/test_data_layouts.py runs every layout).
+LAYOUT_SETS: dict[str, tuple[Callable[[Path], Path], list[str]]] = {
+    "paired": (lambda root: make_paired(root, {"crow": [2.0, 1.0], "owl": [2.0, 3.0]}, n_images=2), ["crow", "owl"]),
+    "video": (make_video_set, ["hi", "yo"]),
+    "manifest": (make_manifest_set, ["x", "y"]),
+    "images": (make_images_set, ["crow", "owl"]),
+}

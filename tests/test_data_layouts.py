@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
+import typing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from _data_fixtures import make_paired, write_image, write_video, write_wav
-from edgeav.errors import DataError, MediaError
+from _data_fixtures import LAYOUT_SETS, make_paired, write_image, write_video, write_wav
+from edgeav.errors import DataError, MediaError, UnknownNameError
 from edgeav.schema import DataConfig
 from edgeav.timebase import s_to_ns, samples_for_ns
-from edgeav.train.data import load_dataset, media
+from edgeav.train.data import LAYOUTS, detect_kind, load_dataset, media
 from edgeav.train.data.splits import pick_groups
 
 RATE = 16_000
@@ -332,3 +333,34 @@ def test_inspect_strict_reports_one_line(paired: Path, tmp_path: Path, capsys) -
     rc = main(["data", "inspect", str(paired), "--strict", "--sheet", str(tmp_path / "s.png")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and "garbage.wav" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+# ------------------------------------------------------------------------------------------------- registry
+
+
+@pytest.mark.parametrize("name", LAYOUTS.names())
+def test_every_registered_layout_reads_its_tiny_set(name: str, tmp_path: Path) -> None:
+    assert name in LAYOUT_SETS, f"layout {name!r} has no tiny set in tests/_data_fixtures.py LAYOUT_SETS"
+    make, classes = LAYOUT_SETS[name]
+    root = make(tmp_path / name)
+    assert detect_kind(root, cfg(tmp_path)) == name  # "auto" finds it
+    ds = load_dataset(cfg(tmp_path, kind=name, strict=True), root)  # strict: any skipped file raises
+    assert ds.kind == name and ds.classes == classes
+    assert ds.samples("train") and {s.class_name for s in ds.samples()} == set(classes)
+    audio, visual = ds.load(ds.samples("train")[0])
+    assert audio is None or audio.shape == (WIN,)
+    assert visual is None or visual.shape[-3:] == (3, 32, 32)
+    assert audio is not None or visual is not None
+
+
+def test_config_kinds_are_the_registered_layouts() -> None:
+    kinds = typing.get_args(DataConfig.model_fields["kind"].annotation)
+    assert sorted(k for k in kinds if k != "auto") == LAYOUTS.names()
+
+
+def test_unknown_layout_name_lists_the_valid_ones(tmp_path: Path) -> None:
+    root = LAYOUT_SETS["images"][0](tmp_path / "ds")
+    c = cfg(tmp_path).model_copy(update={"kind": "avis"})  # past the config's own check, as a caller could
+    with pytest.raises(UnknownNameError) as e:
+        load_dataset(c, root)
+    assert str(e.value) == "unknown data set layout 'avis'; valid names: images, manifest, paired, video"

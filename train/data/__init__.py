@@ -16,7 +16,6 @@ and, with torch, `edgeav.train.data.torch_dataset.TorchAVDataset(ds, "train")`.
 
 from edgeav.train.data.cache import DecodeCache
 from edgeav.train.data.dataset import LAYOUTS, AVDataset, Loaded, detect_kind, load_dataset
-from edgeav.train.data import images  # noqa: F401  (registers the photos-only layout)
 from edgeav.train.data.records import SPLITS, AudioRef, ImageRef, Sample, Skipped, VideoRef
 
 __all__ = [

@@ -10,20 +10,20 @@ seeded split with `data.test_fraction` (0 = no test split); validation is carved
 from __future__ import annotations
 
 from edgeav.errors import DataError
-from edgeav.train.data.dataset import IMAGE_DIR_NAME, LAYOUTS, Catalog, FileInfo, _Ctx, _media_files
+from edgeav.train.data.layouts.base import IMAGE_DIR_NAME, LAYOUTS, Catalog, FileInfo, LayoutContext, media_files
 from edgeav.train.data.records import ImageRef, Sample
 from edgeav.train.data.splits import pick_groups
 
 
 @LAYOUTS.register("images")
-def build_images(ctx: _Ctx) -> Catalog:
+def build_images(ctx: LayoutContext) -> Catalog:
     cfg, root = ctx.cfg, ctx.root
     img_dir = root / IMAGE_DIR_NAME
     if not img_dir.is_dir():
         raise DataError(f"{root}: a photos-only data set needs images/<class>/")
     files: dict[str, list] = {}
     for d in sorted(p for p in img_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        imgs = _media_files(d, "image")[0]
+        imgs = media_files(d, "image")[0]
         if not imgs:
             ctx.problems.skip(d, f"class {d.name!r} has no photos; class left out", DataError)
             continue
