@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -27,43 +25,9 @@ from typing import Any
 from edgeav.errors import ConfigError, SensorError, StorageError
 from edgeav.result import CommandResult
 from edgeav.runtime.daemon_evidence import DaemonEvidence
+from edgeav.runtime.systemd import sd_notify, systemd_watchdog_s
 
 log = logging.getLogger(__name__)
-
-
-# -- systemd notify (the NOTIFY_SOCKET datagram protocol, no dependency) -----------------------------------------------
-
-
-def sd_notify(message: str) -> bool:
-    """Send `message` (e.g. "READY=1", "WATCHDOG=1", "STATUS=...") to systemd; False when not under systemd."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr[0] == "@":  # abstract namespace
-        addr = "\0" + addr[1:]
-    elif addr[0] != "/":
-        log.warning("NOTIFY_SOCKET=%r is neither a path nor an abstract socket; not notifying", addr)
-        return False
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(addr)
-            s.sendall(message.encode("utf-8"))
-        return True
-    except OSError as e:
-        log.warning("sd_notify(%s) failed: %s", message.split("=")[0], e)
-        return False
-
-
-def systemd_watchdog_s() -> float | None:
-    """systemd's watchdog period (WATCHDOG_USEC, for this process), or None."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid.isdigit() and int(pid) != os.getpid()):
-        return None
-    try:
-        return int(usec) / 1e6
-    except ValueError:
-        return None
 
 
 # -- the daemon ----------------------------------------------------------------------------------------------------
@@ -216,9 +180,9 @@ class Daemon(DaemonEvidence):
                 self.metrics.evidence_deleted.labels(reason).inc()
 
         rate = self.contract.image.frame_rate_hz if self.contract.image.n_frames > 1 else None
-        from edgeav.runtime.wallclock import OperatingClock
+        from edgeav.runtime.wallclock import OperatingClock, op_clock_path
 
-        self.op_clock = OperatingClock(ecfg.dir, self.wallclock.source)
+        self.op_clock = OperatingClock(op_clock_path(self.db_path), self.wallclock.source)
         self.evidence = EvidenceStore(ecfg.dir, ecfg, self.contract.audio.sample_rate_hz, rows, unlink,
                                       on_deleted=deleted, frame_rate_hz=rate, op_clock=self.op_clock).start()
         self._check_evidence()
@@ -276,7 +240,10 @@ class Daemon(DaemonEvidence):
             scfg = self.src_cfg.model_copy(update={"uri": uri, "audio_uri": None, "streams": list(sset)})
 
             def opener(scfg=scfg, sset=sset):
-                return Capture(scfg, self.contract, realtime=self.realtime, streams=sset)
+                # clock "wall": every pipeline on the one monotonic GstSystemClock with base time t0 (running time =
+                # the daemon's timeline), never a sound card's own clock; live audio re-based continuously
+                return Capture(scfg, self.contract, realtime=self.realtime, streams=sset,
+                               clock_base_ns=t0 if self.clock == "wall" else None)
 
             def on_restart(sensor: str, reason: str) -> None:
                 self.restarts[sensor] += 1
