@@ -406,3 +406,43 @@ def test_engine_command_wants_parity_windows_or_an_explicit_no(args: list[str], 
 
     assert main([str(tmp_path / "m.onnx"), "--precision", "fp32", *args]) != 0
     assert "give --parity-feeds NPZ" in capsys.readouterr().err
+
+
+def test_export_engine_is_built_checked_and_recorded_in_the_bundle(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`edgeav export --int8 --engine` on a TensorRT profile (fake TensorRT, a fake engine runner that answers as
+    ONNX Runtime does on the engine's source file): the bundle carries the engine, its sidecar and the check's
+    figures (parity on the validation windows, the INT8 accuracy gate on the test split)."""
+    pytest.importorskip("torch", reason="export needs torch")
+    import argparse
+    import json as json_mod
+
+    import _fake_tensorrt
+    from _export_models import make_synthetic_data, train_checkpoint
+
+    from edgeav.export import tensorrt as export_trt
+    from edgeav.export.cli import run_export
+    from edgeav.export.onnx_export import onnx_outputs
+    from edgeav.runtime.trt_cache import read_sidecar
+
+    runs: list[int] = []
+
+    def run(engine_path, contract, feeds):  # noqa: ANN001, ANN202
+        runs.append(len(feeds))
+        return onnx_outputs(read_sidecar(engine_path)["build"]["onnx"], feeds, disable_optimizations=True)
+
+    monkeypatch.setattr(export_trt, "run_engine_outputs", run)
+    data = make_synthetic_data(tmp_path / "data")
+    ckpt = train_checkpoint(tmp_path / "tiny.pt", data, steps=15, cache_dir=tmp_path / "cache")
+    _fake_tensorrt.install(monkeypatch, gpu=GpuInfo("NVIDIA H200", "9.0"))  # after torch's imports: it probes tensorrt
+    monkeypatch.setenv("EDGEAV_ENGINE_CACHE", str(tmp_path / "engines"))
+    out = tmp_path / "bundle"
+    args = argparse.Namespace(checkpoint=str(ckpt), out=str(out), int8=True, calib_data=str(data), calib_windows=300,
+                              fp16=False, device="x86-cuda", engine=True, max_drop=100.0, max_class_drop=100.0,
+                              dynamic_batch=False, json=True)
+    result = run_export(args)
+    assert {"engine_int8.engine", "engine_int8_key.json"} <= {p.name for p in out.iterdir()}
+    check = json_mod.loads((out / "manifest.json").read_text())["extra"]["engine"]["check"]
+    assert check["passed"] and check["precision"] == "int8" and check["parity"]["top1_agreement"] == 100.0
+    assert check["gate"]["accuracy_drop_points"] == 0.0 and len(runs) == 2  # validation windows, then test windows
+    assert runs[1] == result["test_windows"]
