@@ -5,6 +5,12 @@ ERROR (the bus error's text is raised as `SensorError` by `read_or_raise`, and k
 
 Times: each item's `pts_ns` is the buffer's running time (its PTS mapped through its segment) - an integer ns on
 the pipeline clock minus the pipeline's base time. Both sensors are in one pipeline, so their times compare.
+With `clock_base_ns` (the daemon, split sensors above all) every pipeline runs on the one process-wide GstSystemClock
+(CLOCK_MONOTONIC) with that base time, instead of the clock it would pick (a sound card's, for a microphone): the
+running time of every pipeline is then monotonic time since `clock_base_ns`, the same timeline for camera and
+microphone however long they run. A live microphone's buffer times are also re-based continuously against their
+arrival (`edgeav.timebase.DriftCorrector`): a source that stamps by counting samples on its own crystal (an
+audio source that does not slave its timestamps to the pipeline clock) cannot drift away from the camera either.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from edgeav.runtime.sources import (
     parse_source_uri,
 )
 from edgeav.schema.runtime import SourceConfig
-from edgeav.timebase import NS_PER_S, ns_for_samples, s_to_ns
+from edgeav.timebase import NS_PER_S, DriftCorrector, ns_for_samples, s_to_ns
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +191,17 @@ def probe_streams(uri: str, timeout_s: float = 10.0) -> tuple[Stream, ...]:
     return out  # type: ignore[return-value]
 
 
+def shared_clock():
+    """The process-wide GstSystemClock on CLOCK_MONOTONIC (Python's time.monotonic_ns): every pipeline of the daemon
+    runs on it."""
+    Gst = _gst()
+    clock = Gst.SystemClock.obtain()
+    if clock.get_property("clock-type") != Gst.ClockType.MONOTONIC:
+        raise SensorError(f"GStreamer's system clock is {clock.get_property('clock-type')}, not MONOTONIC: "
+                          "sensor times would not compare with the daemon's")
+    return clock
+
+
 class Capture:
     """A running capture pipeline. Use as a context manager, or `start()` / `close()`.
 
@@ -198,6 +215,7 @@ class Capture:
         contract: InputContract,
         realtime: bool = False,
         streams: tuple[Stream, ...] | None = None,
+        clock_base_ns: int | None = None,
     ) -> None:
         self.cfg = SourceConfig(uri=source) if isinstance(source, str) else source
         self.contract = contract
@@ -235,6 +253,9 @@ class Capture:
         self._wall_anchor: tuple[int, int] | None = None  # (running_time_ns, utc_ns) at start
         self._next_bus_poll_ns = 0
         self.decoder_threads: dict[str, int] = {}  # decoder element -> max-threads set on it
+        self.clock_base_ns = clock_base_ns  # None: the pipeline picks its clock and base time
+        live_audio = clock_base_ns is not None and self.is_live and "audio" in self.streams
+        self.audio_drift = DriftCorrector() if live_audio else None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> "Capture":
@@ -259,6 +280,10 @@ class Capture:
             if q is not None:
                 self._queue_overruns[s] = 0
                 q.connect("overrun", self._on_overrun, s)
+        if self.clock_base_ns is not None:
+            pipeline.use_clock(shared_clock())  # not the sound card's: one clock for every sensor
+            pipeline.set_start_time(Gst.CLOCK_TIME_NONE)  # keep this base time across PAUSED -> PLAYING
+            pipeline.set_base_time(int(self.clock_base_ns))
         ret = pipeline.set_state(Gst.State.PLAYING)
         if ret == Gst.StateChangeReturn.FAILURE:
             err = self._pop_bus_error(0) or "state change to PLAYING failed"
@@ -353,7 +378,11 @@ class Capture:
         data = buf.extract_dup(0, buf.get_size())  # one copy out of the GstBuffer into an immutable bytes
         if stream == "audio":
             samples = np.frombuffer(data, dtype="<f4")  # (N,) read-only view, no second copy
-            return AudioChunk(pts_ns, samples, self.contract.audio.sample_rate_hz)
+            rate = self.contract.audio.sample_rate_hz
+            if self.audio_drift is not None:  # arrival on the shared clock's timeline
+                arrival = time.monotonic_ns() - int(self.clock_base_ns)
+                pts_ns = self.audio_drift.map(pts_ns, ns_for_samples(samples.size, rate), arrival)
+            return AudioChunk(pts_ns, samples, rate)
         s = sample.get_caps().get_structure(0)
         w, h = s.get_value("width"), s.get_value("height")
         stride = (w * 3 + 3) // 4 * 4  # GStreamer pads RGB rows to 4 bytes

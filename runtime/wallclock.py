@@ -10,8 +10,8 @@ fake-hwclock saved at the last shutdown) and NTP steps it hours or years later. 
   `state` is the kernel's NTP state at the sample, `synced` or `unsynced`; each detection records it, so a reader
   knows which UTC times to trust.
 - `OperatingClock` measures the age of evidence without the wall clock: nanoseconds the unit has been up since
-  the daemon first ran on this evidence folder (monotonic time, carried across daemon restarts and reboots by a
-  small state file `<evidence dir>/.edgeav-clock.json` keyed by the kernel's boot id). See its docstring.
+  the daemon first ran on this detection log (monotonic time, carried across daemon restarts and reboots by a
+  small state file beside the log, `<db>.opclock.json`, keyed by the kernel's boot id). See its docstring.
 
 The kernel's sync state comes from adjtimex(2) with modes=0 (a read, no privilege, no subprocess): it returns
 TIME_ERROR while STA_UNSYNC is set, i.e. until an NTP client (systemd-timesyncd, chrony) disciplines the clock.
@@ -135,7 +135,7 @@ class WallClock:
 
 
 class OperatingClock:
-    """Nanoseconds of unit uptime since the daemon first ran on this evidence folder: the clock evidence ages by.
+    """Nanoseconds of unit uptime since the daemon first ran on this detection log: the clock evidence ages by.
 
     Why not the wall clock: UTC written before an NTP sync is wrong (hours, or decades on a unit without an RTC);
     comparing it with the corrected clock deletes fresh evidence as "too old". Why not the file mtime: it is that
@@ -152,10 +152,8 @@ class OperatingClock:
     written at; age = op_now - that.
     """
 
-    STATE_NAME = ".edgeav-clock.json"
-
-    def __init__(self, root: str | os.PathLike, source: TimeSource | None = None) -> None:
-        self.path = Path(root) / self.STATE_NAME
+    def __init__(self, state_path: str | os.PathLike, source: TimeSource | None = None) -> None:
+        self.path = Path(state_path)  # beside the detection log (whose rows hold op times), not among the evidence
         self.source = source or SystemTime()
         boot = self.source.boot_id()
         mono = self.source.monotonic_ns()
@@ -202,5 +200,11 @@ class OperatingClock:
             return False
 
 
-__all__ = ["WallClock", "OperatingClock", "SystemTime", "TimeSource", "kernel_sync_state", "SYNCED", "UNSYNCED",
+def op_clock_path(db_path: str | os.PathLike) -> Path:
+    """Where the operating clock of a detection log keeps its state: `<db>.opclock.json`."""
+    p = Path(db_path)
+    return p.with_name(p.name + ".opclock.json")
+
+
+__all__ = ["op_clock_path", "WallClock", "OperatingClock", "SystemTime", "TimeSource", "kernel_sync_state", "SYNCED", "UNSYNCED",
            "STEP_THRESHOLD_NS"]

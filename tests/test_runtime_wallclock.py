@@ -20,7 +20,8 @@ except ImportError:
 
 from edgeav.runtime.postprocess import Detection
 from edgeav.runtime.store import DetectionStore, query_detections, schema_version
-from edgeav.runtime.wallclock import SYNCED, UNSYNCED, OperatingClock, SystemTime, WallClock, kernel_sync_state
+from edgeav.runtime.wallclock import (SYNCED, UNSYNCED, OperatingClock, SystemTime, WallClock, kernel_sync_state,
+                                      op_clock_path)
 from edgeav.schema.daemon import EvidenceConfig
 
 HOUR_NS = 3600 * 10**9
@@ -96,7 +97,7 @@ def _setup(tmp: Path, clk: SteppedClock, max_age_days: float = 90.0):
 
     store = DetectionStore(tmp / "d.db")
     root = tmp / "evidence"
-    op = OperatingClock(root, clk)
+    op = OperatingClock(op_clock_path(tmp / "d.db"), clk)
 
     def rows():
         store.flush()
@@ -153,24 +154,25 @@ def test_retention_keeps_evidence_recorded_before_a_step(tmp_path: Path, step_ns
 
 def test_operating_clock_survives_daemon_restart_and_reboot(tmp_path: Path) -> None:
     clk = SteppedClock(wall_offset_ns=0, boot="boot-a")
-    op = OperatingClock(tmp_path, clk)
+    state = op_clock_path(tmp_path / "d.db")
+    op = OperatingClock(state, clk)
     written = op.now_ns()
     clk.mono_extra_ns += 10 * DAY_NS
     op.persist()
     # the daemon restarts in the same boot: op time continues exactly
-    op2 = OperatingClock(tmp_path, clk)
+    op2 = OperatingClock(state, clk)
     assert abs(op2.now_ns() - written - 10 * DAY_NS) < 10**9
     # a reboot: the monotonic clock restarts near 0, the wall clock is anything; op time resumes where it was
     clk.boot, clk.mono_extra_ns = "boot-b", -time.monotonic_ns() + 5 * 10**9
     clk.wall_offset_ns = -40 * 365 * DAY_NS
-    op3 = OperatingClock(tmp_path, clk)
+    op3 = OperatingClock(state, clk)
     age = op3.now_ns() - written
     assert 10 * DAY_NS - 10**9 < age < 10 * DAY_NS + 10**9  # the 10 days of uptime, not the downtime, not 1970
     clk.mono_extra_ns += 2 * DAY_NS
     assert abs(op3.now_ns() - written - 12 * DAY_NS) < 2 * 10**9
     # a torn state file: ages restart (kept longer, never deleted early), said in the log
-    (tmp_path / OperatingClock.STATE_NAME).write_text("{")
-    assert OperatingClock(tmp_path, clk).now_ns() < 10**10
+    state.write_text("{")
+    assert OperatingClock(state, clk).now_ns() < 10**10
 
 
 def test_schema_4_migrates_and_legacy_rows_age_only_on_a_synced_clock(tmp_path: Path) -> None:
@@ -242,3 +244,5 @@ def test_daemon_detections_follow_a_clock_step(tmp_path: Path, caplog) -> None:
     assert all(abs(r["utc_ns"] - (real - 2 * DAY_NS + 6 * HOUR_NS)) < HOUR_NS for r in post)
     assert d.wallclock.steps == 1 and len(_steps(caplog)) == 1
     assert all(r["written_op_ns"] is not None for r in rows)
+    assert op_clock_path(tmp_path / "det.db").is_file()  # the op clock's state is beside the log, not among evidence
+    assert not [f for f in (tmp_path / "evidence").rglob("*") if f.is_file() and f.suffix not in (".wav", ".jpg")]
