@@ -5,7 +5,7 @@ ERROR (the bus error's text is raised as `SensorError` by `read_or_raise`, and k
 
 Times: each item's `pts_ns` is the buffer's running time (its PTS mapped through its segment) - an integer ns on
 the pipeline clock minus the pipeline's base time. Both sensors are in one pipeline, so their times compare.
-With `clock_base_ns` (the daemon, split sensors above all) every pipeline runs on the one process-wide GstSystemClock
+With `clock_base_ns` (the daemon's live sources, split sensors above all) every pipeline runs on the one process-wide GstSystemClock
 (CLOCK_MONOTONIC) with that base time, instead of the clock it would pick (a sound card's, for a microphone): the
 running time of every pipeline is then monotonic time since `clock_base_ns`, the same timeline for camera and
 microphone however long they run. A live microphone's buffer times are also re-based continuously against their
@@ -253,6 +253,8 @@ class Capture:
         self._wall_anchor: tuple[int, int] | None = None  # (running_time_ns, utc_ns) at start
         self._next_bus_poll_ns = 0
         self.decoder_threads: dict[str, int] = {}  # decoder element -> max-threads set on it
+        if clock_base_ns is not None and not self.is_live:
+            raise ValueError("clock_base_ns is for live sources: a file's PTS start at 0 on every start")
         self.clock_base_ns = clock_base_ns  # None: the pipeline picks its clock and base time
         live_audio = clock_base_ns is not None and self.is_live and "audio" in self.streams
         self.audio_drift = DriftCorrector() if live_audio else None

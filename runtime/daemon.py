@@ -220,6 +220,7 @@ class Daemon(DaemonEvidence):
 
     def _start_sensors(self) -> None:
         from edgeav.runtime.capture import Capture
+        from edgeav.runtime.sources import parse_source_uri
         from edgeav.runtime.queues import QueueGroup
         from edgeav.runtime.supervisor import Backoff, RestartBudget, SensorWorker, stream_sets
 
@@ -240,10 +241,11 @@ class Daemon(DaemonEvidence):
             scfg = self.src_cfg.model_copy(update={"uri": uri, "audio_uri": None, "streams": list(sset)})
 
             def opener(scfg=scfg, sset=sset):
-                # clock "wall": every pipeline on the one monotonic GstSystemClock with base time t0 (running time =
-                # the daemon's timeline), never a sound card's own clock; live audio re-based continuously
+                # a live sensor runs on the one monotonic GstSystemClock with base time t0 (running time = the
+                # daemon's timeline), never a sound card's own clock; its audio is re-based continuously. A file
+                # (even at real time) keeps its own base time: its PTS start at 0 on every (re)start.
                 return Capture(scfg, self.contract, realtime=self.realtime, streams=sset,
-                               clock_base_ns=t0 if self.clock == "wall" else None)
+                               clock_base_ns=t0 if parse_source_uri(scfg.uri).is_live else None)
 
             def on_restart(sensor: str, reason: str) -> None:
                 self.restarts[sensor] += 1
