@@ -11,6 +11,10 @@ prints one line.
 
     .venv/bin/python bench/soak.py                      # the INT8 GRID bundle on the 120 s GRID stream, 1 h
     .venv/bin/python bench/soak.py --bundle B --source file:///x.mp4 --media-hours 0.2
+
+`--hours H` runs the storage side instead, H hours of simulated time at full speed (bench/soak_store.py): the
+detection log, its MQTT outbox through a real mosquitto (when installed) and the upkeep (outbox pruning after
+acknowledgement, `store.keep_days`) - where months of field use grow. Writes bench/results/soak_store.json.
 """
 
 from __future__ import annotations
@@ -75,7 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rss-growth-pct", type=float, default=5.0)
     p.add_argument("--no-unit-env", action="store_true",
                    help="do not apply the Environment= lines of runtime/edgeav.service (malloc tuning)")
+    p.add_argument("--hours", type=float, default=None,
+                   help="simulate this many hours of the detection log, outbox and upkeep at full speed instead")
+    p.add_argument("--detections-per-hour", type=int, default=2000, help="with --hours: simulated detection rate")
+    p.add_argument("--keep-days", type=float, default=None, help="with --hours: store.keep_days (default: keep all)")
+    p.add_argument("--outbox-keep-days", type=float, default=1 / 24, help="with --hours: store.outbox_keep_days")
     args = p.parse_args(argv)
+    if args.hours is not None:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from soak_store import store_soak
+
+        out = args.out if args.out != str(REPO / "bench" / "results" / "soak.json") else \
+            str(REPO / "bench" / "results" / "soak_store.json")
+        return store_soak(args.hours, args.detections_per_hour, Path(out), keep_days=args.keep_days,
+                          outbox_keep_days=args.outbox_keep_days, warmup_fraction=args.warmup_fraction,
+                          max_rss_growth_pct=args.max_rss_growth_pct)
     if not Path(args.bundle).is_dir():
         print(f"soak: bundle {args.bundle} not found (write one with `edgeav export`, or pass --bundle)", file=sys.stderr)
         return 2
