@@ -1,13 +1,16 @@
 """The daemon's detection log and evidence on a real 4 MB file system (tmpfs, mounted here: needs root) that fills up
 mid-run: the daemon keeps running (retention, which commits first, fails and is tried again), /health turns
 unhealthy with the reason, WATCHDOG=1 stops after store.max_unhealthy_s, and when the space is back every detection
-is committed by itself - none lost, no traceback."""
+is committed by itself - none lost, no traceback; with MQTT on, every committed detection reaches a QoS 2 subscriber
+once."""
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -88,13 +91,37 @@ def wait_for(what: str, cond, proc: subprocess.Popen, timeout_s: float = 90.0):
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
-def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs: Path, tmp_path: Path) -> None:
+@pytest.fixture(params=[False, True], ids=["log", "log+mqtt"])
+def broker(request, tmp_path: Path):
+    """None, or (port, subscriber) of a real mosquitto on loopback with a QoS 2 subscriber."""
+    if not request.param:
+        yield None
+        return
+    pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
+    if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
+        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+    from test_daemon_mqtt import Broker, Subscriber
+
+    port = free_port()
+    b = Broker(tmp_path / "broker", port).start()  # the broker's files are not on the small file system
+    sub = Subscriber(port, "edgeav/unit1/detection")
+    try:
+        yield port, sub
+    finally:
+        sub.close()
+        b.stop()
+
+
+def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs: Path, tmp_path: Path,
+                                                                  broker) -> None:
     port = free_port()
     max_unhealthy_s = 3.0
+    mq = {} if broker is None else {"mqtt": {"enabled": True, "port": broker[0], "unit_name": "unit1",
+                                             "client_id": "edgeav-test-daemon", "reconnect_min_s": 1.0}}
     tree = daemon_tree(small_fs, media["bundle"], media["av"].as_uri(), realtime=True, loop=True, sensors="combined",
                        metrics={"enabled": True, "port": port}, watchdog_interval_s=0.2,
                        store={"max_pending_detections": 100_000, "max_unhealthy_s": max_unhealthy_s},
-                       evidence={"retention_interval_s": 0.2})  # retention (which commits first) runs while full
+                       evidence={"retention_interval_s": 0.2}, **mq)  # retention (which commits first) runs while full
     cfg = write_config(tmp_path / "d.yaml", tree)
     err_path = tmp_path / "err.log"
     sock_path = str(tmp_path / "notify.sock")
@@ -153,7 +180,16 @@ def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs
     assert "WATCHDOG=1 stops" in stderr
     summary = json.loads(out)
     con = sqlite3.connect(small_fs / "det.db")
-    n_rows = con.execute("SELECT COUNT(*) FROM detections").fetchone()[0]
+    ids = {r[0] for r in con.execute("SELECT id FROM detections")}
+    unsent = con.execute("SELECT COUNT(*) FROM outbox WHERE sent_ns IS NULL").fetchone()[0]
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
-    assert summary["detections"] == summary["committed"] == n_rows > n_full + 30  # none lost
+    assert summary["detections"] == summary["committed"] == len(ids) > n_full + 30  # none lost
+    if broker is not None:
+        sub = broker[1]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and set(sub.detection_ids()) < ids:
+            time.sleep(0.1)
+        got = collections.Counter(sub.detection_ids())
+        assert set(got) == ids, f"{len(ids - set(got))} of {len(ids)} committed detections never arrived"
+        assert max(got.values()) == 1 and unsent == 0 and summary["mqtt_sent"] == len(ids)
