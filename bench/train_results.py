@@ -1,15 +1,17 @@
-"""Results on real data: image only, audio only, concat and HD-MF on GRID and on the birds, trained on this CPU.
+"""Results on real data: image only, audio only and each fusion head on GRID and on the birds, trained on this CPU.
 
-Two-phase training makes the four variants cheap: one run of each recipe (`train/grid.yaml`, `train/birds.yaml`,
-both two_phase with the HD-MF head) trains the unimodal models (phase I: their test accuracy through the modality
-mask is "audio only" and "image only") and the HD-MF fusion on their frozen, cached features (phase II); a second
-run trains the concat head on the same unimodal models (`train.phase1_from`). Minutes per variant are the training
+Two-phase training makes the variants cheap: one run of each recipe (`train/grid.yaml`: HD-MF head;
+`train/birds.yaml`: BirdNET V2.4 frozen + the photo base model's picture branch, late-product head) trains the
+unimodal models (phase I: their test accuracy through the modality mask is "audio only" and "image only") and the
+recipe's fusion on their frozen, cached features (phase II); then concat and HD-MF (those of them that are not the
+recipe's head) are trained on the same unimodal models (`train.phase1_from`). Minutes per variant are the training
 time of what that variant needs: audio only = phase I audio; image only = phase I image; a fusion = both phase I
 models + computing the cache + its phase II.
 
     python bench/train_results.py [--datasets grid,birds] [--data ../shared/data] [--out runs/bench_train]
-                                  [--hdmf-run grid=runs/grid_run]   # reuse a finished HD-MF run's phase I
-    python bench/train_results.py --only birdnet                    # only the birds' BirdNET-alone row
+                                  [--recipe-run birds=runs/birds_final]   # reuse a finished run of the recipe
+                                  [--set model.image_weights_path=runs/birds_base/best.pt]
+    python bench/train_results.py --only birdnet                          # only the birds' BirdNET-alone row
 
 Birds also get a "BirdNET V2.4 alone" row (bench/birdnet_alone.py: BirdNET's own logits restricted to the 17
 species, on the recipe's test windows; nothing trained here), where BirdNET is converted on this machine.
@@ -36,7 +38,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- train-results:start -->", "<!-- train-results:end -->"
 RECIPES = {"grid": "train/grid.yaml", "birds": "train/birds.yaml"}
-VARIANTS = ("image_only", "audio_only", "concat", "hdmf")
+FUSION_HEADS = ("concat", "hdmf")  # trained over the recipe's phase I models besides the recipe's own head
+HEAD_NAMES = {"concat": "concat", "hdmf": "HD-MF", "late_prod": "late product"}
 
 
 def _phase_minutes(metrics_csv: Path) -> dict[str, float]:
@@ -47,53 +50,57 @@ def _phase_minutes(metrics_csv: Path) -> dict[str, float]:
     return out
 
 
-def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], hdmf_run: Path | None = None) -> dict[str, Any]:
-    """Train (or, with `hdmf_run`, take the finished two_phase HD-MF run in that folder: its train_report.json,
-    metrics.csv and unimodal checkpoints) and train the concat head on the same phase I models."""
+def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], base_run: Path | None = None) -> dict[str, Any]:
+    """Train the recipe as it is (or, with `base_run`, take that finished two_phase run of it: its
+    train_report.json, metrics.csv and unimodal checkpoints), then train each other fusion head of FUSION_HEADS on
+    the same phase I models (`train.phase1_from`)."""
     from edgeav.schema import load_config
     from edgeav.train.loop import train
 
     recipe = REPO / RECIPES[name]
     t0 = time.monotonic()
-    if hdmf_run is None:
-        hdmf_run = out / "hdmf"
-        hdmf = train(load_config(recipe, ["model.head=hdmf", *extra_sets]), data, hdmf_run)
+    if base_run is None:
+        base_run = out / "recipe"
+        base = train(load_config(recipe, list(extra_sets)), data, base_run)
     else:
-        hdmf = json.loads((hdmf_run / "train_report.json").read_text())
+        base = json.loads((base_run / "train_report.json").read_text())
     t1 = time.monotonic()
-    concat = train(load_config(recipe, ["model.head=concat", f"train.phase1_from={hdmf_run}", *extra_sets]),
-                   data, out / "concat")
+    recipe_head = base["arch"]["head"]
+    runs = {recipe_head: (base_run, base)}
+    for head in FUSION_HEADS:
+        if head != recipe_head:
+            runs[head] = (out / head, train(load_config(recipe, [f"model.head={head}", f"train.phase1_from={base_run}",
+                                                                 *extra_sets]), data, out / head))
     t2 = time.monotonic()
-    m_h = _phase_minutes(hdmf_run / "metrics.csv")
-    m_c = _phase_minutes(out / "concat" / "metrics.csv")
-    phase1 = m_h.get("phase1_audio", 0.0) + m_h.get("phase1_image", 0.0)
-    cache_h = hdmf.get("phase2_cache_seconds", 0.0) / 60
-    cache_c = concat.get("phase2_cache_seconds", 0.0) / 60
-    t = hdmf["test"]
-    rows = {
-        "image_only": {**t["image_only"], "minutes": m_h.get("phase1_image", 0.0), "from": "phase I image model"},
-        "audio_only": {**t["audio_only"], "minutes": m_h.get("phase1_audio", 0.0), "from": "phase I audio model"},
-        "concat": {**concat["test"]["both"], "minutes": phase1 + cache_c + m_c.get("phase2_fusion", 0.0),
-                   "from": "phase II concat head on the phase I models"},
-        "hdmf": {**t["both"], "minutes": phase1 + cache_h + m_h.get("phase2_fusion", 0.0),
-                 "from": "phase II HD-MF head on the phase I models"},
+    m_base = _phase_minutes(base_run / "metrics.csv")
+    phase1 = m_base.get("phase1_audio", 0.0) + m_base.get("phase1_image", 0.0)
+    t = base["test"]
+    rows: dict[str, dict[str, Any]] = {
+        "image_only": {**t["image_only"], "minutes": m_base.get("phase1_image", 0.0), "from": "phase I image model"},
+        "audio_only": {**t["audio_only"], "minutes": m_base.get("phase1_audio", 0.0), "from": "phase I audio model"},
     }
+    for head, (run_dir, report) in runs.items():
+        phase2 = _phase_minutes(run_dir / "metrics.csv").get("phase2_fusion", 0.0)
+        rows[head] = {**report["test"]["both"], "minutes": phase1 + report.get("phase2_cache_seconds", 0.0) / 60 + phase2,
+                      "from": f"phase II {head} head on the phase I models" + (" (the recipe's head)"
+                                                                                if head == recipe_head else "")}
     for r in rows.values():
         r["minutes"] = round(r["minutes"], 2)
     best_single = max(rows["image_only"]["accuracy"], rows["audio_only"]["accuracy"])
     return {
         "data": str(data),
         "recipe": RECIPES[name],
-        "model": hdmf["model"],
-        "arch": hdmf["arch"],
+        "recipe_head": recipe_head,
+        "model": base["model"],
+        "arch": base["arch"],
         "test_examples": t["n"],
-        "splits": hdmf["splits"],
+        "splits": base["splits"],
         "variants": rows,
-        "fusion_beats_best_single": {k: rows[k]["accuracy"] > best_single for k in ("concat", "hdmf")},
-        "wall_minutes": {"hdmf_run": round((t1 - t0) / 60, 2) if t1 - t0 > 1 else None,
-                         "concat_run": round((t2 - t1) / 60, 2)},
-        "hdmf_run": str(hdmf_run),
-        "checkpoints": {"hdmf": str(hdmf_run / "best.pt"), "concat": str(out / "concat" / "best.pt")},
+        "fusion_beats_best_single": {h: rows[h]["accuracy"] > best_single for h in runs},
+        "wall_minutes": {"recipe_run": round((t1 - t0) / 60, 2) if t1 - t0 > 1 else None,
+                         "other_heads": round((t2 - t1) / 60, 2)},
+        "recipe_run": str(base_run),
+        "checkpoints": {h: str(run_dir / "best.pt") for h, (run_dir, _) in runs.items()},
     }
 
 
@@ -113,16 +120,22 @@ def birdnet_row(data: Path) -> dict[str, Any] | None:
     return {k: v for k, v in r.items() if k not in ("confusion", "classes")}
 
 
+def _variant_name(r: dict[str, Any], variant: str) -> str:
+    if variant in ("image_only", "audio_only"):
+        return variant.replace("_", " ")
+    name = HEAD_NAMES.get(variant, variant)
+    return f"{name} (recipe)" if variant == r.get("recipe_head", r["arch"]["head"]) else name
+
+
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"Test accuracy and macro-F1, each model trained from scratch on this machine's CPU (2 cores, shared), "
-             f"by `python bench/train_results.py` ({results['date']}). Minutes: training time of what the variant "
-             f"needs (two-phase: a fusion needs both unimodal models).", "",
+    lines = [f"Test accuracy and macro-F1 of models trained on this machine's CPU (2 cores, shared) by "
+             f"`python bench/train_results.py` ({results['date']}); GRID from scratch, birds from BirdNET V2.4 "
+             f"(frozen) and the bird-photo base model. Minutes: training time of what the variant needs (two-phase: "
+             f"a fusion needs both unimodal models).", "",
              "| data set | test examples | variant | accuracy | macro-F1 | minutes |", "|---|---|---|---|---|---|"]
-    names = {"image_only": "image only", "audio_only": "audio only", "concat": "concat", "hdmf": "HD-MF"}
     for ds, r in results["datasets"].items():
-        for v in VARIANTS:
-            x = r["variants"][v]
-            lines.append(f"| {ds} | {r['test_examples']} | {names[v]} | {100 * x['accuracy']:.1f} % | "
+        for v, x in r["variants"].items():
+            lines.append(f"| {ds} | {r['test_examples']} | {_variant_name(r, v)} | {100 * x['accuracy']:.1f} % | "
                          f"{x['macro_f1']:.3f} | {x['minutes']:.1f} |")
         if r.get("birdnet_alone"):
             b = r["birdnet_alone"]
@@ -130,10 +143,10 @@ def markdown(results: dict[str, Any]) -> str:
                          f"here) | {100 * b['accuracy']:.1f} % | {b['macro_f1']:.3f} | - |")
     lines.append("")
     for ds, r in results["datasets"].items():
-        beats = r["fusion_beats_best_single"]
+        beats = ", ".join(f"{_variant_name(r, h)} {'yes' if ok else 'no'}"
+                          for h, ok in r["fusion_beats_best_single"].items())
         lines.append(f"- {ds}: `{r['recipe']}` ({r['arch']['audio_backbone']} + {r['arch']['image_backbone']}); "
-                     f"fusion beats the best single modality: concat {'yes' if beats['concat'] else 'no'}, "
-                     f"HD-MF {'yes' if beats['hdmf'] else 'no'}." + (f" {r['note']}" if r.get("note") else ""))
+                     f"fusion beats the best single modality: {beats}." + (f" {r['note']}" if r.get("note") else ""))
         if r.get("birdnet_alone"):
             b, w = r["birdnet_alone"], r["birdnet_alone"]["windows"]
             k = w["birdnet_chunks_per_window"]
@@ -180,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", action="append", default=[], metavar="DATASET=TEXT", help="a note printed under the table")
     p.add_argument("--only", choices=["birdnet"], default=None,
                    help="birdnet: only the birds' BirdNET-alone row (into the existing results and table)")
-    p.add_argument("--hdmf-run", action="append", default=[], metavar="DATASET=DIR",
-                   help="take this finished two_phase HD-MF run instead of training one (e.g. grid=runs/grid_run)")
+    p.add_argument("--recipe-run", action="append", default=[], metavar="DATASET=DIR",
+                   help="take this finished two_phase run of the recipe instead of training one "
+                        "(e.g. birds=runs/birds_final)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in a.datasets.split(",") if n.strip()]
@@ -202,13 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         _write_results(results_path, results)
         write_readme(Path(a.readme), markdown(results))
         return 0
-    given = dict(x.split("=", 1) for x in a.hdmf_run)
+    given = dict(x.split("=", 1) for x in a.recipe_run)
     for name in names:
         r = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets,
                         Path(given[name]) if name in given else None)
-        print(f"{name}: " + ", ".join(f"{v} {100 * r['variants'][v]['accuracy']:.1f}% "
-                                       f"(F1 {r['variants'][v]['macro_f1']:.3f}, {r['variants'][v]['minutes']:.1f} min)"
-                                       for v in VARIANTS) + f" on {r['test_examples']} test examples", flush=True)
+        print(f"{name}: " + ", ".join(f"{_variant_name(r, v)} {100 * x['accuracy']:.1f}% "
+                                       f"(F1 {x['macro_f1']:.3f}, {x['minutes']:.1f} min)"
+                                       for v, x in r["variants"].items()) + f" on {r['test_examples']} test examples",
+              flush=True)
         # merge into what is on disk now (another data set may have been written meanwhile), write, then the table
         results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
         notes = dict(x.split("=", 1) for x in a.note)
