@@ -268,21 +268,18 @@ class DetectionStore:
             p = self._pending[self._evidence_scan]
             self._evidence_scan += 1
             paths = [p.row[k] for k in ("audio_path", "image_path", "clip_path") if p.row.get(k)]
-            if not paths:
-                continue
             for f in paths:
                 try:
                     os.unlink(f)
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    log.warning("cannot delete evidence %s of waiting detection %s: %s", f, p.id, e)
+                except OSError as e:  # FileNotFoundError: nothing to free
+                    log.log(logging.DEBUG if isinstance(e, FileNotFoundError) else logging.WARNING, "%s: %s", f, e)
+            if not paths:
+                continue
             p.row.update(audio_path=None, image_path=None, clip_path=None,
                          evidence_note=f"dropped: the log could not be written for {self._failing_for_s():.0f} s")
             self.dropped_evidence += 1
-            log.warning("dropped the evidence of waiting detection %s (%d detections wait for the log; bound %d)",
-                        p.id, len(self._pending), cap,
-                        extra={"fields": {"event": "dropped_evidence", "id": p.id, "waiting": len(self._pending)}})
+            log.warning("dropped the evidence of waiting detection %s (%d wait for the log; bound %d)", p.id,
+                        len(self._pending), cap, extra={"fields": {"event": "dropped_evidence", "id": p.id}})
         while len(self._pending) > cap:
             p = self._pending.pop(0)
             self._evidence_scan = max(0, self._evidence_scan - 1)
@@ -297,9 +294,8 @@ class DetectionStore:
 
     def problem(self) -> str | None:
         """None while commits succeed; else what fails and for how long (for /health)."""
-        if self.failing_since is None:
-            return None
-        return f"store: {self.last_error} since {self._failing_for_s():.0f}s ({self.pending} waiting)"
+        return None if self.failing_since is None else \
+            f"store: {self.last_error} since {self._failing_for_s():.0f}s ({self.pending} waiting)"
 
     def update_evidence(self, detection_id: str, audio_path: str | None, image_path: str | None,
                         note: str | None, clip_path: str | None = None) -> None:
@@ -396,8 +392,7 @@ class DetectionStore:
 
     # -- evidence bookkeeping ------------------------------------------------------------------------------------
     def evidence_rows(self, page_rows: int = 500) -> Iterator[sqlite3.Row]:
-        """Detections that still link evidence, oldest first, read `page_rows` at a time (keyset paging on
-        (utc_ns, id)): a log of months is never held in memory at once."""
+        """Detections that still link evidence, oldest first, read `page_rows` at a time (keyset on (utc_ns, id))."""
         after: tuple[int, str] = (-(2 ** 63), "")
         while True:
             page = self.con.execute(
