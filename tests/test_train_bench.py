@@ -35,10 +35,18 @@ def test_results_section_is_created_before_data_and_then_only_the_markers_change
 def test_markdown_table_lists_every_variant_of_every_data_set():
     b = _bench()
     v = {"accuracy": 0.5, "macro_f1": 0.4, "minutes": 1.0}
-    results = {"date": "2026-01-01", "datasets": {"grid": {
-        "recipe": "train/grid.yaml", "test_examples": 40, "arch": {"audio_backbone": "a", "image_backbone": "i"},
-        "variants": {k: dict(v) for k in b.VARIANTS}, "fusion_beats_best_single": {"concat": False, "hdmf": True}}}}
+    variants = ("image_only", "audio_only", "late_prod", "concat", "hdmf")
+    results = {"date": "2026-01-01", "datasets": {"birds": {
+        "recipe": "train/birds.yaml", "recipe_head": "late_prod", "test_examples": 40,
+        "arch": {"audio_backbone": "a", "image_backbone": "i", "head": "late_prod"},
+        "variants": {k: dict(v) for k in variants},
+        "fusion_beats_best_single": {"late_prod": True, "concat": False, "hdmf": False}}}}
     md = b.markdown(results)
-    for name in ("image only", "audio only", "concat", "HD-MF"):
-        assert f"| grid | 40 | {name} | 50.0 % | 0.400 | 1.0 |" in md
-    assert "concat no, HD-MF yes" in md
+    for name in ("image only", "audio only", "late product (recipe)", "concat", "HD-MF"):
+        assert f"| birds | 40 | {name} | 50.0 % | 0.400 | 1.0 |" in md
+    assert "late product (recipe) yes, concat no, HD-MF no" in md
+    # an entry written before recipe_head existed: its arch names the head
+    old = results["datasets"]["birds"]
+    old.pop("recipe_head")
+    old["arch"]["head"] = "hdmf"
+    assert "| birds | 40 | HD-MF (recipe) |" in b.markdown(results)
