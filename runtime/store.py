@@ -362,9 +362,13 @@ class DetectionStore:
 
     def record_run(self, run_id: str, bundle: str | None, source: str | None, model_sha256: str | None) -> None:
         started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-        with write_transaction(self.con):
-            self.con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
-                             (run_id, started, bundle, source, model_sha256))
+        try:  # the run's record is bookkeeping: a full disk at start must not keep the daemon from logging later
+            with write_transaction(self.con):
+                self.con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
+                                 (run_id, started, bundle, source, model_sha256))
+        except sqlite3.DatabaseError as e:
+            log.error("%s: cannot record run %s: %s (detections are still logged once there is space)", self.path,
+                      run_id, e)
 
     # -- outbox (MQTT) -------------------------------------------------------------------------------------------
     def outbox_pending(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
@@ -430,59 +434,6 @@ class DetectionStore:
             self.con.close()
 
 
-# -- reading ------------------------------------------------------------------------------------------------------
-
-
-def query_detections(
-    path: str | Path,
-    since_utc_ns: int | None = None,
-    until_utc_ns: int | None = None,
-    labels: Sequence[str] | None = None,
-    min_confidence: float = 0.0,
-    limit: int | None = 1000,
-) -> list[dict[str, Any]]:
-    """Detections in [since, until) (UTC ns of the detection), oldest first."""
-    con = connect(path, readonly=True)
-    try:
-        if schema_version(con) < 1:
-            raise StorageError(f"{path}: not an edgeav detection log (schema version 0)")
-        have = {r[1] for r in con.execute("PRAGMA table_info(detections)")}
-        cols = [c for c in COLUMNS if c in have]
-        where, params = ["confidence >= ?"], [float(min_confidence)]
-        if since_utc_ns is not None:
-            where.append("utc_ns >= ?")
-            params.append(int(since_utc_ns))
-        if until_utc_ns is not None:
-            where.append("utc_ns < ?")
-            params.append(int(until_utc_ns))
-        if labels:
-            where.append(f"label IN ({', '.join('?' * len(labels))})")
-            params.extend(labels)
-        sql = f"SELECT {', '.join(cols)} FROM detections WHERE {' AND '.join(where)} ORDER BY utc_ns, id"
-        if limit is not None and limit > 0:
-            sql += f" LIMIT {int(limit)}"
-        try:
-            rows = con.execute(sql, params).fetchall()
-        except sqlite3.DatabaseError as e:
-            raise StorageError(f"{path}: cannot read the detection log: {e}") from None
-        out = []
-        for r in rows:
-            d = dict(zip(cols, r))
-            d["modalities"] = [m for m in (d.get("modalities") or "").split(",") if m]
-            out.append(d)
-        return out
-    finally:
-        con.close()
-
-
-def integrity_check(path: str | Path) -> str:
-    con = connect(path, readonly=True)
-    try:
-        return str(con.execute("PRAGMA integrity_check").fetchone()[0])
-    finally:
-        con.close()
-
-
 def detection_payload(row: dict[str, Any]) -> str:
     """The JSON an MQTT subscriber gets for one detection (stable id, times, scores, modalities)."""
     keep = ("id", "label", "confidence", "audio_confidence", "image_confidence", "start_utc", "end_utc", "utc_ns",
@@ -496,3 +447,6 @@ def detection_payload(row: dict[str, Any]) -> str:
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "DetectionStore", "connect", "migrate", "schema_version",
            "query_detections", "integrity_check", "new_detection_id", "parse_iso_utc", "detection_payload",
            "write_transaction"]
+
+# the reader side lives in store_query.py (this module stays under 500 lines); imported from here as before
+from edgeav.runtime.store_query import integrity_check, query_detections  # noqa: E402
