@@ -272,3 +272,33 @@ def test_evidence_rows_are_read_a_page_at_a_time(tmp_path: Path) -> None:
     got = [r["id"] for r in rows]
     assert len(got) == 25 == len(set(got)) and got == [r["id"] for r in query_detections(tmp_path / "d.db")]
     st.close()
+
+
+def test_outbox_pending_is_counted_in_memory_not_queried(tmp_path: Path) -> None:
+    pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
+    import socket
+
+    from edgeav.runtime.mqtt import MqttPublisher
+    from edgeav.schema.daemon import MqttConfig
+
+    st = DetectionStore(tmp_path / "d.db")
+    for i in range(5):
+        st.add(det(t_s=i), utc_ns=T0 + i, outbox_topics=["t/d"])
+    st.flush()
+    with socket.socket() as s:  # a port nobody listens on: the publisher keeps trying, rows wait
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pub = MqttPublisher(MqttConfig(enabled=True, port=port), tmp_path / "d.db", outbox_added=lambda: st.outbox_added)
+    pub.start()
+    try:
+        statements: list[str] = []
+        pub._con.set_trace_callback(statements.append)
+        assert pub.pending() == 5
+        for i in range(3):
+            st.add(det(t_s=10 + i), utc_ns=T0 + 10 + i, outbox_topics=["t/d"])
+        st.flush()
+        assert [pub.pending() for _ in range(100)] == [8] * 100
+        assert not [q for q in statements if "COUNT" in q.upper()]  # the 50 ms loop no longer scans the outbox
+    finally:
+        pub.stop(timeout_s=0.2)
+        st.close()
