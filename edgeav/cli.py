@@ -12,12 +12,16 @@ import importlib
 import json
 import logging
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgeav import __version__
-from edgeav.errors import EdgeAVError
+from edgeav.errors import ConfigError, EdgeAVError
 from edgeav.log import setup_logging
 from edgeav.result import CommandResult
+from edgeav.threads import apply_threads, plan_threads
+
+if TYPE_CHECKING:
+    from edgeav.schema import ThreadsConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,29 @@ HANDLERS: dict[str, str] = {
     "detections": "edgeav.runtime.cli:cmd_detections",
 }
 
+# commands whose threads are set from the `threads:` config (edgeav.threads) before their stage is imported
+THREADED_COMMANDS = ("train", "eval", "bench")
+
 # extra that provides each stage, for the message when it is not installed
 _EXTRA_FOR = {"edgeav.train": "train", "edgeav.export": "export", "edgeav.runtime": "runtime"}
+
+
+def _command_group(sub: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+    """A command with subcommands (`edgeav NAME SUBCOMMAND`); one of them is required."""
+    group = sub.add_parser(name, help=help).add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    group.required = True
+    return group
 
 
 def _add_common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", metavar="N|auto|default",
+                   help="torch and ONNX Runtime threads per operator (overrides the config's threads.intra_op; "
+                        "auto, the default: the cores free; default: the libraries' own, OpenMP spinning)")
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
@@ -63,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     # data
-    d = sub.add_parser("data", help="inspect data sets")
-    dsub = d.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    dsub.required = True
+    dsub = _command_group(sub, "data", "inspect data sets")
     di = dsub.add_parser("inspect", help="classes, counts per split, durations, sample rates; writes a PNG sheet")
     di.add_argument("path", help="data set folder or manifest file")
     di.add_argument("--config", help="YAML config whose data: section describes the set")
@@ -75,9 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(di)
 
     # model
-    m = sub.add_parser("model", help="model registry")
-    msub = m.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    msub.required = True
+    msub = _command_group(sub, "model", "model registry")
     mi = msub.add_parser("info", help="parameters, FLOPs per branch, input contract of a named model")
     mi.add_argument("name")
     _add_set(mi)
@@ -98,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="resume from OUT/last.pt")
     t.add_argument("--init", metavar="CHECKPOINT",
                    help="start from an edgeav checkpoint trained on other classes (sets train.init_from)")
-    _add_set(t)
+    _add_set(t)  # threads: --set threads.intra_op=N (or the recipe's train.threads)
     _add_common(t)
 
     # eval
@@ -113,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--snr-db", metavar="LIST", help="robustness: SNRs in dB, comma-separated (default 20,10,0,-5; a list that starts below 0: "
                         "--snr-db=-5,-10)")
     e.add_argument("--noise-seed", type=int, default=0, help="robustness: seed of the noise segments (default 0)")
+    _add_threads(e)
     _add_common(e)
 
     # export
@@ -144,21 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     # bench
     b = sub.add_parser("bench", help="latency and throughput of a bundle on this machine")
     b.add_argument("bundle")
+    _add_threads(b)
     _add_common(b)
 
     # devices
-    dv = sub.add_parser("devices", help="device profiles")
-    dvsub = dv.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    dvsub.required = True
+    dvsub = _command_group(sub, "devices", "device profiles")
     _add_common(dvsub.add_parser("list", help="list device profiles"))
     ds = dvsub.add_parser("show", help="show one device profile")
     ds.add_argument("name")
     _add_common(ds)
 
     # config
-    c = sub.add_parser("config", help="check a config file or print the schema")
-    csub = c.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-    csub.required = True
+    csub = _command_group(sub, "config", "check a config file or print the schema")
     cc = csub.add_parser("check", help="validate a YAML config")
     cc.add_argument("file")
     _add_set(cc)
@@ -177,6 +191,27 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--limit", type=int, default=1000)
     _add_common(dt)
     return p
+
+
+def _threads_config(args: argparse.Namespace) -> "ThreadsConfig":
+    """The `threads:` section a command runs with: train's recipe with --set (its train.threads, when set,
+    overrides intra_op, as the loop applies it); for eval and bench the defaults with --threads (the checkpoint's
+    training machine is not this one)."""
+    from edgeav.schema import ThreadsConfig, load_config
+
+    tc = ThreadsConfig()
+    if args.command == "train":
+        cfg = load_config(args.config, list(args.overrides or []))
+        tc = cfg.threads.model_copy()
+        if cfg.train.threads is not None:
+            tc.intra_op = cfg.train.threads
+    if getattr(args, "threads", None) is not None:
+        value = int(args.threads) if args.threads.isdigit() else args.threads
+        try:
+            tc.intra_op = value
+        except ValueError:
+            raise ConfigError(f"--threads {args.threads!r}: expected a count from 1, auto or default") from None
+    return tc
 
 
 def _resolve(key: str) -> Callable[[argparse.Namespace], CommandResult]:
@@ -223,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(verbosity=1 if args.debug else (-1 if args.quiet else 0), json_logs=args.log_json)
     key = args.command + (f".{args.subcommand}" if getattr(args, "subcommand", None) else "")
     try:
+        if args.command in THREADED_COMMANDS:  # before the stage (and torch, its OpenMP) is imported
+            apply_threads(plan_threads(_threads_config(args)))
         handler = _resolve(key)
         result = handler(args)
         _emit(result, getattr(args, "json", False))

@@ -6,7 +6,8 @@
 
 Every option is explicit (`SessionSettings`): intra-/inter-op threads, graph optimization level, execution providers
 (by short name, in priority order), log severity and whether idle worker threads spin. Threads: `None` takes the
-cores free now (`free_cores`), 0 ONNX Runtime's own default (one per physical core), n exactly n.
+cores set for the process (`edgeav.threads`, the `threads:` config), else the cores free now (`free_cores`), 0 ONNX
+Runtime's own default (one per physical core), n exactly n.
 
 A provider asked for must be available and active after the session is made, else DeviceError: no silent fallback
 to the CPU. A model ONNX Runtime cannot load is a ModelError. onnxruntime is imported inside the functions: the core
@@ -27,6 +28,7 @@ from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence
 import numpy as np
 
 from edgeav.errors import DeviceError, ModelError
+from edgeav.threads import onnxruntime_threads
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +39,21 @@ _OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "exten
 Feeds = Mapping[str, np.ndarray]
 
 
-def free_cores() -> int:
+def free_cores(usable: int | None = None, load_1min: float | None = None) -> int:
     """Cores this process may run on (its CPU affinity) less those other runnable tasks keep busy (the 1-minute
     load average less one for this process), at least 1: a second job on the machine gets its share instead of
-    both over-subscribing the cores."""
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        usable = os.cpu_count() or 1
-    try:
-        busy = max(0.0, os.getloadavg()[0] - 1.0)
-    except OSError:  # pragma: no cover - no load average on this system
-        busy = 0.0
+    both over-subscribing the cores. Pure when `usable` and `load_1min` are given (else read from this machine)."""
+    if usable is None:
+        try:
+            usable = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - not Linux
+            usable = os.cpu_count() or 1
+    if load_1min is None:
+        try:
+            load_1min = os.getloadavg()[0]
+        except OSError:  # pragma: no cover - no load average on this system
+            load_1min = 1.0
+    busy = max(0.0, load_1min - 1.0)
     return max(1, min(usable, int(usable - busy + 0.5)))
 
 
@@ -88,7 +93,8 @@ def create_session(model: str | Path | bytes, settings: SessionSettings | None =
         raise DeviceError(f"ONNX Runtime execution provider(s) {missing} requested but not available here "
                           f"(available: {', '.join(sorted(available))}); no fallback is made")
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = free_cores() if s.intra_op_threads is None else int(s.intra_op_threads)
+    intra = s.intra_op_threads if s.intra_op_threads is not None else onnxruntime_threads()  # the process's plan
+    opts.intra_op_num_threads = free_cores() if intra is None else int(intra)
     opts.inter_op_num_threads = int(s.inter_op_threads)
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[s.optimization])
     opts.log_severity_level = int(s.log_severity)

@@ -19,6 +19,7 @@ from edgeav.schema.data import DataConfig
 from edgeav.schema.export import ExportConfig
 from edgeav.schema.model import ModelConfig
 from edgeav.schema.runtime import RuntimeConfig
+from edgeav.schema.threads import ThreadsConfig
 from edgeav.schema.train import TrainConfig
 
 
@@ -31,6 +32,7 @@ class EdgeAVConfig(Section):
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export: ONNX, INT8, gate, bundle.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Runtime: sources, alignment, inference.")
     daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="Daemon: detection log, evidence, supervision, metrics, MQTT.")
+    threads: ThreadsConfig = Field(default_factory=ThreadsConfig, description="CPU threads of torch and ONNX Runtime, OpenMP spinning.")
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
@@ -108,4 +110,4 @@ def config_schema() -> dict[str, Any]:
     return EdgeAVConfig.model_json_schema()
 
 
-__all__ = ["EdgeAVConfig", "DataConfig", "ModelConfig", "TrainConfig", "ExportConfig", "RuntimeConfig", "DaemonConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]
+__all__ = ["EdgeAVConfig", "DataConfig", "ModelConfig", "TrainConfig", "ExportConfig", "RuntimeConfig", "DaemonConfig", "ThreadsConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]

@@ -175,7 +175,7 @@ class TrainConfig(Section):
     amp: bool = Field(True, description="Automatic mixed precision on CUDA (ignored on CPU).")
     eval_batch_size: int = Field(32, ge=1, le=4096, description="Batch size of validation and evaluation, examples.")
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
-    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads (null = torch default).")
+    threads: int | None = Field(None, ge=1, le=256, description="torch CPU threads of training, overriding threads.intra_op (null = threads.intra_op), threads.")
     max_minutes: float | None = Field(
         None, gt=0.0, description="Stop a phase after this wall time since the start of training, minutes (null = no limit)."
     )
