@@ -16,13 +16,18 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from edgeav.contract import InputContract
+    from edgeav.schema.runtime import RuntimeConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DEFAULT_BUNDLE = REPO / "runs" / "grid_bundle_int8"
 DATA = Path(os.environ.get("EDGEAV_DATA", REPO.parent / "shared" / "data"))
 STREAM = DATA / "streams" / "grid_stream_120s.mp4"
+STREAM_URI = STREAM.as_uri() if STREAM.is_file() else None  # the default --source of the replay benchmarks
 GROUND_TRUTH = DATA / "streams" / "grid_stream_120s.csv"
 
 log = logging.getLogger("bench")
@@ -33,10 +38,18 @@ class Model:
     path: Path
     role: str
     sha256: str
-    contract: Any  # edgeav.contract.InputContract
+    contract: InputContract
     labels: list[str]
     bundle: Path
     bundle_metrics: dict[str, Any]
+
+    def identity(self) -> dict[str, str]:
+        """What the result JSON says about the model: its bundle, file role and sha256."""
+        return {"bundle": rel(self.bundle), "model_role": self.role, "model_sha256": self.sha256}
+
+    def line_suffix(self, loadavg_1: float) -> str:
+        """The end of each benchmark's one line: which model file ran, and how loaded the machine was."""
+        return f"{self.bundle.name}/{self.path.name}, load {loadavg_1:.2f}"
 
 
 def rel(path: Path | str) -> str:
@@ -55,6 +68,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime intra-op threads (default 1: the GStreamer decoder gets the other core)")
 
 
+def parse_stream_args(doc: str, argv: list[str] | None, default_source: str | None,
+                      more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    """The arguments of a stream benchmark: the model, `--source`, its own (`more`), `--out`, `-v`; logging set up.
+    No source (the default stream is not there and none given) is a usage error (exit 2)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    add_model_args(p)
+    p.add_argument("--source", default=default_source)
+    if more is not None:
+        more(p)
+    p.add_argument("--out", default=None)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    if not args.source:
+        p.error(f"{STREAM} not found (set EDGEAV_DATA) and no --source given")
+    return args
+
+
 def open_model(args: argparse.Namespace) -> Model:
     from edgeav.runtime.bundle import verify_bundle
 
@@ -65,7 +96,7 @@ def open_model(args: argparse.Namespace) -> Model:
                  dict(info.manifest.metrics or {}))
 
 
-def runtime_config(args: argparse.Namespace, **sections: dict[str, Any]):
+def runtime_config(args: argparse.Namespace, **sections: dict[str, Any]) -> RuntimeConfig:
     from edgeav.schema.runtime import RuntimeConfig
 
     doc: dict[str, Any] = {"backend": {"intra_op_threads": int(args.threads)}}

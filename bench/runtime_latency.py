@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from runtime_common import add_model_args, machine, open_model, rel, runtime_config, setup_logging, write_result  # noqa: E402
+from runtime_common import machine, open_model, parse_stream_args, runtime_config, write_result  # noqa: E402
 
 
 def _utc_ns(iso: str) -> int:
@@ -31,17 +31,14 @@ def _utc_ns(iso: str) -> int:
     return int(round(t.timestamp() * 1000)) * 1_000_000  # ISO strings carry milliseconds
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p)
-    p.add_argument("--source", default="test://?live=1&pattern=ball&freq_hz=440&volume=0.5")
+def _latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=60, help="windows to time (hop 0.5 s: 60 = 30 s)")
     p.add_argument("--audio-chunk-s", type=float, default=0.02,
                    help="microphone buffer length: a sample reaches the runtime one buffer after it was captured")
-    p.add_argument("--out", default=None)
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_stream_args(__doc__, argv, "test://?live=1&pattern=ball&freq_hz=440&volume=0.5", _latency_args)
     from edgeav.runtime.backends import backend_from_config
     from edgeav.runtime.engine import run_stream
 
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     lat_a, after_a = np.array(lat), np.array(after)
     p50, p95 = float(np.percentile(lat_a, 50)), float(np.percentile(lat_a, 95))
     data = {
-        "source": args.source, "bundle": rel(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
+        "source": args.source, **model.identity(),
         "config": {"ort_threads": args.threads, "audio_chunk_s": args.audio_chunk_s, "fps": cfg.source.fps,
                    "hop_s": cfg.align.hop_s, "window_s": model.contract.audio.window_s},
         "detections_timed": len(lat),
@@ -86,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     line = (f"runtime_latency: capture-to-detection p50 {p50:.0f} ms, p95 {p95:.0f} ms (target {window_ms + 100:.0f}); "
             f"after the window p95 {data['after_window_ms']['p95']:.0f} ms; {len(lat)} detections, "
-            f"{model.bundle.name}/{model.path.name}, load {data['machine']['loadavg_1_5_15'][0]:.2f}")
+            f"{model.line_suffix(data['machine']['loadavg_1_5_15'][0])}")
     write_result("runtime_latency", data, line, args.out)
     return 0
 

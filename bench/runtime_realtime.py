@@ -9,7 +9,6 @@ Writes bench/results/runtime_realtime.json and prints one line. Targets: CPU <= 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -18,31 +17,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from runtime_common import (  # noqa: E402
-    STREAM,
-    add_model_args,
+    STREAM_URI,
     cpu_seconds,
     machine,
     open_model,
-    rel,
+    parse_stream_args,
     proc_status_kb,
     runtime_config,
-    setup_logging,
     write_result,
 )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p)
-    p.add_argument("--source", default=STREAM.as_uri() if STREAM.is_file() else None)
-    p.add_argument("--duration-s", type=float, default=None, help="stop after this much stream (default: all)")
-    p.add_argument("--out", default=None)
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-    if not args.source:
-        print(f"runtime_realtime: {STREAM} not found (set EDGEAV_DATA)", file=sys.stderr)
-        return 2
+    args = parse_stream_args(__doc__, argv, STREAM_URI, lambda p: p.add_argument(
+        "--duration-s", type=float, default=None, help="stop after this much stream (default: all)"))
     from edgeav.runtime.backends import backend_from_config
     from edgeav.runtime.engine import run_stream
     from edgeav.timebase import NS_PER_S
@@ -80,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_pct = 100.0 * cpu / wall
     peak_mb = proc_status_kb("VmHWM") / 1024
     data = {
-        "source": args.source, "bundle": rel(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
+        "source": args.source, **model.identity(),
         "config": {"ort_threads": args.threads, "fps": cfg.source.fps, "hop_s": cfg.align.hop_s,
                    "window_s": model.contract.audio.window_s},
         "stream_s": round(last_end_ns / NS_PER_S, 3), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
@@ -92,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": load_before, "machine": machine(),
     }
     line = (f"runtime_realtime: CPU {cpu_pct:.1f} % of one core, peak RSS {peak_mb:.0f} MB over {wall:.1f} s "
-            f"({n_windows} windows, {model.bundle.name}/{model.path.name}), load {data['machine']['loadavg_1_5_15'][0]:.2f}")
+            f"({n_windows} windows), {model.line_suffix(data['machine']['loadavg_1_5_15'][0])}")
     write_result("runtime_realtime", data, line, args.out)
     return 0
 

@@ -20,23 +20,26 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from runtime_common import (  # noqa: E402
     GROUND_TRUTH,
-    STREAM,
-    add_model_args,
+    STREAM_URI,
+    Model,
     cpu_seconds,
     machine,
     open_model,
-    rel,
+    parse_stream_args,
     proc_status_kb,
     runtime_config,
-    setup_logging,
     write_result,
 )
+
+if TYPE_CHECKING:
+    from edgeav.schema.runtime import RuntimeConfig
 
 
 def timed(inner):
@@ -72,7 +75,7 @@ def timed(inner):
     return TimedBackend()
 
 
-def one_pass(model, cfg, source: str, db: Path) -> dict:
+def one_pass(model: Model, cfg: RuntimeConfig, source: str, db: Path) -> dict:
     from edgeav.runtime.backends import backend_from_config
     from edgeav.runtime.engine import WindowPrediction, run_stream
     from edgeav.runtime.store import DetectionStore
@@ -103,21 +106,15 @@ def one_pass(model, cfg, source: str, db: Path) -> dict:
             "infer_s": backend.seconds, "infer_calls": backend.calls, "missing": missing, "preds": preds}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_args(p)
-    p.add_argument("--source", default=STREAM.as_uri() if STREAM.is_file() else None)
+def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ground-truth", default=str(GROUND_TRUTH), help="segments CSV, or 'none' (speed only)")
     p.add_argument("--hop-s", type=float, default=0.5)
     p.add_argument("--batch", type=int, default=8, help="windows per inference call on fast replay")
     p.add_argument("--repeat", type=int, default=3, help="passes; the figures are the best and the median")
-    p.add_argument("--out", default=None)
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-    if not args.source:
-        print(f"runtime_replay: {STREAM} not found (set EDGEAV_DATA)", file=sys.stderr)
-        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_stream_args(__doc__, argv, STREAM_URI, _replay_args)
     from edgeav.runtime.engine import score_segments
     from edgeav.timebase import NS_PER_S
 
@@ -138,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for pr in best["preds"]:
         top[pr.label] = top.get(pr.label, 0) + 1
     data = {
-        "source": args.source, "bundle": rel(model.bundle), "model_role": model.role, "model_sha256": model.sha256,
-        "model_file": model.path.name, "labels": model.labels, "bundle_metrics": model.bundle_metrics,
+        "source": args.source, **model.identity(), "model_file": model.path.name, "labels": model.labels, "bundle_metrics": model.bundle_metrics,
         "config": {"hop_s": args.hop_s, "window_s": model.contract.audio.window_s, "ort_threads": args.threads,
                    "batch_windows": args.batch, "fps": cfg.source.fps,
                    "image_px": [model.contract.image.height_px, model.contract.image.width_px]},
@@ -168,8 +164,7 @@ def main(argv: list[str] | None = None) -> int:
              else f"no ground truth, windows missing {best['missing']}")
     line = (f"runtime_replay: {data['realtime_factor_best']}x real time (median {data['realtime_factor_median']}x) "
             f"over {media_s:.1f} s, {best['windows']} windows, infer {data['infer_ms_per_window']} ms/window, "
-            f"{score}, {model.bundle.name}/{model.path.name}, "
-            f"load {data['machine']['loadavg_1_5_15'][0]:.2f}")
+            f"{score}, {model.line_suffix(data['machine']['loadavg_1_5_15'][0])}")
     write_result("runtime_replay", data, line, args.out)
     return 0
 

@@ -26,13 +26,16 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from edgeav.errors import BundleError
 from edgeav.onnx_session import OnnxRunner
 from edgeav.result import CommandResult
+
+if TYPE_CHECKING:
+    from edgeav.contract import InputContract
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class _Runner:
     times_ns: list[int] = field(default_factory=list)
 
 
-def _inputs(contract: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def _inputs(contract: InputContract, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     shapes = contract.shapes(batch)
     return {"audio": (0.1 * rng.standard_normal(shapes["audio"])).astype(np.float32),  # (B, T)
@@ -71,7 +74,7 @@ def _inputs(contract: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
             "mask": np.ones(shapes["mask"], np.float32)}  # (B, 2)
 
 
-def _ort_runner(name: str, path: Path, contract: Any, threads: int) -> _Runner:
+def _ort_runner(name: str, path: Path, contract: InputContract, threads: int) -> _Runner:
     # threads 0: ONNX Runtime's default; idle worker threads must not spin after each run, or they would steal the
     # cores from the next backend in turn
     runner = OnnxRunner.open(path, intra_op_threads=threads, allow_spinning=False)
@@ -109,7 +112,7 @@ def _load_source_model(info: Any) -> tuple[Any, str]:
     return model, ""
 
 
-def _torch_runner(model: Any, contract: Any, threads: int) -> _Runner:
+def _torch_runner(model: Any, contract: InputContract, threads: int) -> _Runner:
     import torch
 
     if threads:
@@ -206,7 +209,7 @@ def _memory_child(kind: str, path: str, contract_json: str, threads: int, queue:
         queue.put({"error": f"{type(e).__name__}: {e}"})
 
 
-def _memory(kind: str, path: Path, contract: Any, threads: int, timeout_s: float = 300.0) -> dict[str, Any]:
+def _memory(kind: str, path: Path, contract: InputContract, threads: int, timeout_s: float = 300.0) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=_memory_child, args=(kind, str(path), contract.model_dump_json(), threads, q))

@@ -28,13 +28,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from edgeav.errors import ConfigError, ExportError
 from edgeav.result import CommandResult
 from edgeav.schema.export import ExportConfig
+
+if TYPE_CHECKING:
+    from edgeav.devices import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +100,7 @@ def _licences(arch: dict[str, Any]) -> dict[str, str]:
     return {n: str(BACKBONES.meta(n)["licence"]) for n in names if n and "licence" in BACKBONES.meta(n)}
 
 
-def _check_request(args: argparse.Namespace, profile: Any) -> None:
+def _check_request(args: argparse.Namespace, profile: DeviceProfile) -> None:
     from edgeav.devices import check_precision
     from edgeav.export.quantize import NO_CALIB_MSG
 
@@ -259,7 +262,8 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
                                     "missing_modality_copies": "audio-only and image-only copies of every 2nd feed",
                                     "inputs": ["audio", "image", "mask"],
                                     "image_shape": list(calib[0].feeds["image"].shape)}  # (1, [T,] 3, H, W)
-            qinfo["evaluated_with"] = ("onnxruntime, Q/DQ simulated in float (what TensorRT computes)" if simulate
+            qinfo["evaluated_with"] = ("onnxruntime, Q/DQ simulated in float (the values the Q/DQ model stands for)"
+                                       if simulate
                                        else "onnxruntime CPU integer kernels")
             extra["int8"] = qinfo
             extra["float_nodes"] = qinfo["float_nodes"]

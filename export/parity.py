@@ -87,7 +87,7 @@ def torch_outputs(model: Any, feeds: Iterable[Feeds]) -> list[dict[str, np.ndarr
 
 def onnx_outputs(path: str | Path, feeds: Iterable[Feeds], *, disable_optimizations: bool = False) -> list[dict[str, np.ndarray]]:
     """The ONNX model's three outputs on each feed in ONNX Runtime (CPU; `disable_optimizations` runs Q/DQ nodes
-    as float ops, what TensorRT computes)."""
+    as float ops: the values the Q/DQ model stands for, without the CPU's fused int8 kernels)."""
     runner = OnnxRunner.open(path, OUTPUT_NAMES, optimization="disable" if disable_optimizations else "all")
     return run_all(runner, feeds)
 

@@ -28,7 +28,7 @@ import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from edgeav.errors import ExportError
 from edgeav.export.onnx_export import _private_initializers
 from edgeav.export.parity import compare_outputs
 from edgeav.onnx_session import OnnxRunner, run_all
+
+if TYPE_CHECKING:
+    from edgeav.devices import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +172,7 @@ def check_float_prefixes(model_path: str | Path, prefixes: Sequence[str]) -> dic
     return counts
 
 
-def form_for_profile(profile: Any) -> str:
+def form_for_profile(profile: DeviceProfile) -> str:
     """The INT8 form a device profile needs (DeviceError if it has no fast INT8)."""
     from edgeav.devices import check_precision
 
@@ -196,8 +199,10 @@ def quantize_int8(
     Returns the path written and a dict for the manifest (form, types, float-kept nodes, counts).
 
     Evaluate a `trt_symmetric` model with `simulate_qdq=True` (edgeav.export.gate.evaluate_onnx): ONNX Runtime's
-    fused int8 CPU kernels can saturate on x86 without VNNI, which TensorRT does not; simulated Q/DQ computes
-    what TensorRT computes.
+    fused int8 CPU kernels can saturate on x86 without VNNI, which TensorRT does not; simulated Q/DQ runs every
+    quantize / dequantize pair as float ops (graph optimizations off), the values the Q/DQ model stands for. A
+    TensorRT engine's integer kernels still round differently: an engine is checked on its own
+    (edgeav.export.tensorrt).
     """
     import onnx
     import onnxruntime
@@ -290,7 +295,7 @@ def quantize_int8(
 
 
 def quantize_for_device(fp32_path: str | Path, out_path: str | Path, feeds: Iterable[Feeds] | None,
-                        profile: Any, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+                        profile: DeviceProfile, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     """`quantize_int8` in the form `profile` needs; DeviceError where the profile has no fast INT8."""
     form = form_for_profile(profile)
     kwargs.setdefault("reduce_range", bool(getattr(profile, "int8_reduce_range", False)))

@@ -6,7 +6,7 @@
 The build is edgeav.runtime.trt_builder's (precision is what the engine computes in: a strongly typed network from
 the ONNX, or TensorRT 10's FP16 flag for fp16 from an fp32 model; anything else is refused with what can be built).
 After every build - and on a cache hit too - `check_engine_outputs` runs the engine and ONNX Runtime (the same ONNX
-file, Q/DQ simulated in float for int8: what TensorRT computes) on the same windows and applies the export's gates:
+file, Q/DQ simulated in float for int8: the values the Q/DQ model stands for) on the same windows and applies the export's gates:
 
 - fp32: the FP32 parity gate (`parity_max_abs_diff` + `parity_rel_diff` x |reference|, 100 % top-1 agreement);
 - fp16: the FP16 gate (`fp16_max_abs_diff`, `fp16_min_agreement_pct`);
@@ -34,7 +34,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -51,10 +51,16 @@ from edgeav.runtime.trt_runner import (
     trt_major,
 )
 
+if TYPE_CHECKING:
+    from edgeav.contract import InputContract
+    from edgeav.devices import DeviceProfile
+    from edgeav.export.gate import ClassificationMetrics
+    from edgeav.schema.export import ExportConfig
+
 log = logging.getLogger(__name__)
 
 Feeds = Mapping[str, np.ndarray]
-EngineRunner = Callable[[Path, Any, Sequence[Feeds]], list[dict[str, np.ndarray]]]
+EngineRunner = Callable[[Path, "InputContract", Sequence[Feeds]], list[dict[str, np.ndarray]]]
 
 
 @dataclass
@@ -76,8 +82,8 @@ class EngineCheck:
                 "failures": list(self.failures), "reference": "onnxruntime (CPU) on the same ONNX file"}
 
 
-def engine_gate(precision: str, cfg: Any) -> dict[str, float]:
-    """The export's gate for an engine of `precision` (ExportConfig `cfg`): compare_outputs' keyword arguments."""
+def engine_gate(precision: str, cfg: ExportConfig) -> dict[str, float]:
+    """The export's gate for an engine of `precision`: compare_outputs' keyword arguments."""
     if precision == "fp32":
         return {"max_abs_diff": cfg.parity_max_abs_diff, "min_agreement": 100.0, "rel_diff": cfg.parity_rel_diff}
     if precision == "fp16":
@@ -87,7 +93,8 @@ def engine_gate(precision: str, cfg: Any) -> dict[str, float]:
     return {"max_abs_diff": math.inf, "min_agreement": cfg.fp16_min_agreement_pct, "rel_diff": 0.0}
 
 
-def run_engine_outputs(engine_path: Path, contract: Any, feeds: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
+def run_engine_outputs(engine_path: Path, contract: InputContract,
+                       feeds: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
     """The engine's three outputs on each feed, through the runtime's TensorRT backend."""
     from edgeav.runtime.trt_runner import create_backend
 
@@ -99,9 +106,11 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
 
 
-def check_engine_outputs(engine_path: Path, onnx_path: Path, precision: str, feeds: Sequence[Feeds], cfg: Any, *,
-                         contract: Any = None, test_samples: Iterable[tuple[Feeds, Any]] | None = None,
-                         labels: Sequence[str] | None = None, reference_metrics: Any = None,
+def check_engine_outputs(engine_path: Path, onnx_path: Path, precision: str, feeds: Sequence[Feeds],
+                         cfg: ExportConfig, *,
+                         contract: InputContract | None = None,
+                         test_samples: Iterable[tuple[Feeds, Any]] | None = None,
+                         labels: Sequence[str] | None = None, reference_metrics: ClassificationMetrics | None = None,
                          run_engine: EngineRunner | None = None) -> EngineCheck:
     """Run the engine and ONNX Runtime on `feeds` and apply `engine_gate`; for int8 with `test_samples`, `labels`
     and the FP32 `reference_metrics`, also the INT8 accuracy gate on the engine's predictions."""
@@ -133,9 +142,10 @@ def check_engine_outputs(engine_path: Path, onnx_path: Path, precision: str, fee
     return check
 
 
-def build_checked_engine(onnx_path: str | Path, profile: Any, precision: str, *, feeds: Sequence[Feeds] | None,
-                         cfg: Any = None, dla_core: int | None = None, cache: EngineCache | None = None,
-                         force: bool = False, **check: Any) -> tuple[BuiltEngine, EngineCheck | None]:
+def build_checked_engine(onnx_path: str | Path, profile: DeviceProfile, precision: str, *,
+                         feeds: Sequence[Feeds] | None, cfg: ExportConfig | None = None, dla_core: int | None = None,
+                         cache: EngineCache | None = None, force: bool = False,
+                         **check: Any) -> tuple[BuiltEngine, EngineCheck | None]:
     """`build_engine`, then `check_engine_outputs` on `feeds` (None: no check, said in the log). A refused engine
     is evicted from the cache and raises ExportError with the figures."""
     from edgeav.schema.export import ExportConfig

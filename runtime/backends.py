@@ -17,7 +17,7 @@ import abc
 import importlib
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from edgeav.contract import InputContract
 from edgeav.errors import DeviceError, ModelError
 from edgeav.onnx_session import OnnxRunner, SessionSettings, create_session
 from edgeav.registry import Registry
+
+if TYPE_CHECKING:
+    from edgeav.schema.runtime import BackendConfig
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +178,8 @@ def create_backend(name: str, model_path: str | Path, contract: InputContract, *
     return BACKENDS.create(name, model_path, contract, **options)
 
 
-def backend_from_config(cfg: Any, model_path: str | Path, contract: InputContract) -> Backend:
-    """From a `BackendConfig` (edgeav.schema.runtime)."""
+def backend_from_config(cfg: BackendConfig, model_path: str | Path, contract: InputContract) -> Backend:
+    """From the runtime's backend section."""
     if cfg.name == "onnxruntime":
         return create_backend(
             "onnxruntime",

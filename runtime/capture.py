@@ -4,7 +4,8 @@
 ERROR (the bus error's text is raised as `SensorError` by `read_or_raise`, and kept in `Capture.error`).
 
 Times: each item's `pts_ns` is the buffer's running time (its PTS mapped through its segment) - an integer ns on
-the pipeline clock minus the pipeline's base time. Both sensors are in one pipeline, so their times compare.
+the pipeline clock minus the pipeline's base time. The streams of one pipeline (camera and microphone combined,
+`daemon.sensors: combined`) share that clock and base time, so their times compare.
 With `clock_base_ns` (the daemon's live sources, split sensors above all) every pipeline runs on the one process-wide GstSystemClock
 (CLOCK_MONOTONIC) with that base time, instead of the clock it would pick (a sound card's, for a microphone): the
 running time of every pipeline is then monotonic time since `clock_base_ns`, the same timeline for camera and

@@ -17,22 +17,27 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeav.errors import ConfigError
 from edgeav.result import CommandResult
 
+if TYPE_CHECKING:
+    from edgeav.runtime.backends import Backend
+    from edgeav.runtime.bundle import BundleInfo
+    from edgeav.schema import EdgeAVConfig
+
 log = logging.getLogger(__name__)
 
 
-def load_run_config(args: argparse.Namespace):
+def load_run_config(args: argparse.Namespace) -> EdgeAVConfig:
     """The whole EdgeAVConfig from --config and --set (defaults when no file)."""
     from edgeav.schema import load_config
 
     return load_config(getattr(args, "config", None), getattr(args, "overrides", None))
 
 
-def pick_model_role(info, backend_name: str, role: str | None) -> str:
+def pick_model_role(info: BundleInfo, backend_name: str, role: str | None) -> str:
     """The bundle file to run: `role` if given, else int8 then fp32 ONNX (an engine file for tensorrt)."""
     from edgeav.errors import BundleError
 
@@ -54,7 +59,7 @@ def pick_model_role(info, backend_name: str, role: str | None) -> str:
     return onnx[0]
 
 
-def open_bundle(bundle_path: str, cfg) -> tuple[Any, Any, str, str]:
+def open_bundle(bundle_path: str, cfg: EdgeAVConfig) -> tuple[BundleInfo, Backend, str, str]:
     """Verify the bundle (BundleError, exit 2, on any mismatch), open its model: (info, backend, role, sha256)."""
     from edgeav.manifest import sha256_file
     from edgeav.runtime.backends import backend_from_config
@@ -69,7 +74,7 @@ def open_bundle(bundle_path: str, cfg) -> tuple[Any, Any, str, str]:
     return info, backend, role, sha
 
 
-def replay(args: argparse.Namespace, cfg) -> CommandResult:
+def replay(args: argparse.Namespace, cfg: EdgeAVConfig) -> CommandResult:
     """One pass over `--source` with `engine.run_stream`; detections into `--db` when given."""
     from edgeav.runtime.engine import WindowPrediction, read_segments_csv, run_stream, score_segments
     from edgeav.runtime.sources import mask_credentials, parse_source_uri

@@ -20,12 +20,16 @@ import signal
 import sqlite3
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeav.errors import ConfigError, SensorError, StorageError
 from edgeav.result import CommandResult
 from edgeav.runtime.daemon_evidence import DaemonEvidence
 from edgeav.runtime.systemd import sd_notify, systemd_watchdog_s
+
+if TYPE_CHECKING:
+    from edgeav.runtime.wallclock import TimeSource
+    from edgeav.schema import EdgeAVConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +38,18 @@ log = logging.getLogger(__name__)
 
 
 class Daemon(DaemonEvidence):
-    def __init__(self, cfg: Any, bundle_override: str | None = None, db_override: str | None = None,
-                 realtime_override: bool | None = None, time_source: Any = None) -> None:
+    def __init__(self, cfg: EdgeAVConfig, bundle_override: str | None = None, db_override: str | None = None,
+                 realtime_override: bool | None = None, time_source: TimeSource | None = None) -> None:
         from edgeav.runtime.sources import parse_source_uri
         from edgeav.runtime.wallclock import WallClock
 
         self.cfg = cfg
-        self.dcfg = cfg.daemon
-        self.bundle_path = bundle_override or self.dcfg.bundle
+        self.daemon_cfg = cfg.daemon
+        self.bundle_path = bundle_override or self.daemon_cfg.bundle
         if not self.bundle_path:
             raise ConfigError("the daemon needs a bundle: daemon.bundle in the config, or --bundle")
-        self.db_path = db_override or self.dcfg.store.db_path
-        self.realtime = self.dcfg.realtime if realtime_override is None else realtime_override
+        self.db_path = db_override or self.daemon_cfg.store.db_path
+        self.realtime = self.daemon_cfg.realtime if realtime_override is None else realtime_override
         self.src_cfg = cfg.runtime.source
         self.src = parse_source_uri(self.src_cfg.uri)  # ConfigError on a bad URI, before anything starts
         self.audio_src = parse_source_uri(self.src_cfg.audio_uri) if self.src_cfg.audio_uri else None
@@ -106,7 +110,7 @@ class Daemon(DaemonEvidence):
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         age = None if self.last_window_monotonic is None else now - self.last_window_monotonic
-        max_age = self.dcfg.metrics.health_max_age_s
+        max_age = self.daemon_cfg.metrics.health_max_age_s
         sensors = {w.sensor: {"state": w.state, "restarts": w.restarts, "epoch": w.epoch, "last_error": w.last_error}
                    for w in self.workers}
         fresh = (age is not None and age <= max_age) or (age is None and now - self.started_monotonic <= max_age)
@@ -148,7 +152,7 @@ class Daemon(DaemonEvidence):
         from edgeav.runtime.growth import StoreUpkeep
         from edgeav.runtime.store import DetectionStore, new_detection_id
 
-        st = self.dcfg.store
+        st = self.daemon_cfg.store
         self.store = DetectionStore(self.db_path, synchronous=st.synchronous, batch_max=st.batch_max_detections,
                                     batch_interval_s=st.batch_interval_s, on_commit=self._on_commit,
                                     max_pending=st.max_pending_detections)
@@ -163,7 +167,7 @@ class Daemon(DaemonEvidence):
     def _start_evidence(self) -> None:
         from edgeav.runtime.evidence import EvidenceStore
 
-        ecfg = self.dcfg.evidence
+        ecfg = self.daemon_cfg.evidence
         if not ecfg.enabled:
             return
         store = self.store
@@ -193,7 +197,7 @@ class Daemon(DaemonEvidence):
     def _start_metrics(self) -> None:
         from edgeav.runtime.metrics import DaemonMetrics, MetricsServer
 
-        m = self.dcfg.metrics
+        m = self.daemon_cfg.metrics
         self.metrics_server = None
         if not m.enabled:
             return
@@ -208,10 +212,10 @@ class Daemon(DaemonEvidence):
     def _start_mqtt(self) -> None:
         from edgeav.runtime.mqtt import MqttPublisher
 
-        if not self.dcfg.mqtt.enabled:
+        if not self.daemon_cfg.mqtt.enabled:
             return
         store = self.store
-        self.mqtt = MqttPublisher(self.dcfg.mqtt, self.db_path, heartbeat=lambda: self.health()[1],
+        self.mqtt = MqttPublisher(self.daemon_cfg.mqtt, self.db_path, heartbeat=lambda: self.health()[1],
                                   metrics=self.metrics, outbox_added=lambda: store.outbox_added).start()
 
     def _stop_mqtt(self) -> None:
@@ -228,23 +232,23 @@ class Daemon(DaemonEvidence):
         self.streams = streams
         live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)
         self.queue = QueueGroup()  # one bounded queue per sensor: a fast camera cannot push audio out
-        qc = self.dcfg.queues
-        sup = self.dcfg.supervisor
+        qc = self.daemon_cfg.queues
+        sup = self.daemon_cfg.supervisor
         t0 = time.monotonic_ns()
         self.t0_ns = t0
-        for name, sset in stream_sets(self.dcfg.sensors, streams):
+        for name, sensor_stream_set in stream_sets(self.daemon_cfg.sensors, streams):
             uri = self.src_cfg.uri
-            if sset == ("audio",) and self.audio_src is not None:
+            if sensor_stream_set == ("audio",) and self.audio_src is not None:
                 uri = self.src_cfg.audio_uri
-            elif self.audio_src is not None and "audio" in sset and "video" in sset:
+            elif self.audio_src is not None and "audio" in sensor_stream_set and "video" in sensor_stream_set:
                 raise ConfigError("runtime.source.audio_uri needs daemon.sensors=split (two pipelines)")
-            scfg = self.src_cfg.model_copy(update={"uri": uri, "audio_uri": None, "streams": list(sset)})
+            scfg = self.src_cfg.model_copy(update={"uri": uri, "audio_uri": None, "streams": list(sensor_stream_set)})
 
-            def opener(scfg=scfg, sset=sset):
+            def opener(scfg=scfg, sensor_stream_set=sensor_stream_set):
                 # a live sensor runs on the one monotonic GstSystemClock with base time t0 (running time = the
                 # daemon's timeline), never a sound card's own clock; its audio is re-based continuously. A file
                 # (even at real time) keeps its own base time: its PTS start at 0 on every (re)start.
-                return Capture(scfg, self.contract, realtime=self.realtime, streams=sset,
+                return Capture(scfg, self.contract, realtime=self.realtime, streams=sensor_stream_set,
                                clock_base_ns=t0 if parse_source_uri(scfg.uri).is_live else None)
 
             def on_restart(sensor: str, reason: str) -> None:
@@ -264,13 +268,13 @@ class Daemon(DaemonEvidence):
                 stall_timeout_s=self.src_cfg.stall_timeout_s, read_timeout_s=min(self.src_cfg.read_timeout_s, 0.2),
                 backoff=Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_factor, sup.backoff_jitter),
                 budget=RestartBudget(sup.restart_budget, sup.restart_window_s), healthy_after_s=sup.healthy_after_s,
-                loop=self.dcfg.loop, stop_event=self.stop_event, on_restart=on_restart, on_item=on_item)
+                loop=self.daemon_cfg.loop, stop_event=self.stop_event, on_restart=on_restart, on_item=on_item)
             self.workers.append(w)
-            self.sensor_streams[name] = sset
+            self.sensor_streams[name] = sensor_stream_set
         for w in self.workers:
             w.start()
         log.info("sensors: %s (%s clock)", ", ".join(f"{w.sensor}={'+'.join(s)}" for w, (_, s) in
-                                                     zip(self.workers, stream_sets(self.dcfg.sensors, streams))),
+                                                     zip(self.workers, stream_sets(self.daemon_cfg.sensors, streams))),
                  self.clock)
 
     def _stop_sensors(self) -> None:
@@ -302,11 +306,12 @@ class Daemon(DaemonEvidence):
 
             utc = self._utc_for(det.end_ns) or self.wallclock.now_utc_ns()
             did = new_detection_id(utc)
-            ap = ip = cp = note = None
+            audio_path = image_path = clip_path = note = None
             if self.evidence is not None:
                 try:
                     ev = self._evidence_for(did, utc, det, context, frame, w.frames)
-                    ap, ip, cp, note, outcome = ev.audio_path, ev.image_path, ev.clip_path, ev.note, ev.outcome
+                    audio_path, image_path, clip_path, note, outcome = (ev.audio_path, ev.image_path, ev.clip_path,
+                                                                        ev.note, ev.outcome)
                 except Exception as e:  # evidence is best effort: the detection is logged whatever happens here
                     log.error("evidence for %s failed: %s", did, e)
                     note, outcome = f"failed: {e}", "failed"
@@ -314,8 +319,8 @@ class Daemon(DaemonEvidence):
                     self.metrics.evidence.labels(outcome).inc()
             topics = [self.mqtt.topics["detection"]] if self.mqtt is not None else []
             self.store.add(det, detection_id=did, utc_ns=utc, source=self.src_cfg.uri, run_id=self.run_id,
-                           audio_path=ap, image_path=ip, evidence_note=note, outbox_topics=topics, clip_path=cp,
-                           clock=self.wallclock.state,
+                           audio_path=audio_path, image_path=image_path, evidence_note=note, outbox_topics=topics,
+                           clip_path=clip_path, clock=self.wallclock.state,
                            written_op_ns=self.op_clock.now_ns() if self.op_clock is not None else None)
             self.detections += 1
             dm = "+".join(det.modalities) or "none"
@@ -358,8 +363,8 @@ class Daemon(DaemonEvidence):
         aligner = Aligner(self.contract, self.cfg.runtime.align, streams=self.streams, live=live)
         post = PostProcessor(self.labels, self.cfg.runtime.postprocess, model_sha256=self.sha,
                              utc_ns_for=self._utc_for)
-        context: collections.deque = collections.deque(maxlen=self.dcfg.evidence.context_windows)
-        wd = self.dcfg.watchdog_interval_s
+        context: collections.deque = collections.deque(maxlen=self.daemon_cfg.evidence.context_windows)
+        wd = self.daemon_cfg.watchdog_interval_s
         sys_wd = systemd_watchdog_s()
         state: dict[str, Any] = {"watchdog_s": wd if wd is not None else (sys_wd / 2 if sys_wd else None),
                                  "last_watchdog": 0.0}
@@ -392,7 +397,7 @@ class Daemon(DaemonEvidence):
                     self._process(w, infer_windows, post, context)
                 self._finish_evidence()
                 self.exit_reason = "end of stream"
-                if self.dcfg.exit_on_eos:
+                if self.daemon_cfg.exit_on_eos:
                     break
                 ended.clear()  # keep serving /health until SIGTERM
                 names = set()
@@ -411,8 +416,8 @@ class Daemon(DaemonEvidence):
         def on_signal(signum, _frame) -> None:
             if not self.stop_event.is_set():
                 log.info("%s: stopping (flush and exit within %.1f s)", signal.Signals(signum).name,
-                         self.dcfg.shutdown_timeout_s)
-            self._stop_deadline = min(self._stop_deadline, time.monotonic() + self.dcfg.shutdown_timeout_s)
+                         self.daemon_cfg.shutdown_timeout_s)
+            self._stop_deadline = min(self._stop_deadline, time.monotonic() + self.daemon_cfg.shutdown_timeout_s)
             self.stop_event.set()
 
         if threading.current_thread() is threading.main_thread():
@@ -438,7 +443,7 @@ class Daemon(DaemonEvidence):
                 self._loop()
         finally:
             if self._stop_deadline == float("inf"):
-                self._stop_deadline = time.monotonic() + self.dcfg.shutdown_timeout_s
+                self._stop_deadline = time.monotonic() + self.daemon_cfg.shutdown_timeout_s
             sd_notify("STOPPING=1")
             t_stop = time.monotonic()
             if self.store is not None and "store" in stack.started:
@@ -473,7 +478,7 @@ class Daemon(DaemonEvidence):
         return CommandResult(data, text)
 
 
-def run_daemon(cfg: Any, bundle_override: str | None = None, db_override: str | None = None,
+def run_daemon(cfg: EdgeAVConfig, bundle_override: str | None = None, db_override: str | None = None,
                realtime_override: bool | None = None) -> CommandResult:
     return Daemon(cfg, bundle_override, db_override, realtime_override).run()
 

@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeav.errors import StorageError
+
+if TYPE_CHECKING:
+    from edgeav.runtime.evidence import EvidenceStore
+    from edgeav.runtime.evidence_worker import EvidenceWorker
 
 log = logging.getLogger("edgeav.runtime.daemon")
 
 
 class DaemonEvidence:
-    """Needs from the daemon: dcfg, contract, store, metrics, queue, _stop_deadline."""
+    """Needs from the daemon: daemon_cfg, contract, store, metrics, queue, _stop_deadline."""
 
-    evidence: Any = None
-    evidence_worker: Any = None  # EvidenceWorker, with evidence on
+    evidence: EvidenceStore | None = None
+    evidence_worker: EvidenceWorker | None = None  # with evidence on
     evidence_check: dict[str, int] = {}  # the start-up check's counts (rows marked missing, pending rows settled)
 
     def _start_evidence_worker(self) -> None:
         from edgeav.runtime.evidence_worker import EvidenceWorker
 
         live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)  # as the sensor queues
-        self.evidence_worker = EvidenceWorker(self.evidence, self.dcfg.evidence.queue_max_sets, live=live).start()
+        self.evidence_worker = EvidenceWorker(self.evidence, self.daemon_cfg.evidence.queue_max_sets, live=live).start()
 
     def _check_evidence(self) -> None:
         """After a crash: no half-written temp file stays, and no committed row names a file that is not whole."""

@@ -38,13 +38,17 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
 from edgeav.atomic import atomic_write_bytes
 from edgeav.errors import ConfigError, SensorError
 from edgeav.runtime.encoders import ClipEncoder, JpegEncoder, clip_pipeline_description, write_flac, write_wav
+
+if TYPE_CHECKING:
+    from edgeav.runtime.wallclock import OperatingClock
+    from edgeav.schema.daemon import EvidenceConfig
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +117,14 @@ class EvidenceStore:
     def __init__(
         self,
         root: str | Path,
-        cfg: Any,  # EvidenceConfig
+        cfg: EvidenceConfig,
         rate_hz: int,
         rows: Callable[[], Iterable],
         unlink: Callable[[str, str], None],
         free_ratio: Callable[[Path], float] = disk_free_ratio,
         on_deleted: Callable[[str], None] | None = None,
         frame_rate_hz: float | None = None,
-        op_clock: Any = None,  # edgeav.runtime.wallclock.OperatingClock: what evidence ages by (None = the wall clock)
+        op_clock: OperatingClock | None = None,  # what evidence ages by (None = the wall clock)
     ) -> None:
         self.root = Path(root)
         self.frame_rate_hz = frame_rate_hz

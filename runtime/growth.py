@@ -27,11 +27,14 @@ import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgeav.atomic import atomic_write
 from edgeav.errors import StorageError
 from edgeav.runtime.store import COLUMNS, DetectionStore, write_transaction
+
+if TYPE_CHECKING:
+    from edgeav.schema.daemon import StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +117,10 @@ def archive_and_prune(store: DetectionStore, keep_s: float, now_ns: int, archive
 class StoreUpkeep:
     """Commits, health and bounded growth of one `DetectionStore` (see the module docstring)."""
 
-    def __init__(self, store: DetectionStore, cfg: Any, archive_dir: str | os.PathLike | None = None,
+    def __init__(self, store: DetectionStore, cfg: StoreConfig, archive_dir: str | os.PathLike | None = None,
                  interval_s: float = UPKEEP_INTERVAL_S, wall_ns: Callable[[], int] = time.time_ns) -> None:
         self.store = store
-        self.cfg = cfg  # StoreConfig
+        self.cfg = cfg
         self.archive_dir = Path(archive_dir) if archive_dir is not None else archive_dir_for(store.path)
         self.interval_s = float(interval_s)
         self.wall_ns = wall_ns

@@ -27,14 +27,18 @@ import ssl
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edgeav.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgeav.runtime.metrics import DaemonMetrics
+    from edgeav.schema.daemon import MqttConfig
 
 log = logging.getLogger(__name__)
 
 
-def topics(cfg: Any) -> dict[str, str]:
+def topics(cfg: MqttConfig) -> dict[str, str]:
     unit = cfg.unit_name or socket.gethostname()
     base = f"{cfg.topic_prefix.rstrip('/')}/{unit}"
     return {"detection": f"{base}/detection", "heartbeat": f"{base}/heartbeat", "status": f"{base}/status"}
@@ -43,8 +47,8 @@ def topics(cfg: Any) -> dict[str, str]:
 class MqttPublisher:
     """Outbox -> broker. `start()` connects asynchronously (a broker that is down is not an error: rows wait)."""
 
-    def __init__(self, cfg: Any, db_path: str | Path, heartbeat: Callable[[], dict[str, Any]] | None = None,
-                 metrics: Any = None, outbox_added: Callable[[], int] | None = None) -> None:
+    def __init__(self, cfg: MqttConfig, db_path: str | Path, heartbeat: Callable[[], dict[str, Any]] | None = None,
+                 metrics: DaemonMetrics | None = None, outbox_added: Callable[[], int] | None = None) -> None:
         self.cfg = cfg
         self.db_path = Path(db_path)
         self.heartbeat = heartbeat
@@ -52,7 +56,7 @@ class MqttPublisher:
         self.topics = topics(cfg)
         self.connected = threading.Event()
         self._stop = threading.Event()
-        self._handed: dict[int, Any] = {}  # outbox seq -> paho MQTTMessageInfo, until acknowledged
+        self._unacked: dict[int, Any] = {}  # outbox seq -> paho MQTTMessageInfo, until acknowledged
         self._thread: threading.Thread | None = None
         self._client = None
         self._con = None
@@ -135,7 +139,7 @@ class MqttPublisher:
     def stop(self, timeout_s: float = 1.5) -> None:
         """Send what the outbox holds for up to `timeout_s` while connected, then disconnect (rows left wait)."""
         deadline = time.monotonic() + timeout_s
-        while self.connected.is_set() and time.monotonic() < deadline and (self.pending() or self._handed):
+        while self.connected.is_set() and time.monotonic() < deadline and (self.pending() or self._unacked):
             time.sleep(0.05)
         self._stop.set()
         if self._thread is not None:
@@ -151,7 +155,7 @@ class MqttPublisher:
             try:
                 self._collect_acks()
             except Exception as e:  # disk full at shutdown: the rows go again at the next start
-                log.warning("MQTT outbox: cannot mark %d acknowledged row(s) sent: %s", len(self._handed), e)
+                log.warning("MQTT outbox: cannot mark %d acknowledged row(s) sent: %s", len(self._unacked), e)
             self._con.close()
             self._con = None
 
@@ -176,8 +180,8 @@ class MqttPublisher:
             self.metrics.mqtt_connected.set(0)
         if was:
             log.warning("MQTT: disconnected (%s); %d unacknowledged message(s) will be sent again on reconnect",
-                        reason_code, len(self._handed),
-                        extra={"fields": {"event": "mqtt_disconnected", "unacked": len(self._handed)}})
+                        reason_code, len(self._unacked),
+                        extra={"fields": {"event": "mqtt_disconnected", "unacked": len(self._unacked)}})
 
     # -- the outbox thread ------------------------------------------------------------------------------------------
     def _count_pending(self) -> int:
@@ -198,16 +202,13 @@ class MqttPublisher:
     def _collect_acks(self) -> int:
         """Mark acknowledged rows sent (one transaction, rolled back on error: the rows stay handed and are marked
         at the next try)."""
-        from edgeav.runtime.store import write_transaction
+        from edgeav.runtime.store import mark_outbox_sent
 
-        done = [seq for seq, info in self._handed.items() if info.is_published()]
+        done = [seq for seq, info in self._unacked.items() if info.is_published()]
         if done and self._con is not None:
-            now = time.time_ns()
-            with write_transaction(self._con):
-                self._con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=? AND sent_ns IS NULL",
-                                      [(now, s) for s in done])
+            mark_outbox_sent(self._con, done)
             for seq in done:
-                del self._handed[seq]
+                del self._unacked[seq]
             self.sent += len(done)
             if self.metrics is not None:
                 self.metrics.mqtt_published.labels("detection").inc(len(done))
@@ -216,13 +217,13 @@ class MqttPublisher:
     def _publish_pending(self) -> None:
         import paho.mqtt.client as mqtt
 
-        room = self.cfg.inflight_max - len(self._handed)
+        from edgeav.runtime.store import pending_outbox_rows
+
+        room = self.cfg.inflight_max - len(self._unacked)
         if room <= 0:
             return
-        rows = self._con.execute("SELECT seq, topic, payload FROM outbox WHERE sent_ns IS NULL ORDER BY seq LIMIT ?",
-                                 (room + len(self._handed),)).fetchall()
-        for seq, topic, payload in rows:
-            if seq in self._handed:
+        for seq, _detection_id, topic, payload in pending_outbox_rows(self._con, room + len(self._unacked)):
+            if seq in self._unacked:
                 continue
             if not self.connected.is_set() or room <= 0:
                 return
@@ -231,7 +232,7 @@ class MqttPublisher:
                 return  # not taken (paho's queue is full, or QoS 0 while the link is down): try again later
             # handed over, even with MQTT_ERR_NO_CONN (the connection dropped just now): paho keeps a QoS > 0
             # message and sends it after the reconnect
-            self._handed[seq] = info
+            self._unacked[seq] = info
             room -= 1
 
     def _run(self) -> None:

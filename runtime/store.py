@@ -146,6 +146,20 @@ def write_transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+def pending_outbox_rows(con: sqlite3.Connection, limit: int) -> list[tuple[int, str, str, str]]:
+    """(seq, detection_id, topic, payload) of outbox rows the broker has not acknowledged, oldest first."""
+    rows = con.execute("SELECT seq, detection_id, topic, payload FROM outbox WHERE sent_ns IS NULL ORDER BY seq LIMIT ?",
+                       (int(limit),)).fetchall()
+    return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+
+
+def mark_outbox_sent(con: sqlite3.Connection, seqs: Iterable[int], now_ns: int | None = None) -> None:
+    """The broker acknowledged these rows: one transaction (rolled back on error: they stay pending)."""
+    now = time.time_ns() if now_ns is None else now_ns
+    with write_transaction(con):
+        con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=? AND sent_ns IS NULL", [(now, s) for s in seqs])
+
+
 def schema_version(con: sqlite3.Connection) -> int:
     return int(con.execute("PRAGMA user_version").fetchone()[0])
 
@@ -373,17 +387,12 @@ class DetectionStore:
     # -- outbox (MQTT) -------------------------------------------------------------------------------------------
     def outbox_pending(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
         """(seq, detection_id, topic, payload) not yet acknowledged by the broker, oldest first."""
-        rows = self.con.execute("SELECT seq, detection_id, topic, payload FROM outbox WHERE sent_ns IS NULL "
-                                "ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
-        return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
+        return pending_outbox_rows(self.con, limit)
 
     def outbox_mark_sent(self, seqs: Iterable[int]) -> None:
         seqs = list(seqs)
-        if not seqs:
-            return
-        now = time.time_ns()
-        with write_transaction(self.con):
-            self.con.executemany("UPDATE outbox SET sent_ns=? WHERE seq=?", [(now, s) for s in seqs])
+        if seqs:
+            mark_outbox_sent(self.con, seqs)
 
     def outbox_prune(self, keep_sent_s: float = 86_400.0, now_ns: int | None = None) -> int:
         """Delete outbox rows the broker acknowledged more than `keep_sent_s` ago; pending rows always stay."""
@@ -446,7 +455,7 @@ def detection_payload(row: dict[str, Any]) -> str:
 
 __all__ = ["SCHEMA_VERSION", "MIGRATIONS", "DetectionStore", "connect", "migrate", "schema_version",
            "query_detections", "integrity_check", "new_detection_id", "parse_iso_utc", "detection_payload",
-           "write_transaction"]
+           "write_transaction", "pending_outbox_rows", "mark_outbox_sent"]
 
 # the reader side lives in store_query.py (this module stays under 500 lines); imported from here as before
 from edgeav.runtime.store_query import integrity_check, query_detections  # noqa: E402

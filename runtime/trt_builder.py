@@ -27,12 +27,15 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeav.atomic import atomic_write_bytes
 from edgeav.errors import DeviceError, ExportError
 from edgeav.manifest import sha256_file
 from edgeav.runtime.trt_cache import EngineCache, EngineKey, GpuInfo, current_gpu, make_key
+
+if TYPE_CHECKING:
+    from edgeav.devices import DeviceProfile
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def check_dla_support(version: str) -> None:
                           "11.4.1 on Jetson AGX Orin): build for the GPU (no --dla-core)")
 
 
-def check_trt_version(version: str, profile: Any | None = None) -> None:
+def check_trt_version(version: str, profile: DeviceProfile | None = None) -> None:
     """TensorRT must be 10+ (strongly typed networks); a profile naming another major version is refused."""
     major = trt_major(version)
     if major < MIN_TRT_MAJOR:
@@ -85,7 +88,7 @@ def check_trt_version(version: str, profile: Any | None = None) -> None:
                           f"{version}: pick the profile of this device")
 
 
-def require_tensorrt(profile: Any | None = None) -> str:
+def require_tensorrt(profile: DeviceProfile | None = None) -> str:
     """The installed TensorRT version, checked against `profile`; DeviceError where it is absent or unfit."""
     trt = _import_trt()
     version = str(trt.__version__)
@@ -179,7 +182,7 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed:
     return network, parser  # the parser owns the weights the network refers to: keep it until the build is done
 
 
-def build_engine(onnx_path: str | Path, profile: Any, precision: str, *, dla_core: int | None = None,
+def build_engine(onnx_path: str | Path, profile: DeviceProfile, precision: str, *, dla_core: int | None = None,
                  cache: EngineCache | None = None, device_id: int = 0, force: bool = False) -> BuiltEngine:
     """Build (or reuse from the cache) the `precision` engine of `onnx_path` for this GPU; see the module
     docstring. ExportError when the ONNX model cannot give that precision."""

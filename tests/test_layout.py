@@ -75,6 +75,27 @@ def test_onnx_runtime_sessions_are_made_in_one_place() -> None:
     assert makers == ["edgeav/onnx_session.py"], f"onnxruntime.InferenceSession( in {makers}"
 
 
+def _untyped_config_params(path: Path) -> list[str]:
+    """Parameters named cfg / config / *_cfg with no annotation or one that says Any: "name:line param"."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            for arg in a.posonlyargs + a.args + a.kwonlyargs:
+                if arg.arg in ("cfg", "config") or arg.arg.endswith("_cfg"):
+                    ann = ast.unparse(arg.annotation) if arg.annotation is not None else "no annotation"
+                    if ann == "no annotation" or "Any" in ann.replace("|", " ").split():
+                        out.append(f"{node.name}:{node.lineno} {arg.arg}: {ann}")
+    return out
+
+
+@pytest.mark.parametrize("path", _py_files("runtime") + _py_files("export"), ids=lambda p: str(p.relative_to(REPO)))
+def test_components_take_typed_config_sections(path: Path) -> None:
+    """A component receives the pydantic section it reads (edgeav/schema), so a reader (and a type checker) sees
+    which keys it uses; `cfg: Any` hides that."""
+    assert not _untyped_config_params(path), f"{path.name}: {_untyped_config_params(path)}"
+
+
 _BLOCK_TORCH = r"""
 import importlib, pkgutil, sys
 class _Block:

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
@@ -25,6 +25,10 @@ import torch
 from edgeav.errors import DataError, ModelError
 from edgeav.result import CommandResult
 from edgeav.schema import config_from_dict
+
+if TYPE_CHECKING:
+    from edgeav.train.data.dataset import AVDataset
+    from edgeav.train.models.checkpoint import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +138,12 @@ class EvalSet:
     """A checkpoint's model and the examples of one split, cut as its training config says."""
 
     model: torch.nn.Module
-    info: Any  # CheckpointInfo
+    info: CheckpointInfo
     loader: Iterable[dict[str, torch.Tensor]]  # batches in a fixed order (no shuffling)
     n: int  # examples
 
 
-def load_eval_set(checkpoint: str | Path, data_path: str | Path, split: str = "test", data: Any = None,
+def load_eval_set(checkpoint: str | Path, data_path: str | Path, split: str = "test", data: AVDataset | None = None,
                   batch_size: int = 32) -> EvalSet:
     """The model of `checkpoint` and a loader over `split` ("train", "val", "test" or "all") of the data set at
     `data_path`. `data`: an already loaded AVDataset of that path."""
@@ -169,7 +173,8 @@ def load_eval_set(checkpoint: str | Path, data_path: str | Path, split: str = "t
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: str = "test",
-                        out_dir: str | Path | None = None, data: Any = None, batch_size: int = 32) -> dict[str, Any]:
+                        out_dir: str | Path | None = None, data: AVDataset | None = None,
+                        batch_size: int = 32) -> dict[str, Any]:
     """Evaluate `checkpoint` on `split` of the data set at `data_path` (cut as the checkpoint's training config
     says); writes report.json, summary.md, confusion.csv/.png and curves.png into `out_dir` (default: beside the
     checkpoint, eval_<split>/). `data`: an already loaded AVDataset of that path (the training loop passes its own)."""

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from edgeav.errors import ConfigError
 from edgeav.result import CommandResult
 from edgeav.train.evaluate import MASKS, classification_metrics, load_eval_set, predict
 from edgeav.train.noise import NoiseBank, mix_at_snr, noise_files
+
+if TYPE_CHECKING:
+    from edgeav.train.data.dataset import AVDataset
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ def parse_snr_db(text: str | None) -> list[float]:
 
 def robustness_eval(checkpoint: str | Path, data_path: str | Path, noise_path: str | Path,
                     snr_db: Sequence[float] = DEFAULT_SNR_DB, split: str = "test", out_dir: str | Path | None = None,
-                    seed: int = 0, batch_size: int = 32, data: Any = None) -> dict[str, Any]:
+                    seed: int = 0, batch_size: int = 32, data: AVDataset | None = None) -> dict[str, Any]:
     """Accuracy and macro-F1 (fused, audio only, image only) of `checkpoint` on `split`, clean and with the noise
     of `noise_path` at each SNR in `snr_db`; writes robustness.json, .md and .png into `out_dir`."""
     snrs = sorted((float(s) for s in snr_db), reverse=True)

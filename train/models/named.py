@@ -6,11 +6,16 @@ checkpoint take). `resolve_arch(model_cfg, data_cfg)` turns the `model:` config 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from edgeav.contract import AudioContract, ImageContract, InputContract
 from edgeav.errors import ConfigError
 from edgeav.registry import Registry
+
+if TYPE_CHECKING:
+    from edgeav.schema import EdgeAVConfig
+    from edgeav.schema.data import DataConfig
+    from edgeav.schema.model import ModelConfig
 
 NAMED_MODELS: Registry[dict[str, Any]] = Registry("named model")
 """Meta of each entry: num_classes (default class count), target, summary; optionally budget_params and
@@ -92,8 +97,8 @@ def create_model(name: str, labels: Sequence[str] | int | None = None, **kwargs:
     return build_model(arch, labels, **kwargs)
 
 
-def resolve_arch(model_cfg: Any, data_cfg: Any | None = None) -> dict[str, Any]:
-    """Architecture keys from a `ModelConfig` (edgeav.schema.model) and, optionally, the `data:` section.
+def resolve_arch(model_cfg: ModelConfig, data_cfg: DataConfig | None = None) -> dict[str, Any]:
+    """Architecture keys from the `model:` section and, optionally, the `data:` section.
 
     Start from the named model (`model.name`), then any backbone/head/kwargs set in the section replace its keys.
     Contract: `model.contract` when given; else the named model's, with the data section's sample rate, window
@@ -139,12 +144,13 @@ def resolve_arch(model_cfg: Any, data_cfg: Any | None = None) -> dict[str, Any]:
     return arch
 
 
-def build_model_from_config(cfg: Any, labels: Sequence[str] | int) -> tuple[Any, dict[str, Any], InputContract]:
-    """The model a whole `EdgeAVConfig` asks for: `resolve_arch(cfg.model, cfg.data)`, built with the `model:`
+def build_model_from_config(cfg: EdgeAVConfig,
+                            labels: Sequence[str] | int) -> tuple[Any, dict[str, Any], InputContract]:
+    """The model a whole config asks for: `resolve_arch(cfg.model, cfg.data)`, built with the `model:`
     section's local weights paths. Returns (model, its architecture keys, its input contract)."""
     from edgeav.train.models.model import build_model
 
-    arch = resolve_arch(cfg.model, getattr(cfg, "data", None))
+    arch = resolve_arch(cfg.model, cfg.data)
     model = build_model(arch, labels, pretrained=cfg.model.pretrained, audio_weights_path=cfg.model.audio_weights_path,
                         image_weights_path=cfg.model.image_weights_path)
     return model, dict(model.arch), model.contract
