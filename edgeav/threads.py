@@ -59,7 +59,8 @@ def _omp_num_threads(environ: Mapping[str, str]) -> int | None:
 
 def plan_threads(cfg: Any, *, cores_usable: int | None = None, load_1min: float | None = None,
                  environ: Mapping[str, str] | None = None) -> ThreadPlan:
-    """The plan for a `ThreadsConfig` (intra_op "auto" | "default" | n, inter_op, openmp_passive). Pure when
+    """The plan for a `ThreadsConfig` (intra_op "auto" | "default" | n, inter_op, openmp_passive). auto: the cores
+    free shared by torchrun's processes on this machine (LOCAL_WORLD_SIZE), unless OMP_NUM_THREADS says. Pure when
     `cores_usable`, `load_1min` and `environ` are given; else they are read from this machine."""
     from edgeav.onnx_session import free_cores
 
@@ -71,7 +72,9 @@ def plan_threads(cfg: Any, *, cores_usable: int | None = None, load_1min: float 
         return ThreadPlan(None, None, 0, False, cores_usable, free, "library defaults")
     if cfg.intra_op == "auto":
         from_env = _omp_num_threads(env)
-        intra, source = (from_env, "OMP_NUM_THREADS") if from_env else (free, "cores free")
+        ranks = env.get("LOCAL_WORLD_SIZE", "1")  # torchrun's processes on this machine share the cores free
+        ranks_here = int(ranks) if ranks.isdigit() and int(ranks) > 0 else 1
+        intra, source = (from_env, "OMP_NUM_THREADS") if from_env else (max(1, free // ranks_here), "cores free")
     else:
         intra, source = int(cfg.intra_op), "set"
     return ThreadPlan(intra, int(cfg.inter_op), intra, bool(cfg.openmp_passive), cores_usable, free, source)

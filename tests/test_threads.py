@@ -58,6 +58,8 @@ def test_auto_is_the_cores_free_at_start() -> None:
     assert (plan.torch_intra, plan.torch_inter, plan.onnxruntime, plan.openmp_passive) == (1, 1, 1, True)
     assert plan.describe() == ("threads: torch 1 (intra) 1 (inter), onnxruntime 1, OpenMP passive (cores free); "
                                "cores free 1 of 2")
+    # torchrun's ranks on one machine share the cores free
+    assert plan_threads(ThreadsConfig(), cores_usable=8, load_1min=0.0, environ={"LOCAL_WORLD_SIZE": "4"}).torch_intra == 2
     # the user's OMP_NUM_THREADS is what auto takes; an explicit count beats both
     assert plan_threads(ThreadsConfig(), cores_usable=2, load_1min=0.0, environ={"OMP_NUM_THREADS": "1"}).torch_intra == 1
     assert plan_threads(ThreadsConfig(intra_op=3), cores_usable=2, load_1min=0.0,
