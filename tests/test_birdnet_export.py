@@ -279,10 +279,8 @@ def test_checkpoint_keeps_birdnet_by_reference_and_rebuilds(tmp_path):
 def test_training_phases_keep_birdnet_frozen_as_declared(trainable_blocks):
     """Every phase of the training loop unfreezes whole branches; BirdNET outside its trainable blocks stays frozen
     (a frozen birdnet_v24 trained at phase I's learning rate diverged: loss 301 then 20341 in two epochs)."""
-    from types import SimpleNamespace
-
-    from edgeav.train.loop import Trainer
     from edgeav.train.models import build_model
+    from edgeav.train.trainable import freeze_for_phase
 
     model = build_model({**ARCH, "audio_kwargs": {"trainable_blocks": trainable_blocks},
                          "contract": CONTRACT.model_dump(mode="json")}, 3)
@@ -290,7 +288,7 @@ def test_training_phases_keep_birdnet_frozen_as_declared(trainable_blocks):
     declared = {n for n, p in bb.named_parameters() if p.requires_grad}
     assert bool(declared) == (trainable_blocks > 0)
     for phase in ("joint", "phase1_audio", "phase1_image", "phase2_fusion"):
-        Trainer._freeze_for(SimpleNamespace(model=model), phase)
+        freeze_for_phase(model, phase)
         now = {n for n, p in bb.named_parameters() if p.requires_grad}
         assert now == (declared if phase in ("joint", "phase1_audio") else set()), phase
         assert any(p.requires_grad for p in model.aux_audio.parameters()) == (phase in ("joint", "phase1_audio"))

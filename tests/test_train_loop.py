@@ -204,11 +204,11 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     """train.lr_schedule=cosine: the learning rate rises over warmup_epochs, peaks at the configured rate, then falls
     monotonically towards 0 by the phase's last epoch."""
     from edgeav.schema import load_config
-    from edgeav.train.loop import _scheduler
+    from edgeav.train.trainable import lr_schedule
 
     tc = load_config(None, ["train.lr_schedule=cosine", "train.warmup_epochs=3"]).train
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = _scheduler(opt, tc, 20)
+    sched = lr_schedule(opt, tc, 20)
     lrs = []
     for _ in range(20):
         lrs.append(opt.param_groups[0]["lr"])

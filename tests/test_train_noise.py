@@ -209,10 +209,10 @@ def test_training_with_noise_runs_and_changes_the_audio_fed_to_the_model(syn, tm
           "train.augment.noise.prob=1.0", "train.augment.noise.snr_db_min=0", "train.augment.noise.snr_db_max=10"]
 
     def fed(sets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(audio of the first training batch, the audio `_inputs` feeds the model for it)."""
+        """(audio of the first training batch, the audio `WindowBatches.inputs` feeds the model for it)."""
         trainer = Trainer(load_config(None, tiny(tmp_path, *sets)), syn, tmp_path / "probe")
-        batch = next(iter(trainer._train_loader(0)[0]))
-        inputs, _, _ = trainer._inputs(batch, seed_epoch(0, 0), train=True)
+        batch = next(iter(trainer.windows.train_loader("joint", 0)[0]))
+        inputs, _, _ = trainer.windows.inputs(batch, "joint", seed_epoch(0, 0), train=True)
         return batch["audio"], inputs[0].cpu()
 
     clean, same = fed(only_noise)

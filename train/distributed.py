@@ -4,6 +4,8 @@ the right device.
     plan = dist_plan("auto", os.environ, cuda_available=torch.cuda.is_available(), cuda_count=...)
     info = init_distributed(plan)        # torch.cuda.set_device(local_rank) first on NCCL, then init_process_group
     loss, n = all_reduce_sum([loss, n], info)
+    batches = rank_batches(len(dataset), epoch, seed, batch_size, info)   # this rank's share of the epoch
+    net = wrap_ddp(net, info)                                             # DDP over the ranks (as is for one)
 
 NCCL only moves CUDA tensors, and each rank must own its GPU before the group is joined: `torch.cuda.set_device(
 local_rank)` is called before `init_process_group`, the model goes to `cuda:local_rank` and every tensor handed to a
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DistributedSampler
 
 from edgeav.errors import ConfigError
 
@@ -105,4 +109,57 @@ def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
     return [float(v) for v in t.cpu().tolist()]
 
 
-__all__ = ["DistInfo", "DistPlan", "all_reduce_sum", "dist_plan", "init_distributed", "plan_from_environment"]
+def mean_over_ranks(value: float, info: DistInfo) -> float:
+    """The mean of `value` over the ranks (the global batch's loss from the ranks' means of equal shards)."""
+    return all_reduce_sum([value], info)[0] / info.world if info.world > 1 else value
+
+
+def barrier(info: DistInfo) -> None:
+    """Wait for every rank (nothing for a single process)."""
+    if info.world > 1:
+        dist.barrier()
+
+
+def rank_indices(n: int, epoch: int, seed: int, info: DistInfo) -> list[int]:
+    """This rank's example indices for `epoch`: DistributedSampler's seeded permutation, also with one process
+    (so a single-process run sees, batch by batch, the union of what the ranks see)."""
+    sampler = DistributedSampler(range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed,
+                                 drop_last=False)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def rank_batches(n: int, epoch: int, seed: int, batch_size: int, info: DistInfo) -> list[list[int]]:
+    """This rank's batches of `epoch` (`batch_size / world` examples each) over n examples."""
+    indices = rank_indices(n, epoch, seed, info)
+    per_rank = batch_size // info.world
+    out = [indices[j:j + per_rank] for j in range(0, len(indices), per_rank)]
+    if len(out) > 1 and len(out[-1]) < 2:
+        out = out[:-1]  # a last batch of one example: BatchNorm cannot normalize over it
+    return out
+
+
+def gather_shards(batches: list[list[int]], info: DistInfo) -> dict[str, Any]:
+    """What each rank saw of an epoch (its batches' example indices), gathered: examples per rank, how many two
+    ranks share (0 for a true partition) and how many all ranks saw together."""
+    seen = [i for b in batches for i in b]
+    gathered: list[Any] = [None] * info.world
+    dist.all_gather_object(gathered, seen)
+    sets = [set(g) for g in gathered]
+    overlap = sum(len(sets[i] & sets[j]) for i in range(len(sets)) for j in range(i + 1, len(sets)))
+    return {"examples_per_rank": [len(g) for g in gathered], "overlap": overlap, "union": len(set().union(*sets))}
+
+
+def wrap_ddp(net: nn.Module, info: DistInfo) -> nn.Module:
+    """`net` under DistributedDataParallel when there are several ranks (on the rank's GPU for NCCL), else as is."""
+    if info.world <= 1:
+        return net
+    return nn.parallel.DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+def unwrap_ddp(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+__all__ = ["DistInfo", "DistPlan", "all_reduce_sum", "barrier", "dist_plan", "gather_shards", "init_distributed",
+           "mean_over_ranks", "plan_from_environment", "rank_batches", "rank_indices", "unwrap_ddp", "wrap_ddp"]
