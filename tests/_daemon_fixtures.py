@@ -10,7 +10,10 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -18,6 +21,50 @@ from _export_models import IMAGE_HW, LABELS, WINDOW_SAMPLES, build_onnx
 
 REPO = Path(__file__).resolve().parent.parent
 EDGEAV = [sys.executable, "-m", "edgeav"]
+TIME_SCALE_ENV = "EDGEAV_TEST_TIME_SCALE"
+T = TypeVar("T")
+
+
+def time_scale() -> float:
+    """How much slower than a quiet machine this one runs now: every deadline and wait in the daemon tests is
+    multiplied by it. EDGEAV_TEST_TIME_SCALE if set, else the 1-minute load average per CPU core; at least 1.
+    Read at each call, so a test started while the load rises gets the later figure."""
+    v = os.environ.get(TIME_SCALE_ENV, "").strip()
+    if v:
+        try:
+            scale = float(v)
+        except ValueError:
+            raise ValueError(f"{TIME_SCALE_ENV}={v!r} is not a number") from None
+        if scale < 1.0:
+            raise ValueError(f"{TIME_SCALE_ENV}={v!r} must be at least 1")
+        return scale
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def scaled(seconds: float) -> float:
+    """`seconds` on a quiet machine, stretched by time_scale()."""
+    return seconds * time_scale()
+
+
+def wait_until(what: str, cond: Callable[[], T], timeout_s: float, proc: subprocess.Popen | None = None,
+               step_s: float = 0.05) -> T:
+    """Poll `cond` until it returns something true and return that; fail naming `what` (and the last value) after
+    `timeout_s` stretched by time_scale(), or as soon as `proc` (the daemon under test) has ended. An OSError from
+    `cond` (a port not listening yet, a file not there yet) counts as not yet."""
+    deadline = time.monotonic() + scaled(timeout_s)
+    last: T | None = None
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the daemon ended (rc {proc.returncode}) while waiting for {what}")
+        try:
+            last = cond()
+        except OSError:
+            last = None
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {scaled(timeout_s):.1f} s waiting for {what}; last: {last!r}")
+        time.sleep(step_s)
 
 
 def contract():
@@ -31,6 +78,7 @@ def contract():
 def make_bundle(out: Path, seed: int = 0) -> Path:
     """A bundle as `edgeav export` writes it (export.bundle.write_bundle), around a random-weight model."""
     from edgeav.export.bundle import write_bundle
+
     from edgeav.manifest import ArtifactManifest
 
     onnx_path = build_onnx(out.parent / f"{out.name}_fp32.onnx", seed=seed)
@@ -51,7 +99,7 @@ def write_media(path: Path, duration_s: float, video: bool = True, audio: bool =
                      "audio/x-raw,rate=16000,channels=1 ! audioconvert ! flacenc ! queue ! mux.")
     cmd = ["gst-launch-1.0", "-q"] + " ".join(parts).split() + ["matroskamux", "name=mux", "!", "filesink",
                                                                  f"location={path}"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=scaled(120))
     return path
 
 
@@ -117,4 +165,5 @@ def small_fs(path: Path, size_kb: int):
         yield quota
 
 
-__all__ = ["LABELS", "make_bundle", "write_media", "write_config", "daemon_tree", "contract", "env", "EDGEAV", "REPO", "small_fs"]
+__all__ = ["LABELS", "make_bundle", "write_media", "write_config", "daemon_tree", "contract", "env", "EDGEAV", "REPO",
+           "small_fs", "time_scale", "scaled", "wait_until", "TIME_SCALE_ENV"]

@@ -23,7 +23,7 @@ pytest.importorskip("torch", reason="the test bundle's model is built with torch
 pytest.importorskip("gi", reason="the daemon captures through GStreamer")
 mqtt = pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
 
-from _daemon_fixtures import EDGEAV, daemon_tree, env, make_bundle, write_config  # noqa: E402
+from _daemon_fixtures import EDGEAV, daemon_tree, env, make_bundle, scaled, write_config  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 pytestmark = [pytest.mark.gstreamer,
@@ -58,7 +58,7 @@ class Broker:
     def start(self) -> "Broker":
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + scaled(10)
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
@@ -71,7 +71,7 @@ class Broker:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
+            self.proc.wait(scaled(10))
         self.proc = None
 
 
@@ -112,7 +112,8 @@ class Subscriber:
 
 
 def wait_for(cond, timeout_s: float, step_s: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout_s
+    """Poll `cond` for `timeout_s` on a quiet machine, stretched by the load (_daemon_fixtures.time_scale)."""
+    deadline = time.monotonic() + scaled(timeout_s)
     while time.monotonic() < deadline:
         if cond():
             return True
@@ -151,15 +152,17 @@ def test_broker_outage_nothing_lost_nothing_twice(bundle: Path, tmp_path: Path, 
                 assert wait_for(lambda: len(sub.detection_ids()) > 0, 40), err_path.read_text()[-3000:]
                 broker.stop()
                 t_down = time.time_ns()
-                time.sleep(outage_s)
-                assert outbox_pending(db) > 0  # detections went on and waited in the outbox
+                time.sleep(outage_s)  # the outage (not a wait for something)
+                # detections went on and waited in the outbox (committed every batch_interval_s)
+                assert wait_for(lambda: outbox_pending(db) > 0, 5), "nothing waited in the outbox"
                 t_up = time.time_ns()
                 broker.start()
                 assert wait_for(lambda: outbox_pending(db) == 0, 30), "outbox not drained after the broker returned"
-                time.sleep(1.0)
+                n_hb = sub.count("/heartbeat")
+                assert wait_for(lambda: sub.count("/heartbeat") > n_hb, 10)  # one sent after the drain
                 n_before_term = len(sub.msgs)
                 p.send_signal(signal.SIGTERM)
-                out, _ = p.communicate(timeout=15)
+                out, _ = p.communicate(timeout=scaled(15))
             finally:
                 if p.poll() is None:
                     p.kill()
@@ -229,15 +232,24 @@ def test_tls_and_credentials(bundle: Path, tmp_path: Path) -> None:
             cfg = write_config(tmp_path / f"{secret}.yaml", mqtt_tree(
                 tmp_path, bundle, port, host="localhost", tls=True, ca_file=str(tls["ca"]), username="edgeav",
                 password_file=str(tmp_path / secret)))
-            p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, env=env(), text=True)
-            if expect:  # run until what the refused run left behind went out, and a bit more
-                assert wait_for(lambda: refused <= set(sub.detection_ids()), 40)
-                time.sleep(1.0)
-            else:
-                time.sleep(6.0)
-            p.send_signal(signal.SIGTERM)
-            out, err = p.communicate(timeout=15)
+            err_path = tmp_path / f"{secret}.err"
+            with open(err_path, "w") as err_f:
+                p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+                                     stdout=subprocess.PIPE, stderr=err_f, env=env(), text=True)
+            try:
+                if expect:  # run until what the refused run left behind went out, and two new ones after it
+                    assert wait_for(lambda r=refused: r <= set(sub.detection_ids()), 40)
+                    assert wait_for(lambda r=refused: len(set(sub.detection_ids()) - r) >= 2, 20)
+                else:  # until the broker refused it and detections wait in the outbox
+                    assert wait_for(lambda e=err_path: "Not authorized" in e.read_text() and outbox_pending(db) > 0,
+                                    40), err_path.read_text()[-2000:]
+                p.send_signal(signal.SIGTERM)
+                out, _ = p.communicate(timeout=scaled(15))
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            err = err_path.read_text()
             assert p.returncode == 0, err[-2000:]
             summary = json.loads(out)
             if expect:
@@ -273,7 +285,7 @@ def test_mqtt_3_1_1_for_brokers_without_v5(bundle: Path, tmp_path: Path) -> None
             assert wait_for(lambda: len(sub.detection_ids()) >= 5, 40)
         finally:
             p.send_signal(signal.SIGTERM)
-            out, err = p.communicate(timeout=15)
+            out, err = p.communicate(timeout=scaled(15))
         assert p.returncode == 0, err[-2000:]
         assert json.loads(out)["mqtt_sent"] > 0
         con = sqlite3.connect(tmp_path / "det.db")

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from _daemon_fixtures import scaled
 
 from edgeav.errors import SensorError
 from edgeav.runtime.capture import AudioChunk, ReadStatus
@@ -135,7 +136,8 @@ def _worker(captures: list, q: BoundedQueue, budget: int = 5, loop: bool = False
 
 
 def _drain(q: BoundedQueue, until: float = 5.0) -> list:
-    out, deadline = [], time.monotonic() + until
+    """What the worker put on `q` until its eos/fatal event, or `until` seconds (stretched by the load)."""
+    out, deadline = [], time.monotonic() + scaled(until)
     while time.monotonic() < deadline:
         ok, m = q.get(timeout_s=0.1)
         if ok:
@@ -154,7 +156,7 @@ def test_silent_and_failing_sensor_is_restarted_until_it_delivers() -> None:
     w = _worker(caps, q)
     w.start()
     msgs = _drain(q)
-    w.join(2)
+    w.join(scaled(2))
     items = [m for m in msgs if isinstance(m, SensorItem)]
     events = [(m.kind, m.detail) for m in msgs if isinstance(m, SensorEvent)]
     assert len(items) == 3 + 2 + 4
@@ -174,7 +176,7 @@ def test_budget_spent_is_fatal() -> None:
     w = _worker([ScriptedCapture([], fail_start=True) for _ in range(10)], q, budget=2)
     w.start()
     msgs = _drain(q)
-    w.join(2)
+    w.join(scaled(2))
     fatal = [m for m in msgs if isinstance(m, SensorEvent) and m.kind == "fatal"]
     assert len(fatal) == 1 and "more than 2 restarts" in fatal[0].detail and w.state == "failed"
     assert len(w.restart_reasons) == 3  # the 3rd restart broke the budget of 2
@@ -189,7 +191,7 @@ def test_loop_replays_from_start_without_counting_a_failure() -> None:
     w.start()
     msgs = _drain(q, until=3.0)
     stop.set()
-    w.join(2)
+    w.join(scaled(2))
     items = [m for m in msgs if isinstance(m, SensorItem)]
     assert len(items) == 6 and w.epoch == 3
     # three epochs on the media clock, 1 s apart at least: looping never reuses a time
