@@ -15,8 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from edgeav.errors import ExportError
-from edgeav.export.parity import top1
-from edgeav.onnx_session import OnnxRunner
+from edgeav.export.parity import onnx_runner, top1
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +60,7 @@ def evaluate_onnx(model_path: str | Path, samples: Iterable[tuple[Mapping[str, n
     for the trt_symmetric form, whose integer kernels run in TensorRT, not in ONNX Runtime on this CPU.
     Predictions are `edgeav.export.parity.top1` of `output`, the comparator's top-1 rule.
     """
-    runner = OnnxRunner.open(model_path, [output], providers=tuple(providers),
-                             optimization="disable" if simulate_qdq else "all")
+    runner = onnx_runner(model_path, [output], simulate_qdq=simulate_qdq, providers=tuple(providers))
     inputs = runner.input_names
     y_true: list[np.ndarray] = []
     y_pred: list[np.ndarray] = []

@@ -85,11 +85,17 @@ def torch_outputs(model: Any, feeds: Iterable[Feeds]) -> list[dict[str, np.ndarr
     return run_all(TorchRunner(model), feeds)
 
 
+def onnx_runner(path: str | Path, outputs: Sequence[str] = OUTPUT_NAMES, *, simulate_qdq: bool = False,
+                **settings: Any) -> OnnxRunner:
+    """ONNX Runtime on the model at `path` (CPU unless `settings` say otherwise). `simulate_qdq` turns graph
+    optimizations off, so each Q/DQ pair runs as float ops: the values the Q/DQ model stands for, without the CPU's
+    fused int8 kernels (which saturate on x86 without VNNI); the form for a model whose int8 runs in TensorRT."""
+    return OnnxRunner.open(path, outputs, optimization="disable" if simulate_qdq else "all", **settings)
+
+
 def onnx_outputs(path: str | Path, feeds: Iterable[Feeds], *, disable_optimizations: bool = False) -> list[dict[str, np.ndarray]]:
-    """The ONNX model's three outputs on each feed in ONNX Runtime (CPU; `disable_optimizations` runs Q/DQ nodes
-    as float ops: the values the Q/DQ model stands for, without the CPU's fused int8 kernels)."""
-    runner = OnnxRunner.open(path, OUTPUT_NAMES, optimization="disable" if disable_optimizations else "all")
-    return run_all(runner, feeds)
+    """The ONNX model's three outputs on each feed (`onnx_runner`; `disable_optimizations`: Q/DQ simulated)."""
+    return run_all(onnx_runner(path, simulate_qdq=disable_optimizations), feeds)
 
 
 def compare_outputs(reference: Sequence[Mapping[str, np.ndarray]], other: Sequence[Mapping[str, np.ndarray]], *,
@@ -145,4 +151,4 @@ def parity_check(model: Any, onnx_path: str | Path, feeds: Sequence[Feeds], *,
 
 
 __all__ = ["OUTPUT_NAMES", "PARITY_MAX_ABS_DIFF", "PARITY_REL_DIFF", "ParityReport", "TorchRunner", "compare_outputs",
-           "onnx_outputs", "parity_check", "top1", "torch_outputs"]
+           "onnx_outputs", "onnx_runner", "parity_check", "top1", "torch_outputs"]

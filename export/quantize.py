@@ -34,8 +34,8 @@ import numpy as np
 
 from edgeav.errors import ExportError
 from edgeav.export.onnx_export import _private_initializers
-from edgeav.export.parity import compare_outputs
-from edgeav.onnx_session import OnnxRunner, run_all
+from edgeav.export.parity import compare_outputs, onnx_runner
+from edgeav.onnx_session import run_all
 
 if TYPE_CHECKING:
     from edgeav.devices import DeviceProfile
@@ -308,9 +308,8 @@ def quantize_for_device(fp32_path: str | Path, out_path: str | Path, feeds: Iter
 
 
 def _run(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], output: str, simulate_qdq: bool = False) -> np.ndarray:
-    """`output` over all `feeds`, concatenated on the batch axis; `simulate_qdq` runs Q/DQ as float ops (graph
-    optimizations off), free of the CPU int8 kernels' saturation."""
-    runner = OnnxRunner.open(model_path, [output], optimization="disable" if simulate_qdq else "all")
+    """`output` over all `feeds`, concatenated on the batch axis (`simulate_qdq`: see `onnx_runner`)."""
+    runner = onnx_runner(model_path, [output], simulate_qdq=simulate_qdq)
     return np.concatenate([r[output] for r in run_all(runner, feeds)], axis=0)
 
 

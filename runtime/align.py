@@ -26,7 +26,7 @@ import collections
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from edgeav.contract import InputContract
 from edgeav.errors import SensorError
 from edgeav.schema.runtime import AlignConfig
 from edgeav.timebase import NS_PER_MS, NS_PER_S, ns_for_samples, s_to_ns, samples_for_ns
+
+if TYPE_CHECKING:
+    from edgeav.runtime.capture import CaptureItem
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ class Aligner:
                          "pruned_audio_chunks": 0, "pruned_frames": 0, "missing_frames": 0}
 
     # -- input -----------------------------------------------------------------------------------------------
-    def push(self, item: Any) -> None:
+    def push(self, item: CaptureItem) -> None:
         """Accept a capture item (`AudioChunk` / `VideoFrame` / `StreamEnd`, by their `kind`)."""
         if item.kind == "end":
             self.end_stream(item.stream)

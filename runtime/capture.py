@@ -33,8 +33,10 @@ from edgeav.runtime.sources import (
     VIDEO_SINK,
     Stream,
     build_pipeline_description,
+    is_live_capture,
     mask_credentials,
     parse_source_uri,
+    rgb_from_buffer_bytes,
 )
 from edgeav.schema.runtime import SourceConfig
 from edgeav.timebase import NS_PER_S, DriftCorrector, ns_for_samples, s_to_ns
@@ -239,9 +241,8 @@ class Capture:
         self.streams: tuple[Stream, ...] = tuple(
             s for s in ("video", "audio") if (VIDEO_SINK if s == "video" else AUDIO_SINK) in self.description
         )
-        self.is_live = self._src.is_live or (
-            self.cfg.audio_uri is not None and parse_source_uri(self.cfg.audio_uri).is_live
-        )
+        self.is_live = is_live_capture(
+            self._src, parse_source_uri(self.cfg.audio_uri) if self.cfg.audio_uri is not None else None)
         policy = "drop_oldest" if self.is_live else "block"
         self._queue: BoundedQueue[CaptureItem] = BoundedQueue(self.cfg.queue_max_items, policy, name="capture")
         self._pipeline = None
@@ -388,14 +389,9 @@ class Capture:
             return AudioChunk(pts_ns, samples, rate)
         s = sample.get_caps().get_structure(0)
         w, h = s.get_value("width"), s.get_value("height")
-        stride = (w * 3 + 3) // 4 * 4  # GStreamer pads RGB rows to 4 bytes
-        arr = np.frombuffer(data, dtype=np.uint8)
-        if arr.size < stride * h:
-            raise SensorError(f"video buffer of {arr.size} bytes is short for {w}x{h} RGB")
-        if stride == w * 3:
-            rgb = arr[: stride * h].reshape(h, w, 3)  # (H, W, 3) read-only view, no copy
-        else:
-            rgb = arr[: stride * h].reshape(h, stride)[:, : w * 3].reshape(h, w, 3).copy()  # (H, W, 3) unpadded
+        rgb = rgb_from_buffer_bytes(data, w, h)  # (H, W, 3): a read-only view unless GStreamer padded the rows
+        if rgb is None:
+            raise SensorError(f"video buffer of {len(data)} bytes is short for {w}x{h} RGB")
         dur = buf.duration
         return VideoFrame(pts_ns, rgb, int(dur) if dur != Gst.CLOCK_TIME_NONE else 0)
 

@@ -28,6 +28,7 @@ from edgeav.runtime.daemon_evidence import DaemonEvidence
 from edgeav.runtime.systemd import sd_notify, systemd_watchdog_s
 
 if TYPE_CHECKING:
+    from edgeav.runtime.capture import CaptureItem
     from edgeav.runtime.wallclock import TimeSource
     from edgeav.schema import EdgeAVConfig
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 class Daemon(DaemonEvidence):
     def __init__(self, cfg: EdgeAVConfig, bundle_override: str | None = None, db_override: str | None = None,
                  realtime_override: bool | None = None, time_source: TimeSource | None = None) -> None:
-        from edgeav.runtime.sources import parse_source_uri
+        from edgeav.runtime.sources import is_live_capture, parse_source_uri
         from edgeav.runtime.wallclock import WallClock
 
         self.cfg = cfg
@@ -53,8 +54,8 @@ class Daemon(DaemonEvidence):
         self.src_cfg = cfg.runtime.source
         self.src = parse_source_uri(self.src_cfg.uri)  # ConfigError on a bad URI, before anything starts
         self.audio_src = parse_source_uri(self.src_cfg.audio_uri) if self.src_cfg.audio_uri else None
-        live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)
-        self.clock = "wall" if (live or self.realtime) else "media"
+        self.live = is_live_capture(self.src, self.audio_src)  # bounded queues drop instead of blocking
+        self.clock = "wall" if (self.live or self.realtime) else "media"
         self.stop_event = threading.Event()
         self.fatal: str | None = None
         self.exit_reason = "running"
@@ -230,7 +231,6 @@ class Daemon(DaemonEvidence):
 
         streams = self._streams()
         self.streams = streams
-        live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)
         self.queue = QueueGroup()  # one bounded queue per sensor: a fast camera cannot push audio out
         qc = self.daemon_cfg.queues
         sup = self.daemon_cfg.supervisor
@@ -256,15 +256,15 @@ class Daemon(DaemonEvidence):
                 if self.metrics is not None:
                     self.metrics.restarts.labels(sensor).inc()
 
-            def on_item(sensor: str, item: Any) -> None:
+            def on_item(sensor: str, item: CaptureItem) -> None:
                 if self.metrics is not None:
                     self.metrics.items.labels(sensor, item.kind).inc()
 
             size = {"camera": qc.camera_max_items, "microphone": qc.microphone_max_items}.get(
                 name, qc.camera_max_items + qc.microphone_max_items)  # "av": one pipeline carries both
             w = SensorWorker(
-                name, opener, self.queue.add(name, size, "drop_oldest" if live else "block"), uri=uri, clock=self.clock,
-                t0_monotonic_ns=t0,
+                name, opener, self.queue.add(name, size, "drop_oldest" if self.live else "block"), uri=uri,
+                clock=self.clock, t0_monotonic_ns=t0,
                 stall_timeout_s=self.src_cfg.stall_timeout_s, read_timeout_s=min(self.src_cfg.read_timeout_s, 0.2),
                 backoff=Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_factor, sup.backoff_jitter),
                 budget=RestartBudget(sup.restart_budget, sup.restart_window_s), healthy_after_s=sup.healthy_after_s,

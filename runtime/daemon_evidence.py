@@ -14,14 +14,19 @@ from typing import TYPE_CHECKING, Any
 from edgeav.errors import StorageError
 
 if TYPE_CHECKING:
-    from edgeav.runtime.evidence import EvidenceStore
+    from collections.abc import Sequence
+
+    import numpy as np
+
+    from edgeav.runtime.evidence import EvidenceResult, EvidenceStore, WindowContext
+    from edgeav.runtime.postprocess import Detection
     from edgeav.runtime.evidence_worker import EvidenceWorker
 
 log = logging.getLogger("edgeav.runtime.daemon")
 
 
 class DaemonEvidence:
-    """Needs from the daemon: daemon_cfg, contract, store, metrics, queue, _stop_deadline."""
+    """Needs from the daemon: daemon_cfg, live, contract, store, metrics, queue, _stop_deadline."""
 
     evidence: EvidenceStore | None = None
     evidence_worker: EvidenceWorker | None = None  # with evidence on
@@ -30,8 +35,8 @@ class DaemonEvidence:
     def _start_evidence_worker(self) -> None:
         from edgeav.runtime.evidence_worker import EvidenceWorker
 
-        live = self.src.is_live or (self.audio_src is not None and self.audio_src.is_live)  # as the sensor queues
-        self.evidence_worker = EvidenceWorker(self.evidence, self.daemon_cfg.evidence.queue_max_sets, live=live).start()
+        self.evidence_worker = EvidenceWorker(self.evidence, self.daemon_cfg.evidence.queue_max_sets,
+                                              live=self.live).start()  # live: drops as the sensor queues do
 
     def _check_evidence(self) -> None:
         """After a crash: no half-written temp file stays, and no committed row names a file that is not whole."""
@@ -77,15 +82,17 @@ class DaemonEvidence:
             if self.metrics is not None:
                 self.metrics.evidence.labels(ev.outcome).inc()
 
-    def _evidence_for(self, did: str, utc: int, det: Any, context: Any, frame: Any, frames: Any) -> Any:
+    def _evidence_for(self, did: str, utc: int, det: Detection, context: Sequence[WindowContext],
+                      frame: np.ndarray | None, frames: np.ndarray | None) -> EvidenceResult:
         """Decide on the main loop (free-space floor, file names) and hand the encoding to the evidence thread:
         the row links the planned files now (note pending); a full evidence queue skips the set."""
-        from edgeav.runtime.evidence import EvidenceResult, stitch_audio
+        from edgeav.runtime.evidence import EvidenceResult, WindowContext, stitch_audio
         from edgeav.runtime.evidence_worker import EvidenceJob
 
         audio = stitch_audio(context, det.start_ns, det.end_ns, self.contract.audio.sample_rate_hz)
         ev = self.evidence.admit() or self.evidence.plan(did, utc, audio, frame, frames)
-        if ev.outcome == "pending" and not self.evidence_worker.submit(EvidenceJob(did, utc, audio, frame, frames)):
+        media = WindowContext(det.start_ns, det.end_ns, audio, frame, frames)
+        if ev.outcome == "pending" and not self.evidence_worker.submit(EvidenceJob(did, utc, media)):
             self.evidence.counts["queue_full"] = self.evidence.counts.get("queue_full", 0) + 1
             ev = EvidenceResult(None, None, f"skipped: evidence queue full ({self.evidence_worker.jobs.maxsize} sets "
                                 "waiting)", "skipped")

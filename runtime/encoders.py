@@ -14,6 +14,7 @@ import numpy as np
 
 from edgeav.atomic import atomic_write, durable_replace, temp_path_for
 from edgeav.errors import ConfigError, SensorError
+from edgeav.runtime.sources import rgb_to_buffer_bytes
 
 # -- encoders --------------------------------------------------------------------------------------------------------
 
@@ -37,17 +38,6 @@ def write_flac(path: Path, samples: np.ndarray, rate_hz: int) -> None:
 
     atomic_write(path, lambda f: soundfile.write(f, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0),
                                                  int(rate_hz), format="FLAC", subtype="PCM_16"))
-
-
-def _rgb_buffer_bytes(rgb: np.ndarray) -> bytes:
-    """(H, W, 3) uint8 as GStreamer's RGB layout: rows padded to 4 bytes."""
-    h, w = rgb.shape[:2]
-    stride = (w * 3 + 3) // 4 * 4
-    if stride == w * 3:
-        return np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
-    padded = np.zeros((h, stride), np.uint8)
-    padded[:, : w * 3] = np.asarray(rgb, dtype=np.uint8).reshape(h, w * 3)
-    return padded.tobytes()
 
 
 def clip_pipeline_description(width_px: int, height_px: int, rate_hz: float, bitrate_kbps: int) -> str:
@@ -94,7 +84,7 @@ class ClipEncoder:
             if pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
                 raise SensorError(f"clip encoder for {path.name} did not start")
             for k in range(t):
-                buf = Gst.Buffer.new_wrapped(_rgb_buffer_bytes(frames[k]))
+                buf = Gst.Buffer.new_wrapped(rgb_to_buffer_bytes(frames[k]))
                 buf.pts, buf.duration = k * period_ns, period_ns
                 if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
                     raise SensorError(f"clip encoder refused frame {k} of {path.name}")
@@ -153,7 +143,7 @@ class JpegEncoder:
             if self._shape != (h, w):
                 self._build(h, w)
             Gst = self.Gst
-            buf = Gst.Buffer.new_wrapped(_rgb_buffer_bytes(rgb))  # rows padded to 4 bytes
+            buf = Gst.Buffer.new_wrapped(rgb_to_buffer_bytes(rgb))  # rows padded to 4 bytes
             buf.pts = self._n * 40_000_000
             buf.duration = 40_000_000
             self._n += 1

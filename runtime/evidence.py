@@ -75,7 +75,8 @@ class EvidenceResult:
 
 @dataclass(frozen=True)
 class WindowContext:
-    """What evidence is cut from: one processed window's audio, its middle frame and all its frames."""
+    """What evidence is cut from: one processed window's (or a detection's span's) audio, the middle frame and all
+    the frames of its window."""
 
     start_ns: int
     end_ns: int
@@ -202,8 +203,8 @@ class EvidenceStore:
             self.disk_low = False
         return None
 
-    def _paths(self, detection_id: str, utc_ns: int, audio: Any, frame: Any, frames: Any
-               ) -> tuple[Path | None, Path | None, Path | None, list[str]]:
+    def _paths(self, detection_id: str, utc_ns: int, audio: np.ndarray | None, frame: np.ndarray | None,
+               frames: np.ndarray | None) -> tuple[Path | None, Path | None, Path | None, list[str]]:
         """(audio, image, clip) paths the set gets (None = not written) and notes on what is missing."""
         day = _dt.datetime.fromtimestamp(utc_ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d")
         folder = self.root / day
@@ -226,7 +227,8 @@ class EvidenceStore:
                 cpath = folder / f"{detection_id}.mp4"
         return apath, ipath, cpath, notes
 
-    def plan(self, detection_id: str, utc_ns: int, audio: Any, frame: Any, frames: Any = None) -> EvidenceResult:
+    def plan(self, detection_id: str, utc_ns: int, audio: np.ndarray | None, frame: np.ndarray | None,
+             frames: np.ndarray | None = None) -> EvidenceResult:
         """The paths `write_files` will give this set (outcome `pending`, note `PENDING_NOTE`): the log links them
         at once; the write's result corrects the row later, and a start-up check marks files that never came."""
         apath, ipath, cpath, notes = self._paths(detection_id, utc_ns, audio, frame, frames)

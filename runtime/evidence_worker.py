@@ -22,10 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
-
 from edgeav.atomic import TEMP_SUFFIX
-from edgeav.runtime.evidence import EVIDENCE_PATH_KEYS, PENDING_NOTE, EvidenceResult, EvidenceStore
+from edgeav.runtime.evidence import EVIDENCE_PATH_KEYS, PENDING_NOTE, EvidenceResult, EvidenceStore, WindowContext
 from edgeav.runtime.queues import BoundedQueue
 
 log = logging.getLogger(__name__)
@@ -35,9 +33,7 @@ log = logging.getLogger(__name__)
 class EvidenceJob:
     detection_id: str
     utc_ns: int
-    audio: np.ndarray | None  # (S,) float32
-    frame: np.ndarray | None  # (H, W, 3) uint8
-    frames: np.ndarray | None  # (T, H, W, 3) uint8
+    media: WindowContext  # the detection's span: its audio stitched from the windows, the confirming window's frames
 
 
 class EvidenceWorker:
@@ -76,7 +72,8 @@ class EvidenceWorker:
                 continue
             self._busy = job.detection_id
             try:
-                res = self.store.write_files(job.detection_id, job.utc_ns, job.audio, job.frame, job.frames)
+                m = job.media
+                res = self.store.write_files(job.detection_id, job.utc_ns, m.audio, m.frame, m.frames)
             except Exception as e:  # an encoder bug must not end the thread: the row says what happened
                 log.error("evidence for %s failed: %s", job.detection_id, e)
                 res = EvidenceResult(None, None, f"failed: {e}", "failed")

@@ -16,6 +16,8 @@ from fractions import Fraction
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
+import numpy as np
+
 from edgeav.contract import InputContract
 from edgeav.errors import ConfigError
 from edgeav.schema.runtime import SourceConfig
@@ -175,6 +177,12 @@ def _audio_tail(cfg: SourceConfig, contract: InputContract, live: bool, sync: bo
     )
 
 
+def _branch(head: str, stream: Stream, cfg: SourceConfig, contract: InputContract, live: bool, sync: bool) -> str:
+    """One branch to a sink: the source's `head`, a leaky queue when live, then the stream's tail."""
+    tail = _video_tail(cfg, contract, live, sync) if stream == "video" else _audio_tail(cfg, contract, live, sync)
+    return f"{head} ! " + (f"{_queue(True, stream)} ! " if live else "") + tail
+
+
 def _queue(live: bool, stream: Stream) -> str:
     # A live branch gets a small leaky queue (named, so the capture counts its overruns as drops): one stalled
     # branch cannot stall the sensor's thread.
@@ -221,22 +229,18 @@ def build_pipeline_description(
         parts.extend(_test_branches(src, cfg, contract, want, sync))
     elif src.scheme == "file":
         parts.append(f"uridecodebin uri={gst_quote(_file_uri(src.location))} name=src")
-        if "video" in want:
-            parts.append(f"src. ! video/x-raw ! queue ! {_video_tail(cfg, contract, False, sync)}")
-        if "audio" in want:
-            parts.append(f"src. ! audio/x-raw ! queue ! {_audio_tail(cfg, contract, False, sync)}")
+        parts.extend(_branch(f"src. ! {s}/x-raw ! queue", s, cfg, contract, False, sync)
+                     for s in ("video", "audio") if s in want)
     else:
         if "video" in want:
-            parts.append(f"{_live_video_head(src, cfg)} ! {_queue(True, 'video')} ! {_video_tail(cfg, contract, True, False)}")
+            parts.append(_branch(_live_video_head(src, cfg), "video", cfg, contract, True, False))
         if "audio" in want and not audio_from_extra:
-            parts.append(f"{_live_audio_head(src, cfg, contract)} ! {_queue(True, 'audio')} ! {_audio_tail(cfg, contract, True, False)}")
+            parts.append(_branch(_live_audio_head(src, cfg, contract), "audio", cfg, contract, True, False))
     if audio_from_extra and extra_audio is not None:
         if extra_audio.scheme == "test":
             parts.extend(_test_branches(extra_audio, cfg, contract, ("audio",), False))
         else:
-            parts.append(
-                f"{_live_audio_head(extra_audio, cfg, contract)} ! {_queue(True, 'audio')} ! {_audio_tail(cfg, contract, True, False)}"
-            )
+            parts.append(_branch(_live_audio_head(extra_audio, cfg, contract), "audio", cfg, contract, True, False))
     return "  ".join(parts)
 
 
@@ -270,6 +274,20 @@ def _live_audio_head(src: SourceURI, cfg: SourceConfig, contract: InputContract)
     raise ConfigError(f"{src.scheme}:// has no audio")  # pragma: no cover
 
 
+def is_live_capture(src: SourceURI, audio_src: SourceURI | None = None) -> bool:
+    """A capture is live (buffers come when the sensor delivers them; bounded queues drop the oldest) when its
+    source or its separate audio source is."""
+    return src.is_live or (audio_src is not None and audio_src.is_live)
+
+
+def _element_word(src: SourceURI, key: str, default: str) -> str:
+    """A `test://` parameter that goes into the pipeline string as an element property (a GStreamer enum nick)."""
+    value = src.params.get(key, default)
+    if not re.fullmatch(r"[a-z0-9-]+", value):
+        raise ConfigError(f"{src.uri}: bad {key} {value!r}")
+    return value
+
+
 def _test_branches(
     src: SourceURI, cfg: SourceConfig, contract: InputContract, want: tuple[Stream, ...], sync: bool
 ) -> list[str]:
@@ -279,37 +297,63 @@ def _test_branches(
     out: list[str] = []
     duration_s = float(p["duration_s"]) if "duration_s" in p else None
     if "video" in want:
-        pattern = p.get("pattern", "smpte")
-        if not re.fullmatch(r"[a-z0-9-]+", pattern):
-            raise ConfigError(f"{src.uri}: bad pattern {pattern!r}")
+        pattern = _element_word(src, "pattern", "smpte")
         w = int(p.get("width", contract.image.width_px))
         h = int(p.get("height", contract.image.height_px))
         nb = f" num-buffers={max(1, int(round(duration_s * cfg.fps)))}" if duration_s is not None else ""
-        out.append(
-            f"videotestsrc pattern={pattern} is-live={live_s}{nb} ! "
-            f"video/x-raw,width={w},height={h},framerate={_fps_fraction(cfg.fps)} ! "
-            + (f"{_queue(True, 'video')} ! " if live else "")
-            + _video_tail(cfg, contract, live, sync)
-        )
+        out.append(_branch(f"videotestsrc pattern={pattern} is-live={live_s}{nb} ! "
+                           f"video/x-raw,width={w},height={h},framerate={_fps_fraction(cfg.fps)}",
+                           "video", cfg, contract, live, sync))
     if "audio" in want:
         freq = float(p.get("freq_hz", "440"))
-        wave = p.get("wave", "sine")
-        if not re.fullmatch(r"[a-z0-9-]+", wave):
-            raise ConfigError(f"{src.uri}: bad wave {wave!r}")
+        wave = _element_word(src, "wave", "sine")
         vol = float(p.get("volume", "0.5"))
         rate = contract.audio.sample_rate_hz
         spb = max(1, samples_for_ns(s_to_ns(cfg.audio_chunk_s), rate))
         nb = f" num-buffers={max(1, -(-samples_for_ns(s_to_ns(duration_s), rate) // spb))}" if duration_s is not None else ""
-        out.append(
-            f"audiotestsrc wave={wave} freq={freq:g} volume={vol:g} samplesperbuffer={spb} is-live={live_s}{nb} ! "
-            f"audio/x-raw,rate={rate},channels=1 ! "
-            + (f"{_queue(True, 'audio')} ! " if live else "")
-            + _audio_tail(cfg, contract, live, sync)
-        )
+        out.append(_branch(f"audiotestsrc wave={wave} freq={freq:g} volume={vol:g} samplesperbuffer={spb} "
+                           f"is-live={live_s}{nb} ! audio/x-raw,rate={rate},channels=1", "audio", cfg, contract, live,
+                           sync))
     return out
 
 
+# -- GStreamer's RGB buffer layout: each row padded to a multiple of 4 bytes --------------------------------------
+
+
+def rgb_row_stride(width_px: int) -> int:
+    """Bytes per row of a `format=RGB` buffer `width_px` wide."""
+    return (width_px * 3 + 3) // 4 * 4
+
+
+def rgb_to_buffer_bytes(rgb: np.ndarray) -> bytes:
+    """(H, W, 3) uint8 as the bytes of an RGB buffer (rows padded)."""
+    h, w = rgb.shape[:2]
+    stride = rgb_row_stride(w)
+    if stride == w * 3:
+        return np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()
+    padded = np.zeros((h, stride), np.uint8)
+    padded[:, : w * 3] = np.asarray(rgb, dtype=np.uint8).reshape(h, w * 3)
+    return padded.tobytes()
+
+
+def rgb_from_buffer_bytes(data: bytes, width_px: int, height_px: int) -> np.ndarray | None:
+    """The (H, W, 3) uint8 picture of an RGB buffer: a read-only view where rows are not padded, else an unpadded
+    copy; None where the buffer is too short for that size."""
+    w, h = width_px, height_px
+    stride = rgb_row_stride(w)
+    arr = np.frombuffer(data, dtype=np.uint8)
+    if arr.size < stride * h:
+        return None
+    if stride == w * 3:
+        return arr[: stride * h].reshape(h, w, 3)
+    return arr[: stride * h].reshape(h, stride)[:, : w * 3].reshape(h, w, 3).copy()
+
+
 __all__ = [
+    "is_live_capture",
+    "rgb_row_stride",
+    "rgb_to_buffer_bytes",
+    "rgb_from_buffer_bytes",
     "SourceURI",
     "parse_source_uri",
     "mask_credentials",

@@ -20,11 +20,14 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from edgeav.errors import EdgeAVError, SensorError
 from edgeav.runtime.queues import BoundedQueue
 from edgeav.runtime.sources import mask_credentials
+
+if TYPE_CHECKING:
+    from edgeav.runtime.capture import CaptureItem
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +158,7 @@ class SensorEvent:
 class SensorItem:
     sensor: str
     epoch: int
-    item: Any  # VideoFrame / AudioChunk with pts_ns on the daemon timeline
+    item: CaptureItem  # pts_ns on the daemon timeline
 
 
 class SensorWorker(threading.Thread):
@@ -183,7 +186,7 @@ class SensorWorker(threading.Thread):
         loop: bool = False,
         stop_event: threading.Event | None = None,
         on_restart: Callable[[str, str], None] | None = None,
-        on_item: Callable[[str, Any], None] | None = None,
+        on_item: Callable[[str, CaptureItem], None] | None = None,
     ) -> None:
         super().__init__(name=f"sensor-{name}", daemon=True)
         if clock not in ("wall", "media"):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from edgeav.atomic import atomic_write_bytes
 from edgeav.errors import DeviceError, ExportError
 from edgeav.manifest import sha256_file
-from edgeav.runtime.trt_cache import EngineCache, EngineKey, GpuInfo, current_gpu, make_key
+from edgeav.runtime.trt_cache import EngineCache, EngineKey, GpuInfo, current_gpu, import_tensorrt, make_key
 
 if TYPE_CHECKING:
     from edgeav.devices import DeviceProfile
@@ -50,12 +50,7 @@ class BuiltEngine:
 
 
 def _import_trt() -> Any:
-    try:
-        import tensorrt as trt  # type: ignore[import-not-found]
-    except ImportError as e:
-        raise DeviceError(f"TensorRT is not installed here ({e}): build the engine on the device, where JetPack / "
-                          "NVIDIA's wheels provide it") from None
-    return trt
+    return import_tensorrt("build the engine on the device, where JetPack / NVIDIA's wheels provide it")
 
 
 def trt_major(version: str) -> int:

@@ -241,14 +241,19 @@ def current_gpu(device_id: int = 0) -> GpuInfo:
     return GpuInfo(name.strip(), f"{props.major}.{props.minor}")
 
 
-def trt_version() -> str:
+def import_tensorrt(instead: str = "it ships with JetPack / NVIDIA's wheels") -> Any:
+    """The `tensorrt` module; DeviceError where it is not installed, ending with what to do `instead`."""
     try:
         import tensorrt as trt  # type: ignore[import-not-found]
     except ImportError as e:
-        raise DeviceError(f"TensorRT is not installed here ({e}); it ships with JetPack / NVIDIA's wheels") from None
-    return str(trt.__version__)
+        raise DeviceError(f"TensorRT is not installed here ({e}); {instead}") from None
+    return trt
+
+
+def trt_version() -> str:
+    return str(import_tensorrt().__version__)
 
 
 __all__ = ["ENGINE_CACHE_ENV", "ENGINE_SUFFIX", "PRECISIONS", "EngineCache", "EngineKey", "GpuInfo", "check_engine",
            "current_gpu", "default_cache_dir", "entry_problem", "make_key", "read_sidecar", "rebuild_command",
-           "sidecar_path", "trt_version"]
+           "import_tensorrt", "sidecar_path", "trt_version"]

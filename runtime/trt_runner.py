@@ -25,8 +25,8 @@ from edgeav.runtime.trt_builder import (MIN_TRT_MAJOR, BuiltEngine, build_engine
                                         check_static_inputs, check_trt_version, engine_key_for, network_precision,
                                         require_tensorrt, trt_major)
 from edgeav.runtime.trt_cache import (ENGINE_CACHE_ENV, EngineCache, EngineKey, GpuInfo, _check, _cudart,
-                                      check_engine, current_gpu, default_cache_dir, make_key, read_sidecar,
-                                      rebuild_command, sidecar_path, trt_version)
+                                      check_engine, current_gpu, default_cache_dir, import_tensorrt, make_key,
+                                      read_sidecar, rebuild_command, sidecar_path, trt_version)
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,7 @@ class TrtBackend(Backend):
 
     def __init__(self, model_path: str | Path, contract: InputContract, device_id: int = 0,
                  onnx_path: str | Path | None = None, profile: str | None = None) -> None:
-        try:
-            import tensorrt as trt  # type: ignore[import-not-found]
-        except ImportError as e:
-            raise DeviceError(f"TensorRT is not installed here ({e}); use the onnxruntime backend") from None
+        trt = import_tensorrt("use the onnxruntime backend")
         self._contract = contract
         self.model_path = Path(model_path)
         if not self.model_path.is_file():

@@ -15,10 +15,10 @@ and, with torch, `edgeav.train.data.torch_dataset.TorchAVDataset(ds, "train")`.
 """
 
 from edgeav.train.data.cache import DecodeCache
-from edgeav.train.data.dataset import LAYOUTS, AVDataset, Loaded, detect_kind, load_dataset
+from edgeav.train.data.dataset import LAYOUTS, AVDataset, SampleMedia, detect_kind, load_dataset
 from edgeav.train.data.records import SPLITS, AudioRef, ImageRef, Sample, Skipped, VideoRef
 
 __all__ = [
-    "AVDataset", "AudioRef", "DecodeCache", "ImageRef", "LAYOUTS", "Loaded", "SPLITS", "Sample", "Skipped",
+    "AVDataset", "AudioRef", "DecodeCache", "ImageRef", "LAYOUTS", "SampleMedia", "SPLITS", "Sample", "Skipped",
     "VideoRef", "detect_kind", "load_dataset",
 ]

@@ -52,7 +52,7 @@ from edgeav.train.data.records import SPLITS, AudioRef, ImageRef, Sample, Skippe
 log = logging.getLogger(__name__)
 
 
-class Loaded(NamedTuple):
+class SampleMedia(NamedTuple):
     """What `AVDataset.load` returns. `visual` is (3, H, W) for a photo, (N, 3, H, W) for video frames."""
 
     audio: np.ndarray | None  # (T,) float32 at cfg.sample_rate_hz, T = window samples exactly
@@ -172,7 +172,7 @@ class AVDataset:
             self._failed(ref.file, e)
             return None
 
-    def load(self, sample: Sample) -> Loaded:
+    def load(self, sample: Sample) -> SampleMedia:
         """(audio (T,) float32 or None, visual uint8 (3,H,W) photo / (N,3,H,W) frames or None)."""
         audio = self.load_audio(sample.audio) if sample.audio is not None else None
         visual = None
@@ -180,7 +180,7 @@ class AVDataset:
             visual = self.load_image(sample.image)
         elif sample.video is not None:
             visual = self.load_frames(sample.video)
-        return Loaded(audio, visual)
+        return SampleMedia(audio, visual)
 
     def prepare(self, split: str | None = None) -> int:
         """Decode every file of `split` (all when None) into the cache, so training never decodes mid-epoch and
