@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Protocol, Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -32,10 +33,18 @@ from edgeav.threads import onnxruntime_threads
 
 log = logging.getLogger(__name__)
 
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 Optimization = Literal["disable", "basic", "extended", "all"]
-_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-               "all": "ORT_ENABLE_ALL"}
+_OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
 Feeds = Mapping[str, np.ndarray]
 
 
@@ -90,8 +99,10 @@ def create_session(model: str | Path | bytes, settings: SessionSettings | None =
     wanted = [ORT_PROVIDERS[p] for p in s.providers]
     missing = [p for p, full in zip(s.providers, wanted) if full not in available]
     if missing:
-        raise DeviceError(f"ONNX Runtime execution provider(s) {missing} requested but not available here "
-                          f"(available: {', '.join(sorted(available))}); no fallback is made")
+        raise DeviceError(
+            f"ONNX Runtime execution provider(s) {missing} requested but not available here "
+            f"(available: {', '.join(sorted(available))}); no fallback is made"
+        )
     opts = ort.SessionOptions()
     intra = s.intra_op_threads if s.intra_op_threads is not None else onnxruntime_threads()  # the process's plan
     opts.intra_op_num_threads = free_cores() if intra is None else int(intra)
@@ -100,8 +111,9 @@ def create_session(model: str | Path | bytes, settings: SessionSettings | None =
     opts.log_severity_level = int(s.log_severity)
     if not s.allow_spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers: list[Any] = [(full, {"device_id": int(s.device_id)}) if full != "CPUExecutionProvider" else full
-                            for full in wanted]
+    providers: list[Any] = [
+        (full, {"device_id": int(s.device_id)}) if full != "CPUExecutionProvider" else full for full in wanted
+    ]
     try:
         sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / InvalidProtobuf types
@@ -110,8 +122,13 @@ def create_session(model: str | Path | bytes, settings: SessionSettings | None =
     inactive = [full for full in wanted if full not in active]
     if inactive:  # ORT can drop a provider at session creation (missing CUDA libraries): refuse, loudly
         raise DeviceError(f"ONNX Runtime did not activate {inactive} (active: {active}); no fallback is made")
-    log.debug("ONNX Runtime session on %s: %s, %d intra-op threads, optimization %s", where, ", ".join(active),
-              opts.intra_op_num_threads, s.optimization)
+    log.debug(
+        "ONNX Runtime session on %s: %s, %d intra-op threads, optimization %s",
+        where,
+        ", ".join(active),
+        opts.intra_op_num_threads,
+        s.optimization,
+    )
     return sess
 
 
@@ -136,8 +153,13 @@ class OnnxRunner:
         self.output_names = list(outputs) if outputs else model_outputs
 
     @classmethod
-    def open(cls, model: str | Path | bytes, outputs: Sequence[str] | None = None,
-             settings: SessionSettings | None = None, **overrides: Any) -> "OnnxRunner":
+    def open(
+        cls,
+        model: str | Path | bytes,
+        outputs: Sequence[str] | None = None,
+        settings: SessionSettings | None = None,
+        **overrides: Any,
+    ) -> OnnxRunner:
         name = "serialized model" if isinstance(model, bytes) else Path(model).name
         return cls(create_session(model, settings, **overrides), outputs, name)
 

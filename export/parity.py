@@ -14,9 +14,10 @@ edgeav.onnx_session.Runner): `onnx_outputs` (ONNX Runtime, through the one sessi
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,10 +51,17 @@ class ParityReport:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "max_abs_diff": dict(self.max_abs_diff), "top1_agreement": self.top1_agreement,
-                "max_abs_diff_limit": self.max_abs_diff_limit, "rel_diff_limit": self.rel_diff_limit,
-                "min_agreement": self.min_agreement,
-                "reference": self.reference, "passed": self.passed, "failures": list(self.failures)}
+        return {
+            "n": self.n,
+            "max_abs_diff": dict(self.max_abs_diff),
+            "top1_agreement": self.top1_agreement,
+            "max_abs_diff_limit": self.max_abs_diff_limit,
+            "rel_diff_limit": self.rel_diff_limit,
+            "min_agreement": self.min_agreement,
+            "reference": self.reference,
+            "passed": self.passed,
+            "failures": list(self.failures),
+        }
 
     def raise_if_failed(self, what: str = "ONNX") -> None:
         if self.failures:
@@ -85,22 +93,32 @@ def torch_outputs(model: Any, feeds: Iterable[Feeds]) -> list[dict[str, np.ndarr
     return run_all(TorchRunner(model), feeds)
 
 
-def onnx_runner(path: str | Path, outputs: Sequence[str] = OUTPUT_NAMES, *, simulate_qdq: bool = False,
-                **settings: Any) -> OnnxRunner:
+def onnx_runner(
+    path: str | Path, outputs: Sequence[str] = OUTPUT_NAMES, *, simulate_qdq: bool = False, **settings: Any
+) -> OnnxRunner:
     """ONNX Runtime on the model at `path` (CPU unless `settings` say otherwise). `simulate_qdq` turns graph
     optimizations off, so each Q/DQ pair runs as float ops: the values the Q/DQ model stands for, without the CPU's
     fused int8 kernels (which saturate on x86 without VNNI); the form for a model whose int8 runs in TensorRT."""
     return OnnxRunner.open(path, outputs, optimization="disable" if simulate_qdq else "all", **settings)
 
 
-def onnx_outputs(path: str | Path, feeds: Iterable[Feeds], *, disable_optimizations: bool = False) -> list[dict[str, np.ndarray]]:
+def onnx_outputs(
+    path: str | Path, feeds: Iterable[Feeds], *, disable_optimizations: bool = False
+) -> list[dict[str, np.ndarray]]:
     """The ONNX model's three outputs on each feed (`onnx_runner`; `disable_optimizations`: Q/DQ simulated)."""
     return run_all(onnx_runner(path, simulate_qdq=disable_optimizations), feeds)
 
 
-def compare_outputs(reference: Sequence[Mapping[str, np.ndarray]], other: Sequence[Mapping[str, np.ndarray]], *,
-                    max_abs_diff: float, min_agreement: float = 100.0, reference_name: str = "pytorch fp32",
-                    rel_diff: float = 0.0, agreement_output: str = "logits") -> ParityReport:
+def compare_outputs(
+    reference: Sequence[Mapping[str, np.ndarray]],
+    other: Sequence[Mapping[str, np.ndarray]],
+    *,
+    max_abs_diff: float,
+    min_agreement: float = 100.0,
+    reference_name: str = "pytorch fp32",
+    rel_diff: float = 0.0,
+    agreement_output: str = "logits",
+) -> ParityReport:
     """Max |diff| and relative RMS error of each output of the reference runs, and top-1 agreement of
     `agreement_output`, between two runs over the same feeds.
 
@@ -130,25 +148,56 @@ def compare_outputs(reference: Sequence[Mapping[str, np.ndarray]], other: Sequen
     bound = f"{max_abs_diff:g}" + (f" + {rel_diff:g} x |reference|" if rel_diff else "")
     failures = [f"max |{k} diff| {diffs[k]:.3g} > {bound}" for k in names if over[k]]
     if agreement < min_agreement:
-        failures.append(f"top-1 agreement {agreement:.2f} % < {min_agreement:g} % "
-                        f"({int(np.sum(ref_top != oth_top))} of {ref_top.size} differ)")
-    rep = ParityReport(int(ref_top.size), diffs, agreement, max_abs_diff, min_agreement, reference_name, failures,
-                       rel_diff, rms)
-    log.info("parity vs %s on %d samples: max |%s diff| %.3g, top-1 agreement %.2f %%%s", reference_name,
-             rep.n, agreement_output, diffs[agreement_output], agreement,
-             "" if rep.passed else " -> FAILED: " + "; ".join(failures))
+        failures.append(
+            f"top-1 agreement {agreement:.2f} % < {min_agreement:g} % "
+            f"({int(np.sum(ref_top != oth_top))} of {ref_top.size} differ)"
+        )
+    rep = ParityReport(
+        int(ref_top.size), diffs, agreement, max_abs_diff, min_agreement, reference_name, failures, rel_diff, rms
+    )
+    log.info(
+        "parity vs %s on %d samples: max |%s diff| %.3g, top-1 agreement %.2f %%%s",
+        reference_name,
+        rep.n,
+        agreement_output,
+        diffs[agreement_output],
+        agreement,
+        "" if rep.passed else " -> FAILED: " + "; ".join(failures),
+    )
     return rep
 
 
-def parity_check(model: Any, onnx_path: str | Path, feeds: Sequence[Feeds], *,
-                 max_abs_diff: float = PARITY_MAX_ABS_DIFF, min_agreement: float = 100.0,
-                 rel_diff: float = PARITY_REL_DIFF) -> ParityReport:
+def parity_check(
+    model: Any,
+    onnx_path: str | Path,
+    feeds: Sequence[Feeds],
+    *,
+    max_abs_diff: float = PARITY_MAX_ABS_DIFF,
+    min_agreement: float = 100.0,
+    rel_diff: float = PARITY_REL_DIFF,
+) -> ParityReport:
     """PyTorch FP32 vs the ONNX model in ONNX Runtime (default optimizations, what the runtime runs)."""
     if not feeds:
         raise ExportError("parity check needs at least one real sample")
-    return compare_outputs(torch_outputs(model, feeds), onnx_outputs(onnx_path, feeds), max_abs_diff=max_abs_diff,
-                           min_agreement=min_agreement, rel_diff=rel_diff)
+    return compare_outputs(
+        torch_outputs(model, feeds),
+        onnx_outputs(onnx_path, feeds),
+        max_abs_diff=max_abs_diff,
+        min_agreement=min_agreement,
+        rel_diff=rel_diff,
+    )
 
 
-__all__ = ["OUTPUT_NAMES", "PARITY_MAX_ABS_DIFF", "PARITY_REL_DIFF", "ParityReport", "TorchRunner", "compare_outputs",
-           "onnx_outputs", "onnx_runner", "parity_check", "top1", "torch_outputs"]
+__all__ = [
+    "OUTPUT_NAMES",
+    "PARITY_MAX_ABS_DIFF",
+    "PARITY_REL_DIFF",
+    "ParityReport",
+    "TorchRunner",
+    "compare_outputs",
+    "onnx_outputs",
+    "onnx_runner",
+    "parity_check",
+    "top1",
+    "torch_outputs",
+]
