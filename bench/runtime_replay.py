@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     for pr in best["preds"]:
         top[pr.label] = top.get(pr.label, 0) + 1
     data = {
-        "source": args.source, **model.identity(), "model_file": model.path.name, "labels": model.labels, "bundle_metrics": model.bundle_metrics,
+        "source": args.source, **model.identity(), "model_file": model.path.name, "labels": model.labels,
+        "bundle_metrics": model.bundle_metrics,
         "config": {"hop_s": args.hop_s, "window_s": model.contract.audio.window_s, "ort_threads": args.threads,
                    "batch_windows": args.batch, "fps": cfg.source.fps,
                    "image_px": [model.contract.image.height_px, model.contract.image.width_px]},

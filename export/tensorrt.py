@@ -6,7 +6,8 @@
 The build is edgeav.runtime.trt_builder's (precision is what the engine computes in: a strongly typed network from
 the ONNX, or TensorRT 10's FP16 flag for fp16 from an fp32 model; anything else is refused with what can be built).
 After every build - and on a cache hit too - `check_engine_outputs` runs the engine and ONNX Runtime (the same ONNX
-file, Q/DQ simulated in float for int8: the values the Q/DQ model stands for) on the same windows and applies the export's gates:
+file, Q/DQ simulated in float for int8: the values the Q/DQ model stands for) on the same windows and applies the
+export's gates:
 
 - fp32: the FP32 parity gate (`parity_max_abs_diff` + `parity_rel_diff` x |reference|, 100 % top-1 agreement);
 - fp16: the FP16 gate (`fp16_max_abs_diff`, `fp16_min_agreement_pct`);

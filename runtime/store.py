@@ -148,8 +148,8 @@ def write_transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def pending_outbox_rows(con: sqlite3.Connection, limit: int) -> list[tuple[int, str, str, str]]:
     """(seq, detection_id, topic, payload) of outbox rows the broker has not acknowledged, oldest first."""
-    rows = con.execute("SELECT seq, detection_id, topic, payload FROM outbox WHERE sent_ns IS NULL ORDER BY seq LIMIT ?",
-                       (int(limit),)).fetchall()
+    rows = con.execute("SELECT seq, detection_id, topic, payload FROM outbox WHERE sent_ns IS NULL "
+                       "ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
     return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
 
