@@ -48,6 +48,16 @@ class Branches(NamedTuple):
     image_logits: torch.Tensor  # (B, C)
     mask: torch.Tensor  # (B, 2)
 
+    @classmethod
+    def masked(cls, audio_map: torch.Tensor, image_map: torch.Tensor, audio_emb: torch.Tensor,
+               image_emb: torch.Tensor, mask: torch.Tensor) -> "Branches":
+        """The branches with a missing modality's maps and embedding zeroed (mask (B, 2): audio, image present),
+        logits left empty (B, 0): what `forward_head` takes, from the backbones or from cached features."""
+        m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
+        empty = mask[:, :0]  # (B, 0)
+        return cls(audio_map * m_a.view(-1, 1, 1, 1), image_map * m_i.view(-1, 1, 1, 1), audio_emb * m_a,
+                   image_emb * m_i, empty, empty, mask)
+
 
 def create_head(name: str, audio_dim: int, image_dim: int, num_classes: int, **kwargs: Any) -> nn.Module:
     return HEADS.create(name, audio_dim=audio_dim, image_dim=image_dim, num_classes=num_classes, **kwargs)

@@ -203,14 +203,10 @@ class AVClassifier(nn.Module):
 
     def forward_features(self, audio: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> Branches:
         """Per-modality maps and embeddings, the missing modality zeroed; logits fields are left empty (B, 0)."""
-        m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
         a_in, i_in = self.frontend(audio, image)  # (B, 1, M, frames) log-mel (or (B, T) waveform), (B, [T,] 3, h, w)
         fa, za = self.audio_backbone(a_in)  # (B, Da, f, t), (B, Da)
         fi, zi = self.image_backbone(i_in)  # (B, Di, h, w), (B, Di)
-        fa = fa * m_a.view(-1, 1, 1, 1)  # (B, Da, f, t)
-        fi = fi * m_i.view(-1, 1, 1, 1)  # (B, Di, h, w)
-        empty = mask[:, :0]  # (B, 0)
-        return Branches(fa, fi, za * m_a, zi * m_i, empty, empty, mask)
+        return Branches.masked(fa, fi, za, zi, mask)
 
     def forward_head(self, b: Branches) -> AVOutput:
         m_a, m_i = b.mask[:, 0:1], b.mask[:, 1:2]  # (B, 1) each
