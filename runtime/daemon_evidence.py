@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edgeav.runtime.evidence import EvidenceResult, EvidenceStore, WindowContext
-    from edgeav.runtime.postprocess import Detection
     from edgeav.runtime.evidence_worker import EvidenceWorker
+    from edgeav.runtime.postprocess import Detection
 
 log = logging.getLogger("edgeav.runtime.daemon")
 

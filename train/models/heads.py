@@ -50,7 +50,7 @@ class Branches(NamedTuple):
 
     @classmethod
     def masked(cls, audio_map: torch.Tensor, image_map: torch.Tensor, audio_emb: torch.Tensor,
-               image_emb: torch.Tensor, mask: torch.Tensor) -> "Branches":
+               image_emb: torch.Tensor, mask: torch.Tensor) -> Branches:
         """The branches with a missing modality's maps and embedding zeroed (mask (B, 2): audio, image present),
         logits left empty (B, 0): what `forward_head` takes, from the backbones or from cached features."""
         m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
