@@ -43,11 +43,7 @@ class PhaseNet(nn.Module):
             return m.aux_image(image_embedding(m, x[0]))
         from edgeav.train.models import Branches
 
-        fa, fi, za, zi, mask = x
-        m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
-        empty = mask[:, :0]  # (B, 0)
-        b = Branches(fa * m_a.view(-1, 1, 1, 1), fi * m_i.view(-1, 1, 1, 1), za * m_a, zi * m_i, empty, empty, mask)
-        return m.forward_head(b)
+        return m.forward_head(Branches.masked(*x))  # x: cached maps, embeddings and the mask
 
 
 def audio_map(model: nn.Module, audio: torch.Tensor) -> torch.Tensor:
