@@ -96,7 +96,7 @@ def _run_recipe(a: argparse.Namespace, out: Path, mode: str) -> dict[str, Any]:
     wall = time.monotonic() - t0
     if proc.returncode != 0 and not capped:
         raise RuntimeError(f"edgeav train failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
-    plan = re.search(r"threads: [^\n]*", err)
+    plan = re.search(r"threads: (?:torch|library)[^\n]*", err)  # the plan line edgeav.threads logged
     seconds = _epoch_seconds(out)
     return {"mode": mode, "train_s": round(sum(seconds), 2), "epochs": len(seconds), "wall_s": round(wall, 1),
             "capped": capped, "epoch_s": seconds, "threads": plan.group(0) if plan else None,
@@ -116,7 +116,8 @@ def one_line(r: dict[str, Any]) -> str:
         return (f"{alone['train_s']:.1f} s alone, {bound}{hog['train_s']:.1f} s beside the hog "
                 f"({bound}x{r['slowdown'][mode]:.1f})")
     return (f"GRID recipe ({r['recipe']}): threads set: {part('set')}; left to defaults: {part('defaults')}; "
-            f"load {r['load_1min_before']} before, 2 CPUs shared")
+            f"defaults/set x{r['defaults_over_set']['alone']:.1f} alone, x{r['defaults_over_set']['hog']:.1f} beside "
+            f"the hog; load {r['load_1min_before']} before, {r['cpus']} CPUs shared")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fusion-epochs", type=int, default=3, help="phase II (fusion) epochs")
     p.add_argument("--cap-s", type=float, default=240.0, help="stop a run beside the hog after this long, s")
     p.add_argument("--max-load", type=float, default=2.5, help="refuse to start at or above this 1-minute load")
+    p.add_argument("--note", default="", help="what else ran on the machine, recorded with the figures")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -155,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         "recipe": (f"train/grid.yaml, {a.audio_epochs} audio + {a.image_epochs} picture + {a.fusion_epochs} "
                    "fusion epochs"),
         "hog": f"torch matmul loop, {hog_threads} threads, torch defaults (OpenMP spinning)",
-        "load_1min_before": before, "load_1min_after": _load(), "cap_s": a.cap_s, "runs": runs,
+        "load_1min_before": before, "load_1min_after": _load(), "note": a.note, "cap_s": a.cap_s, "runs": runs,
         "slowdown": {m: _ratio(runs[f"{m}_hog"], runs[f"{m}_alone"]) for m in ("set", "defaults")},
+        "defaults_over_set": {w: _ratio(runs[f"defaults_{w}"], runs[f"set_{w}"]) for w in ("alone", "hog")},
     }
     result["line"] = one_line(result)
     out = Path(a.out)
