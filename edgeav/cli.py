@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     key = args.command + (f".{args.subcommand}" if getattr(args, "subcommand", None) else "")
     try:
         if args.command in THREADED_COMMANDS:  # before the stage (and torch, its OpenMP) is imported
-            apply_threads(plan_threads(_threads_config(args)))
+            # the plan line: in train's log; for eval and bench with --debug (their error stays one line)
+            apply_threads(plan_threads(_threads_config(args)),
+                          level=logging.INFO if args.command == "train" else logging.DEBUG)
         handler = _resolve(key)
         result = handler(args)
         _emit(result, getattr(args, "json", False))

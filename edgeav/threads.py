@@ -91,9 +91,10 @@ def openmp_environment(plan: ThreadPlan, environ: Mapping[str, str] | None = Non
 _applied: ThreadPlan | None = None
 
 
-def apply_threads(plan: ThreadPlan, environ: MutableMapping[str, str] | None = None) -> ThreadPlan:
+def apply_threads(plan: ThreadPlan, environ: MutableMapping[str, str] | None = None,
+                  level: int = logging.INFO) -> ThreadPlan:
     """Set the OpenMP environment (effective only if torch is not loaded yet), then torch's thread counts, and
-    remember the plan for ONNX Runtime sessions (`onnxruntime_threads`). Logs the plan once."""
+    remember the plan for ONNX Runtime sessions (`onnxruntime_threads`). Logs the plan once, at `level`."""
     global _applied
     env = os.environ if environ is None else environ
     late = "torch" in sys.modules
@@ -104,7 +105,7 @@ def apply_threads(plan: ThreadPlan, environ: MutableMapping[str, str] | None = N
     if plan.torch_intra is not None:
         _set_torch(plan)
     _applied = plan
-    log.info("%s", plan.describe())
+    log.log(level, "%s", plan.describe())
     return plan
 
 

@@ -91,7 +91,7 @@ def test_cli_core_does_not_load_torch() -> None:
 
 
 def test_cli_stops_openmp_spinning(tmp_path: Path) -> None:
-    args = ["eval", "missing.pt", "--data", ".", "--threads"]
+    args = ["--debug", "eval", "missing.pt", "--data", ".", "--threads"]  # --debug: eval logs the plan at debug
     new = _probe(tmp_path, *args, "2")
     old = _probe(tmp_path, *args, "default")
     assert new["rc"] != 0 and "checkpoint" in new["stderr"]  # the command itself fails: no checkpoint
@@ -108,8 +108,10 @@ def test_explicit_threads_are_honoured(tmp_path: Path) -> None:
                  "--set", "threads.intra_op=1", "--set", "threads.inter_op=2")
     assert (got["intra"], got["inter"]) == (1, 2)
     assert "threads: torch 1 (intra) 2 (inter), onnxruntime 1, OpenMP passive (set)" in got["stderr"]
-    auto = _probe(tmp_path, "bench", "missing", env={"OMP_NUM_THREADS": "1"})
+    auto = _probe(tmp_path, "--debug", "bench", "missing", env={"OMP_NUM_THREADS": "1"})
     assert auto["intra"] == 1 and "(OMP_NUM_THREADS)" in auto["stderr"]
+    quiet = _probe(tmp_path, "bench", "missing", "--threads", "1")  # without --debug the error stays one line
+    assert quiet["intra"] == 1 and len(quiet["stderr"].strip().splitlines()) == 1, quiet["stderr"]
 
 
 def test_onnxruntime_sessions_take_the_process_count(tmp_path: Path) -> None:
