@@ -32,9 +32,24 @@ def syn(tmp_path_factory) -> Path:
 
 def tiny(tmp: Path, *extra: str) -> list[str]:
     """Overrides for a fast run of the default edge model on the synthetic set."""
-    return [f"data.cache_dir={tmp / 'cache'}", "data.kind=paired", "data.window_s=1.0", "data.hop_s=1.0",
-            "data.image_size_px=64", "data.val_fraction=0.3", "model.pretrained=false", "train.batch_size=4",
-            "train.threads=1", "train.early_stop_patience=100", *extra]
+    return [
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.kind=paired",
+        "data.window_s=1.0",
+        "data.hop_s=1.0",
+        "data.image_size_px=64",
+        "data.val_fraction=0.3",
+        "model.pretrained=false",
+        "train.batch_size=4",
+        "train.threads=1",
+        "train.early_stop_patience=100",
+        *extra,
+    ]
+
+
+def tiny_two_phase(tmp: Path, *extra: str) -> list[str]:
+    """`tiny` in two_phase mode with one epoch of each phase I model."""
+    return tiny(tmp, "train.mode=two_phase", "train.phase1_audio_epochs=1", "train.phase1_image_epochs=1", *extra)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -46,13 +61,24 @@ def test_joint_run_writes_checkpoints_metrics_tensorboard_and_report(syn, tmp_pa
     cfg = load_config(None, tiny(tmp_path, "train.epochs=2"))
     out = tmp_path / "run"
     report = train(cfg, syn, out)
-    for name in ("best.pt", "last.pt", "metrics.csv", "steps.csv", "train_report.json", "report.md",
-                 "eval_test/report.json", "eval_test/confusion.png", "eval_test/curves.png"):
+    for name in (
+        "best.pt",
+        "last.pt",
+        "metrics.csv",
+        "steps.csv",
+        "train_report.json",
+        "report.md",
+        "eval_test/report.json",
+        "eval_test/confusion.png",
+        "eval_test/curves.png",
+    ):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     rows = _rows(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"] and {r["phase"] for r in rows} == {"joint"}
-    assert all(float(r["lr_backbone"]) == cfg.train.lr_backbone and float(r["lr_fusion"]) == cfg.train.lr_fusion for r in rows)
+    assert all(
+        float(r["lr_backbone"]) == cfg.train.lr_backbone and float(r["lr_fusion"]) == cfg.train.lr_fusion for r in rows
+    )
     model, info = load_checkpoint(out / "best.pt")
     assert info.labels == [f"synthetic_class_{i}" for i in range(3)]
     assert info.contract.audio.window_s == 1.0 and info.contract.image.height_px == 64
@@ -66,8 +92,10 @@ def test_joint_run_writes_checkpoints_metrics_tensorboard_and_report(syn, tmp_pa
 
 @pytest.mark.slow
 def test_differential_learning_rates_and_plateau_schedule(syn, tmp_path):
-    cfg = load_config(None, tiny(tmp_path, "train.epochs=3", "train.plateau_patience=0", "train.lr_backbone=1e-4",
-                                 "train.lr_fusion=1e-3"))
+    cfg = load_config(
+        None,
+        tiny(tmp_path, "train.epochs=3", "train.plateau_patience=0", "train.lr_backbone=1e-4", "train.lr_fusion=1e-3"),
+    )
     trainer = Trainer(cfg, syn, tmp_path / "run")
     trainer.fit()
     rows = _rows(tmp_path / "run" / "metrics.csv")
@@ -80,8 +108,7 @@ def test_differential_learning_rates_and_plateau_schedule(syn, tmp_path):
 
 
 def test_two_phase_computes_frozen_features_once_and_trains_only_the_fusion(syn, tmp_path):
-    cfg = load_config(None, tiny(tmp_path, "train.mode=two_phase", "train.phase1_audio_epochs=1",
-                                 "train.phase1_image_epochs=1", "train.epochs=4"))
+    cfg = load_config(None, tiny_two_phase(tmp_path, "train.epochs=4"))
     out = tmp_path / "run"
     trainer = Trainer(cfg, syn, out)
     seen: list[tuple[str, int]] = []
@@ -123,14 +150,31 @@ def _strip(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 def test_resume_after_kill_ends_with_the_same_weights_and_metrics(syn, tmp_path, mode, kill_after):
     """Train straight; train again, SIGKILL the process after `kill_after` epoch rows (two_phase: inside phase I
     image), resume with --resume; the final weights and metric rows are the same."""
-    sets = tiny(tmp_path, "train.epochs=6", f"train.mode={mode}", "train.phase1_audio_epochs=3",
-                "train.phase1_image_epochs=3", "train.eval_test=false")
+    sets = tiny(
+        tmp_path,
+        "train.epochs=6",
+        f"train.mode={mode}",
+        "train.phase1_audio_epochs=3",
+        "train.phase1_image_epochs=3",
+        "train.eval_test=false",
+    )
     straight = tmp_path / "straight"
     train(load_config(None, sets), syn, straight)
 
     killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "edgeav", "-q", "train", "--config", str(_empty_config(tmp_path)), "--data", str(syn),
-           "--out", str(killed)] + [a for s in sets for a in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeav",
+        "-q",
+        "train",
+        "--config",
+        str(_empty_config(tmp_path)),
+        "--data",
+        str(syn),
+        "--out",
+        str(killed),
+    ] + [a for s in sets for a in ("--set", s)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -220,9 +264,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 def test_two_phase_with_a_parameter_free_fusion_scores_phase_two_once(syn, tmp_path):
     """late_prod has nothing to learn: phase II is one scored pass over the phase I heads, not an error."""
-    cfg = load_config(None, tiny(tmp_path, "train.mode=two_phase", "train.phase1_audio_epochs=1",
-                                 "train.phase1_image_epochs=1", "train.epochs=5", "model.head=late_prod",
-                                 "train.eval_test=false"))
+    cfg = load_config(None, tiny_two_phase(tmp_path, "train.epochs=5", "model.head=late_prod", "train.eval_test=false"))
     out = tmp_path / "late"
     train(cfg, syn, out)
     rows = [r for r in _rows(out / "metrics.csv") if r["phase"] == "phase2_fusion"]

@@ -17,8 +17,9 @@ GPU on its machines): the gloo path runs in tests/test_train_ddp.py.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,8 +74,10 @@ def dist_plan(device_name: str, env: Mapping[str, str], *, cuda_available: bool,
     if use_cuda and not cuda_available:
         raise ConfigError("train.device=cuda but no CUDA device is available; use train.device=cpu or auto")
     if use_cuda and local_rank >= cuda_count:
-        raise ConfigError(f"LOCAL_RANK {local_rank} but this machine has {cuda_count} CUDA device(s): start at most "
-                          f"{cuda_count} processes per node (torchrun --nproc_per_node={cuda_count})")
+        raise ConfigError(
+            f"LOCAL_RANK {local_rank} but this machine has {cuda_count} CUDA device(s): start at most "
+            f"{cuda_count} processes per node (torchrun --nproc_per_node={cuda_count})"
+        )
     device = f"cuda:{local_rank}" if use_cuda else "cpu"
     backend = None if world <= 1 else ("nccl" if use_cuda else "gloo")
     return DistPlan(backend, device, world, rank, local_rank)
@@ -82,8 +85,9 @@ def dist_plan(device_name: str, env: Mapping[str, str], *, cuda_available: bool,
 
 def plan_from_environment(device_name: str, env: Mapping[str, str]) -> DistPlan:
     available = torch.cuda.is_available()
-    return dist_plan(device_name, env, cuda_available=available,
-                     cuda_count=torch.cuda.device_count() if available else 0)
+    return dist_plan(
+        device_name, env, cuda_available=available, cuda_count=torch.cuda.device_count() if available else 0
+    )
 
 
 def init_distributed(plan: DistPlan) -> DistInfo:
@@ -96,8 +100,13 @@ def init_distributed(plan: DistPlan) -> DistInfo:
         return DistInfo(device=device)
     if not dist.is_initialized():
         dist.init_process_group(backend=plan.backend)
-    info = DistInfo(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=plan.local_rank,
-                    backend=dist.get_backend(), device=device)
+    info = DistInfo(
+        rank=dist.get_rank(),
+        world=dist.get_world_size(),
+        local_rank=plan.local_rank,
+        backend=dist.get_backend(),
+        device=device,
+    )
     log.info("distributed: rank %d of %d (%s on %s)", info.rank, info.world, info.backend, device)
     return info
 
@@ -123,8 +132,9 @@ def barrier(info: DistInfo) -> None:
 def rank_indices(n: int, epoch: int, seed: int, info: DistInfo) -> list[int]:
     """This rank's example indices for `epoch`: DistributedSampler's seeded permutation, also with one process
     (so a single-process run sees, batch by batch, the union of what the ranks see)."""
-    sampler = DistributedSampler(range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed,
-                                 drop_last=False)
+    sampler = DistributedSampler(
+        range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=False
+    )
     sampler.set_epoch(epoch)
     return list(sampler)
 
@@ -133,7 +143,7 @@ def rank_batches(n: int, epoch: int, seed: int, batch_size: int, info: DistInfo)
     """This rank's batches of `epoch` (`batch_size / world` examples each) over n examples."""
     indices = rank_indices(n, epoch, seed, info)
     per_rank = batch_size // info.world
-    out = [indices[j:j + per_rank] for j in range(0, len(indices), per_rank)]
+    out = [indices[j : j + per_rank] for j in range(0, len(indices), per_rank)]
     if len(out) > 1 and len(out[-1]) < 2:
         out = out[:-1]  # a last batch of one example: BatchNorm cannot normalize over it
     return out
@@ -154,12 +164,27 @@ def wrap_ddp(net: nn.Module, info: DistInfo) -> nn.Module:
     """`net` under DistributedDataParallel when there are several ranks (on the rank's GPU for NCCL), else as is."""
     if info.world <= 1:
         return net
-    return nn.parallel.DistributedDataParallel(net, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(
+        net, device_ids=[info.device.index] if info.device.type == "cuda" else None
+    )
 
 
 def unwrap_ddp(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-__all__ = ["DistInfo", "DistPlan", "all_reduce_sum", "barrier", "dist_plan", "gather_shards", "init_distributed",
-           "mean_over_ranks", "plan_from_environment", "rank_batches", "rank_indices", "unwrap_ddp", "wrap_ddp"]
+__all__ = [
+    "DistInfo",
+    "DistPlan",
+    "all_reduce_sum",
+    "barrier",
+    "dist_plan",
+    "gather_shards",
+    "init_distributed",
+    "mean_over_ranks",
+    "plan_from_environment",
+    "rank_batches",
+    "rank_indices",
+    "unwrap_ddp",
+    "wrap_ddp",
+]

@@ -38,27 +38,37 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgeav.errors import ConfigError, DataError
+from edgeav.errors import ConfigError
 from edgeav.result import CommandResult
 from edgeav.schema import EdgeAVConfig, load_config
 from edgeav.train.augment import SpecAugmentHook, build_field_noise
 from edgeav.train.checkpointing import RunCheckpoints, TrainState, finite
-from edgeav.train.distributed import (all_reduce_sum, barrier, gather_shards, init_distributed, mean_over_ranks,
-                                      plan_from_environment, rank_batches, unwrap_ddp, wrap_ddp)
-from edgeav.train.phase2_cache import Batch, Phase2Cache
+from edgeav.train.distributed import (
+    all_reduce_sum,
+    barrier,
+    gather_shards,
+    init_distributed,
+    mean_over_ranks,
+    plan_from_environment,
+    rank_batches,
+    unwrap_ddp,
+    wrap_ddp,
+)
+from edgeav.train.phase2_cache import Batch, Phase2Cache, phase2_caches
 from edgeav.train.reporting import METRIC_FIELDS, EpochProgress, MetricsLog, format_metric, run_report, write_report
 from edgeav.train.seeds import STREAM_SPEC_AUGMENT, epoch_seed, seed_epoch
 from edgeav.train.task import BEST_FILE, PHASES_TWO, PhaseNet, logits_of, phase_loss
 from edgeav.train.trainable import build_run_model, freeze_for_phase, group_lr, phase_optimizer, warm_up_batchnorm
-from edgeav.train.window_batches import WindowBatches
+from edgeav.train.window_batches import WindowBatches, open_run_data
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +91,20 @@ class Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         self.field_noise = build_field_noise(tc, cfg.data.sample_rate_hz)  # noise bank decoded once, before the data
-        self._open_data(data_path)
+        self.run_data = open_run_data(cfg, data_path)
+        self.data, self.data_path, self.labels = self.run_data.data, self.run_data.path, self.run_data.labels
+        self.val_split = self.run_data.val_split
         self.model, self.arch, self.weights = build_run_model(cfg, self.labels, self.device)
         self.contract = self.model.contract
-        self.windows = WindowBatches(cfg, self.data, self.train_ds, self.val_ds, self.dist, self.field_noise,
-                                     self.contract, len(self.labels), self.device)
+        self.windows = WindowBatches(cfg, self.run_data, self.dist, self.field_noise, self.contract, self.device)
         self.spec_aug = SpecAugmentHook(tc.augment.spec_augment)
-        self._hook = self.model.frontend.audio.register_forward_hook(self.spec_aug) if tc.augment.spec_augment.enabled else None
+        self._hook = (
+            self.model.frontend.audio.register_forward_hook(self.spec_aug) if tc.augment.spec_augment.enabled else None
+        )
         self.state = TrainState(phase="joint" if tc.mode == "joint" else PHASES_TWO[0])
-        self.checkpoints = RunCheckpoints(self.out, self.model, cfg, self.labels, self.arch, self.data_path,
-                                          self.weights, self.dist)
+        self.checkpoints = RunCheckpoints(
+            self.out, self.model, cfg, self.labels, self.arch, self.data_path, self.weights, self.dist
+        )
         self.metrics = MetricsLog(self.out, self.dist.is_main)
         self.scaler: Any = None
         self.ddp_shards: dict[str, Any] = {}
@@ -98,39 +112,11 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 
-    def _open_data(self, data_path: str | Path | None) -> None:
-        """The data set (prepared: decoded once into its cache when `train.prepare_data`) and its train and
-        validation splits; DataError when either is empty."""
-        from edgeav.train.data import load_dataset
-        from edgeav.train.data.torch_dataset import TorchAVDataset
-
-        cfg, tc = self.cfg, self.cfg.train
-        self.data = load_dataset(cfg.data, data_path if data_path is not None else cfg.data.path)
-        self.data_path = str(self.data.root if data_path is None else data_path)
-        self.labels = list(self.data.classes)
-        self.decodes_before = self.data.cache.misses
-        if tc.prepare_data:
-            t = time.monotonic()
-            failed = self.data.prepare()
-            log.info("data prepared in %.1f s (%d decoded, %d from cache, %d failed)", time.monotonic() - t,
-                     self.data.cache.misses, self.data.cache.hits, failed)
-        self.decodes_prepare = self.data.cache.misses
-        self.train_ds = TorchAVDataset(self.data, "train", seed=tc.seed)
-        self.val_split = tc.val_split
-        if self.val_split == "train":
-            log.warning("train.val_split=train: the best epoch is picked on the TRAINING split (a smoke run); its "
-                        "'validation' figures are training figures")
-        self.val_ds = TorchAVDataset(self.data, self.val_split, seed=tc.seed)
-        if len(self.train_ds) == 0:
-            raise DataError(f"{self.data_path}: the train split is empty")
-        if len(self.val_ds) == 0:
-            raise DataError(f"{self.data_path}: the validation split is empty; raise data.val_fraction (or, for a smoke "
-                            f"run on a handful of clips, set train.val_split=train)")
-
     # -- the epoch
 
-    def _train_epoch(self, net: nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                     cache: Phase2Cache | None) -> dict[str, float]:
+    def _train_epoch(
+        self, net: nn.Module, opt: torch.optim.Optimizer, epoch: int, cache: Phase2Cache | None
+    ) -> dict[str, float]:
         """One epoch of the phase: forward, loss, backward, step, log."""
         tc, phase, rank = self.cfg.train, self.state.phase, self.dist.rank
         gen = seed_epoch(tc.seed, epoch, rank)
@@ -139,11 +125,12 @@ class Trainer:
         net.train()
         if phase == "phase2_fusion":
             freeze_for_phase(self.model, phase)  # frozen parts stay in eval mode (BatchNorm statistics, dropout)
-        batches, plan = (self._cached_feature_batches(cache, epoch, gen) if cache is not None
-                         else self._window_batches(epoch, gen))
+        batches, batch_indices = (
+            self._cached_feature_batches(cache, epoch, gen) if cache is not None else self._window_batches(epoch, gen)
+        )
         if epoch == self.state.epoch and self.dist.world > 1 and "first_epoch" not in self.ddp_shards:
-            self.ddp_shards["first_epoch"] = gather_shards(plan, self.dist)
-        progress = EpochProgress(len(plan), f"{phase} epoch {epoch + 1}", self.dist.is_main)
+            self.ddp_shards["first_epoch"] = gather_shards(batch_indices, self.dist)
+        progress = EpochProgress(len(batch_indices), f"{phase} epoch {epoch + 1}", self.dist.is_main)
         total, correct, loss_sum = 0, 0, 0.0
         t0, misses0 = time.monotonic(), self.data.cache.misses
         for step, (inputs, target, mask, label) in enumerate(batches):
@@ -159,12 +146,17 @@ class Trainer:
             loss_sum, correct, total = all_reduce_sum([loss_sum, float(correct), float(total)], self.dist)
         self.samples_seen += int(total)
         self.train_seconds += seconds
-        return {"train_loss": loss_sum / max(total, 1), "train_acc": correct / max(total, 1),
-                "samples_per_s": round(total / max(seconds, 1e-9), 2), "train_seconds": seconds,
-                "decoded": self.data.cache.misses - misses0}
+        return {
+            "train_loss": loss_sum / max(total, 1),
+            "train_acc": correct / max(total, 1),
+            "samples_per_s": round(total / max(seconds, 1e-9), 2),
+            "train_seconds": seconds,
+            "decoded": self.data.cache.misses - misses0,
+        }
 
-    def _step(self, net: nn.Module, opt: torch.optim.Optimizer, inputs: tuple, target: torch.Tensor,
-              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(
+        self, net: nn.Module, opt: torch.optim.Optimizer, inputs: tuple, target: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward, optimizer step: (loss, logits), detached."""
         use_amp = self.cfg.train.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
@@ -183,12 +175,19 @@ class Trainer:
         """Joint training and phase I: augmented batches of raw windows (audio, images) from the data set."""
         return self.windows.train_batches(self.state.phase, epoch, gen)
 
-    def _cached_feature_batches(self, cache: Phase2Cache, epoch: int,
-                                gen: torch.Generator) -> tuple[Iterator[Batch], list[list[int]]]:
+    def _cached_feature_batches(
+        self, cache: Phase2Cache, epoch: int, gen: torch.Generator
+    ) -> tuple[Iterator[Batch], list[list[int]]]:
         """Phase II: batches of the frozen unimodal features, computed once; mixup acts on them."""
         tc = self.cfg.train
-        return cache.train_batches(epoch, lambda n: rank_batches(n, epoch, tc.seed, tc.batch_size, self.dist),
-                                   len(self.labels), tc.augment.mixup, gen, self.device)
+        return cache.train_batches(
+            epoch,
+            lambda n: rank_batches(n, epoch, tc.seed, tc.batch_size, self.dist),
+            len(self.labels),
+            tc.augment.mixup,
+            gen,
+            self.device,
+        )
 
     @torch.no_grad()
     def _validate(self, net: nn.Module, cache: Phase2Cache | None) -> dict[str, float]:
@@ -200,8 +199,11 @@ class Trainer:
         n, loss_sum = 0, 0.0
         hits = {"acc": 0, "acc_audio": 0, "acc_image": 0}
         have = {"acc_audio": False, "acc_image": False}
-        batches = (cache.val_batches(self.cfg.train.eval_batch_size, self.device) if cache is not None
-                   else self.windows.val_batches(phase, self.val_split))
+        batches = (
+            cache.val_batches(self.cfg.train.eval_batch_size, self.device)
+            if cache is not None
+            else self.windows.val_batches(phase, self.val_split)
+        )
         for inputs, label in batches:
             logits, logits_audio, logits_image = logits_of(task(*inputs), phase)
             label_d = label.to(self.device)
@@ -227,8 +229,11 @@ class Trainer:
         opt = sched = None
         self.scaler = None
         if fixed:
-            log.info("phase II: head %r has no parameters; the fused output combines the phase I heads: scored once, "
-                     "nothing trained", self.arch["head"])
+            log.info(
+                "phase II: head %r has no parameters; the fused output combines the phase I heads: scored once, "
+                "nothing trained",
+                self.arch["head"],
+            )
             epochs = min(epochs, self.state.epoch + 1)
         else:
             resume_state = resume_payload["optimizer_state"] if resume_payload is not None else None
@@ -236,11 +241,10 @@ class Trainer:
         cache_train = cache_val = None
         if phase == "phase2_fusion":
             t = time.monotonic()
-            cache_train = Phase2Cache(self.model, self.data, "train", tc.seed, self.device, tc.eval_batch_size,
-                                      self.field_noise, tc.augment.noise.phase2_variants)
-            cache_val = Phase2Cache(self.model, self.data, self.val_split, tc.seed, self.device, tc.eval_batch_size)
+            cache_train, cache_val = phase2_caches(
+                self.model, self.data, self.val_split, tc, self.device, self.field_noise
+            )
             self.cache_seconds = time.monotonic() - t
-            log.info("phase II: frozen features of train and val computed once in %.1f s", self.cache_seconds)
         if resume_payload is None and cache_train is None and tc.bn_warmup_batches > 0:
             warm_up_batchnorm(self.model, phase, self.windows, tc.seed, self.dist.rank, tc.bn_warmup_batches)
         net = wrap_ddp(PhaseNet(self.model, phase), self.dist)
@@ -252,21 +256,30 @@ class Trainer:
             if sched is not None:
                 sched.step(va["val_acc"]) if tc.lr_schedule == "plateau" else sched.step()
             self.state.epoch = epoch + 1
-            row = {"epoch": epoch + 1, "phase": phase, **tr, **va, "lr_backbone": group_lr(opt, "backbones"),
-                   "lr_fusion": group_lr(opt, "fusion"), "seconds": round(time.monotonic() - t_epoch, 2)}
+            row = {
+                "epoch": epoch + 1,
+                "phase": phase,
+                **tr,
+                **va,
+                "lr_backbone": group_lr(opt, "backbones"),
+                "lr_fusion": group_lr(opt, "fusion"),
+                "seconds": round(time.monotonic() - t_epoch, 2),
+            }
             self._keep_epoch(row, {"phase": phase, "epoch": epoch + 1, **va}, opt, sched)
-            if self.dist.is_main:
-                log.info("%s epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f (audio %.3f, image %.3f), %.1f s, "
-                         "%.1f samples/s", phase, epoch + 1, epochs, tr["train_loss"], tr["train_acc"], va["val_acc"],
-                         va["val_acc_audio"], va["val_acc_image"], row["seconds"], tr["samples_per_s"])
+            self.metrics.log_epoch(row, epochs)
             barrier(self.dist)
             if self.state.bad_epochs >= tc.early_stop_patience:
-                log.info("%s: early stop after epoch %d (no better validation accuracy for %d epochs)", phase,
-                         epoch + 1, self.state.bad_epochs)
+                log.info(
+                    "%s: early stop after epoch %d (no better validation accuracy for %d epochs)",
+                    phase,
+                    epoch + 1,
+                    self.state.bad_epochs,
+                )
                 break
             if tc.max_minutes and (time.monotonic() - self.t0) / 60 > tc.max_minutes:
-                log.warning("%s: stopping after epoch %d: train.max_minutes=%s reached", phase, epoch + 1,
-                            tc.max_minutes)
+                log.warning(
+                    "%s: stopping after epoch %d: train.max_minutes=%s reached", phase, epoch + 1, tc.max_minutes
+                )
                 break
         barrier(self.dist)
 
@@ -284,8 +297,15 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         tc = self.cfg.train
-        phases = [("joint", tc.epochs)] if tc.mode == "joint" else [
-            ("phase1_audio", tc.phase1_audio_epochs), ("phase1_image", tc.phase1_image_epochs), ("phase2_fusion", tc.epochs)]
+        phases = (
+            [("joint", tc.epochs)]
+            if tc.mode == "joint"
+            else [
+                ("phase1_audio", tc.phase1_audio_epochs),
+                ("phase1_image", tc.phase1_image_epochs),
+                ("phase2_fusion", tc.epochs),
+            ]
+        )
         payload = self.checkpoints.read_resume() if resume else None
         resume_phase = None
         if payload is not None:
@@ -335,12 +355,16 @@ def cmd_train(args: argparse.Namespace) -> CommandResult:
     report = train(cfg, args.data, args.out, resume=args.resume)
     best = report["best"].get("phase2_fusion") or report["best"].get("joint") or {}
     fm = format_metric
-    text = (f"trained ({report['mode']}) in {report['minutes']:.1f} min; best validation accuracy "
-            f"{fm(best.get('val_acc'))} at epoch {best.get('epoch')}")
+    text = (
+        f"trained ({report['mode']}) in {report['minutes']:.1f} min; best validation accuracy "
+        f"{fm(best.get('val_acc'))} at epoch {best.get('epoch')}"
+    )
     if "test" in report:
         t = report["test"]
-        text += (f"; test accuracy {fm(t['both']['accuracy'])} (audio only {fm(t['audio_only']['accuracy'])}, "
-                 f"image only {fm(t['image_only']['accuracy'])}, n={t['n']})")
+        text += (
+            f"; test accuracy {fm(t['both']['accuracy'])} (audio only {fm(t['audio_only']['accuracy'])}, "
+            f"image only {fm(t['image_only']['accuracy'])}, n={t['n']})"
+        )
     text += f"; wrote {report['checkpoint']}"
     return CommandResult(finite(report), text)
 

@@ -4,7 +4,9 @@ the fusion head trains and validates on (mixup acts on the cached features)."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgeav.errors import DataError
-from edgeav.schema.train import MixupConfig
+from edgeav.schema.train import MixupConfig, TrainConfig
 from edgeav.train.augment import mixup_tensors
 from edgeav.train.data.torch_dataset import model_image
 from edgeav.train.seeds import STREAM_PHASE2_NOISE, epoch_seed
@@ -33,8 +35,17 @@ class Phase2Cache:
     (Nv, Di) per visual sample (a photo, or the middle frame of a video window). `epoch_items(epoch)` pairs them as
     the data set pairs its samples for that epoch (species-paired data is re-paired every epoch)."""
 
-    def __init__(self, model: nn.Module, data: Any, split: str, seed: int, device: torch.device,
-                 batch_size: int = 32, noise: Any = None, noise_variants: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        split: str,
+        seed: int,
+        device: torch.device,
+        batch_size: int = 32,
+        noise: Any = None,
+        noise_variants: int = 0,
+    ) -> None:
         self.data, self.split, self.seed = data, split, seed
         self.noise = noise if noise is not None and noise.bank is not None and noise_variants > 0 else None
         self.variants = 1 + (noise_variants if self.noise is not None else 0)  # clean + noisy copies per window
@@ -45,14 +56,35 @@ class Phase2Cache:
         self.visual_ids = {s.id: i for i, s in enumerate(visual_samples)}
         model.eval()
         with torch.no_grad():
-            runs = [self._run(audio_samples, batch_size, device, self._audio_loader(v),
-                              lambda x: audio_map(model, x), model.audio_backbone) for v in range(self.variants)]
+            runs = [
+                self._run(
+                    audio_samples,
+                    batch_size,
+                    device,
+                    self._audio_loader(v),
+                    lambda x: audio_map(model, x),
+                    model.audio_backbone,
+                )
+                for v in range(self.variants)
+            ]
             self.a_map, self.a_emb, self.a_ok = (torch.cat([r[k] for r in runs]) for k in range(3))  # (V*Na, ...)
-            self.v_map, self.v_emb, self.v_ok = self._run(visual_samples, batch_size, device, self._load_visual,
-                                                          lambda x: image_map(model, x), model.image_backbone)
+            self.v_map, self.v_emb, self.v_ok = self._run(
+                visual_samples,
+                batch_size,
+                device,
+                self._load_visual,
+                lambda x: image_map(model, x),
+                model.image_backbone,
+            )
         self.n_audio = len(audio_samples)
-        log.info("phase II cache (%s): %d audio (x%d: clean + %d noisy), %d visual examples", split,
-                 len(audio_samples), self.variants, self.variants - 1, len(visual_samples))
+        log.info(
+            "phase II cache (%s): %d audio (x%d: clean + %d noisy), %d visual examples",
+            split,
+            len(audio_samples),
+            self.variants,
+            self.variants - 1,
+            len(visual_samples),
+        )
 
     def _audio_loader(self, variant: int) -> Callable:
         """Variant 0: the clean window; variant v > 0: the window with the run's field noise mixed in, each window
@@ -68,6 +100,7 @@ class Phase2Cache:
                 return None
             mixed = mix(torch.from_numpy(np.array(a, dtype=np.float32))[None], gen)
             return mixed[0].numpy()
+
         return load
 
     def _load_visual(self, s: Any) -> np.ndarray | None:
@@ -78,11 +111,12 @@ class Phase2Cache:
         return None if frames is None else model_image(frames, self.data.cfg.frames_per_window)  # as TorchAVDataset
 
     @staticmethod
-    def _run(samples: list, batch_size: int, device: torch.device, load: Callable, fmap: Callable,
-             backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run(
+        samples: list, batch_size: int, device: torch.device, load: Callable, fmap: Callable, backbone: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         maps, embs, oks = [], [], []
         for j in range(0, len(samples), batch_size):
-            arrays = [load(s) for s in samples[j:j + batch_size]]
+            arrays = [load(s) for s in samples[j : j + batch_size]]
             ok = torch.tensor([a is not None for a in arrays])
             ref = next((a for a in arrays if a is not None), None)
             if ref is None:
@@ -113,11 +147,23 @@ class Phase2Cache:
         has_a = (ai >= 0) & self.a_ok[ai.clamp_min(0)] if len(self.a_ok) else torch.zeros_like(ai, dtype=torch.bool)
         has_v = (vi >= 0) & self.v_ok[vi.clamp_min(0)] if len(self.v_ok) else torch.zeros_like(vi, dtype=torch.bool)
         mask = torch.stack([has_a, has_v], 1).float()  # (B, 2)
-        return (self.a_map[ai.clamp_min(0)], self.v_map[vi.clamp_min(0)], self.a_emb[ai.clamp_min(0)],
-                self.v_emb[vi.clamp_min(0)], mask)
+        return (
+            self.a_map[ai.clamp_min(0)],
+            self.v_map[vi.clamp_min(0)],
+            self.a_emb[ai.clamp_min(0)],
+            self.v_emb[vi.clamp_min(0)],
+            mask,
+        )
 
-    def train_batches(self, epoch: int, plan: Callable[[int], list[list[int]]], n_classes: int, mixup: MixupConfig,
-                      gen: torch.Generator, device: torch.device) -> tuple[Iterator[Batch], list[list[int]]]:
+    def train_batches(
+        self,
+        epoch: int,
+        plan: Callable[[int], list[list[int]]],
+        n_classes: int,
+        mixup: MixupConfig,
+        gen: torch.Generator,
+        device: torch.device,
+    ) -> tuple[Iterator[Batch], list[list[int]]]:
         """The epoch's training batches of cached features, mixup applied, and the example indices of each batch;
         `plan(n)` splits the n examples of the epoch into this rank's batches."""
         ai_all, vi_all, y_all = self.epoch_items(epoch)
@@ -136,13 +182,32 @@ class Phase2Cache:
                 # mistakes swung phase II's training loss between 1.5 and 9.3 while its accuracy sat near 0.87.
                 inputs = (fa.to(device), fi.to(device), za.to(device), zi.to(device), mask.to(device))
                 yield inputs, target.to(device), mask.to(device), label
+
         return generate(), batches
 
-    def val_batches(self, batch_size: int, device: torch.device) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    def val_batches(
+        self, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
         """(inputs on the device, label (B,)) over every example of the split, in order, unaugmented."""
         ai, vi, y = self.epoch_items(0)
         for j in range(0, len(y), batch_size):
-            yield tuple(t.to(device) for t in self.batch(ai[j:j + batch_size], vi[j:j + batch_size])), y[j:j + batch_size]
+            yield (
+                tuple(t.to(device) for t in self.batch(ai[j : j + batch_size], vi[j : j + batch_size])),
+                y[j : j + batch_size],
+            )
 
 
-__all__ = ["Batch", "Phase2Cache"]
+def phase2_caches(
+    model: nn.Module, data: Any, val_split: str, tc: TrainConfig, device: torch.device, field_noise: Any
+) -> tuple[Phase2Cache, Phase2Cache]:
+    """Phase II's caches of the train split (with `phase2_variants` noisy copies of each window under field noise)
+    and of the validation split (clean)."""
+    t = time.monotonic()
+    noise_variants = tc.augment.noise.phase2_variants
+    train = Phase2Cache(model, data, "train", tc.seed, device, tc.eval_batch_size, field_noise, noise_variants)
+    val = Phase2Cache(model, data, val_split, tc.seed, device, tc.eval_batch_size)
+    log.info("phase II: frozen features of train and val computed once in %.1f s", time.monotonic() - t)
+    return train, val
+
+
+__all__ = ["Batch", "Phase2Cache", "phase2_caches"]

@@ -23,11 +23,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRIC_FIELDS = ["epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_audio", "val_acc_image",
-                 "lr_backbone", "lr_fusion", "seconds", "samples_per_s", "decoded"]
+METRIC_FIELDS = [
+    "epoch",
+    "phase",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_acc_audio",
+    "val_acc_image",
+    "lr_backbone",
+    "lr_fusion",
+    "seconds",
+    "samples_per_s",
+    "decoded",
+]
 STEP_FIELDS = ["phase", "epoch", "step", "loss"]
-TENSORBOARD_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_acc_audio", "val_acc_image", "lr_backbone",
-                    "lr_fusion", "samples_per_s")
+TENSORBOARD_KEYS = tuple(k for k in METRIC_FIELDS if k not in ("epoch", "phase", "seconds", "decoded"))
 
 
 def format_metric(v: Any) -> str:
@@ -72,6 +84,24 @@ class MetricsLog:
                 self._tb.add_scalar(f"{row['phase']}/{k}", v, step)
         self._tb.flush()
 
+    def log_epoch(self, row: dict[str, Any], epochs: int) -> None:
+        """One line per epoch (rank 0): losses, accuracies, time and throughput."""
+        if self.enabled:
+            log.info(
+                "%s epoch %d/%d: loss %.4f, train acc %.3f, val acc %.3f (audio %.3f, image %.3f), %.1f s, "
+                "%.1f samples/s",
+                row["phase"],
+                row["epoch"],
+                epochs,
+                row["train_loss"],
+                row["train_acc"],
+                row["val_acc"],
+                row["val_acc_audio"],
+                row["val_acc_image"],
+                row["seconds"],
+                row["samples_per_s"],
+            )
+
     def rewrite(self, history: list[dict[str, Any]]) -> None:
         """On resume: metrics.csv is rewritten from the checkpoint's history (a kill may have left a row that the
         checkpoint does not have); steps.csv keeps only the steps of the epochs in that history."""
@@ -113,7 +143,7 @@ class EpochProgress:
 def run_report(trainer: Trainer) -> dict[str, Any]:
     """train_report.json's content: the run's data, best epochs per phase, time, throughput and weights; with a
     test split (and `train.eval_test`), best.pt evaluated on it (eval_test/) and the figures stamped into best.pt."""
-    t, state, data = trainer, trainer.state, trainer.data
+    t, state, data, run = trainer, trainer.state, trainer.data, trainer.run_data
     report: dict[str, Any] = {
         "mode": t.cfg.train.mode,
         "model": t.arch.get("name"),
@@ -122,12 +152,17 @@ def run_report(trainer: Trainer) -> dict[str, Any]:
         "data": t.data_path,
         "splits": {s: len(data.samples(s)) for s in ("train", "val", "test")},
         "best": state.phase_best,
-        "epochs_run": {p: sum(1 for r in state.history if r["phase"] == p) for p in
-                       dict.fromkeys(r["phase"] for r in state.history)},
+        "epochs_run": {
+            p: sum(1 for r in state.history if r["phase"] == p)
+            for p in dict.fromkeys(r["phase"] for r in state.history)
+        },
         "minutes": round((time.monotonic() - t.t0) / 60, 3),  # this process (a resumed run: since resuming)
         "train_minutes": round(sum(float(r.get("seconds") or 0) for r in state.history) / 60, 3),
         "train_samples_per_s": round(t.samples_seen / max(t.train_seconds, 1e-9), 2),
-        "decodes": {"prepare": t.decodes_prepare - t.decodes_before, "training": data.cache.misses - t.decodes_prepare},
+        "decodes": {
+            "prepare": run.decodes_prepare - run.decodes_before,
+            "training": data.cache.misses - run.decodes_prepare,
+        },
         "world_size": t.dist.world,
         "out": str(t.out),
         "checkpoint": str(t.out / "best.pt"),
@@ -141,8 +176,10 @@ def run_report(trainer: Trainer) -> dict[str, Any]:
         from edgeav.train.evaluate import evaluate_checkpoint
 
         ev = evaluate_checkpoint(t.out / "best.pt", t.data_path, "test", t.out / "eval_test", data=data)
-        report["test"] = {k: {"accuracy": ev[k]["accuracy"], "macro_f1": ev[k]["macro_f1"]} for k in
-                          ("both", "audio_only", "image_only")}
+        report["test"] = {
+            k: {"accuracy": ev[k]["accuracy"], "macro_f1": ev[k]["macro_f1"]}
+            for k in ("both", "audio_only", "image_only")
+        }
         report["test"]["n"] = ev["both"]["n"]
         stamp_test_metrics(t.out / "best.pt", t.model, ev)
     return report
@@ -160,39 +197,74 @@ def stamp_test_metrics(path: Path, model: nn.Module, ev: dict[str, Any]) -> None
 
     payload = read_checkpoint(path)
     metrics = dict(payload.get("metrics") or {})
-    metrics.update({"test_accuracy": ev["both"]["accuracy"], "test_macro_f1": ev["both"]["macro_f1"],
-                    "test_accuracy_audio_only": ev["audio_only"]["accuracy"],
-                    "test_accuracy_image_only": ev["image_only"]["accuracy"], "test_n": ev["both"]["n"]})
+    metrics.update(
+        {
+            "test_accuracy": ev["both"]["accuracy"],
+            "test_macro_f1": ev["both"]["macro_f1"],
+            "test_accuracy_audio_only": ev["audio_only"]["accuracy"],
+            "test_accuracy_image_only": ev["image_only"]["accuracy"],
+            "test_n": ev["both"]["n"],
+        }
+    )
     backup = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_state_dict(payload["state_dict"])
-    save_checkpoint(path, model, labels=payload["labels"], arch=payload["arch"], contract=payload["contract"],
-                    train_config=payload["train_config"], metrics=finite(metrics), optimizer_state=None,
-                    extra=payload.get("extra") or {})
+    save_checkpoint(
+        path,
+        model,
+        labels=payload["labels"],
+        arch=payload["arch"],
+        contract=payload["contract"],
+        train_config=payload["train_config"],
+        metrics=finite(metrics),
+        optimizer_state=None,
+        extra=payload.get("extra") or {},
+    )
     model.load_state_dict(backup)
 
 
 def report_md(r: dict[str, Any]) -> str:
     fm = format_metric
-    lines = [f"# Training report: {r.get('model') or r['arch']['head']} ({r['mode']})", "",
-             f"- data: `{r['data']}` ({', '.join(f'{k} {v}' for k, v in r['splits'].items())})",
-             f"- minutes: {r['minutes']} (epochs of all phases, resumes included: {r['train_minutes']}); training "
-             f"throughput {r['train_samples_per_s']} samples/s; world size {r['world_size']}",
-             f"- media decoded: {r['decodes']['prepare']} while preparing, {r['decodes']['training']} while training"]
+    lines = [
+        f"# Training report: {r.get('model') or r['arch']['head']} ({r['mode']})",
+        "",
+        f"- data: `{r['data']}` ({', '.join(f'{k} {v}' for k, v in r['splits'].items())})",
+        f"- minutes: {r['minutes']} (epochs of all phases, resumes included: {r['train_minutes']}); training "
+        f"throughput {r['train_samples_per_s']} samples/s; world size {r['world_size']}",
+        f"- media decoded: {r['decodes']['prepare']} while preparing, {r['decodes']['training']} while training",
+    ]
     init = (r.get("weights") or {}).get("init")
     if init:
-        lines.append(f"- started from `{init['path']}` (sha256 {init['sha256'][:12]}, {init['labels_there']} classes): "
-                     f"{init['loaded_tensors']} tensors loaded, new: {', '.join(init['new_modules']) or 'none'}")
+        lines.append(
+            f"- started from `{init['path']}` (sha256 {init['sha256'][:12]}, {init['labels_there']} classes): "
+            f"{init['loaded_tensors']} tensors loaded, new: {', '.join(init['new_modules']) or 'none'}"
+        )
     lines.append("")
     lines += ["| phase | best epoch | val acc | val acc audio | val acc image |", "|---|---|---|---|---|"]
     for phase, b in r["best"].items():
-        lines.append(f"| {phase} | {b['epoch']} | {fm(b['val_acc'])} | {fm(b['val_acc_audio'])} | {fm(b['val_acc_image'])} |")
+        lines.append(
+            f"| {phase} | {b['epoch']} | {fm(b['val_acc'])} | {fm(b['val_acc_audio'])} | {fm(b['val_acc_image'])} |"
+        )
     if "test" in r:
         t = r["test"]
-        lines += ["", f"Test split ({t['n']} examples), best.pt:", "", "| input | accuracy | macro-F1 |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Test split ({t['n']} examples), best.pt:",
+            "",
+            "| input | accuracy | macro-F1 |",
+            "|---|---|---|",
+        ]
         for k in ("both", "audio_only", "image_only"):
             lines.append(f"| {k.replace('_', ' ')} | {fm(t[k]['accuracy'])} | {fm(t[k]['macro_f1'])} |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["METRIC_FIELDS", "EpochProgress", "MetricsLog", "format_metric", "report_md", "run_report",
-           "stamp_test_metrics", "write_report"]
+__all__ = [
+    "METRIC_FIELDS",
+    "EpochProgress",
+    "MetricsLog",
+    "format_metric",
+    "report_md",
+    "run_report",
+    "stamp_test_metrics",
+    "write_report",
+]

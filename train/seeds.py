@@ -28,5 +28,12 @@ def seed_epoch(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(seed, epoch, rank, STREAM_LOOP))
 
 
-__all__ = ["STREAM_BN_WARMUP", "STREAM_LOOP", "STREAM_PHASE2_NOISE", "STREAM_SPEC_AUGMENT", "STREAM_TORCH",
-           "epoch_seed", "seed_epoch"]
+__all__ = [
+    "STREAM_BN_WARMUP",
+    "STREAM_LOOP",
+    "STREAM_PHASE2_NOISE",
+    "STREAM_SPEC_AUGMENT",
+    "STREAM_TORCH",
+    "epoch_seed",
+    "seed_epoch",
+]

@@ -15,8 +15,12 @@ from edgeav.schema.train import TrainConfig
 from edgeav.train.augment import soft_cross_entropy
 
 PHASES_TWO = ("phase1_audio", "phase1_image", "phase2_fusion")
-BEST_FILE = {"joint": "best.pt", "phase1_audio": "best_audio.pt", "phase1_image": "best_image.pt",
-             "phase2_fusion": "best.pt"}
+BEST_FILE = {
+    "joint": "best.pt",
+    "phase1_audio": "best_audio.pt",
+    "phase1_image": "best_image.pt",
+    "phase2_fusion": "best.pt",
+}
 
 
 class PhaseNet(nn.Module):
@@ -73,8 +77,9 @@ def logits_of(out: Any, phase: str) -> tuple[torch.Tensor, torch.Tensor | None, 
     return out.logits, out.logits_audio, out.logits_image
 
 
-def phase_loss(out: Any, target: torch.Tensor, mask: torch.Tensor, phase: str,
-               tc: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def phase_loss(
+    out: Any, target: torch.Tensor, mask: torch.Tensor, phase: str, tc: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, logits) of a phase's output against the soft target (B, C); mask (B, 2) says which modality is there."""
     logits, logits_audio, logits_image = logits_of(out, phase)
     if phase == "phase1_audio":
@@ -85,11 +90,21 @@ def phase_loss(out: Any, target: torch.Tensor, mask: torch.Tensor, phase: str,
         return soft_cross_entropy(logits, target, tc.label_smoothing, mask[:, 0] * mask[:, 1]), logits
     loss = soft_cross_entropy(logits, target, tc.label_smoothing)
     if phase == "joint" and tc.aux_loss_weight > 0:
-        aux = (soft_cross_entropy(logits_audio, target, tc.label_smoothing, mask[:, 0])
-               + soft_cross_entropy(logits_image, target, tc.label_smoothing, mask[:, 1]))
+        aux = soft_cross_entropy(logits_audio, target, tc.label_smoothing, mask[:, 0]) + soft_cross_entropy(
+            logits_image, target, tc.label_smoothing, mask[:, 1]
+        )
         loss = loss + tc.aux_loss_weight * aux
     return loss, logits
 
 
-__all__ = ["BEST_FILE", "PHASES_TWO", "PhaseNet", "audio_embedding", "audio_map", "image_embedding", "image_map",
-           "logits_of", "phase_loss"]
+__all__ = [
+    "BEST_FILE",
+    "PHASES_TWO",
+    "PhaseNet",
+    "audio_embedding",
+    "audio_map",
+    "image_embedding",
+    "image_map",
+    "logits_of",
+    "phase_loss",
+]

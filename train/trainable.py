@@ -35,16 +35,23 @@ def build_run_model(cfg: EdgeAVConfig, labels: list[str], device: torch.device) 
     tc = cfg.train
     arch = resolve_arch(cfg.model, cfg.data)
     torch.manual_seed(tc.seed)
-    model = build_model(arch, labels, pretrained=cfg.model.pretrained, audio_weights_path=cfg.model.audio_weights_path,
-                        image_weights_path=cfg.model.image_weights_path)
+    model = build_model(
+        arch,
+        labels,
+        pretrained=cfg.model.pretrained,
+        audio_weights_path=cfg.model.audio_weights_path,
+        image_weights_path=cfg.model.image_weights_path,
+    )
     weights = weights_record(cfg.model.pretrained, cfg.model.audio_weights_path, cfg.model.image_weights_path)
     if tc.init_from:
         weights["init"] = init_from_checkpoint(model, tc.init_from)
     if cfg.model.audio_head_from_backbone:
         weights["audio_head"] = audio_head_from_backbone(model, labels)
     if tc.mode == "two_phase" and model.audio_backbone is None:
-        raise ConfigError(f"train.mode=two_phase needs two unimodal backbones; head {arch['head']!r} runs one "
-                          f"shared encoder: use train.mode=joint")
+        raise ConfigError(
+            f"train.mode=two_phase needs two unimodal backbones; head {arch['head']!r} runs one "
+            f"shared encoder: use train.mode=joint"
+        )
     if tc.bn_momentum is not None:
         for mod in model.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm):
@@ -92,8 +99,9 @@ def build_optimizer(model: nn.Module, phase: str, tc: TrainConfig) -> torch.opti
 def lr_schedule(opt: torch.optim.Optimizer, tc: TrainConfig, epochs: int) -> Any:
     """The phase's learning-rate schedule, stepped once per epoch (`train.lr_schedule`)."""
     if tc.lr_schedule == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=tc.plateau_factor,
-                                                          patience=tc.plateau_patience)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=tc.plateau_factor, patience=tc.plateau_patience
+        )
     warm = min(tc.warmup_epochs, max(epochs - 1, 0))
 
     def factor(epoch: int) -> float:  # epoch: epochs completed; the factor for the next one
@@ -104,8 +112,14 @@ def lr_schedule(opt: torch.optim.Optimizer, tc: TrainConfig, epochs: int) -> Any
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def phase_optimizer(model: nn.Module, phase: str, tc: TrainConfig, epochs: int, device: torch.device,
-                    resume_state: dict[str, Any] | None) -> tuple[Any, Any, Any]:
+def phase_optimizer(
+    model: nn.Module,
+    phase: str,
+    tc: TrainConfig,
+    epochs: int,
+    device: torch.device,
+    resume_state: dict[str, Any] | None,
+) -> tuple[Any, Any, Any]:
     """(optimizer, schedule, AMP grad scaler or None) of a phase that trains, restored from `resume_state` (a
     checkpoint's optimizer_state) when resuming."""
     opt = build_optimizer(model, phase, tc)
@@ -131,12 +145,16 @@ def group_lr(opt: torch.optim.Optimizer | None, name: str) -> float:
 
 
 @torch.no_grad()
-def warm_up_batchnorm(model: nn.Module, phase: str, windows: WindowBatches, seed: int, rank: int,
-                      max_batches: int) -> None:
+def warm_up_batchnorm(
+    model: nn.Module, phase: str, windows: WindowBatches, seed: int, rank: int, max_batches: int
+) -> None:
     """Running statistics of the trainable BatchNorm layers re-estimated (cumulative average) on the first
     `max_batches` training batches of the phase, without augmentation and without a weight update."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and any(p.requires_grad for p in m.parameters())]
+    bns = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in m.parameters())
+    ]
     if not bns:
         return
     momenta = [m.momentum for m in bns]
@@ -159,5 +177,12 @@ def warm_up_batchnorm(model: nn.Module, phase: str, windows: WindowBatches, seed
     log.info("%s: BatchNorm statistics of %d layers estimated on %d batches", phase, len(bns), n)
 
 
-__all__ = ["build_optimizer", "build_run_model", "freeze_for_phase", "group_lr", "lr_schedule", "phase_optimizer",
-           "warm_up_batchnorm"]
+__all__ = [
+    "build_optimizer",
+    "build_run_model",
+    "freeze_for_phase",
+    "group_lr",
+    "lr_schedule",
+    "phase_optimizer",
+    "warm_up_batchnorm",
+]
