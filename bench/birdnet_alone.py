@@ -47,11 +47,22 @@ def test_windows(recipe: Path, data: Path, sets: list[str] | None = None) -> tup
     if cfg.window_s < WINDOW_S:
         raise SystemExit(f"birdnet_alone: {recipe} cuts {cfg.window_s:g} s windows; BirdNET needs {WINDOW_S:g} s")
     n_chunks = int(np.ceil(cfg.window_s / WINDOW_S - 1e-9))
-    cut = {"recipe_sample_rate_hz": cfg.sample_rate_hz, "window_s": cfg.window_s, "hop_s": cfg.hop_s,
-           "read_at_hz": SAMPLE_RATE_HZ, "birdnet_chunks_per_window": n_chunks}
+    cut = {
+        "recipe_sample_rate_hz": cfg.sample_rate_hz,
+        "window_s": cfg.window_s,
+        "hop_s": cfg.hop_s,
+        "read_at_hz": SAMPLE_RATE_HZ,
+        "birdnet_chunks_per_window": n_chunks,
+    }
     if cfg.sample_rate_hz != SAMPLE_RATE_HZ or n_chunks > 1:
-        log.info("%s: %g s test windows read at %d Hz, %d BirdNET chunk(s) of %g s each", recipe, cfg.window_s,
-                 SAMPLE_RATE_HZ, n_chunks, WINDOW_S)
+        log.info(
+            "%s: %g s test windows read at %d Hz, %d BirdNET chunk(s) of %g s each",
+            recipe,
+            cfg.window_s,
+            SAMPLE_RATE_HZ,
+            n_chunks,
+            WINDOW_S,
+        )
     cfg = cfg.model_copy(update={"sample_rate_hz": SAMPLE_RATE_HZ})
     ds = load_dataset(cfg, data)
     tds = TorchAVDataset(ds, "test", epoch=0)
@@ -65,7 +76,7 @@ def chunk_windows(waves: np.ndarray, k: int) -> np.ndarray:
 
     length = int(waves.shape[1])
     starts = [0] if k == 1 else [round(i * (length - WINDOW_SAMPLES) / (k - 1)) for i in range(k)]
-    return np.stack([w[s:s + WINDOW_SAMPLES] for w in waves for s in starts])
+    return np.stack([w[s : s + WINDOW_SAMPLES] for w in waves for s in starts])
 
 
 def per_recording(groups: list[str], labels: np.ndarray, conf: np.ndarray) -> dict[str, Any]:
@@ -110,13 +121,23 @@ def run(recipe: Path, data: Path, batch: int = 16, sets: list[str] | None = None
     rec = per_recording([s.group for s in samples], labels, conf)
     seconds = time.monotonic() - t0
     return {
-        "model": ("BirdNET V2.4 (birdnet_v24, torch from the converted TFLite), logits restricted to the data set's "
-                  "species"),
-        "licence": BIRDNET_LICENCE, "recipe": str(recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe),
-        "data": str(data), "windows": cut, "test_windows": m["n"], "unique_windows": len({s.id for s in samples}),
-        "classes": list(ds.classes), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-        "per_class_recall": dict(zip(ds.classes, m["per_class_recall"])), "confusion": m["confusion"],
-        "per_recording": rec, "seconds": round(seconds, 1), "decode_seconds": round(t_decode, 1),
+        "model": (
+            "BirdNET V2.4 (birdnet_v24, torch from the converted TFLite), logits restricted to the data set's species"
+        ),
+        "licence": BIRDNET_LICENCE,
+        "recipe": str(recipe.relative_to(REPO) if recipe.is_relative_to(REPO) else recipe),
+        "data": str(data),
+        "windows": cut,
+        "test_windows": m["n"],
+        "unique_windows": len({s.id for s in samples}),
+        "classes": list(ds.classes),
+        "accuracy": m["accuracy"],
+        "macro_f1": m["macro_f1"],
+        "per_class_recall": dict(zip(ds.classes, m["per_class_recall"])),
+        "confusion": m["confusion"],
+        "per_recording": rec,
+        "seconds": round(seconds, 1),
+        "decode_seconds": round(t_decode, 1),
         "ms_per_chunk": round(1000 * (seconds - t_decode) / len(chunks), 1),
         "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_1_5_15": list(os.getloadavg())},
@@ -128,10 +149,12 @@ def one_line(r: dict[str, Any]) -> str:
     w = r["windows"]
     k = w["birdnet_chunks_per_window"]
     how = f"{w['window_s']:g} s windows" + (f", {k} BirdNET chunks of 3 s each" if k > 1 else "")
-    return (f"birdnet_alone: window accuracy {100 * r['accuracy']:.1f} %, macro-F1 {r['macro_f1']:.3f} on "
-            f"{r['test_windows']} test windows; per recording {100 * rec['accuracy']:.1f} % "
-            f"({round(rec['accuracy'] * rec['recordings'])}/{rec['recordings']}; majority "
-            f"{100 * rec['accuracy_majority']:.1f} %); {how}; {r['ms_per_chunk']} ms per 3 s chunk")
+    return (
+        f"birdnet_alone: window accuracy {100 * r['accuracy']:.1f} %, macro-F1 {r['macro_f1']:.3f} on "
+        f"{r['test_windows']} test windows; per recording {100 * rec['accuracy']:.1f} % "
+        f"({round(rec['accuracy'] * rec['recordings'])}/{rec['recordings']}; majority "
+        f"{100 * rec['accuracy_majority']:.1f} %); {how}; {r['ms_per_chunk']} ms per 3 s chunk"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,12 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=str(DATA / "birds"))
     p.add_argument("--out", default=str(RESULT))
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--set", dest="sets", action="append", default=[],
-                   help="a data.* override of the recipe (e.g. data.window_s=3: BirdNET's own 3 s windows)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="a data.* override of the recipe (e.g. data.window_s=3: BirdNET's own 3 s windows)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     from edgeav.train.models.birdnet import birdnet_missing
 
     reason = birdnet_missing()

@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe processes")
     args = p.parse_args(argv)
     setup_logging()
-    s = BenchSettings(rounds=args.rounds, iters_per_round=args.iters, threads=args.threads,
-                      memory_probe=not args.no_memory)
+    s = BenchSettings(
+        rounds=args.rounds, iters_per_round=args.iters, threads=args.threads, memory_probe=not args.no_memory
+    )
     results = {}
     for b in args.bundles:
         try:

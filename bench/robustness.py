@@ -32,15 +32,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=str(REPO / "runs" / "grid" / "best.pt"))
     p.add_argument("--data", default=str(DATA / "grid"))
     p.add_argument("--noise", default=str(DATA / "streams" / "birdnet_soundscape_120s.flac"))
-    p.add_argument("--snr-db", default="20,10,0,-5", help="comma-separated, dB (a list that starts below 0: --snr-db=-5,...)")
+    p.add_argument(
+        "--snr-db", default="20,10,0,-5", help="comma-separated, dB (a list that starts below 0: --snr-db=-5,...)"
+    )
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"])
     p.add_argument("--seed", type=int, default=0, help="seed of the noise segments")
     p.add_argument("--eval-out", default=None, help="folder of the report files (default: beside the checkpoint)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "robustness.json"))
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     for what, path in (("checkpoint", a.checkpoint), ("data", a.data), ("noise", a.noise)):
         if not Path(path).exists():
             print(f"robustness: {what} {path} not found", file=sys.stderr)
@@ -51,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     try:
-        report = robustness_eval(a.checkpoint, a.data, a.noise, parse_snr_db(a.snr_db), a.split, a.eval_out,
-                                 seed=a.seed)
+        report = robustness_eval(
+            a.checkpoint, a.data, a.noise, parse_snr_db(a.snr_db), a.split, a.eval_out, seed=a.seed
+        )
     except EdgeAVError as e:
         print(f"robustness: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
@@ -66,10 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    cells = [f"{r['condition']}: fused {r['both']['accuracy']:.3f} / audio {r['audio_only']['accuracy']:.3f} / "
-             f"picture {r['image_only']['accuracy']:.3f}" for r in report["rows"]]
-    print(f"robustness ({Path(a.checkpoint).name}, {a.split} n={report['n']}, noise {Path(a.noise).name}): "
-          + "; ".join(cells))
+    cells = [
+        f"{r['condition']}: fused {r['both']['accuracy']:.3f} / audio {r['audio_only']['accuracy']:.3f} / "
+        f"picture {r['image_only']['accuracy']:.3f}"
+        for r in report["rows"]
+    ]
+    print(
+        f"robustness ({Path(a.checkpoint).name}, {a.split} n={report['n']}, noise {Path(a.noise).name}): "
+        + "; ".join(cells)
+    )
     return 0
 
 

@@ -14,9 +14,10 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgeav.contract import InputContract
@@ -64,12 +65,20 @@ def rel(path: Path | str) -> str:
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE), help="bundle directory (default: %(default)s)")
     p.add_argument("--role", default="model_int8", help="bundle file to run (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="ONNX Runtime intra-op threads (default 1: the GStreamer decoder gets the other core)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="ONNX Runtime intra-op threads (default 1: the GStreamer decoder gets the other core)",
+    )
 
 
-def parse_stream_args(doc: str, argv: list[str] | None, default_source: str | None,
-                      more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def parse_stream_args(
+    doc: str,
+    argv: list[str] | None,
+    default_source: str | None,
+    more: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """The arguments of a stream benchmark: the model, `--source`, its own (`more`), `--out`, `-v`; logging set up.
     No source (the default stream is not there and none given) is a usage error (exit 2)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
@@ -92,8 +101,9 @@ def open_model(args: argparse.Namespace) -> Model:
     info = verify_bundle(args.bundle)
     path = info.model(args.role)
     sha = info.manifest.extra["files"][args.role]["sha256"]
-    return Model(path, args.role, sha, info.manifest.contract, info.labels, Path(args.bundle),
-                 dict(info.manifest.metrics or {}))
+    return Model(
+        path, args.role, sha, info.manifest.contract, info.labels, Path(args.bundle), dict(info.manifest.metrics or {})
+    )
 
 
 def runtime_config(args: argparse.Namespace, **sections: dict[str, Any]) -> RuntimeConfig:
@@ -123,8 +133,13 @@ def proc_status_kb(key: str) -> int:
 def machine() -> dict[str, Any]:
     import onnxruntime
 
-    return {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "loadavg_1_5_15": list(os.getloadavg())}
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "loadavg_1_5_15": list(os.getloadavg()),
+    }
 
 
 def write_result(name: str, data: dict[str, Any], line: str, out: str | None = None) -> Path:
@@ -137,5 +152,6 @@ def write_result(name: str, data: dict[str, Any], line: str, out: str | None = N
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )

@@ -33,8 +33,12 @@ def _utc_ns(iso: str) -> int:
 
 def _latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--windows", type=int, default=60, help="windows to time (hop 0.5 s: 60 = 30 s)")
-    p.add_argument("--audio-chunk-s", type=float, default=0.02,
-                   help="microphone buffer length: a sample reaches the runtime one buffer after it was captured")
+    p.add_argument(
+        "--audio-chunk-s",
+        type=float,
+        default=0.02,
+        help="microphone buffer length: a sample reaches the runtime one buffer after it was captured",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     from edgeav.runtime.engine import run_stream
 
     model = open_model(args)
-    cfg = runtime_config(args, source={"uri": args.source, "audio_chunk_s": args.audio_chunk_s},
-                         postprocess={"threshold": 0.0, "smoothing": "none", "confirm_hits": 1, "min_gap_s": 0.0})
+    cfg = runtime_config(
+        args,
+        source={"uri": args.source, "audio_chunk_s": args.audio_chunk_s},
+        postprocess={"threshold": 0.0, "smoothing": "none", "confirm_hits": 1, "min_gap_s": 0.0},
+    )
     backend = backend_from_config(cfg.backend, model.path, model.contract)
     window_ms = model.contract.audio.window_s * 1000
     lat, after = [], []
@@ -70,20 +77,32 @@ def main(argv: list[str] | None = None) -> int:
     lat_a, after_a = np.array(lat), np.array(after)
     p50, p95 = float(np.percentile(lat_a, 50)), float(np.percentile(lat_a, 95))
     data = {
-        "source": args.source, **model.identity(),
-        "config": {"ort_threads": args.threads, "audio_chunk_s": args.audio_chunk_s, "fps": cfg.source.fps,
-                   "hop_s": cfg.align.hop_s, "window_s": model.contract.audio.window_s},
+        "source": args.source,
+        **model.identity(),
+        "config": {
+            "ort_threads": args.threads,
+            "audio_chunk_s": args.audio_chunk_s,
+            "fps": cfg.source.fps,
+            "hop_s": cfg.align.hop_s,
+            "window_s": model.contract.audio.window_s,
+        },
         "detections_timed": len(lat),
         "latency_ms": {"p50": round(p50, 1), "p95": round(p95, 1), "max": round(float(lat_a.max()), 1)},
-        "after_window_ms": {"p50": round(float(np.percentile(after_a, 50)), 1),
-                            "p95": round(float(np.percentile(after_a, 95)), 1),
-                            "max": round(float(after_a.max()), 1)},
-        "target_p95_ms": window_ms + 100.0, "meets_target": p95 <= window_ms + 100.0,
-        "loadavg_before": load_before, "machine": machine(),
+        "after_window_ms": {
+            "p50": round(float(np.percentile(after_a, 50)), 1),
+            "p95": round(float(np.percentile(after_a, 95)), 1),
+            "max": round(float(after_a.max()), 1),
+        },
+        "target_p95_ms": window_ms + 100.0,
+        "meets_target": p95 <= window_ms + 100.0,
+        "loadavg_before": load_before,
+        "machine": machine(),
     }
-    line = (f"runtime_latency: capture-to-detection p50 {p50:.0f} ms, p95 {p95:.0f} ms (target {window_ms + 100:.0f}); "
-            f"after the window p95 {data['after_window_ms']['p95']:.0f} ms; {len(lat)} detections, "
-            f"{model.line_suffix(data['machine']['loadavg_1_5_15'][0])}")
+    line = (
+        f"runtime_latency: capture-to-detection p50 {p50:.0f} ms, p95 {p95:.0f} ms (target {window_ms + 100:.0f}); "
+        f"after the window p95 {data['after_window_ms']['p95']:.0f} ms; {len(lat)} detections, "
+        f"{model.line_suffix(data['machine']['loadavg_1_5_15'][0])}"
+    )
     write_result("runtime_latency", data, line, args.out)
     return 0
 

@@ -29,8 +29,14 @@ from runtime_common import (  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_stream_args(__doc__, argv, STREAM_URI, lambda p: p.add_argument(
-        "--duration-s", type=float, default=None, help="stop after this much stream (default: all)"))
+    args = parse_stream_args(
+        __doc__,
+        argv,
+        STREAM_URI,
+        lambda p: p.add_argument(
+            "--duration-s", type=float, default=None, help="stop after this much stream (default: all)"
+        ),
+    )
     from edgeav.runtime.backends import backend_from_config
     from edgeav.runtime.engine import run_stream
     from edgeav.timebase import NS_PER_S
@@ -53,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     sampler.start()
     cpu0, t0 = cpu_seconds(), time.perf_counter()
     try:
-        for res in run_stream(args.source, backend, model.contract, model.labels, cfg, realtime=True,
-                              model_sha256=model.sha256):
+        for res in run_stream(
+            args.source, backend, model.contract, model.labels, cfg, realtime=True, model_sha256=model.sha256
+        ):
             n_windows += 1
             n_det += len(res.detections)
             last_end_ns = res.window.end_ns
@@ -68,19 +75,31 @@ def main(argv: list[str] | None = None) -> int:
     cpu_pct = 100.0 * cpu / wall
     peak_mb = proc_status_kb("VmHWM") / 1024
     data = {
-        "source": args.source, **model.identity(),
-        "config": {"ort_threads": args.threads, "fps": cfg.source.fps, "hop_s": cfg.align.hop_s,
-                   "window_s": model.contract.audio.window_s},
-        "stream_s": round(last_end_ns / NS_PER_S, 3), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-        "cpu_percent_of_one_core": round(cpu_pct, 2), "peak_rss_mb": round(peak_mb, 1),
+        "source": args.source,
+        **model.identity(),
+        "config": {
+            "ort_threads": args.threads,
+            "fps": cfg.source.fps,
+            "hop_s": cfg.align.hop_s,
+            "window_s": model.contract.audio.window_s,
+        },
+        "stream_s": round(last_end_ns / NS_PER_S, 3),
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "cpu_percent_of_one_core": round(cpu_pct, 2),
+        "peak_rss_mb": round(peak_mb, 1),
         "rss_after_model_load_mb": round(rss_after_load_mb, 1),
         "rss_steady_max_mb": round(max(samples), 1) if samples else None,
-        "windows": n_windows, "detections": n_det,
+        "windows": n_windows,
+        "detections": n_det,
         "targets": {"cpu_percent_of_one_core": 25.0, "peak_rss_mb": 400.0},
-        "loadavg_before": load_before, "machine": machine(),
+        "loadavg_before": load_before,
+        "machine": machine(),
     }
-    line = (f"runtime_realtime: CPU {cpu_pct:.1f} % of one core, peak RSS {peak_mb:.0f} MB over {wall:.1f} s "
-            f"({n_windows} windows), {model.line_suffix(data['machine']['loadavg_1_5_15'][0])}")
+    line = (
+        f"runtime_realtime: CPU {cpu_pct:.1f} % of one core, peak RSS {peak_mb:.0f} MB over {wall:.1f} s "
+        f"({n_windows} windows), {model.line_suffix(data['machine']['loadavg_1_5_15'][0])}"
+    )
     write_result("runtime_realtime", data, line, args.out)
     return 0
 

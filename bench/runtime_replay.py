@@ -102,8 +102,16 @@ def one_pass(model: Model, cfg: RuntimeConfig, source: str, db: Path) -> dict:
         store.close()
         backend.close()
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "cpu_s": cpu_seconds() - cpu0, "windows": n_windows, "detections": n_det,
-            "infer_s": backend.seconds, "infer_calls": backend.calls, "missing": missing, "preds": preds}
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu_seconds() - cpu0,
+        "windows": n_windows,
+        "detections": n_det,
+        "infer_s": backend.seconds,
+        "infer_calls": backend.calls,
+        "missing": missing,
+        "preds": preds,
+    }
 
 
 def _replay_args(p: argparse.ArgumentParser) -> None:
@@ -125,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.repeat):
             passes.append(one_pass(model, cfg, args.source, Path(tmp) / f"det{k}.db"))
-    media_s = (passes[0]["preds"][-1].centre_ns / NS_PER_S + model.contract.audio.window_s / 2) if passes[0]["preds"] else 0.0
+    media_s = (
+        (passes[0]["preds"][-1].centre_ns / NS_PER_S + model.contract.audio.window_s / 2) if passes[0]["preds"] else 0.0
+    )
     walls = sorted(x["wall_s"] for x in passes)
     best = min(passes, key=lambda x: x["wall_s"])
     scored = args.ground_truth.lower() != "none"
@@ -135,37 +145,65 @@ def main(argv: list[str] | None = None) -> int:
     for pr in best["preds"]:
         top[pr.label] = top.get(pr.label, 0) + 1
     data = {
-        "source": args.source, **model.identity(), "model_file": model.path.name, "labels": model.labels,
+        "source": args.source,
+        **model.identity(),
+        "model_file": model.path.name,
+        "labels": model.labels,
         "bundle_metrics": model.bundle_metrics,
-        "config": {"hop_s": args.hop_s, "window_s": model.contract.audio.window_s, "ort_threads": args.threads,
-                   "batch_windows": args.batch, "fps": cfg.source.fps,
-                   "image_px": [model.contract.image.height_px, model.contract.image.width_px]},
-        "media_s": round(media_s, 3), "passes": len(passes),
+        "config": {
+            "hop_s": args.hop_s,
+            "window_s": model.contract.audio.window_s,
+            "ort_threads": args.threads,
+            "batch_windows": args.batch,
+            "fps": cfg.source.fps,
+            "image_px": [model.contract.image.height_px, model.contract.image.width_px],
+        },
+        "media_s": round(media_s, 3),
+        "passes": len(passes),
         "wall_s": [round(w, 3) for w in walls],
         "realtime_factor_best": round(media_s / walls[0], 2),
         "realtime_factor_median": round(media_s / walls[len(walls) // 2], 2),
         "cpu_s_best_pass": round(best["cpu_s"], 3),
         # contention-free figure: stream seconds per CPU-second of this process (all threads)
-        "stream_s_per_cpu_s": round(media_s / best["cpu_s"], 2) if best["cpu_s"] > 0 else None, "infer_s_best_pass": round(best["infer_s"], 3),
+        "stream_s_per_cpu_s": round(media_s / best["cpu_s"], 2) if best["cpu_s"] > 0 else None,
+        "infer_s_best_pass": round(best["infer_s"], 3),
         "infer_ms_per_window": round(1000 * best["infer_s"] / max(1, best["windows"]), 2),
         "other_s_best_pass": round(best["wall_s"] - best["infer_s"], 3),
-        "windows": best["windows"], "windows_missing": best["missing"], "detections": best["detections"],
+        "windows": best["windows"],
+        "windows_missing": best["missing"],
+        "detections": best["detections"],
         "top_labels": dict(sorted(top.items(), key=lambda kv: -kv[1])[:5]),
-        **({"segment_accuracy": rep_mean.accuracy, "segment_accuracy_majority": rep_major.accuracy,
-            "segments": rep_mean.n_segments, "segments_scored": rep_mean.n_scored,
-            "segments_correct": sum(r.correct for r in rep_mean.segments),
-            "segment_errors": [{"start_s": r.segment.start_ns / NS_PER_S, "label": r.segment.label,
-                                "predicted": r.predicted} for r in rep_mean.segments if not r.correct]}
-           if scored else {"ground_truth": None}),
+        **(
+            {
+                "segment_accuracy": rep_mean.accuracy,
+                "segment_accuracy_majority": rep_major.accuracy,
+                "segments": rep_mean.n_segments,
+                "segments_scored": rep_mean.n_scored,
+                "segments_correct": sum(r.correct for r in rep_mean.segments),
+                "segment_errors": [
+                    {"start_s": r.segment.start_ns / NS_PER_S, "label": r.segment.label, "predicted": r.predicted}
+                    for r in rep_mean.segments
+                    if not r.correct
+                ],
+            }
+            if scored
+            else {"ground_truth": None}
+        ),
         "peak_rss_mb": round(proc_status_kb("VmHWM") / 1024, 1),
-        "loadavg_before": load_before, "machine": machine(),
+        "loadavg_before": load_before,
+        "machine": machine(),
     }
-    score = (f"segment accuracy {100 * rep_mean.accuracy:.1f} % ({data['segments_correct']}/{rep_mean.n_segments}; "
-             f"majority {100 * rep_major.accuracy:.1f} %)" if scored
-             else f"no ground truth, windows missing {best['missing']}")
-    line = (f"runtime_replay: {data['realtime_factor_best']}x real time (median {data['realtime_factor_median']}x) "
-            f"over {media_s:.1f} s, {best['windows']} windows, infer {data['infer_ms_per_window']} ms/window, "
-            f"{score}, {model.line_suffix(data['machine']['loadavg_1_5_15'][0])}")
+    score = (
+        f"segment accuracy {100 * rep_mean.accuracy:.1f} % ({data['segments_correct']}/{rep_mean.n_segments}; "
+        f"majority {100 * rep_major.accuracy:.1f} %)"
+        if scored
+        else f"no ground truth, windows missing {best['missing']}"
+    )
+    line = (
+        f"runtime_replay: {data['realtime_factor_best']}x real time (median {data['realtime_factor_median']}x) "
+        f"over {media_s:.1f} s, {best['windows']} windows, infer {data['infer_ms_per_window']} ms/window, "
+        f"{score}, {model.line_suffix(data['machine']['loadavg_1_5_15'][0])}"
+    )
     write_result("runtime_replay", data, line, args.out)
     return 0
 

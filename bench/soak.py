@@ -45,7 +45,7 @@ def unit_environment() -> dict[str, str]:
     unit = REPO / "runtime" / "edgeav.service"
     for ln in unit.read_text().splitlines():
         if ln.startswith("Environment="):
-            k, _, v = ln[len("Environment="):].partition("=")
+            k, _, v = ln[len("Environment=") :].partition("=")
             out[k] = v
     return out
 
@@ -77,10 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "soak.json"))
     p.add_argument("--max-rss-growth-pct", type=float, default=5.0)
-    p.add_argument("--no-unit-env", action="store_true",
-                   help="do not apply the Environment= lines of runtime/edgeav.service (malloc tuning)")
-    p.add_argument("--hours", type=float, default=None,
-                   help="simulate this many hours of the detection log, outbox and upkeep at full speed instead")
+    p.add_argument(
+        "--no-unit-env",
+        action="store_true",
+        help="do not apply the Environment= lines of runtime/edgeav.service (malloc tuning)",
+    )
+    p.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        help="simulate this many hours of the detection log, outbox and upkeep at full speed instead",
+    )
     p.add_argument("--detections-per-hour", type=int, default=2000, help="with --hours: simulated detection rate")
     p.add_argument("--keep-days", type=float, default=None, help="with --hours: store.keep_days (default: keep all)")
     p.add_argument("--outbox-keep-days", type=float, default=1 / 24, help="with --hours: store.outbox_keep_days")
@@ -89,13 +96,24 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from soak_store import store_soak
 
-        out = args.out if args.out != str(REPO / "bench" / "results" / "soak.json") else \
-            str(REPO / "bench" / "results" / "soak_store.json")
-        return store_soak(args.hours, args.detections_per_hour, Path(out), keep_days=args.keep_days,
-                          outbox_keep_days=args.outbox_keep_days, warmup_fraction=args.warmup_fraction,
-                          max_rss_growth_pct=args.max_rss_growth_pct)
+        out = (
+            args.out
+            if args.out != str(REPO / "bench" / "results" / "soak.json")
+            else str(REPO / "bench" / "results" / "soak_store.json")
+        )
+        return store_soak(
+            args.hours,
+            args.detections_per_hour,
+            Path(out),
+            keep_days=args.keep_days,
+            outbox_keep_days=args.outbox_keep_days,
+            warmup_fraction=args.warmup_fraction,
+            max_rss_growth_pct=args.max_rss_growth_pct,
+        )
     if not Path(args.bundle).is_dir():
-        print(f"soak: bundle {args.bundle} not found (write one with `edgeav export`, or pass --bundle)", file=sys.stderr)
+        print(
+            f"soak: bundle {args.bundle} not found (write one with `edgeav export`, or pass --bundle)", file=sys.stderr
+        )
         return 2
     if not args.source:
         print(f"soak: no source: {DEFAULT_STREAM} is absent; pass --source file:///...", file=sys.stderr)
@@ -110,9 +128,15 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = {
             "runtime": {"source": {"uri": args.source}, "backend": {"intra_op_threads": args.threads}},
-            "daemon": {"bundle": str(args.bundle), "realtime": False, "loop": True, "sensors": "combined",
-                       "store": {"db_path": str(t / "det.db")}, "evidence": {"dir": str(t / "evidence")},
-                       "metrics": {"enabled": True, "port": port}},
+            "daemon": {
+                "bundle": str(args.bundle),
+                "realtime": False,
+                "loop": True,
+                "sensors": "combined",
+                "store": {"db_path": str(t / "det.db")},
+                "evidence": {"dir": str(t / "evidence")},
+                "metrics": {"enabled": True, "port": port},
+            },
         }
         (t / "soak.yaml").write_text(yaml.safe_dump(cfg))
         env = dict(os.environ)
@@ -140,8 +164,15 @@ def main(argv: list[str] | None = None) -> int:
 
                     hop_s = load_config(t / "soak.yaml", args.overrides).runtime.align.hop_s
                 media = h["windows"] * hop_s
-                samples.append({"t_s": round(time.monotonic() - t0, 1), "media_s": round(media, 1), **fig,
-                                "windows": h["windows"], "detections": h["detections"]})
+                samples.append(
+                    {
+                        "t_s": round(time.monotonic() - t0, 1),
+                        "media_s": round(media, 1),
+                        **fig,
+                        "windows": h["windows"],
+                        "detections": h["detections"],
+                    }
+                )
                 if media >= target_s:
                     break
             proc.send_signal(signal.SIGTERM)
@@ -164,40 +195,63 @@ def main(argv: list[str] | None = None) -> int:
     rss_warm = statistics.median(s["rss_kb"] for s in warm[:q])
     rss_end = statistics.median(s["rss_kb"] for s in warm[-q:])
     growth = 100.0 * (rss_end - rss_warm) / rss_warm
-    growth_3 = 100.0 * (statistics.median(s["rss_kb"] for s in warm[-3:]) -
-                        statistics.median(s["rss_kb"] for s in warm[:3])) / statistics.median(s["rss_kb"] for s in warm[:3])
+    growth_3 = (
+        100.0
+        * (statistics.median(s["rss_kb"] for s in warm[-3:]) - statistics.median(s["rss_kb"] for s in warm[:3]))
+        / statistics.median(s["rss_kb"] for s in warm[:3])
+    )
     fds = [s["fds"] for s in warm]
     wall = samples[-1]["t_s"]
     result = {
-        "bench": "soak", "bundle": str(args.bundle), "source": args.source, "media_s": samples[-1]["media_s"],
-        "wall_s": wall, "realtime_factor": round(samples[-1]["media_s"] / wall, 2) if wall else None,
-        "windows": summary["windows"], "detections": summary["detections"], "committed": summary["committed"],
-        "evidence": summary["evidence"], "rss_warm_mb": round(rss_warm / 1024, 1), "rss_end_mb": round(rss_end / 1024, 1),
-        "rss_peak_mb": round(max(s["hwm_kb"] for s in samples) / 1024, 1), "rss_growth_pct": round(growth, 2),
-        "rss_growth_pct_3_samples": round(growth_3, 2), "rss_min_after_warmup_mb": round(min(s["rss_kb"] for s in warm) / 1024, 1),
+        "bench": "soak",
+        "bundle": str(args.bundle),
+        "source": args.source,
+        "media_s": samples[-1]["media_s"],
+        "wall_s": wall,
+        "realtime_factor": round(samples[-1]["media_s"] / wall, 2) if wall else None,
+        "windows": summary["windows"],
+        "detections": summary["detections"],
+        "committed": summary["committed"],
+        "evidence": summary["evidence"],
+        "rss_warm_mb": round(rss_warm / 1024, 1),
+        "rss_end_mb": round(rss_end / 1024, 1),
+        "rss_peak_mb": round(max(s["hwm_kb"] for s in samples) / 1024, 1),
+        "rss_growth_pct": round(growth, 2),
+        "rss_growth_pct_3_samples": round(growth_3, 2),
+        "rss_min_after_warmup_mb": round(min(s["rss_kb"] for s in warm) / 1024, 1),
         "rss_max_after_warmup_mb": round(max(s["rss_kb"] for s in warm) / 1024, 1),
-        "fds_min": min(fds), "fds_max": max(fds), "threads_max": max(s["threads"] for s in warm),
-        "fds_first_third_max": max(fds[: len(fds) // 3]), "fds_last_third_max": max(fds[-(len(fds) // 3):]),
+        "fds_min": min(fds),
+        "fds_max": max(fds),
+        "threads_max": max(s["threads"] for s in warm),
+        "fds_first_third_max": max(fds[: len(fds) // 3]),
+        "fds_last_third_max": max(fds[-(len(fds) // 3) :]),
         "unit_environment": {} if args.no_unit_env else unit_environment(),
-        "stop_s": summary["stop_s"], "pass_rss": growth <= args.max_rss_growth_pct,
+        "stop_s": summary["stop_s"],
+        "pass_rss": growth <= args.max_rss_growth_pct,
         "fds_first_third_median": statistics.median(fds[: len(fds) // 3]),
-        "fds_last_third_median": statistics.median(fds[-(len(fds) // 3):]),
+        "fds_last_third_median": statistics.median(fds[-(len(fds) // 3) :]),
         # each loop of the file opens a fresh pipeline and each detection writes two evidence files, so the count
         # moves with where a sample falls; flat = no more in the last third than in the first (median), and no
         # peak more than 2 above the first third's (one pipeline being built / one evidence file open)
-        "pass_fds": (statistics.median(fds[-(len(fds) // 3):]) <= statistics.median(fds[: len(fds) // 3])
-                     and max(fds[-(len(fds) // 3):]) <= max(fds[: len(fds) // 3]) + 2),
-        "load_avg": os.getloadavg(), "machine": platform.machine(), "cpus": os.cpu_count(),
+        "pass_fds": (
+            statistics.median(fds[-(len(fds) // 3) :]) <= statistics.median(fds[: len(fds) // 3])
+            and max(fds[-(len(fds) // 3) :]) <= max(fds[: len(fds) // 3]) + 2
+        ),
+        "load_avg": os.getloadavg(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
         "samples": samples,
     }
     result["pass"] = result["pass_rss"] and result["pass_fds"]
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"soak: {result['media_s'] / 3600:.2f} h of stream in {wall / 60:.1f} min ({result['realtime_factor']}x), "
-          f"{result['windows']} windows, {result['detections']} detections; RSS {result['rss_warm_mb']} -> "
-          f"{result['rss_end_mb']} MB after warm-up ({growth:+.2f} %), fds {min(fds)}..{max(fds)}: "
-          f"{'PASS' if result['pass'] else 'FAIL'} -> {out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}")
+    print(
+        f"soak: {result['media_s'] / 3600:.2f} h of stream in {wall / 60:.1f} min ({result['realtime_factor']}x), "
+        f"{result['windows']} windows, {result['detections']} detections; RSS {result['rss_warm_mb']} -> "
+        f"{result['rss_end_mb']} MB after warm-up ({growth:+.2f} %), fds {min(fds)}..{max(fds)}: "
+        f"{'PASS' if result['pass'] else 'FAIL'} -> {out_path.relative_to(REPO) if out_path.is_relative_to(REPO) else out_path}"
+    )
     return 0 if result["pass"] else 1
 
 

@@ -57,8 +57,10 @@ def _start_broker(folder: Path) -> tuple[subprocess.Popen | None, int]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\npersistence false\nallow_anonymous true\nuser {getpass.getuser()}\n"
-                    "max_inflight_messages 100\nmax_queued_messages 100000\n")
+    conf.write_text(
+        f"listener {port} 127.0.0.1\npersistence false\nallow_anonymous true\nuser {getpass.getuser()}\n"
+        "max_inflight_messages 100\nmax_queued_messages 100000\n"
+    )
     proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -75,8 +77,15 @@ def _median_of(samples: list[dict], key: str) -> float:
     return statistics.median(s[key] for s in samples)
 
 
-def store_soak(hours: float, per_hour: int, out: Path, keep_days: float | None = None, outbox_keep_days: float = 1 / 24,
-               warmup_fraction: float = 0.1, max_rss_growth_pct: float = 5.0) -> int:
+def store_soak(
+    hours: float,
+    per_hour: int,
+    out: Path,
+    keep_days: float | None = None,
+    outbox_keep_days: float = 1 / 24,
+    warmup_fraction: float = 0.1,
+    max_rss_growth_pct: float = 5.0,
+) -> int:
     from edgeav.runtime.growth import StoreUpkeep
     from edgeav.runtime.mqtt import MqttPublisher
     from edgeav.runtime.postprocess import Detection
@@ -93,8 +102,13 @@ def store_soak(hours: float, per_hour: int, out: Path, keep_days: float | None =
         broker, port = _start_broker(t)
         db = t / "det.db"
         scfg = StoreConfig(keep_days=keep_days, outbox_keep_days=outbox_keep_days)
-        store = DetectionStore(db, synchronous=scfg.synchronous, batch_max=scfg.batch_max_detections,
-                               batch_interval_s=3600.0, max_pending=scfg.max_pending_detections)
+        store = DetectionStore(
+            db,
+            synchronous=scfg.synchronous,
+            batch_max=scfg.batch_max_detections,
+            batch_interval_s=3600.0,
+            max_pending=scfg.max_pending_detections,
+        )
         upkeep = StoreUpkeep(store, scfg, wall_ns=lambda: sim.now_ns)
         pub = None
         topic = "edgeav/soak/detection"
@@ -113,10 +127,20 @@ def store_soak(hours: float, per_hour: int, out: Path, keep_days: float | None =
                 sim.now_ns += step_ns
                 s_ns = (i % 1000) * 10**8
                 label = LABELS[rng.randrange(len(LABELS))]
-                det = Detection(label=label, class_index=LABELS.index(label), start_ns=s_ns, end_ns=s_ns + 10**9,
-                                start_utc=None, end_utc=None, confidence=round(rng.uniform(0.5, 1.0), 4),
-                                audio_confidence=round(rng.uniform(0.3, 1.0), 4), image_confidence=None,
-                                modalities=("audio",), model_sha256="ab" * 32, hits=2)
+                det = Detection(
+                    label=label,
+                    class_index=LABELS.index(label),
+                    start_ns=s_ns,
+                    end_ns=s_ns + 10**9,
+                    start_utc=None,
+                    end_utc=None,
+                    confidence=round(rng.uniform(0.5, 1.0), 4),
+                    audio_confidence=round(rng.uniform(0.3, 1.0), 4),
+                    image_confidence=None,
+                    modalities=("audio",),
+                    model_sha256="ab" * 32,
+                    hits=2,
+                )
                 store.add(det, utc_ns=sim.now_ns, source="file:///soak.mkv", run_id="soak", outbox_topics=[topic])
                 store.maybe_flush()
                 if pub is None and store.commits and store.pending == 0:
@@ -139,10 +163,19 @@ def store_soak(hours: float, per_hour: int, out: Path, keep_days: float | None =
                     size = db.stat().st_size
                     wal = db.with_name(db.name + "-wal")
                     outbox = store.con.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-                    samples.append({"sim_h": round(elapsed / HOUR_NS, 3), "t_s": round(time.monotonic() - t0, 2),
-                                    **_self_figures(), "detections": i + 1, "rows": store.count(), "db_bytes": size,
-                                    "wal_bytes": wal.stat().st_size if wal.exists() else 0,
-                                    "outbox_rows": outbox, "outbox_pending": pub.pending() if pub else 0})
+                    samples.append(
+                        {
+                            "sim_h": round(elapsed / HOUR_NS, 3),
+                            "t_s": round(time.monotonic() - t0, 2),
+                            **_self_figures(),
+                            "detections": i + 1,
+                            "rows": store.count(),
+                            "db_bytes": size,
+                            "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+                            "outbox_rows": outbox,
+                            "outbox_pending": pub.pending() if pub else 0,
+                        }
+                    )
             store.flush()
             if pub is not None:  # let the broker take what is left (counted, not part of the pass figures)
                 deadline = time.monotonic() + 30
@@ -168,36 +201,55 @@ def store_soak(hours: float, per_hour: int, out: Path, keep_days: float | None =
     half = samples[len(samples) // 2]
     per_k_half = half["db_bytes"] / (half["rows"] / 1000)
     per_k_end = samples[-1]["db_bytes"] / (samples[-1]["rows"] / 1000)
-    ob_q2 = max(s["outbox_rows"] for s in warm[q:2 * q])
+    ob_q2 = max(s["outbox_rows"] for s in warm[q : 2 * q])
     ob_q4 = max(s["outbox_rows"] for s in warm[-q:])
     result = {
-        "bench": "soak_store", "simulated_h": hours, "detections_per_hour": per_hour, "detections": n_total,
-        "rows_end": rows_end, "keep_days": keep_days, "outbox_keep_days": outbox_keep_days,
+        "bench": "soak_store",
+        "simulated_h": hours,
+        "detections_per_hour": per_hour,
+        "detections": n_total,
+        "rows_end": rows_end,
+        "keep_days": keep_days,
+        "outbox_keep_days": outbox_keep_days,
         "broker": "mosquitto (QoS 2)" if broker is not None else "none (acknowledged at once)",
-        "mqtt_sent": pub.sent if pub is not None else None, "wall_s": round(wall, 1),
+        "mqtt_sent": pub.sent if pub is not None else None,
+        "wall_s": round(wall, 1),
         "waited_for_publisher_s": round(paced_s, 1),
-        "rss_warm_mb": round(rss_warm / 1024, 1), "rss_end_mb": round(rss_end / 1024, 1),
-        "rss_growth_pct": round(growth, 2), "fds_min": min(fds), "fds_max": max(fds),
-        "fds_first_third_max": max(fds[:third]), "fds_last_third_max": max(fds[-third:]),
-        "db_mb_end": round(samples[-1]["db_bytes"] / 2**20, 2), "db_kb_per_1000_half": round(per_k_half / 1024, 1),
-        "db_kb_per_1000_end": round(per_k_end / 1024, 1), "archive_mb": round(archive_bytes / 2**20, 2),
-        "outbox_rows_max_q2": ob_q2, "outbox_rows_max_q4": ob_q4,
-        "outbox_rows_max": max(s["outbox_rows"] for s in samples), "pruned": upkeep.pruned,
+        "rss_warm_mb": round(rss_warm / 1024, 1),
+        "rss_end_mb": round(rss_end / 1024, 1),
+        "rss_growth_pct": round(growth, 2),
+        "fds_min": min(fds),
+        "fds_max": max(fds),
+        "fds_first_third_max": max(fds[:third]),
+        "fds_last_third_max": max(fds[-third:]),
+        "db_mb_end": round(samples[-1]["db_bytes"] / 2**20, 2),
+        "db_kb_per_1000_half": round(per_k_half / 1024, 1),
+        "db_kb_per_1000_end": round(per_k_end / 1024, 1),
+        "archive_mb": round(archive_bytes / 2**20, 2),
+        "outbox_rows_max_q2": ob_q2,
+        "outbox_rows_max_q4": ob_q4,
+        "outbox_rows_max": max(s["outbox_rows"] for s in samples),
+        "pruned": upkeep.pruned,
         "wal_mb_max": round(max(s["wal_bytes"] for s in samples) / 2**20, 2),
         "pass_rss": growth <= max_rss_growth_pct,
         "pass_fds": max(fds[-third:]) <= max(fds[:third]) + 2,
         "pass_outbox": ob_q4 <= 1.1 * ob_q2 + 100,
         "pass_db_linear": keep_days is not None or abs(per_k_end - per_k_half) <= 0.15 * per_k_half,
-        "load_avg": os.getloadavg(), "machine": platform.machine(), "cpus": os.cpu_count(), "samples": samples,
+        "load_avg": os.getloadavg(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "samples": samples,
     }
     result["pass"] = all(result[k] for k in ("pass_rss", "pass_fds", "pass_outbox", "pass_db_linear"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"soak_store: {hours:g} h simulated in {wall / 60:.1f} min, {n_total} detections ({per_hour}/h), "
-          f"RSS {result['rss_warm_mb']} -> {result['rss_end_mb']} MB after warm-up ({growth:+.2f} %), "
-          f"fds {min(fds)}..{max(fds)}, log {result['db_mb_end']} MB = {result['db_kb_per_1000_end']} kB per 1,000 "
-          f"detections (half time {result['db_kb_per_1000_half']}), outbox <= {result['outbox_rows_max']} rows "
-          f"(pruned {upkeep.pruned['outbox']}): {'PASS' if result['pass'] else 'FAIL'} -> {out}")
+    print(
+        f"soak_store: {hours:g} h simulated in {wall / 60:.1f} min, {n_total} detections ({per_hour}/h), "
+        f"RSS {result['rss_warm_mb']} -> {result['rss_end_mb']} MB after warm-up ({growth:+.2f} %), "
+        f"fds {min(fds)}..{max(fds)}, log {result['db_mb_end']} MB = {result['db_kb_per_1000_end']} kB per 1,000 "
+        f"detections (half time {result['db_kb_per_1000_half']}), outbox <= {result['outbox_rows_max']} rows "
+        f"(pruned {upkeep.pruned['outbox']}): {'PASS' if result['pass'] else 'FAIL'} -> {out}"
+    )
     return 0 if result["pass"] else 1
 
 

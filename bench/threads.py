@@ -77,12 +77,27 @@ def _epoch_seconds(out: Path) -> list[float]:
 
 
 def _run_recipe(a: argparse.Namespace, out: Path, mode: str) -> dict[str, Any]:
-    sets = [f"train.phase1_audio_epochs={a.audio_epochs}", f"train.phase1_image_epochs={a.image_epochs}",
-            f"train.epochs={a.fusion_epochs}", "train.eval_test=false", "train.max_minutes=null"]
+    sets = [
+        f"train.phase1_audio_epochs={a.audio_epochs}",
+        f"train.phase1_image_epochs={a.image_epochs}",
+        f"train.epochs={a.fusion_epochs}",
+        "train.eval_test=false",
+        "train.max_minutes=null",
+    ]
     if mode == "defaults":
         sets.append("threads.intra_op=default")
-    cmd = [sys.executable, "-m", "edgeav", "train", "--config", str(REPO / "train" / "grid.yaml"), "--data", a.data,
-           "--out", str(out)] + [x for s in sets for x in ("--set", s)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgeav",
+        "train",
+        "--config",
+        str(REPO / "train" / "grid.yaml"),
+        "--data",
+        a.data,
+        "--out",
+        str(out),
+    ] + [x for s in sets for x in ("--set", s)]
     load = _load()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
@@ -98,9 +113,16 @@ def _run_recipe(a: argparse.Namespace, out: Path, mode: str) -> dict[str, Any]:
         raise RuntimeError(f"edgeav train failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
     plan = re.search(r"threads: (?:torch|library)[^\n]*", err)  # the plan line edgeav.threads logged
     seconds = _epoch_seconds(out)
-    return {"mode": mode, "train_s": round(sum(seconds), 2), "epochs": len(seconds), "wall_s": round(wall, 1),
-            "capped": capped, "epoch_s": seconds, "threads": plan.group(0) if plan else None,
-            "load_1min_at_start": load}
+    return {
+        "mode": mode,
+        "train_s": round(sum(seconds), 2),
+        "epochs": len(seconds),
+        "wall_s": round(wall, 1),
+        "capped": capped,
+        "epoch_s": seconds,
+        "threads": plan.group(0) if plan else None,
+        "load_1min_at_start": load,
+    }
 
 
 def _ratio(hog: dict[str, Any], alone: dict[str, Any]) -> float:
@@ -113,11 +135,16 @@ def one_line(r: dict[str, Any]) -> str:
     def part(mode: str) -> str:
         alone, hog = r["runs"][f"{mode}_alone"], r["runs"][f"{mode}_hog"]
         bound = ">=" if hog["capped"] else ""
-        return (f"{alone['train_s']:.1f} s alone, {bound}{hog['train_s']:.1f} s beside the hog "
-                f"({bound}x{r['slowdown'][mode]:.1f})")
-    return (f"GRID recipe ({r['recipe']}): threads set: {part('set')}; left to defaults: {part('defaults')}; "
-            f"defaults/set x{r['defaults_over_set']['alone']:.1f} alone, x{r['defaults_over_set']['hog']:.1f} beside "
-            f"the hog; load {r['load_1min_before']} before, {r['cpus']} CPUs shared")
+        return (
+            f"{alone['train_s']:.1f} s alone, {bound}{hog['train_s']:.1f} s beside the hog "
+            f"({bound}x{r['slowdown'][mode]:.1f})"
+        )
+
+    return (
+        f"GRID recipe ({r['recipe']}): threads set: {part('set')}; left to defaults: {part('defaults')}; "
+        f"defaults/set x{r['defaults_over_set']['alone']:.1f} alone, x{r['defaults_over_set']['hog']:.1f} beside "
+        f"the hog; load {r['load_1min_before']} before, {r['cpus']} CPUs shared"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     before = _load()
     if before >= a.max_load:
-        sys.stderr.write(f"bench/threads.py: the 1-minute load is {before} (>= {a.max_load}): the machine is busy; "
-                         "try again later\n")
+        sys.stderr.write(
+            f"bench/threads.py: the 1-minute load is {before} (>= {a.max_load}): the machine is busy; try again later\n"
+        )
         return 3
     runs: dict[str, Any] = {}
     hog_threads = None
@@ -153,11 +181,18 @@ def main(argv: list[str] | None = None) -> int:
                 hog.stop()
             log.info("%s beside the hog: %s", mode, runs[f"{mode}_hog"])
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": platform.node(), "cpus": len(os.sched_getaffinity(0)),
-        "recipe": (f"train/grid.yaml, {a.audio_epochs} audio + {a.image_epochs} picture + {a.fusion_epochs} "
-                   "fusion epochs"),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "host": platform.node(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "recipe": (
+            f"train/grid.yaml, {a.audio_epochs} audio + {a.image_epochs} picture + {a.fusion_epochs} fusion epochs"
+        ),
         "hog": f"torch matmul loop, {hog_threads} threads, torch defaults (OpenMP spinning)",
-        "load_1min_before": before, "load_1min_after": _load(), "note": a.note, "cap_s": a.cap_s, "runs": runs,
+        "load_1min_before": before,
+        "load_1min_after": _load(),
+        "note": a.note,
+        "cap_s": a.cap_s,
+        "runs": runs,
         "slowdown": {m: _ratio(runs[f"{m}_hog"], runs[f"{m}_alone"]) for m in ("set", "defaults")},
         "defaults_over_set": {w: _ratio(runs[f"defaults_{w}"], runs[f"set_{w}"]) for w in ("alone", "hog")},
     }

@@ -50,7 +50,9 @@ def _phase_minutes(metrics_csv: Path) -> dict[str, float]:
     return out
 
 
-def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], base_run: Path | None = None) -> dict[str, Any]:
+def run_dataset(
+    name: str, data: Path, out: Path, extra_sets: list[str], base_run: Path | None = None
+) -> dict[str, Any]:
     """Train the recipe as it is (or, with `base_run`, take that finished two_phase run of it: its
     train_report.json, metrics.csv and unimodal checkpoints), then train each other fusion head of FUSION_HEADS on
     the same phase I models (`train.phase1_from`)."""
@@ -69,8 +71,14 @@ def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], base_ru
     runs = {recipe_head: (base_run, base)}
     for head in FUSION_HEADS:
         if head != recipe_head:
-            runs[head] = (out / head, train(load_config(recipe, [f"model.head={head}", f"train.phase1_from={base_run}",
-                                                                 *extra_sets]), data, out / head))
+            runs[head] = (
+                out / head,
+                train(
+                    load_config(recipe, [f"model.head={head}", f"train.phase1_from={base_run}", *extra_sets]),
+                    data,
+                    out / head,
+                ),
+            )
     t2 = time.monotonic()
     m_base = _phase_minutes(base_run / "metrics.csv")
     phase1 = m_base.get("phase1_audio", 0.0) + m_base.get("phase1_image", 0.0)
@@ -81,9 +89,12 @@ def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], base_ru
     }
     for head, (run_dir, report) in runs.items():
         phase2 = _phase_minutes(run_dir / "metrics.csv").get("phase2_fusion", 0.0)
-        rows[head] = {**report["test"]["both"], "minutes": phase1 + report.get("phase2_cache_seconds", 0.0) / 60 + phase2,
-                      "from": f"phase II {head} head on the phase I models" + (" (the recipe's head)"
-                                                                                if head == recipe_head else "")}
+        rows[head] = {
+            **report["test"]["both"],
+            "minutes": phase1 + report.get("phase2_cache_seconds", 0.0) / 60 + phase2,
+            "from": f"phase II {head} head on the phase I models"
+            + (" (the recipe's head)" if head == recipe_head else ""),
+        }
     for r in rows.values():
         r["minutes"] = round(r["minutes"], 2)
     best_single = max(rows["image_only"]["accuracy"], rows["audio_only"]["accuracy"])
@@ -97,8 +108,10 @@ def run_dataset(name: str, data: Path, out: Path, extra_sets: list[str], base_ru
         "splits": base["splits"],
         "variants": rows,
         "fusion_beats_best_single": {h: rows[h]["accuracy"] > best_single for h in runs},
-        "wall_minutes": {"recipe_run": round((t1 - t0) / 60, 2) if t1 - t0 > 1 else None,
-                         "other_heads": round((t2 - t1) / 60, 2)},
+        "wall_minutes": {
+            "recipe_run": round((t1 - t0) / 60, 2) if t1 - t0 > 1 else None,
+            "other_heads": round((t2 - t1) / 60, 2),
+        },
         "recipe_run": str(base_run),
         "checkpoints": {h: str(run_dir / "best.pt") for h, (run_dir, _) in runs.items()},
     }
@@ -128,33 +141,46 @@ def _variant_name(r: dict[str, Any], variant: str) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"Test accuracy and macro-F1 of models trained on this machine's CPU (2 cores, shared) by "
-             f"`python bench/train_results.py` ({results['date']}); GRID from scratch, birds from BirdNET V2.4 "
-             f"(frozen) and the bird-photo base model. Minutes: training time of what the variant needs (two-phase: "
-             f"a fusion needs both unimodal models).", "",
-             "| data set | test examples | variant | accuracy | macro-F1 | minutes |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Test accuracy and macro-F1 of models trained on this machine's CPU (2 cores, shared) by "
+        f"`python bench/train_results.py` ({results['date']}); GRID from scratch, birds from BirdNET V2.4 "
+        f"(frozen) and the bird-photo base model. Minutes: training time of what the variant needs (two-phase: "
+        f"a fusion needs both unimodal models).",
+        "",
+        "| data set | test examples | variant | accuracy | macro-F1 | minutes |",
+        "|---|---|---|---|---|---|",
+    ]
     for ds, r in results["datasets"].items():
         for v, x in r["variants"].items():
-            lines.append(f"| {ds} | {r['test_examples']} | {_variant_name(r, v)} | {100 * x['accuracy']:.1f} % | "
-                         f"{x['macro_f1']:.3f} | {x['minutes']:.1f} |")
+            lines.append(
+                f"| {ds} | {r['test_examples']} | {_variant_name(r, v)} | {100 * x['accuracy']:.1f} % | "
+                f"{x['macro_f1']:.3f} | {x['minutes']:.1f} |"
+            )
         if r.get("birdnet_alone"):
             b = r["birdnet_alone"]
-            lines.append(f"| {ds} | {b['test_windows']} | BirdNET V2.4 alone (restricted to the species; not trained "
-                         f"here) | {100 * b['accuracy']:.1f} % | {b['macro_f1']:.3f} | - |")
+            lines.append(
+                f"| {ds} | {b['test_windows']} | BirdNET V2.4 alone (restricted to the species; not trained "
+                f"here) | {100 * b['accuracy']:.1f} % | {b['macro_f1']:.3f} | - |"
+            )
     lines.append("")
     for ds, r in results["datasets"].items():
-        beats = ", ".join(f"{_variant_name(r, h)} {'yes' if ok else 'no'}"
-                          for h, ok in r["fusion_beats_best_single"].items())
-        lines.append(f"- {ds}: `{r['recipe']}` ({r['arch']['audio_backbone']} + {r['arch']['image_backbone']}); "
-                     f"fusion beats the best single modality: {beats}." + (f" {r['note']}" if r.get("note") else ""))
+        beats = ", ".join(
+            f"{_variant_name(r, h)} {'yes' if ok else 'no'}" for h, ok in r["fusion_beats_best_single"].items()
+        )
+        lines.append(
+            f"- {ds}: `{r['recipe']}` ({r['arch']['audio_backbone']} + {r['arch']['image_backbone']}); "
+            f"fusion beats the best single modality: {beats}." + (f" {r['note']}" if r.get("note") else "")
+        )
         if r.get("birdnet_alone"):
             b, w = r["birdnet_alone"], r["birdnet_alone"]["windows"]
             k = w["birdnet_chunks_per_window"]
-            lines.append(f"- {ds}, BirdNET V2.4 alone (`bench/birdnet_alone.py`, {b['licence'].split(' (')[0]}): the "
-                         f"recipe's {b['test_windows']} {w['window_s']:g} s test windows with audio"
-                         + (f", each scored as {k} chunks of 3 s (confidences averaged)" if k > 1 else "")
-                         + f"; per recording {100 * b['per_recording']['accuracy']:.1f} % "
-                           f"({b['per_recording']['recordings']} test recordings).")
+            lines.append(
+                f"- {ds}, BirdNET V2.4 alone (`bench/birdnet_alone.py`, {b['licence'].split(' (')[0]}): the "
+                f"recipe's {b['test_windows']} {w['window_s']:g} s test windows with audio"
+                + (f", each scored as {k} chunks of 3 s (confidences averaged)" if k > 1 else "")
+                + f"; per recording {100 * b['per_recording']['accuracy']:.1f} % "
+                f"({b['per_recording']['recordings']} test recordings)."
+            )
     return "\n".join(lines)
 
 
@@ -191,11 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readme", default=str(REPO / "README.md"))
     p.add_argument("--set", dest="sets", action="append", default=[], help="extra config override for every run")
     p.add_argument("--note", action="append", default=[], metavar="DATASET=TEXT", help="a note printed under the table")
-    p.add_argument("--only", choices=["birdnet"], default=None,
-                   help="birdnet: only the birds' BirdNET-alone row (into the existing results and table)")
-    p.add_argument("--recipe-run", action="append", default=[], metavar="DATASET=DIR",
-                   help="take this finished two_phase run of the recipe instead of training one "
-                        "(e.g. birds=runs/birds_final)")
+    p.add_argument(
+        "--only",
+        choices=["birdnet"],
+        default=None,
+        help="birdnet: only the birds' BirdNET-alone row (into the existing results and table)",
+    )
+    p.add_argument(
+        "--recipe-run",
+        action="append",
+        default=[],
+        metavar="DATASET=DIR",
+        help="take this finished two_phase run of the recipe instead of training one (e.g. birds=runs/birds_final)",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     names = [n.strip() for n in a.datasets.split(",") if n.strip()]
@@ -218,12 +252,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     given = dict(x.split("=", 1) for x in a.recipe_run)
     for name in names:
-        r = run_dataset(name, Path(a.data) / name, Path(a.out) / name, a.sets,
-                        Path(given[name]) if name in given else None)
-        print(f"{name}: " + ", ".join(f"{_variant_name(r, v)} {100 * x['accuracy']:.1f}% "
-                                       f"(F1 {x['macro_f1']:.3f}, {x['minutes']:.1f} min)"
-                                       for v, x in r["variants"].items()) + f" on {r['test_examples']} test examples",
-              flush=True)
+        r = run_dataset(
+            name, Path(a.data) / name, Path(a.out) / name, a.sets, Path(given[name]) if name in given else None
+        )
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{_variant_name(r, v)} {100 * x['accuracy']:.1f}% (F1 {x['macro_f1']:.3f}, {x['minutes']:.1f} min)"
+                for v, x in r["variants"].items()
+            )
+            + f" on {r['test_examples']} test examples",
+            flush=True,
+        )
         # merge into what is on disk now (another data set may have been written meanwhile), write, then the table
         results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
         notes = dict(x.split("=", 1) for x in a.note)

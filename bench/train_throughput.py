@@ -41,17 +41,33 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="edgeav-throughput-") as tmp:
         cache = Path(tmp) / "cache"  # empty: the first epoch is cold
-        sets = [f"data.cache_dir={cache}", "train.mode=joint", f"train.epochs={a.epochs}",
-                f"train.batch_size={a.batch_size}", f"train.threads={a.threads}", "train.prepare_data=false", "train.bn_warmup_batches=0",
-                "train.eval_test=false", "train.early_stop_patience=1000", "train.max_minutes=1000"]
+        sets = [
+            f"data.cache_dir={cache}",
+            "train.mode=joint",
+            f"train.epochs={a.epochs}",
+            f"train.batch_size={a.batch_size}",
+            f"train.threads={a.threads}",
+            "train.prepare_data=false",
+            "train.bn_warmup_batches=0",
+            "train.eval_test=false",
+            "train.early_stop_patience=1000",
+            "train.max_minutes=1000",
+        ]
         cfg = load_config(REPO / "train" / "grid.yaml", sets)
         t0 = time.monotonic()
         report = train(cfg, a.data, Path(tmp) / "run")
         wall_s = time.monotonic() - t0
         with open(Path(tmp) / "run" / "metrics.csv", newline="") as f:
             rows = list(csv.DictReader(f))
-    epochs = [{"epoch": int(r["epoch"]), "samples_per_s": float(r["samples_per_s"]), "decoded": int(r["decoded"]),
-               "seconds": float(r["seconds"])} for r in rows]
+    epochs = [
+        {
+            "epoch": int(r["epoch"]),
+            "samples_per_s": float(r["samples_per_s"]),
+            "decoded": int(r["decoded"]),
+            "seconds": float(r["seconds"]),
+        }
+        for r in rows
+    ]
     cold, warm = epochs[0], epochs[1:]
     result = {
         "data": a.data,
@@ -71,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    line = (f"train throughput (GRID, {report['model']}, batch {a.batch_size}, {a.threads} threads): cold cache "
-            f"{result['cold_samples_per_s']} samples/s ({result['decoded_first_epoch']} files decoded in epoch 1), "
-            f"warm {result['warm_samples_per_s']} samples/s ({result['decoded_after_first_epoch']} decoded after epoch 1)")
+    line = (
+        f"train throughput (GRID, {report['model']}, batch {a.batch_size}, {a.threads} threads): cold cache "
+        f"{result['cold_samples_per_s']} samples/s ({result['decoded_first_epoch']} files decoded in epoch 1), "
+        f"warm {result['warm_samples_per_s']} samples/s ({result['decoded_after_first_epoch']} decoded after epoch 1)"
+    )
     print(line)
     return 0 if result["decoded_after_first_epoch"] == 0 else 1
 

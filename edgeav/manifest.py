@@ -42,11 +42,13 @@ class ArtifactManifest(BaseModel):
     precision: str = Field("fp32", description="fp32 | fp16 | int8")
     parent_sha256: str | None = Field(None, description="sha256 of the artifact this one was made from.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Metrics it was validated with.")
-    extra: dict[str, Any] = Field(default_factory=dict, description="Stage-specific details (quantization form, tools).")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Stage-specific details (quantization form, tools)."
+    )
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ArtifactManifest":
+    def from_json(cls, text: str) -> ArtifactManifest:
         return cls.model_validate(json.loads(text))

@@ -5,7 +5,8 @@ An unknown name raises `UnknownNameError` listing the valid names; nothing is gu
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from edgeav.errors import UnknownNameError
 

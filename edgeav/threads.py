@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Mapping, MutableMapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ class ThreadPlan:
         if self.torch_intra is None:
             head = "threads: library defaults (torch, onnxruntime one per core, OpenMP spinning)"
         else:
-            head = (f"threads: torch {self.torch_intra} (intra) {self.torch_inter} (inter), onnxruntime "
-                    f"{self.onnxruntime}, OpenMP {'passive' if self.openmp_passive else 'spinning'} ({self.source})")
+            head = (
+                f"threads: torch {self.torch_intra} (intra) {self.torch_inter} (inter), onnxruntime "
+                f"{self.onnxruntime}, OpenMP {'passive' if self.openmp_passive else 'spinning'} ({self.source})"
+            )
         return f"{head}; cores free {self.cores_free} of {self.cores_usable}"
 
 
@@ -57,8 +60,13 @@ def _omp_num_threads(environ: Mapping[str, str]) -> int | None:
     return int(raw) if raw.isdigit() and int(raw) > 0 else None
 
 
-def plan_threads(cfg: Any, *, cores_usable: int | None = None, load_1min: float | None = None,
-                 environ: Mapping[str, str] | None = None) -> ThreadPlan:
+def plan_threads(
+    cfg: Any,
+    *,
+    cores_usable: int | None = None,
+    load_1min: float | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ThreadPlan:
     """The plan for a `ThreadsConfig` (intra_op "auto" | "default" | n, inter_op, openmp_passive). auto: the cores
     free shared by torchrun's processes on this machine (LOCAL_WORLD_SIZE), unless OMP_NUM_THREADS says. Pure when
     `cores_usable`, `load_1min` and `environ` are given; else they are read from this machine."""
@@ -91,8 +99,9 @@ def openmp_environment(plan: ThreadPlan, environ: Mapping[str, str] | None = Non
 _applied: ThreadPlan | None = None
 
 
-def apply_threads(plan: ThreadPlan, environ: MutableMapping[str, str] | None = None,
-                  level: int = logging.INFO) -> ThreadPlan:
+def apply_threads(
+    plan: ThreadPlan, environ: MutableMapping[str, str] | None = None, level: int = logging.INFO
+) -> ThreadPlan:
     """Set the OpenMP environment (effective only if torch is not loaded yet), then torch's thread counts, and
     remember the plan for ONNX Runtime sessions (`onnxruntime_threads`). Logs the plan once, at `level`."""
     global _applied
@@ -119,8 +128,10 @@ def _set_torch(plan: ThreadPlan) -> None:
         try:
             torch.set_num_interop_threads(int(plan.torch_inter))
         except RuntimeError:  # settable once, before any inter-op work: a second command in the same process
-            log.warning("threads: torch's inter-op pool was already started with %d threads; it keeps them",
-                        torch.get_num_interop_threads())
+            log.warning(
+                "threads: torch's inter-op pool was already started with %d threads; it keeps them",
+                torch.get_num_interop_threads(),
+            )
 
 
 def onnxruntime_threads() -> int | None:

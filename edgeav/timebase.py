@@ -55,8 +55,10 @@ class DriftCorrector:
 
     def __init__(self, block_ns: int = 10 * NS_PER_S, fit_blocks: int = 60, min_blocks: int = 3) -> None:
         if block_ns <= 0 or fit_blocks < 2 or not 2 <= min_blocks <= fit_blocks:
-            raise ValueError(f"DriftCorrector needs block_ns > 0 and 2 <= min_blocks <= fit_blocks, got "
-                             f"{block_ns}, {min_blocks}, {fit_blocks}")
+            raise ValueError(
+                f"DriftCorrector needs block_ns > 0 and 2 <= min_blocks <= fit_blocks, got "
+                f"{block_ns}, {min_blocks}, {fit_blocks}"
+            )
         self.block_ns, self.fit_blocks, self.min_blocks = int(block_ns), int(fit_blocks), int(min_blocks)
         self._blocks: list[tuple[int, int]] = []  # (stream end ns, least delay ns) per finished block
         self._block_end: int | None = None  # stream time at which the current block ends

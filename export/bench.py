@@ -24,9 +24,10 @@ import multiprocessing as mp
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -69,9 +70,11 @@ class _Runner:
 def _inputs(contract: InputContract, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     shapes = contract.shapes(batch)
-    return {"audio": (0.1 * rng.standard_normal(shapes["audio"])).astype(np.float32),  # (B, T)
-            "image": rng.integers(0, 256, shapes["image"], dtype=np.uint8),  # (B, 3, H, W)
-            "mask": np.ones(shapes["mask"], np.float32)}  # (B, 2)
+    return {
+        "audio": (0.1 * rng.standard_normal(shapes["audio"])).astype(np.float32),  # (B, T)
+        "image": rng.integers(0, 256, shapes["image"], dtype=np.uint8),  # (B, 3, H, W)
+        "mask": np.ones(shapes["mask"], np.float32),
+    }  # (B, 2)
 
 
 def _ort_runner(name: str, path: Path, contract: InputContract, threads: int) -> _Runner:
@@ -162,8 +165,11 @@ def _throughput(r: _Runner, s: BenchSettings) -> dict[str, Any]:
             n += 1
         per_batch[b] = b * n / ((time.perf_counter_ns() - t) / 1e9)
     best = max(per_batch, key=per_batch.__getitem__)
-    return {"throughput_per_s": round(per_batch[best], 2), "best_batch": best,
-            "throughput_by_batch": {str(k): round(v, 2) for k, v in per_batch.items()}}
+    return {
+        "throughput_per_s": round(per_batch[best], 2),
+        "best_batch": best,
+        "throughput_by_batch": {str(k): round(v, 2) for k, v in per_batch.items()},
+    }
 
 
 # ------------------------------------------------------------------------------------------- peak memory
@@ -189,8 +195,6 @@ def _memory_child(kind: str, path: str, contract_json: str, threads: int, queue:
     contract = InputContract.model_validate_json(contract_json)
     try:
         if kind == "torch":
-            import torch
-
             from edgeav.train.models import load_checkpoint
 
             base = _rss_mib()
@@ -247,14 +251,23 @@ def run_bench(bundle: str | Path, settings: BenchSettings | None = None) -> dict
             skipped[name] = f"the bundle has no {role}"
     if not any(r.name.startswith("ort_") for r in runners):
         raise BundleError(f"{info.path}: no ONNX model to bench")
-    log.info("benchmarking %s: %s (%d rounds x %d iterations, interleaved)", info.path.name,
-             ", ".join(r.name for r in runners), s.rounds, s.iters_per_round)
+    log.info(
+        "benchmarking %s: %s (%d rounds x %d iterations, interleaved)",
+        info.path.name,
+        ", ".join(r.name for r in runners),
+        s.rounds,
+        s.iters_per_round,
+    )
     _time_latency(runners, s)
     backends: dict[str, Any] = {}
     for r in runners:
-        d: dict[str, Any] = {"precision": r.precision, "p50_ms": round(_percentile_ms(r.times_ns, 50), 3),
-                             "p95_ms": round(_percentile_ms(r.times_ns, 95), 3),
-                             "mean_ms": round(float(np.mean(r.times_ns)) / 1e6, 3), "n": len(r.times_ns)}
+        d: dict[str, Any] = {
+            "precision": r.precision,
+            "p50_ms": round(_percentile_ms(r.times_ns, 50), 3),
+            "p95_ms": round(_percentile_ms(r.times_ns, 95), 3),
+            "mean_ms": round(float(np.mean(r.times_ns)) / 1e6, 3),
+            "n": len(r.times_ns),
+        }
         d.update(_throughput(r, s))
         if r.size_bytes is not None:
             d["size_bytes"] = r.size_bytes
@@ -284,11 +297,21 @@ def run_bench(bundle: str | Path, settings: BenchSettings | None = None) -> dict
         "bundle": str(info.path),
         "profile": info.profile_name,
         "model": (info.manifest.arch or {}).get("name"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "threads": s.threads or "default"},
-        "settings": {"warmup": s.warmup, "rounds": s.rounds, "iters_per_round": s.iters_per_round,
-                     "throughput_iters": s.throughput_iters, "throughput_budget_s": s.throughput_budget_s,
-                     "interleaved": True, "ort_thread_spinning": False},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "threads": s.threads or "default",
+        },
+        "settings": {
+            "warmup": s.warmup,
+            "rounds": s.rounds,
+            "iters_per_round": s.iters_per_round,
+            "throughput_iters": s.throughput_iters,
+            "throughput_budget_s": s.throughput_budget_s,
+            "interleaved": True,
+            "ort_thread_spinning": False,
+        },
         "backends": backends,
         "int8_vs_fp32_p50_ratio": ratio,
         "target_ratio": TARGET_RATIO,
@@ -309,11 +332,15 @@ def one_line(r: dict[str, Any]) -> str:
             continue
         size = f", {d['size_mib']:.2f} MiB" if "size_mib" in d else ""
         mem = f", peak RSS {d['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in d else ""
-        parts.append(f"{name} p50 {d['p50_ms']:.2f} ms p95 {d['p95_ms']:.2f} ms, {d['throughput_per_s']:.1f}/s at "
-                     f"batch {d['best_batch']}{size}{mem}")
+        parts.append(
+            f"{name} p50 {d['p50_ms']:.2f} ms p95 {d['p95_ms']:.2f} ms, {d['throughput_per_s']:.1f}/s at "
+            f"batch {d['best_batch']}{size}{mem}"
+        )
     if r["int8_vs_fp32_p50_ratio"] is not None:
-        parts.append(f"INT8/FP32 p50 ratio {r['int8_vs_fp32_p50_ratio']:.2f} (target <= {r['target_ratio']:g}: "
-                     f"{'met' if r['target_met'] else 'NOT met'})")
+        parts.append(
+            f"INT8/FP32 p50 ratio {r['int8_vs_fp32_p50_ratio']:.2f} (target <= {r['target_ratio']:g}: "
+            f"{'met' if r['target_met'] else 'NOT met'})"
+        )
     return "; ".join(parts)
 
 

@@ -14,8 +14,8 @@ import re
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from edgeav.errors import BundleError
 from edgeav.manifest import ArtifactManifest, sha256_file
@@ -33,9 +33,16 @@ def bundle_file_name(role: str, src: Path) -> str:
     return role + "".join(src.suffixes)
 
 
-def write_bundle(out_dir: str | Path, files: Mapping[str, str | Path], manifest: ArtifactManifest,
-                 profile_name: str, tool_versions: Mapping[str, str], *, overwrite: bool = False,
-                 tarball: bool = True) -> Path:
+def write_bundle(
+    out_dir: str | Path,
+    files: Mapping[str, str | Path],
+    manifest: ArtifactManifest,
+    profile_name: str,
+    tool_versions: Mapping[str, str],
+    *,
+    overwrite: bool = False,
+    tarball: bool = True,
+) -> Path:
     """Write the bundle at `out_dir` (and `out_dir`.tar.gz); returns `out_dir`.
 
     `files` maps a role to a file to copy in. The manifest is copied with kind "bundle" and `extra` gaining
@@ -63,11 +70,19 @@ def write_bundle(out_dir: str | Path, files: Mapping[str, str | Path], manifest:
             shutil.copyfile(src, tmp / name)
             entries[role] = {"path": name, "sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
         (tmp / LABELS_NAME).write_text("\n".join(manifest.labels) + "\n", encoding="utf-8")
-        entries["labels"] = {"path": LABELS_NAME, "sha256": sha256_file(tmp / LABELS_NAME),
-                             "bytes": (tmp / LABELS_NAME).stat().st_size}
+        entries["labels"] = {
+            "path": LABELS_NAME,
+            "sha256": sha256_file(tmp / LABELS_NAME),
+            "bytes": (tmp / LABELS_NAME).stat().st_size,
+        }
         extra = dict(manifest.extra)
-        extra.update({"files": entries, "target_profile": profile_name,
-                      "tool_versions": {str(k): str(v) for k, v in tool_versions.items()}})
+        extra.update(
+            {
+                "files": entries,
+                "target_profile": profile_name,
+                "tool_versions": {str(k): str(v) for k, v in tool_versions.items()},
+            }
+        )
         bundled = manifest.model_copy(update={"kind": "bundle", "extra": extra})
         (tmp / MANIFEST_NAME).write_text(bundled.to_json() + "\n", encoding="utf-8")
         verify_bundle(tmp)  # what we ship must pass what the field unit checks
@@ -87,8 +102,13 @@ def write_bundle(out_dir: str | Path, files: Mapping[str, str | Path], manifest:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp_tar.unlink(missing_ok=True)
         raise
-    log.info("wrote bundle %s (%d files, profile %s)%s", out_dir, len(entries), profile_name,
-             f" and {tar_path.name}" if tarball else "")
+    log.info(
+        "wrote bundle %s (%d files, profile %s)%s",
+        out_dir,
+        len(entries),
+        profile_name,
+        f" and {tar_path.name}" if tarball else "",
+    )
     return out_dir
 
 

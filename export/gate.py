@@ -8,9 +8,10 @@ compares two such scores. Accuracy and recall are in percent (0..100), drops in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,12 +31,17 @@ class ClassificationMetrics:
     n: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "per_class_recall": dict(self.per_class_recall),
-                "support": dict(self.support), "n": self.n}
+        return {
+            "accuracy": self.accuracy,
+            "per_class_recall": dict(self.per_class_recall),
+            "support": dict(self.support),
+            "n": self.n,
+        }
 
 
-def metrics_from_predictions(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                             labels: Sequence[str]) -> ClassificationMetrics:
+def metrics_from_predictions(
+    y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, labels: Sequence[str]
+) -> ClassificationMetrics:
     t, p = np.asarray(y_true, dtype=np.int64).ravel(), np.asarray(y_pred, dtype=np.int64).ravel()
     if t.shape != p.shape or t.size == 0:
         raise ExportError(f"cannot score: {t.size} labels for {p.size} predictions")
@@ -50,9 +56,15 @@ def metrics_from_predictions(y_true: Sequence[int] | np.ndarray, y_pred: Sequenc
     return ClassificationMetrics(float(100.0 * (t == p).mean()), recall, support, int(t.size))
 
 
-def evaluate_onnx(model_path: str | Path, samples: Iterable[tuple[Mapping[str, np.ndarray], Any]],
-                  labels: Sequence[str], *, output: str = "logits", simulate_qdq: bool = False,
-                  providers: Sequence[str] = ("cpu",)) -> ClassificationMetrics:
+def evaluate_onnx(
+    model_path: str | Path,
+    samples: Iterable[tuple[Mapping[str, np.ndarray], Any]],
+    labels: Sequence[str],
+    *,
+    output: str = "logits",
+    simulate_qdq: bool = False,
+    providers: Sequence[str] = ("cpu",),
+) -> ClassificationMetrics:
     """Accuracy and per-class recall of the ONNX model at `model_path` on `samples`.
 
     `samples` yields (feeds, label): feeds {audio, image, mask} with a batch axis, label an int or an array of
@@ -90,15 +102,23 @@ class GateResult:
     max_class_drop_points: float = 5.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "accuracy_drop_points": self.accuracy_drop_points,
-                "class_drop_points": dict(self.class_drop_points), "failures": list(self.failures),
-                "max_drop_points": self.max_drop_points, "max_class_drop_points": self.max_class_drop_points}
+        return {
+            "passed": self.passed,
+            "accuracy_drop_points": self.accuracy_drop_points,
+            "class_drop_points": dict(self.class_drop_points),
+            "failures": list(self.failures),
+            "max_drop_points": self.max_drop_points,
+            "max_class_drop_points": self.max_class_drop_points,
+        }
 
     def raise_if_failed(self) -> None:
         if not self.passed:
-            raise ExportError("INT8 model refused by the accuracy gate: " + "; ".join(self.failures)
-                              + " (keep fragile nodes in float, calibrate on more data, or raise --max-drop / "
-                              "--max-class-drop)")
+            raise ExportError(
+                "INT8 model refused by the accuracy gate: "
+                + "; ".join(self.failures)
+                + " (keep fragile nodes in float, calibrate on more data, or raise --max-drop / "
+                "--max-class-drop)"
+            )
 
 
 def _as_metrics(m: ClassificationMetrics | Mapping[str, Any]) -> tuple[float, dict[str, float]]:
@@ -110,9 +130,12 @@ def _as_metrics(m: ClassificationMetrics | Mapping[str, Any]) -> tuple[float, di
         raise ExportError(f"metrics need 'accuracy' and 'per_class_recall' (percent): {e}") from None
 
 
-def accuracy_gate(fp32_metrics: ClassificationMetrics | Mapping[str, Any],
-                  int8_metrics: ClassificationMetrics | Mapping[str, Any],
-                  max_drop_points: float = 1.0, max_class_drop_points: float = 5.0) -> GateResult:
+def accuracy_gate(
+    fp32_metrics: ClassificationMetrics | Mapping[str, Any],
+    int8_metrics: ClassificationMetrics | Mapping[str, Any],
+    max_drop_points: float = 1.0,
+    max_class_drop_points: float = 5.0,
+) -> GateResult:
     """Compare INT8 with FP32: the overall accuracy may drop at most `max_drop_points`, the recall of any class at
     most `max_class_drop_points` (percentage points). The result lists each failure with its figures."""
     acc32, rec32 = _as_metrics(fp32_metrics)
@@ -128,8 +151,10 @@ def accuracy_gate(fp32_metrics: ClassificationMetrics | Mapping[str, Any],
             continue
         class_drops[name] = d = round(r32 - rec8[name], 6)
         if d > max_class_drop_points:
-            failures.append(f"class {name!r} recall fell {d:.2f} points ({r32:.2f} -> {rec8[name]:.2f} %), "
-                            f"more than {max_class_drop_points:g}")
+            failures.append(
+                f"class {name!r} recall fell {d:.2f} points ({r32:.2f} -> {rec8[name]:.2f} %), "
+                f"more than {max_class_drop_points:g}"
+            )
     res = GateResult(not failures, drop, class_drops, failures, max_drop_points, max_class_drop_points)
     if res.passed:
         worst = max(class_drops.items(), key=lambda kv: kv[1], default=("-", 0.0))

@@ -33,8 +33,9 @@ import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from edgeav.errors import ExportError
 from edgeav.export.parity import (  # noqa: F401 - the parity check's names, re-exported where they were
@@ -60,14 +61,16 @@ def _rename_nodes(model_proto: Any, frontend_children: Sequence[str], classifier
     """Drop the wrapper scope and put the front end under /frontend/; returns how many nodes are front end."""
     clash = sorted(set(frontend_children) & set(classifier_children))
     if clash:
-        raise ExportError(f"front end submodule name(s) {clash} clash with the classifier's own submodules; "
-                          "cannot tell their ONNX nodes apart")
+        raise ExportError(
+            f"front end submodule name(s) {clash} clash with the classifier's own submodules; "
+            "cannot tell their ONNX nodes apart"
+        )
     n_front = 0
     seen: set[str] = set()
     for node in model_proto.graph.node:
         name = node.name
         if name.startswith(WRAPPER_SCOPE + "/"):
-            name = name[len(WRAPPER_SCOPE):]
+            name = name[len(WRAPPER_SCOPE) :]
         for child in frontend_children:
             if name.startswith(f"/{child}/"):
                 name = FRONTEND_SCOPE + name
@@ -101,11 +104,14 @@ def _sliced_pool_class() -> type:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., n_1, ..., n_k) -> (..., m_1, ..., m_k)
             k = len(self.output_size)
-            sizes = [int(n) for n in x.shape[x.dim() - k:]]  # static spatial sizes (the batch axis may be symbolic)
+            sizes = [int(n) for n in x.shape[x.dim() - k :]]  # static spatial sizes (the batch axis may be symbolic)
             want = [n if m is None else int(m) for n, m in zip(sizes, self.output_size)]
             if all(n % m == 0 for n, m in zip(sizes, want)):
-                fn = (torch.nn.functional.adaptive_avg_pool1d, torch.nn.functional.adaptive_avg_pool2d,
-                      torch.nn.functional.adaptive_avg_pool3d)[k - 1]
+                fn = (
+                    torch.nn.functional.adaptive_avg_pool1d,
+                    torch.nn.functional.adaptive_avg_pool2d,
+                    torch.nn.functional.adaptive_avg_pool3d,
+                )[k - 1]
                 return fn(x, want if k > 1 else want[0])
             out = x
             for i, (n, m) in enumerate(zip(sizes, want)):
@@ -153,8 +159,9 @@ def exportable_copy(model: Any) -> tuple[Any, list[str]]:
     return twin, targets
 
 
-def export_onnx(model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
-                simplify: bool = True) -> Path:
+def export_onnx(
+    model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, simplify: bool = True
+) -> Path:
     """Export an AVClassifier (edgeav.train.models) to ONNX at `out_path`: inputs audio (B, S) float32, image
     (B, 3, H, W) uint8 (a clip model, T = contract.image.n_frames > 1: (B, T, 3, H, W), T static), mask (B, 2)
     float32; outputs logits, logits_audio, logits_image (B, C). Returns the path."""
@@ -177,9 +184,17 @@ def export_onnx(model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET,
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the legacy exporter's deprecation and constant-folding notes
-                torch.onnx.export(wrapper, example, str(raw), input_names=list(INPUT_NAMES),
-                                  output_names=list(OUTPUT_NAMES), opset_version=int(opset), dynamo=False,
-                                  do_constant_folding=True, dynamic_axes=dynamic_axes)
+                torch.onnx.export(
+                    wrapper,
+                    example,
+                    str(raw),
+                    input_names=list(INPUT_NAMES),
+                    output_names=list(OUTPUT_NAMES),
+                    opset_version=int(opset),
+                    dynamo=False,
+                    do_constant_folding=True,
+                    dynamic_axes=dynamic_axes,
+                )
         except Exception as e:
             raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
         finally:
@@ -196,15 +211,23 @@ def export_onnx(model: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET,
     prune_discarded_columns(proto)  # exact: DFT columns no mel filter reads (BirdNET's spectrograms)
     n_front = sum(1 for n in proto.graph.node if n.name.startswith(FRONTEND_SCOPE + "/"))
     if n_front == 0:
-        raise ExportError("the exported graph has no node named /frontend/...: the log-mel front end could not be "
-                          "located, so INT8 could not keep it in float")
+        raise ExportError(
+            "the exported graph has no node named /frontend/...: the log-mel front end could not be "
+            "located, so INT8 could not keep it in float"
+        )
     got = {o.domain or "ai.onnx": o.version for o in proto.opset_import}
     if got.get("ai.onnx") != int(opset):
         raise ExportError(f"the exporter wrote opset {got.get('ai.onnx')}, not the {opset} asked for")
     check_model(proto)
     onnx.save(proto, str(out_path))
-    log.info("exported %s: opset %d, %s batch, %d nodes (%d in the front end)", out_path.name, opset,
-             "dynamic" if dynamic_batch else "static", len(proto.graph.node), n_front)
+    log.info(
+        "exported %s: opset %d, %s batch, %d nodes (%d in the front end)",
+        out_path.name,
+        opset,
+        "dynamic" if dynamic_batch else "static",
+        len(proto.graph.node),
+        n_front,
+    )
     return out_path
 
 
@@ -266,8 +289,9 @@ def manifest_from_onnx(path: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ FP16
 
 
-def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, keep_float_prefixes: Sequence[str] = (FRONTEND_SCOPE + "/",)
-                 ) -> tuple[Path, dict[str, Any]]:
+def convert_fp16(
+    fp32_path: str | Path, out_path: str | Path, *, keep_float_prefixes: Sequence[str] = (FRONTEND_SCOPE + "/",)
+) -> tuple[Path, dict[str, Any]]:
     """Half-precision copy of an FP32 ONNX model: inputs and outputs keep their types (float32 / uint8); the front
     end (power spectrum, mel, log) stays in float32, where FP16 would overflow (power values above 65504), and so
     does every part the model declares float-only (pass `edgeav.export.quantize.model_float_prefixes(arch)`)."""
@@ -287,8 +311,11 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, *, keep_float_pref
     check_model(half)
     out_path = Path(out_path)
     onnx.save(half, str(out_path))
-    info = {"converter": "onnxruntime.transformers.float16.convert_float_to_float16", "keep_io_types": True,
-            "float32_nodes": keep}
+    info = {
+        "converter": "onnxruntime.transformers.float16.convert_float_to_float16",
+        "keep_io_types": True,
+        "float32_nodes": keep,
+    }
     log.info("wrote %s (FP16; %d front end nodes kept in float32)", out_path.name, len(keep))
     return out_path, info
 
@@ -414,6 +441,21 @@ def _toposort(graph: Any) -> None:
     graph.node.extend(copies)
 
 
-__all__ = ["DEFAULT_OPSET", "METADATA_KEY", "OUTPUT_NAMES", "PARITY_MAX_ABS_DIFF", "ParityReport", "check_model",
-           "compare_outputs", "convert_fp16", "export_onnx", "exportable_copy", "manifest_from_onnx", "onnx_outputs",
-           "parity_check", "read_metadata", "set_metadata", "torch_outputs"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "METADATA_KEY",
+    "OUTPUT_NAMES",
+    "PARITY_MAX_ABS_DIFF",
+    "ParityReport",
+    "check_model",
+    "compare_outputs",
+    "convert_fp16",
+    "export_onnx",
+    "exportable_copy",
+    "manifest_from_onnx",
+    "onnx_outputs",
+    "parity_check",
+    "read_metadata",
+    "set_metadata",
+    "torch_outputs",
+]

@@ -44,8 +44,15 @@ def _ranks(proto: Any) -> dict[str, int]:
     return {v.name: len(v.type.tensor_type.shape.dim) for v in vis if v.type.tensor_type.HasField("shape")}
 
 
-def _chain(graph: Any, head: Any, n_cols: int, inits: dict[str, Any], consumers: dict[str, list[Any]],
-           outputs: set[str], ranks: dict[str, int]) -> tuple[list[Any], Any] | None:
+def _chain(
+    graph: Any,
+    head: Any,
+    n_cols: int,
+    inits: dict[str, Any],
+    consumers: dict[str, list[Any]],
+    outputs: set[str],
+    ranks: dict[str, int],
+) -> tuple[list[Any], Any] | None:
     """(nodes between, the mel MatMul) when `head`'s output reaches a MatMul through column-preserving ops only."""
     between: list[Any] = []
     t = head.output[0]
@@ -108,8 +115,11 @@ def prune_discarded_columns(proto: Any) -> list[dict[str, Any]]:
         if mel is None or mel.ndim != 2 or mel.shape[0] != basis.shape[1]:
             continue
         kept = np.flatnonzero(np.any(mel != 0, axis=1))
-        shared = [n for n in (head.input[1], tail.input[1], *(r.input[1] for r in between if r.op_type == "Reshape"))
-                  if uses.get(n, 0) != 1]
+        shared = [
+            n
+            for n in (head.input[1], tail.input[1], *(r.input[1] for r in between if r.op_type == "Reshape"))
+            if uses.get(n, 0) != 1
+        ]
         if len(kept) == 0 or len(kept) == basis.shape[1] or shared:
             continue
         b_init, m_init = inits[head.input[1]], inits[tail.input[1]]
@@ -124,10 +134,16 @@ def prune_discarded_columns(proto: Any) -> list[dict[str, Any]]:
         vis = [v for v in graph.value_info if v.name not in stale]
         del graph.value_info[:]
         graph.value_info.extend(vis)
-        done.append({"matmul": head.name, "columns": int(basis.shape[1]), "kept": int(len(kept)),
-                     "mel_matmul": tail.name})
-        log.info("pruned %s: %d of %d DFT columns are read by the mel filter %s", head.name, len(kept),
-                 basis.shape[1], tail.name)
+        done.append(
+            {"matmul": head.name, "columns": int(basis.shape[1]), "kept": int(len(kept)), "mel_matmul": tail.name}
+        )
+        log.info(
+            "pruned %s: %d of %d DFT columns are read by the mel filter %s",
+            head.name,
+            len(kept),
+            basis.shape[1],
+            tail.name,
+        )
     return done
 
 

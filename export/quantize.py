@@ -26,9 +26,10 @@ import itertools
 import logging
 import math
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -56,11 +57,19 @@ def _form_options(form: str) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType
 
     if form == "trt_symmetric":
-        return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8, "per_channel": True,
-                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
+        return {
+            "activation_type": QuantType.QInt8,
+            "weight_type": QuantType.QInt8,
+            "per_channel": True,
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        }
     if form == "ort_u8s8":
-        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, "per_channel": True,
-                "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
+        return {
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            "per_channel": True,
+            "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True},
+        }
     raise ExportError(f"unknown INT8 form {form!r}; valid: {', '.join(INT8_FORMS)}")
 
 
@@ -167,8 +176,10 @@ def check_float_prefixes(model_path: str | Path, prefixes: Sequence[str]) -> dic
     counts = {p: sum(1 for n in names if n.startswith(p)) for p in prefixes}
     lost = [p for p, c in counts.items() if c == 0]
     if lost:
-        raise ExportError(f"{Path(model_path).name}: no node named {lost[0]}... although the model declares it "
-                          f"float-only; it could not be kept out of INT8/FP16")
+        raise ExportError(
+            f"{Path(model_path).name}: no node named {lost[0]}... although the model declares it "
+            f"float-only; it could not be kept out of INT8/FP16"
+        )
     return counts
 
 
@@ -229,11 +240,13 @@ def quantize_int8(
             src = Path(tmp) / "pre.onnx"
             try:
                 # shape inference only: graph optimization could rename or fuse the /frontend/ nodes
-                quant_pre_process(str(fp32_path), str(src), skip_optimization=True, skip_onnx_shape=False,
-                                  skip_symbolic_shape=False)
+                quant_pre_process(
+                    str(fp32_path), str(src), skip_optimization=True, skip_onnx_shape=False, skip_symbolic_shape=False
+                )
             except Exception as e:  # symbolic shape inference fails on some graphs; plain shapes are enough
-                log.warning("quantization pre-processing failed (%s: %s); quantizing the model as exported",
-                            type(e).__name__, e)
+                log.warning(
+                    "quantization pre-processing failed (%s: %s); quantizing the model as exported", type(e).__name__, e
+                )
                 src = fp32_path
         model = onnx.load(str(src), load_external_data=False)
         names = [n.name for n in model.graph.node]
@@ -242,25 +255,45 @@ def quantize_int8(
             raise ExportError(f"nodes to keep in float not found in {fp32_path.name}: {unknown[:5]}")
         prefixed = [n for n in names if n.startswith(tuple(float_prefixes))]
         if not prefixed:
-            log.warning("no node name starts with %s in %s: nothing of a front end is kept in float",
-                        list(float_prefixes), fp32_path.name)
+            log.warning(
+                "no node name starts with %s in %s: nothing of a front end is kept in float",
+                list(float_prefixes),
+                fp32_path.name,
+            )
         exclude = sorted(set(prefixed) | set(extra_float_nodes))
         n_inits = len(model.graph.initializer)
         _private_initializers(model.graph, set(exclude))  # a float node must not read a weight quantized for another
         if len(model.graph.initializer) > n_inits:
-            log.info("%d initializer(s) shared by float-kept and quantized nodes copied for the float ones",
-                     len(model.graph.initializer) - n_inits)
+            log.info(
+                "%d initializer(s) shared by float-kept and quantized nodes copied for the float ones",
+                len(model.graph.initializer) - n_inits,
+            )
             src = Path(tmp) / "private.onnx"
             onnx.save(model, str(src))
         reader = _make_reader(it, _input_names(model))
-        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                  "percentile": CalibrationMethod.Percentile}[calibrate_method]
-        log.info("quantizing %s to INT8 (%s, %s calibration); %d node(s) kept in float", fp32_path.name, form,
-                 calibrate_method, len(exclude))
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile,
+        }[calibrate_method]
+        log.info(
+            "quantizing %s to INT8 (%s, %s calibration); %d node(s) kept in float",
+            fp32_path.name,
+            form,
+            calibrate_method,
+            len(exclude),
+        )
         tmp_out = Path(tmp) / "int8.onnx"
         try:
-            quantize_static(str(src), str(tmp_out), reader, quant_format=QuantFormat.QDQ,
-                            nodes_to_exclude=exclude, calibrate_method=method, **opts)
+            quantize_static(
+                str(src),
+                str(tmp_out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                nodes_to_exclude=exclude,
+                calibrate_method=method,
+                **opts,
+            )
         except ExportError:
             raise
         except Exception as e:
@@ -271,8 +304,10 @@ def quantize_int8(
         n_q = sum(1 for n in qmodel.graph.node if n.op_type == "QuantizeLinear")
         n_dq = sum(1 for n in qmodel.graph.node if n.op_type == "DequantizeLinear")
         if n_q == 0:
-            raise ExportError(f"INT8 quantization of {fp32_path.name} inserted no QuantizeLinear node: "
-                              "nothing was quantized (is every node kept in float?)")
+            raise ExportError(
+                f"INT8 quantization of {fp32_path.name} inserted no QuantizeLinear node: "
+                "nothing was quantized (is every node kept in float?)"
+            )
         onnx.save(qmodel, str(out_path))
     info = {
         "form": form,
@@ -294,8 +329,9 @@ def quantize_int8(
     return out_path, info
 
 
-def quantize_for_device(fp32_path: str | Path, out_path: str | Path, feeds: Iterable[Feeds] | None,
-                        profile: DeviceProfile, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+def quantize_for_device(
+    fp32_path: str | Path, out_path: str | Path, feeds: Iterable[Feeds] | None, profile: DeviceProfile, **kwargs: Any
+) -> tuple[Path, dict[str, Any]]:
     """`quantize_int8` in the form `profile` needs; DeviceError where the profile has no fast INT8."""
     form = form_for_profile(profile)
     kwargs.setdefault("reduce_range", bool(getattr(profile, "int8_reduce_range", False)))
@@ -307,7 +343,9 @@ def quantize_for_device(fp32_path: str | Path, out_path: str | Path, feeds: Iter
 # ------------------------------------------------------------------------------------------- sensitivity
 
 
-def _run(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], output: str, simulate_qdq: bool = False) -> np.ndarray:
+def _run(
+    model_path: Path, feeds: Sequence[dict[str, np.ndarray]], output: str, simulate_qdq: bool = False
+) -> np.ndarray:
     """`output` over all `feeds`, concatenated on the batch axis (`simulate_qdq`: see `onnx_runner`)."""
     runner = onnx_runner(model_path, [output], simulate_qdq=simulate_qdq)
     return np.concatenate([r[output] for r in run_all(runner, feeds)], axis=0)
@@ -315,8 +353,13 @@ def _run(model_path: Path, feeds: Sequence[dict[str, np.ndarray]], output: str, 
 
 def logits_error(reference: np.ndarray, other: np.ndarray) -> float:
     """RMS difference relative to the RMS of the reference (0 = identical): the comparator's `rel_rms_error`."""
-    rep = compare_outputs([{"logits": reference}], [{"logits": other}], max_abs_diff=math.inf, min_agreement=0.0,
-                          reference_name="the float model")
+    rep = compare_outputs(
+        [{"logits": reference}],
+        [{"logits": other}],
+        max_abs_diff=math.inf,
+        min_agreement=0.0,
+        reference_name="the float model",
+    )
     return rep.rel_rms_error["logits"]
 
 
@@ -330,8 +373,12 @@ class SensitivityReport:
     fragile_nodes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"baseline_error": self.baseline_error, "error_without": dict(self.error_without),
-                "fragile_op_types": list(self.fragile_op_types), "fragile_nodes": list(self.fragile_nodes)}
+        return {
+            "baseline_error": self.baseline_error,
+            "error_without": dict(self.error_without),
+            "fragile_op_types": list(self.fragile_op_types),
+            "fragile_nodes": list(self.fragile_nodes),
+        }
 
 
 def sensitivity_check(
@@ -366,10 +413,19 @@ def sensitivity_check(
             candidates.setdefault(n.op_type, []).append(n.name)
 
     with tempfile.TemporaryDirectory(prefix="edgeav-sens-") as tmp:
+
         def trial(extra: Sequence[str], tag: str) -> float:
             out = Path(tmp) / f"{tag}.onnx"
-            quantize_int8(fp32_path, out, batch, form, extra_float_nodes=extra, float_prefixes=float_prefixes,
-                          reduce_range=reduce_range, preprocess=False)
+            quantize_int8(
+                fp32_path,
+                out,
+                batch,
+                form,
+                extra_float_nodes=extra,
+                float_prefixes=float_prefixes,
+                reduce_range=reduce_range,
+                preprocess=False,
+            )
             return logits_error(ref, _run(out, batch, output, simulate_qdq=form == "trt_symmetric"))
 
         base = trial((), "base")
@@ -382,18 +438,58 @@ def sensitivity_check(
     ranked = sorted((e, t) for t, e in errors.items() if base - e >= min_gain * base and base > 0)
     fragile = [t for _, t in ranked[:max_op_types]]
     report = SensitivityReport(base, errors, fragile, sorted(n for t in fragile for n in candidates[t]))
-    log.info("sensitivity: baseline relative logits error %.4f; %s", base,
-             ", ".join(f"{t} in float -> {e:.4f}" for t, e in sorted(errors.items())) or "no candidates")
+    log.info(
+        "sensitivity: baseline relative logits error %.4f; %s",
+        base,
+        ", ".join(f"{t} in float -> {e:.4f}" for t, e in sorted(errors.items())) or "no candidates",
+    )
     return report
 
 
 # op types ONNX Runtime's QDQ quantizer quantizes (its registry, the ones that matter for CNN/attention models)
-_QUANTIZABLE = frozenset({
-    "Conv", "ConvTranspose", "MatMul", "Gemm", "Add", "Mul", "Relu", "Clip", "LeakyRelu", "Sigmoid", "Softmax",
-    "MaxPool", "AveragePool", "GlobalAveragePool", "Concat", "Resize", "InstanceNormalization",
-    "LayerNormalization", "Where", "Gather", "Transpose", "Reshape", "Split", "Pad", "Squeeze", "Unsqueeze",
-})
+_QUANTIZABLE = frozenset(
+    {
+        "Conv",
+        "ConvTranspose",
+        "MatMul",
+        "Gemm",
+        "Add",
+        "Mul",
+        "Relu",
+        "Clip",
+        "LeakyRelu",
+        "Sigmoid",
+        "Softmax",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "Concat",
+        "Resize",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "Where",
+        "Gather",
+        "Transpose",
+        "Reshape",
+        "Split",
+        "Pad",
+        "Squeeze",
+        "Unsqueeze",
+    }
+)
 
-__all__ = ["FLOAT_PREFIXES", "INT8_FORMS", "NO_CALIB_MSG", "SensitivityReport", "check_float_prefixes",
-           "float_node_names", "form_for_profile", "logits_error", "model_float_prefixes", "quantize_for_device",
-           "quantize_int8", "sensitivity_check", "with_missing_modalities"]
+__all__ = [
+    "FLOAT_PREFIXES",
+    "INT8_FORMS",
+    "NO_CALIB_MSG",
+    "SensitivityReport",
+    "check_float_prefixes",
+    "float_node_names",
+    "form_for_profile",
+    "logits_error",
+    "model_float_prefixes",
+    "quantize_for_device",
+    "quantize_int8",
+    "sensitivity_check",
+    "with_missing_modalities",
+]

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +54,10 @@ def dataset_for_checkpoint(train_config: dict[str, Any], labels: Sequence[str], 
         raise ExportError(f"the checkpoint's data: section is not valid here: {str(e).splitlines()[0]}") from None
     path = data_path if data_path is not None else cfg.path
     if path is None:
-        raise ExportError("no data to check the export on: pass --calib-data PATH (the data set the checkpoint was "
-                          "trained on); the checkpoint stores no data.path")
+        raise ExportError(
+            "no data to check the export on: pass --calib-data PATH (the data set the checkpoint was "
+            "trained on); the checkpoint stores no data.path"
+        )
     if not Path(path).exists():
         raise ExportError(f"{path}: data set not found (pass --calib-data PATH)")
     try:
@@ -62,8 +65,10 @@ def dataset_for_checkpoint(train_config: dict[str, Any], labels: Sequence[str], 
     except DataError as e:
         raise ExportError(f"cannot read the data set at {path}: {e}") from None
     if list(ds.classes) != list(labels):
-        raise ExportError(f"{path}: classes {ds.classes} are not the checkpoint's labels {list(labels)}: not the "
-                          "data set it was trained on")
+        raise ExportError(
+            f"{path}: classes {ds.classes} are not the checkpoint's labels {list(labels)}: not the "
+            "data set it was trained on"
+        )
     return ds
 
 
@@ -85,8 +90,9 @@ def _stratified(items: Sequence[tuple[int, int]], limit: int | None, seed: int) 
     return out
 
 
-def split_examples(ds: Any, split: str, *, limit: int | None = None, seed: int = 0, all_frames: bool = False
-                   ) -> list[Example]:
+def split_examples(
+    ds: Any, split: str, *, limit: int | None = None, seed: int = 0, all_frames: bool = False
+) -> list[Example]:
     """Windows of `split` as batch-1 feeds, stratified by class, at most `limit` (None: all)."""
     from edgeav.train.data.torch_dataset import TorchAVDataset
 
@@ -110,16 +116,30 @@ def split_examples(ds: Any, split: str, *, limit: int | None = None, seed: int =
         if item is None:
             cache.clear()
             item = cache[i] = tds[i]
-        image = item["frames"][f] if all_frames and tds.clip_frames == 1 else item["image"]  # (3, H, W) / (T, 3, H, W) uint8
+        image = (
+            item["frames"][f] if all_frames and tds.clip_frames == 1 else item["image"]
+        )  # (3, H, W) / (T, 3, H, W) uint8
         a, v = tds.items[i]
         sid = (a or v).id + (f"#frame{f}" if all_frames and tds.clip_frames == 1 else "")
-        out.append(Example({"audio": item["audio"].numpy()[None].astype(np.float32),  # (1, S)
-                            "image": np.ascontiguousarray(image.numpy()[None], dtype=np.uint8),  # (1, [T,] 3, H, W)
-                            "mask": item["mask"].numpy()[None].astype(np.float32)},  # (1, 2)
-                           int(label), sid))
+        out.append(
+            Example(
+                {
+                    "audio": item["audio"].numpy()[None].astype(np.float32),  # (1, S)
+                    "image": np.ascontiguousarray(image.numpy()[None], dtype=np.uint8),  # (1, [T,] 3, H, W)
+                    "mask": item["mask"].numpy()[None].astype(np.float32),
+                },  # (1, 2)
+                int(label),
+                sid,
+            )
+        )
     per_frame = all_frames and tds.clip_frames == 1
-    log.info("%s split: %d example(s) from %d window(s)%s", split, len(out), len({c[1][0] for c in (cands[i] for i in chosen)}),
-             " (one per frame)" if per_frame else (f" ({tds.clip_frames} frames each)" if tds.clip_frames > 1 else ""))
+    log.info(
+        "%s split: %d example(s) from %d window(s)%s",
+        split,
+        len(out),
+        len({c[1][0] for c in (cands[i] for i in chosen)}),
+        " (one per frame)" if per_frame else (f" ({tds.clip_frames} frames each)" if tds.clip_frames > 1 else ""),
+    )
     return out
 
 

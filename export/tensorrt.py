@@ -33,9 +33,10 @@ import argparse
 import logging
 import math
 import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -79,8 +80,14 @@ class EngineCheck:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "parity": self.parity, "gate": self.gate, "passed": self.passed,
-                "failures": list(self.failures), "reference": "onnxruntime (CPU) on the same ONNX file"}
+        return {
+            "precision": self.precision,
+            "parity": self.parity,
+            "gate": self.gate,
+            "passed": self.passed,
+            "failures": list(self.failures),
+            "reference": "onnxruntime (CPU) on the same ONNX file",
+        }
 
 
 def engine_gate(precision: str, cfg: ExportConfig) -> dict[str, float]:
@@ -94,8 +101,9 @@ def engine_gate(precision: str, cfg: ExportConfig) -> dict[str, float]:
     return {"max_abs_diff": math.inf, "min_agreement": cfg.fp16_min_agreement_pct, "rel_diff": 0.0}
 
 
-def run_engine_outputs(engine_path: Path, contract: InputContract,
-                       feeds: Sequence[Feeds]) -> list[dict[str, np.ndarray]]:
+def run_engine_outputs(
+    engine_path: Path, contract: InputContract, feeds: Sequence[Feeds]
+) -> list[dict[str, np.ndarray]]:
     """The engine's three outputs on each feed, through the runtime's TensorRT backend."""
     from edgeav.runtime.trt_runner import create_backend
 
@@ -107,12 +115,19 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in d.items()}
 
 
-def check_engine_outputs(engine_path: Path, onnx_path: Path, precision: str, feeds: Sequence[Feeds],
-                         cfg: ExportConfig, *,
-                         contract: InputContract | None = None,
-                         test_samples: Iterable[tuple[Feeds, Any]] | None = None,
-                         labels: Sequence[str] | None = None, reference_metrics: ClassificationMetrics | None = None,
-                         run_engine: EngineRunner | None = None) -> EngineCheck:
+def check_engine_outputs(
+    engine_path: Path,
+    onnx_path: Path,
+    precision: str,
+    feeds: Sequence[Feeds],
+    cfg: ExportConfig,
+    *,
+    contract: InputContract | None = None,
+    test_samples: Iterable[tuple[Feeds, Any]] | None = None,
+    labels: Sequence[str] | None = None,
+    reference_metrics: ClassificationMetrics | None = None,
+    run_engine: EngineRunner | None = None,
+) -> EngineCheck:
     """Run the engine and ONNX Runtime on `feeds` and apply `engine_gate`; for int8 with `test_samples`, `labels`
     and the FP32 `reference_metrics`, also the INT8 accuracy gate on the engine's predictions."""
     from edgeav.export.gate import accuracy_gate, metrics_from_predictions
@@ -126,8 +141,12 @@ def check_engine_outputs(engine_path: Path, onnx_path: Path, precision: str, fee
 
         contract = InputContract.model_validate(manifest_from_onnx(onnx_path)["contract"])
     ref = onnx_outputs(onnx_path, feeds, disable_optimizations=precision == "int8")  # int8: Q/DQ in float
-    rep = compare_outputs(ref, run(engine_path, contract, feeds), reference_name="onnxruntime " + onnx_path.name,
-                          **engine_gate(precision, cfg))
+    rep = compare_outputs(
+        ref,
+        run(engine_path, contract, feeds),
+        reference_name="onnxruntime " + onnx_path.name,
+        **engine_gate(precision, cfg),
+    )
     check = EngineCheck(precision, _finite(rep.to_dict()), failures=list(rep.failures))
     if precision == "int8" and test_samples is not None:
         if labels is None or reference_metrics is None:
@@ -136,17 +155,29 @@ def check_engine_outputs(engine_path: Path, onnx_path: Path, precision: str, fee
         outs = run(engine_path, contract, [f for f, _ in pairs])
         y_pred = np.concatenate([np.argmax(o["logits"].reshape(-1, o["logits"].shape[-1]), axis=-1) for o in outs])
         y_true = np.concatenate([np.asarray(y, dtype=np.int64).reshape(-1) for _, y in pairs])
-        g = accuracy_gate(reference_metrics, metrics_from_predictions(y_true, y_pred, labels), cfg.max_drop_points,
-                          cfg.max_class_drop_points)
+        g = accuracy_gate(
+            reference_metrics,
+            metrics_from_predictions(y_true, y_pred, labels),
+            cfg.max_drop_points,
+            cfg.max_class_drop_points,
+        )
         check.gate = g.to_dict()
         check.failures += list(g.failures)
     return check
 
 
-def build_checked_engine(onnx_path: str | Path, profile: DeviceProfile, precision: str, *,
-                         feeds: Sequence[Feeds] | None, cfg: ExportConfig | None = None, dla_core: int | None = None,
-                         cache: EngineCache | None = None, force: bool = False,
-                         **check: Any) -> tuple[BuiltEngine, EngineCheck | None]:
+def build_checked_engine(
+    onnx_path: str | Path,
+    profile: DeviceProfile,
+    precision: str,
+    *,
+    feeds: Sequence[Feeds] | None,
+    cfg: ExportConfig | None = None,
+    dla_core: int | None = None,
+    cache: EngineCache | None = None,
+    force: bool = False,
+    **check: Any,
+) -> tuple[BuiltEngine, EngineCheck | None]:
     """`build_engine`, then `check_engine_outputs` on `feeds` (None: no check, said in the log). A refused engine
     is evicted from the cache and raises ExportError with the figures."""
     from edgeav.schema.export import ExportConfig
@@ -160,11 +191,19 @@ def build_checked_engine(onnx_path: str | Path, profile: DeviceProfile, precisio
     result = check_engine_outputs(built.path, Path(onnx_path), precision, feeds, cfg, **check)
     if not result.passed:
         cache.evict(built.key)
-        raise ExportError(f"TensorRT {precision} engine of {Path(onnx_path).name} refused: its outputs differ from "
-                          f"ONNX Runtime's on {len(feeds)} windows: " + "; ".join(result.failures)
-                          + " (the engine was removed from the cache)")
-    log.info("tensorrt: %s matches ONNX Runtime on %d windows (max |logits diff| %.3g, top-1 agreement %.2f %%)",
-             built.path.name, len(feeds), result.parity["max_abs_diff"]["logits"], result.parity["top1_agreement"])
+        raise ExportError(
+            f"TensorRT {precision} engine of {Path(onnx_path).name} refused: its outputs differ from "
+            f"ONNX Runtime's on {len(feeds)} windows: "
+            + "; ".join(result.failures)
+            + " (the engine was removed from the cache)"
+        )
+    log.info(
+        "tensorrt: %s matches ONNX Runtime on %d windows (max |logits diff| %.3g, top-1 agreement %.2f %%)",
+        built.path.name,
+        len(feeds),
+        result.parity["max_abs_diff"]["logits"],
+        result.parity["top1_agreement"],
+    )
     return built, result
 
 
@@ -177,9 +216,11 @@ def load_feeds(path: str | Path) -> list[dict[str, np.ndarray]]:
         raise ExportError(f"{path}: not an .npz with arrays audio, image, mask ({e})") from None
     n = {len(a) for a in arrays.values()}
     if len(n) != 1 or 0 in n:
-        raise ExportError(f"{path}: audio, image and mask need the same number of rows (> 0), got "
-                          f"{ {k: len(a) for k, a in arrays.items()} }")
-    return [{k: a[i:i + 1] for k, a in arrays.items()} for i in range(n.pop())]
+        raise ExportError(
+            f"{path}: audio, image and mask need the same number of rows (> 0), got "
+            f"{ {k: len(a) for k, a in arrays.items()} }"
+        )
+    return [{k: a[i : i + 1] for k, a in arrays.items()} for i in range(n.pop())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,27 +228,39 @@ def main(argv: list[str] | None = None) -> int:
     from edgeav.devices import load_profile
     from edgeav.log import setup_logging
 
-    p = argparse.ArgumentParser(prog="python -m edgeav.export.tensorrt",
-                                description="Build a TensorRT engine from an exported ONNX model, on this device.")
+    p = argparse.ArgumentParser(
+        prog="python -m edgeav.export.tensorrt",
+        description="Build a TensorRT engine from an exported ONNX model, on this device.",
+    )
     p.add_argument("onnx")
     p.add_argument("--precision", choices=["int8", "fp16", "fp32"], required=True)
     p.add_argument("--device", default="x86-cuda", help="device profile (see `edgeav devices list`)")
     p.add_argument("--dla-core", type=int, default=None)
     p.add_argument("--cache", help="engine cache folder (default: $EDGEAV_ENGINE_CACHE or ~/.cache/edgeav/engines)")
     p.add_argument("--force", action="store_true", help="rebuild even when the cache has it")
-    p.add_argument("--parity-feeds", help=".npz of windows (audio, image, mask; one row each) the engine is compared "
-                                          "with ONNX Runtime on")
+    p.add_argument(
+        "--parity-feeds",
+        help=".npz of windows (audio, image, mask; one row each) the engine is compared with ONNX Runtime on",
+    )
     p.add_argument("--no-parity", action="store_true", help="build without comparing the engine with ONNX Runtime")
     args = p.parse_args(argv)
     setup_logging()
     try:
         if (args.parity_feeds is None) == (not args.no_parity):
-            raise ExportError("give --parity-feeds NPZ (windows the engine is compared with ONNX Runtime on) or "
-                              "--no-parity, not both or neither")
+            raise ExportError(
+                "give --parity-feeds NPZ (windows the engine is compared with ONNX Runtime on) or "
+                "--no-parity, not both or neither"
+            )
         feeds = load_feeds(args.parity_feeds) if args.parity_feeds else None
-        built, _ = build_checked_engine(args.onnx, load_profile(args.device), args.precision, feeds=feeds,
-                                        dla_core=args.dla_core, cache=EngineCache(args.cache) if args.cache else None,
-                                        force=args.force)
+        built, _ = build_checked_engine(
+            args.onnx,
+            load_profile(args.device),
+            args.precision,
+            feeds=feeds,
+            dla_core=args.dla_core,
+            cache=EngineCache(args.cache) if args.cache else None,
+            force=args.force,
+        )
     except EdgeAVError as e:
         sys.stderr.write(f"edgeav tensorrt: error: {e}\n")
         return e.exit_code
@@ -215,9 +268,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["BuiltEngine", "EngineCheck", "MIN_TRT_MAJOR", "build_checked_engine", "build_engine",
-           "check_engine_outputs", "engine_gate", "load_feeds", "run_engine_outputs", "check_dla_support", "check_trt_version", "engine_key_for",
-           "main", "require_tensorrt", "trt_major"]
+__all__ = [
+    "BuiltEngine",
+    "EngineCheck",
+    "MIN_TRT_MAJOR",
+    "build_checked_engine",
+    "build_engine",
+    "check_engine_outputs",
+    "engine_gate",
+    "load_feeds",
+    "run_engine_outputs",
+    "check_dla_support",
+    "check_trt_version",
+    "engine_key_for",
+    "main",
+    "require_tensorrt",
+    "trt_major",
+]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

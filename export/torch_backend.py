@@ -21,8 +21,14 @@ class TorchBackend(Backend):
 
     name = "pytorch"
 
-    def __init__(self, model_path: str | Path, contract: InputContract | None = None, device: str = "cpu",
-                 threads: int = 0, **_: Any) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        contract: InputContract | None = None,
+        device: str = "cpu",
+        threads: int = 0,
+        **_: Any,
+    ) -> None:
         import torch
 
         from edgeav.train.models import load_checkpoint
@@ -53,9 +59,11 @@ class TorchBackend(Backend):
         self.check_inputs(audio, image, mask)
         t = self._torch
         with t.no_grad():
-            out = self._model(t.from_numpy(np.ascontiguousarray(audio)).to(self._device),
-                              t.from_numpy(np.ascontiguousarray(image)).to(self._device),
-                              t.from_numpy(np.ascontiguousarray(mask)).to(self._device))
+            out = self._model(
+                t.from_numpy(np.ascontiguousarray(audio)).to(self._device),
+                t.from_numpy(np.ascontiguousarray(image)).to(self._device),
+                t.from_numpy(np.ascontiguousarray(mask)).to(self._device),
+            )
         return {k: v.detach().float().cpu().numpy() for k, v in zip(OUTPUT_NAMES, out)}  # each (B, C)
 
     def close(self) -> None:

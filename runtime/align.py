@@ -25,8 +25,9 @@ from __future__ import annotations
 import collections
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -119,8 +120,15 @@ class Aligner:
         self._video_wm: int | None = None  # latest frame PTS seen
         self._video_end: int | None = None  # latest frame PTS + its duration (stream time of the video)
         self._next_end: int | None = None
-        self.counters = {"windows": 0, "skipped_windows": 0, "late_audio_chunks": 0, "late_frames": 0,
-                         "pruned_audio_chunks": 0, "pruned_frames": 0, "missing_frames": 0}
+        self.counters = {
+            "windows": 0,
+            "skipped_windows": 0,
+            "late_audio_chunks": 0,
+            "late_frames": 0,
+            "pruned_audio_chunks": 0,
+            "pruned_frames": 0,
+            "missing_frames": 0,
+        }
 
     # -- input -----------------------------------------------------------------------------------------------
     def push(self, item: CaptureItem) -> None:
@@ -207,7 +215,9 @@ class Aligner:
         if self.live and backlog > self.cfg.max_backlog_windows:  # a replay never skips: nothing is late
             skip = backlog - self.cfg.max_backlog_windows
             self.counters["skipped_windows"] += skip
-            log.warning("aligner: %d windows skipped after a stall (backlog over %d)", skip, self.cfg.max_backlog_windows)
+            log.warning(
+                "aligner: %d windows skipped after a stall (backlog over %d)", skip, self.cfg.max_backlog_windows
+            )
             self._next_end += skip * self.hop_ns
         out = []
         while self._is_ready(self._next_end, now):
@@ -257,9 +267,7 @@ class Aligner:
             covered[lo:hi] = True
         n_cov = int(covered.sum())
         if n_cov == 0:
-            missing[AUDIO] = (
-                "no audio received yet" if self._audio_wm is None else "no audio data covering window"
-            )
+            missing[AUDIO] = "no audio received yet" if self._audio_wm is None else "no audio data covering window"
             return None, 0
         n_missing = n - n_cov
         gap_ns = ns_for_samples(n_missing, self.rate_hz)
@@ -349,8 +357,11 @@ class Aligner:
         On a replay the stream time is the slowest sensor's (still running) watermark: data a pending window
         needs is never dropped because another decoder ran ahead."""
         if not self.live:
-            wms = [wm for k, wm in (("audio", self._audio_wm), ("video", self._video_wm))
-                   if k in self.streams and k not in self._ended and wm is not None]
+            wms = [
+                wm
+                for k, wm in (("audio", self._audio_wm), ("video", self._video_wm))
+                if k in self.streams and k not in self._ended and wm is not None
+            ]
             now = min(wms) if wms else now
         horizon = now - (self.window_ns + self.max_wait_ns + self.retain_ns)
         while self._audio and self._audio[0][1] < horizon:

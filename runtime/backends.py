@@ -16,8 +16,9 @@ from __future__ import annotations
 import abc
 import importlib
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,7 +63,7 @@ class Backend(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional
         """Release the session / engine."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -99,8 +100,13 @@ class OrtBackend(Backend):
     ) -> None:
         self._contract = contract
         self.model_path = Path(model_path)
-        settings = SessionSettings(providers=tuple(providers), intra_op_threads=int(intra_op_threads),
-                                   inter_op_threads=int(inter_op_threads), log_severity=2, device_id=int(device_id))
+        settings = SessionSettings(
+            providers=tuple(providers),
+            intra_op_threads=int(intra_op_threads),
+            inter_op_threads=int(inter_op_threads),
+            log_severity=2,
+            device_id=int(device_id),
+        )
         self._session = create_session(self.model_path, settings)
         self.providers = tuple(self._session.get_providers())
         in_names = {i.name for i in self._session.get_inputs()}
@@ -110,7 +116,9 @@ class OrtBackend(Backend):
             )
         out_names = [o.name for o in self._session.get_outputs()]
         if set(OUTPUT_NAMES) - set(out_names):
-            raise ModelError(f"{self.model_path}: outputs {out_names} lack {sorted(set(OUTPUT_NAMES) - set(out_names))}")
+            raise ModelError(
+                f"{self.model_path}: outputs {out_names} lack {sorted(set(OUTPUT_NAMES) - set(out_names))}"
+            )
         self._runner = OnnxRunner(self._session, OUTPUT_NAMES, self.model_path.name)
         dims0 = {i.name: (i.shape[0] if i.shape else 1) for i in self._session.get_inputs()}
         fixed = [d for d in dims0.values() if isinstance(d, int) and d > 0]
@@ -167,8 +175,10 @@ def _create_pytorch(model_path: str | Path, contract: InputContract, **options: 
     try:
         mod = importlib.import_module(TORCH_BACKEND_MODULE)
     except ImportError as e:
-        raise DeviceError(f"the pytorch backend is for development and needs torch + edgeav[train] ({e}); "
-                          "a field unit runs onnxruntime or tensorrt") from None
+        raise DeviceError(
+            f"the pytorch backend is for development and needs torch + edgeav[train] ({e}); "
+            "a field unit runs onnxruntime or tensorrt"
+        ) from None
     log.warning("pytorch backend: development only, not for a field unit")
     return mod.create_backend(model_path, contract, **options)
 

@@ -43,7 +43,9 @@ class BundleInfo:
         try:
             return self.files[role]
         except KeyError:
-            raise BundleError(f"{self.path.name}: no {role!r} in the bundle; it has {', '.join(sorted(self.files))}") from None
+            raise BundleError(
+                f"{self.path.name}: no {role!r} in the bundle; it has {', '.join(sorted(self.files))}"
+            ) from None
 
 
 def read_manifest(path: str | Path) -> ArtifactManifest:
@@ -97,7 +99,8 @@ def check_onnx_inputs(model_path: str | Path, contract: InputContract, label: st
             raise BundleError(f"{name}: input {n!r} is {elem}, the contract says {CONTRACT_DTYPES[n]}")
         ok = len(dims) == len(exp) and all(
             (isinstance(d, int) and d == e) or (i == 0 and (not isinstance(d, int) or d in (0, e)))
-            for i, (d, e) in enumerate(zip(dims, exp)))
+            for i, (d, e) in enumerate(zip(dims, exp))
+        )
         if not ok:
             shown = tuple("B" if i == 0 else e for i, e in enumerate(exp))
             raise BundleError(f"{name}: input {n!r} has shape {tuple(dims)}, the contract says {shown}")
@@ -124,10 +127,12 @@ def verify_bundle(path: str | Path) -> BundleInfo:
             raise BundleError(f"{fpath}: listed in the manifest but missing")
         digest = sha256_file(fpath)
         if digest != entry["sha256"]:
-            raise BundleError(f"{fpath}: sha256 {digest[:12]}... does not match the manifest's "
-                              f"{str(entry['sha256'])[:12]}... (file changed or corrupt)")
+            raise BundleError(
+                f"{fpath}: sha256 {digest[:12]}... does not match the manifest's "
+                f"{str(entry['sha256'])[:12]}... (file changed or corrupt)"
+            )
         files[role] = fpath
-    for role, fpath in files.items():
+    for fpath in files.values():
         if fpath.suffix == ".onnx":
             check_onnx_inputs(fpath, manifest.contract, label=str(fpath))
     if "labels" in files:
@@ -135,16 +140,30 @@ def verify_bundle(path: str | Path) -> BundleInfo:
         if lines != list(manifest.labels):
             raise BundleError(f"{files['labels']}: labels differ from the manifest's")
     tools = manifest.extra.get("tool_versions") or {}
-    info = BundleInfo(root, manifest, files, manifest.extra.get("target_profile"),
-                      {str(k): str(v) for k, v in dict(tools).items()})
+    info = BundleInfo(
+        root, manifest, files, manifest.extra.get("target_profile"), {str(k): str(v) for k, v in dict(tools).items()}
+    )
     log.info("bundle %s verified: %d files, profile %s", root, len(files), info.profile_name)
     return info
 
 
 def manifest_summary(info: BundleInfo) -> dict[str, Any]:
-    return {"path": str(info.path), "profile": info.profile_name, "labels": info.labels,
-            "files": {r: p.name for r, p in info.files.items()}, "metrics": info.manifest.metrics}
+    return {
+        "path": str(info.path),
+        "profile": info.profile_name,
+        "labels": info.labels,
+        "files": {r: p.name for r, p in info.files.items()},
+        "metrics": info.manifest.metrics,
+    }
 
 
-__all__ = ["BundleInfo", "LABELS_NAME", "MANIFEST_NAME", "check_onnx_inputs", "manifest_summary",
-           "onnx_input_specs", "read_manifest", "verify_bundle"]
+__all__ = [
+    "BundleInfo",
+    "LABELS_NAME",
+    "MANIFEST_NAME",
+    "check_onnx_inputs",
+    "manifest_summary",
+    "onnx_input_specs",
+    "read_manifest",
+    "verify_bundle",
+]

@@ -20,8 +20,8 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
 
 import numpy as np
 
@@ -90,7 +90,7 @@ class StreamEnd:
         return "end"
 
 
-CaptureItem = Union[VideoFrame, AudioChunk, StreamEnd]
+CaptureItem = VideoFrame | AudioChunk | StreamEnd
 
 
 _GST = None
@@ -119,8 +119,12 @@ def warn_missing_modality(uri: str, streams: Sequence[str]) -> None:
     """The model takes both senses: when the source gives only one, say so once, loudly (not a quiet fallback)."""
     missing = [s for s in ("video", "audio") if s not in streams]
     if len(missing) == 1:
-        log.warning("%s has no %s stream: every window goes to the model with the %s marked missing (modality mask)",
-                    mask_credentials(uri), missing[0], "image" if missing[0] == "video" else "audio")
+        log.warning(
+            "%s has no %s stream: every window goes to the model with the %s marked missing (modality mask)",
+            mask_credentials(uri),
+            missing[0],
+            "image" if missing[0] == "video" else "audio",
+        )
 
 
 def probe_streams(uri: str, timeout_s: float = 10.0) -> tuple[Stream, ...]:
@@ -175,10 +179,13 @@ def probe_streams(uri: str, timeout_s: float = 10.0) -> tuple[Stream, ...]:
             if left <= 0:
                 # decodebin sometimes swallows a demuxer's error on a truncated file (the error is posted while
                 # the demuxer is still being autoplugged): then the timeout is the only signal there is.
-                raise SensorError(f"{mask_credentials(uri)}: cannot be probed: nothing decodable within {timeout_s:g} s "
-                                  "(truncated, corrupt or not a media file?)")
-            msg = bus.timed_pop_filtered(int(min(left, 0.1) * NS_PER_S),
-                                         Gst.MessageType.ERROR | Gst.MessageType.ASYNC_DONE | Gst.MessageType.EOS)
+                raise SensorError(
+                    f"{mask_credentials(uri)}: cannot be probed: nothing decodable within {timeout_s:g} s "
+                    "(truncated, corrupt or not a media file?)"
+                )
+            msg = bus.timed_pop_filtered(
+                int(min(left, 0.1) * NS_PER_S), Gst.MessageType.ERROR | Gst.MessageType.ASYNC_DONE | Gst.MessageType.EOS
+            )
             if msg is None:
                 continue
             if msg.type == Gst.MessageType.ERROR:
@@ -200,8 +207,10 @@ def shared_clock():
     Gst = _gst()
     clock = Gst.SystemClock.obtain()
     if clock.get_property("clock-type") != Gst.ClockType.MONOTONIC:
-        raise SensorError(f"GStreamer's system clock is {clock.get_property('clock-type')}, not MONOTONIC: "
-                          "sensor times would not compare with the daemon's")
+        raise SensorError(
+            f"GStreamer's system clock is {clock.get_property('clock-type')}, not MONOTONIC: "
+            "sensor times would not compare with the daemon's"
+        )
     return clock
 
 
@@ -242,7 +251,8 @@ class Capture:
             s for s in ("video", "audio") if (VIDEO_SINK if s == "video" else AUDIO_SINK) in self.description
         )
         self.is_live = is_live_capture(
-            self._src, parse_source_uri(self.cfg.audio_uri) if self.cfg.audio_uri is not None else None)
+            self._src, parse_source_uri(self.cfg.audio_uri) if self.cfg.audio_uri is not None else None
+        )
         policy = "drop_oldest" if self.is_live else "block"
         self._queue: BoundedQueue[CaptureItem] = BoundedQueue(self.cfg.queue_max_items, policy, name="capture")
         self._pipeline = None
@@ -262,7 +272,7 @@ class Capture:
         self.audio_drift = DriftCorrector() if live_audio else None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def start(self) -> "Capture":
+    def start(self) -> Capture:
         Gst = _gst()
         log.info("capture pipeline: %s", mask_credentials(self.description))
         try:
@@ -312,7 +322,7 @@ class Capture:
             self._wall_anchor = (int(running), time.time_ns())
         return self
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -414,8 +424,9 @@ class Capture:
                 self._eos = True
             elif msg.type == Gst.MessageType.WARNING:
                 w, _ = msg.parse_warning()
-                log.warning("capture warning from %s: %s", msg.src.get_name() if msg.src else "?",
-                            mask_credentials(w.message))
+                log.warning(
+                    "capture warning from %s: %s", msg.src.get_name() if msg.src else "?", mask_credentials(w.message)
+                )
             msg = self._bus.pop_filtered(types)
         return None
 
@@ -471,5 +482,14 @@ class Capture:
         }
 
 
-__all__ = ["Capture", "ReadStatus", "VideoFrame", "AudioChunk", "StreamEnd", "CaptureItem", "probe_streams",
-           "warn_missing_modality", "s_to_ns"]
+__all__ = [
+    "Capture",
+    "ReadStatus",
+    "VideoFrame",
+    "AudioChunk",
+    "StreamEnd",
+    "CaptureItem",
+    "probe_streams",
+    "warn_missing_modality",
+    "s_to_ns",
+]

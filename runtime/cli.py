@@ -47,8 +47,10 @@ def pick_model_role(info: BundleInfo, backend_name: str, role: str | None) -> st
     if backend_name == "tensorrt":
         engines = sorted(r for r, p in info.files.items() if p.suffix in (".engine", ".plan"))
         if not engines:
-            raise BundleError(f"{info.path}: no TensorRT engine in the bundle (build one on the device with "
-                              f"`edgeav export --engine`); it has {', '.join(sorted(info.files))}")
+            raise BundleError(
+                f"{info.path}: no TensorRT engine in the bundle (build one on the device with "
+                f"`edgeav export --engine`); it has {', '.join(sorted(info.files))}"
+            )
         return engines[0]
     for r in ("model_int8", "model_fp32"):
         if r in info.files:
@@ -88,8 +90,9 @@ def replay(args: argparse.Namespace, cfg: EdgeAVConfig) -> CommandResult:
     run_id = new_detection_id(time.time_ns())
     if args.db:
         st = cfg.daemon.store
-        store = DetectionStore(args.db, synchronous=st.synchronous, batch_max=st.batch_max_detections,
-                               batch_interval_s=st.batch_interval_s)
+        store = DetectionStore(
+            args.db, synchronous=st.synchronous, batch_max=st.batch_max_detections, batch_interval_s=st.batch_interval_s
+        )
         store.record_run(run_id, str(info.path), mask_credentials(args.source), sha)
     n_windows = n_inferred = n_missing_audio = n_missing_image = 0
     detections: list[dict[str, Any]] = []
@@ -98,8 +101,15 @@ def replay(args: argparse.Namespace, cfg: EdgeAVConfig) -> CommandResult:
     last_end_ns = first_start_ns = None
     t0 = time.perf_counter()
     try:
-        for res in run_stream(args.source, backend, info.manifest.contract, labels, cfg.runtime,
-                              realtime=bool(args.realtime), model_sha256=sha):
+        for res in run_stream(
+            args.source,
+            backend,
+            info.manifest.contract,
+            labels,
+            cfg.runtime,
+            realtime=bool(args.realtime),
+            model_sha256=sha,
+        ):
             w = res.window
             n_windows += 1
             first_start_ns = w.start_ns if first_start_ns is None else first_start_ns
@@ -129,12 +139,22 @@ def replay(args: argparse.Namespace, cfg: EdgeAVConfig) -> CommandResult:
     wall_s = time.perf_counter() - t0
     media_s = (last_end_ns or 0) / 1e9
     data: dict[str, Any] = {
-        "bundle": str(info.path), "model_role": role, "model_sha256": sha, "source": mask_credentials(args.source),
-        "realtime": bool(args.realtime), "windows": n_windows, "windows_inferred": n_inferred,
-        "windows_missing_audio": n_missing_audio, "windows_missing_image": n_missing_image,
-        "detections": len(detections), "detections_per_label": per_label, "media_s": round(media_s, 3),
-        "wall_s": round(wall_s, 3), "realtime_factor": round(media_s / wall_s, 2) if wall_s > 0 else None,
-        "db": args.db, "run_id": run_id if store else None,
+        "bundle": str(info.path),
+        "model_role": role,
+        "model_sha256": sha,
+        "source": mask_credentials(args.source),
+        "realtime": bool(args.realtime),
+        "windows": n_windows,
+        "windows_inferred": n_inferred,
+        "windows_missing_audio": n_missing_audio,
+        "windows_missing_image": n_missing_image,
+        "detections": len(detections),
+        "detections_per_label": per_label,
+        "media_s": round(media_s, 3),
+        "wall_s": round(wall_s, 3),
+        "realtime_factor": round(media_s / wall_s, 2) if wall_s > 0 else None,
+        "db": args.db,
+        "run_id": run_id if store else None,
     }
     if segments is not None:
         rep = score_segments(preds, segments, method="majority")
@@ -143,14 +163,18 @@ def replay(args: argparse.Namespace, cfg: EdgeAVConfig) -> CommandResult:
         data["segments_scored"] = rep.n_scored
         data["segments_correct"] = sum(r.correct for r in rep.segments)
     data["detection_list"] = detections
-    lines = [f"{Path(info.path).name} ({role}) on {mask_credentials(args.source)}: {n_windows} windows "
-             f"({n_inferred} inferred), {len(detections)} detections in {wall_s:.1f} s "
-             f"({data['realtime_factor']}x real time over {media_s:.1f} s of stream)"]
+    lines = [
+        f"{Path(info.path).name} ({role}) on {mask_credentials(args.source)}: {n_windows} windows "
+        f"({n_inferred} inferred), {len(detections)} detections in {wall_s:.1f} s "
+        f"({data['realtime_factor']}x real time over {media_s:.1f} s of stream)"
+    ]
     if per_label:
         lines.append("  detections: " + ", ".join(f"{k} {v}" for k, v in sorted(per_label.items())))
     if segments is not None:
-        lines.append(f"  segment accuracy: {data['segment_accuracy'] * 100:.1f} % "
-                     f"({data['segments_correct']}/{data['segments']} segments, {data['segments_scored']} with windows)")
+        lines.append(
+            f"  segment accuracy: {data['segment_accuracy'] * 100:.1f} % "
+            f"({data['segments_correct']}/{data['segments']} segments, {data['segments_scored']} with windows)"
+        )
     if args.db:
         lines.append(f"  logged to {args.db}")
     return CommandResult(data, "\n".join(lines))
@@ -164,8 +188,9 @@ def cmd_run(args: argparse.Namespace) -> CommandResult:
         if args.ground_truth:
             raise ConfigError("--ground-truth scores a replay: give --source too (the daemon does not score)")
 
-        return run_daemon(cfg, bundle_override=args.bundle, db_override=args.db,
-                          realtime_override=True if args.realtime else None)
+        return run_daemon(
+            cfg, bundle_override=args.bundle, db_override=args.db, realtime_override=True if args.realtime else None
+        )
     if not args.bundle or not args.source:
         raise ConfigError("edgeav run needs --bundle and --source (a replay), or --config with a daemon: section")
     return replay(args, cfg)
@@ -187,10 +212,20 @@ def _fmt(v: Any, nd: int = 3) -> str:
 def _table(rows: list[dict[str, Any]]) -> str:
     from edgeav.runtime.postprocess import utc_iso
 
-    body = [(r.get("end_utc") or utc_iso(r.get("utc_ns")) or "-", r["label"], _fmt(r["confidence"]),
-             _fmt(r.get("audio_confidence")), _fmt(r.get("image_confidence")), "+".join(r["modalities"]) or "-",
-             r["id"], "yes" if (r.get("audio_path") or r.get("image_path")) else "-", r.get("clock") or "-")
-            for r in rows]  # clock: was the UTC time from an NTP-synced clock (schema 4; "-" before)
+    body = [
+        (
+            r.get("end_utc") or utc_iso(r.get("utc_ns")) or "-",
+            r["label"],
+            _fmt(r["confidence"]),
+            _fmt(r.get("audio_confidence")),
+            _fmt(r.get("image_confidence")),
+            "+".join(r["modalities"]) or "-",
+            r["id"],
+            "yes" if (r.get("audio_path") or r.get("image_path")) else "-",
+            r.get("clock") or "-",
+        )
+        for r in rows
+    ]  # clock: was the UTC time from an NTP-synced clock (schema 4; "-" before)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(_TABLE_COLS)]
     out = ["  ".join(h.ljust(w) for h, w in zip(_TABLE_COLS, widths))]
     out += ["  ".join(c.ljust(w) for c, w in zip(b, widths)) for b in body]

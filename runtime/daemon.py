@@ -39,8 +39,14 @@ log = logging.getLogger(__name__)
 
 
 class Daemon(DaemonEvidence):
-    def __init__(self, cfg: EdgeAVConfig, bundle_override: str | None = None, db_override: str | None = None,
-                 realtime_override: bool | None = None, time_source: TimeSource | None = None) -> None:
+    def __init__(
+        self,
+        cfg: EdgeAVConfig,
+        bundle_override: str | None = None,
+        db_override: str | None = None,
+        realtime_override: bool | None = None,
+        time_source: TimeSource | None = None,
+    ) -> None:
         from edgeav.runtime.sources import is_live_capture, parse_source_uri
         from edgeav.runtime.wallclock import WallClock
 
@@ -105,15 +111,21 @@ class Daemon(DaemonEvidence):
         self.committed += len(ids)
         if self.metrics is not None:
             self.metrics.committed.inc(len(ids))
-        log.info("committed %d detection(s): %s", len(ids), " ".join(ids),
-                 extra={"fields": {"event": "committed", "ids": ids}})
+        log.info(
+            "committed %d detection(s): %s",
+            len(ids),
+            " ".join(ids),
+            extra={"fields": {"event": "committed", "ids": ids}},
+        )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = time.monotonic()
         age = None if self.last_window_monotonic is None else now - self.last_window_monotonic
         max_age = self.daemon_cfg.metrics.health_max_age_s
-        sensors = {w.sensor: {"state": w.state, "restarts": w.restarts, "epoch": w.epoch, "last_error": w.last_error}
-                   for w in self.workers}
+        sensors = {
+            w.sensor: {"state": w.state, "restarts": w.restarts, "epoch": w.epoch, "last_error": w.last_error}
+            for w in self.workers
+        }
         fresh = (age is not None and age <= max_age) or (age is None and now - self.started_monotonic <= max_age)
         store_problem = self.store.problem() if self.store is not None else None  # e.g. disk full: commits fail
         ok = fresh and self.fatal is None and not self.stop_event.is_set() and store_problem is None
@@ -122,11 +134,19 @@ class Daemon(DaemonEvidence):
             "status": "ok" if ok else ("stopping" if self.stop_event.is_set() and self.fatal is None else "unhealthy"),
             "reason": store_problem or self.fatal or (None if fresh else f"no window for over {max_age:g} s"),
             "uptime_s": round(now - self.started_monotonic, 1),
-            "last_window_age_s": None if age is None else round(age, 2), "windows": self.windows,
-            "detections": self.detections, "committed": self.committed, "sensors": sensors,
-            "store": None if self.store is None else {"waiting": self.store.pending, "rows": self.store.count(),
-                                                      "dropped_detections": self.store.dropped_detections,
-                                                      "dropped_evidence": self.store.dropped_evidence},
+            "last_window_age_s": None if age is None else round(age, 2),
+            "windows": self.windows,
+            "detections": self.detections,
+            "committed": self.committed,
+            "sensors": sensors,
+            "store": None
+            if self.store is None
+            else {
+                "waiting": self.store.pending,
+                "rows": self.store.count(),
+                "dropped_detections": self.store.dropped_detections,
+                "dropped_evidence": self.store.dropped_evidence,
+            },
             "evidence_paused": bool(self.evidence is not None and self.evidence.disk_low),
             "queues": self._queue_stats(),
             "mqtt_connected": bool(self.mqtt is not None and self.mqtt.connected.is_set()),
@@ -149,14 +169,19 @@ class Daemon(DaemonEvidence):
             self.backend.close()
 
     def _start_store(self) -> None:
-        from edgeav.runtime.sources import mask_credentials
         from edgeav.runtime.growth import StoreUpkeep
+        from edgeav.runtime.sources import mask_credentials
         from edgeav.runtime.store import DetectionStore, new_detection_id
 
         st = self.daemon_cfg.store
-        self.store = DetectionStore(self.db_path, synchronous=st.synchronous, batch_max=st.batch_max_detections,
-                                    batch_interval_s=st.batch_interval_s, on_commit=self._on_commit,
-                                    max_pending=st.max_pending_detections)
+        self.store = DetectionStore(
+            self.db_path,
+            synchronous=st.synchronous,
+            batch_max=st.batch_max_detections,
+            batch_interval_s=st.batch_interval_s,
+            on_commit=self._on_commit,
+            max_pending=st.max_pending_detections,
+        )
         self.upkeep = StoreUpkeep(self.store, st)  # commits (errors kept), outbox and detection pruning
         self.run_id = new_detection_id(time.time_ns())
         self.store.record_run(self.run_id, str(self.bundle_path), mask_credentials(self.src_cfg.uri), self.sha)
@@ -188,8 +213,16 @@ class Daemon(DaemonEvidence):
         from edgeav.runtime.wallclock import OperatingClock, op_clock_path
 
         self.op_clock = OperatingClock(op_clock_path(self.db_path), self.wallclock.source)
-        self.evidence = EvidenceStore(ecfg.dir, ecfg, self.contract.audio.sample_rate_hz, rows, unlink,
-                                      on_deleted=deleted, frame_rate_hz=rate, op_clock=self.op_clock).start()
+        self.evidence = EvidenceStore(
+            ecfg.dir,
+            ecfg,
+            self.contract.audio.sample_rate_hz,
+            rows,
+            unlink,
+            on_deleted=deleted,
+            frame_rate_hz=rate,
+            op_clock=self.op_clock,
+        ).start()
         self._check_evidence()
         self.evidence.sweep_orphans(store.known_ids)
         self.evidence.apply_retention(force=True)
@@ -216,8 +249,13 @@ class Daemon(DaemonEvidence):
         if not self.daemon_cfg.mqtt.enabled:
             return
         store = self.store
-        self.mqtt = MqttPublisher(self.daemon_cfg.mqtt, self.db_path, heartbeat=lambda: self.health()[1],
-                                  metrics=self.metrics, outbox_added=lambda: store.outbox_added).start()
+        self.mqtt = MqttPublisher(
+            self.daemon_cfg.mqtt,
+            self.db_path,
+            heartbeat=lambda: self.health()[1],
+            metrics=self.metrics,
+            outbox_added=lambda: store.outbox_added,
+        ).start()
 
     def _stop_mqtt(self) -> None:
         if self.mqtt is not None:
@@ -225,8 +263,8 @@ class Daemon(DaemonEvidence):
 
     def _start_sensors(self) -> None:
         from edgeav.runtime.capture import Capture
-        from edgeav.runtime.sources import parse_source_uri
         from edgeav.runtime.queues import QueueGroup
+        from edgeav.runtime.sources import parse_source_uri
         from edgeav.runtime.supervisor import Backoff, RestartBudget, SensorWorker, stream_sets
 
         streams = self._streams()
@@ -248,8 +286,13 @@ class Daemon(DaemonEvidence):
                 # a live sensor runs on the one monotonic GstSystemClock with base time t0 (running time = the
                 # daemon's timeline), never a sound card's own clock; its audio is re-based continuously. A file
                 # (even at real time) keeps its own base time: its PTS start at 0 on every (re)start.
-                return Capture(scfg, self.contract, realtime=self.realtime, streams=sensor_stream_set,
-                               clock_base_ns=t0 if parse_source_uri(scfg.uri).is_live else None)
+                return Capture(
+                    scfg,
+                    self.contract,
+                    realtime=self.realtime,
+                    streams=sensor_stream_set,
+                    clock_base_ns=t0 if parse_source_uri(scfg.uri).is_live else None,
+                )
 
             def on_restart(sensor: str, reason: str) -> None:
                 self.restarts[sensor] += 1
@@ -261,21 +304,37 @@ class Daemon(DaemonEvidence):
                     self.metrics.items.labels(sensor, item.kind).inc()
 
             size = {"camera": qc.camera_max_items, "microphone": qc.microphone_max_items}.get(
-                name, qc.camera_max_items + qc.microphone_max_items)  # "av": one pipeline carries both
+                name, qc.camera_max_items + qc.microphone_max_items
+            )  # "av": one pipeline carries both
             w = SensorWorker(
-                name, opener, self.queue.add(name, size, "drop_oldest" if self.live else "block"), uri=uri,
-                clock=self.clock, t0_monotonic_ns=t0,
-                stall_timeout_s=self.src_cfg.stall_timeout_s, read_timeout_s=min(self.src_cfg.read_timeout_s, 0.2),
+                name,
+                opener,
+                self.queue.add(name, size, "drop_oldest" if self.live else "block"),
+                uri=uri,
+                clock=self.clock,
+                t0_monotonic_ns=t0,
+                stall_timeout_s=self.src_cfg.stall_timeout_s,
+                read_timeout_s=min(self.src_cfg.read_timeout_s, 0.2),
                 backoff=Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_factor, sup.backoff_jitter),
-                budget=RestartBudget(sup.restart_budget, sup.restart_window_s), healthy_after_s=sup.healthy_after_s,
-                loop=self.daemon_cfg.loop, stop_event=self.stop_event, on_restart=on_restart, on_item=on_item)
+                budget=RestartBudget(sup.restart_budget, sup.restart_window_s),
+                healthy_after_s=sup.healthy_after_s,
+                loop=self.daemon_cfg.loop,
+                stop_event=self.stop_event,
+                on_restart=on_restart,
+                on_item=on_item,
+            )
             self.workers.append(w)
             self.sensor_streams[name] = sensor_stream_set
         for w in self.workers:
             w.start()
-        log.info("sensors: %s (%s clock)", ", ".join(f"{w.sensor}={'+'.join(s)}" for w, (_, s) in
-                                                     zip(self.workers, stream_sets(self.daemon_cfg.sensors, streams))),
-                 self.clock)
+        log.info(
+            "sensors: %s (%s clock)",
+            ", ".join(
+                f"{w.sensor}={'+'.join(s)}"
+                for w, (_, s) in zip(self.workers, stream_sets(self.daemon_cfg.sensors, streams))
+            ),
+            self.clock,
+        )
 
     def _stop_sensors(self) -> None:
         self.stop_event.set()
@@ -295,7 +354,9 @@ class Daemon(DaemonEvidence):
             self.metrics.latency.observe(time.perf_counter() - t0)
         self.windows += 1
         self.last_window_monotonic = time.monotonic()
-        mods = "+".join(m for m, on in (("audio", w.audio is not None), ("image", w.frames is not None)) if on) or "none"
+        mods = (
+            "+".join(m for m, on in (("audio", w.audio is not None), ("image", w.frames is not None)) if on) or "none"
+        )
         self.windows_by_modality[mods] += 1
         if self.metrics is not None:
             self.metrics.windows.labels(mods).inc()
@@ -310,18 +371,33 @@ class Daemon(DaemonEvidence):
             if self.evidence is not None:
                 try:
                     ev = self._evidence_for(did, utc, det, context, frame, w.frames)
-                    audio_path, image_path, clip_path, note, outcome = (ev.audio_path, ev.image_path, ev.clip_path,
-                                                                        ev.note, ev.outcome)
+                    audio_path, image_path, clip_path, note, outcome = (
+                        ev.audio_path,
+                        ev.image_path,
+                        ev.clip_path,
+                        ev.note,
+                        ev.outcome,
+                    )
                 except Exception as e:  # evidence is best effort: the detection is logged whatever happens here
                     log.error("evidence for %s failed: %s", did, e)
                     note, outcome = f"failed: {e}", "failed"
                 if self.metrics is not None and outcome != "pending":  # a pending set counts when it is written
                     self.metrics.evidence.labels(outcome).inc()
             topics = [self.mqtt.topics["detection"]] if self.mqtt is not None else []
-            self.store.add(det, detection_id=did, utc_ns=utc, source=self.src_cfg.uri, run_id=self.run_id,
-                           audio_path=audio_path, image_path=image_path, evidence_note=note, outbox_topics=topics,
-                           clip_path=clip_path, clock=self.wallclock.state,
-                           written_op_ns=self.op_clock.now_ns() if self.op_clock is not None else None)
+            self.store.add(
+                det,
+                detection_id=did,
+                utc_ns=utc,
+                source=self.src_cfg.uri,
+                run_id=self.run_id,
+                audio_path=audio_path,
+                image_path=image_path,
+                evidence_note=note,
+                outbox_topics=topics,
+                clip_path=clip_path,
+                clock=self.wallclock.state,
+                written_op_ns=self.op_clock.now_ns() if self.op_clock is not None else None,
+            )
             self.detections += 1
             dm = "+".join(det.modalities) or "none"
             self.detections_by_modality[dm] += 1
@@ -361,13 +437,14 @@ class Daemon(DaemonEvidence):
         # lagging or dead sensor, then goes without it (that is how audio-only detections continue).
         live = self.clock == "wall" or len(self.workers) > 1
         aligner = Aligner(self.contract, self.cfg.runtime.align, streams=self.streams, live=live)
-        post = PostProcessor(self.labels, self.cfg.runtime.postprocess, model_sha256=self.sha,
-                             utc_ns_for=self._utc_for)
+        post = PostProcessor(self.labels, self.cfg.runtime.postprocess, model_sha256=self.sha, utc_ns_for=self._utc_for)
         context: collections.deque = collections.deque(maxlen=self.daemon_cfg.evidence.context_windows)
         wd = self.daemon_cfg.watchdog_interval_s
         sys_wd = systemd_watchdog_s()
-        state: dict[str, Any] = {"watchdog_s": wd if wd is not None else (sys_wd / 2 if sys_wd else None),
-                                 "last_watchdog": 0.0}
+        state: dict[str, Any] = {
+            "watchdog_s": wd if wd is not None else (sys_wd / 2 if sys_wd else None),
+            "last_watchdog": 0.0,
+        }
         ended: set[str] = set()
         names = {w.sensor for w in self.workers}
         while not self.stop_event.is_set():
@@ -415,8 +492,11 @@ class Daemon(DaemonEvidence):
 
         def on_signal(signum, _frame) -> None:
             if not self.stop_event.is_set():
-                log.info("%s: stopping (flush and exit within %.1f s)", signal.Signals(signum).name,
-                         self.daemon_cfg.shutdown_timeout_s)
+                log.info(
+                    "%s: stopping (flush and exit within %.1f s)",
+                    signal.Signals(signum).name,
+                    self.daemon_cfg.shutdown_timeout_s,
+                )
             self._stop_deadline = min(self._stop_deadline, time.monotonic() + self.daemon_cfg.shutdown_timeout_s)
             self.stop_event.set()
 
@@ -438,8 +518,13 @@ class Daemon(DaemonEvidence):
                 stack.start(comp)
             if not self.stop_event.is_set():
                 sd_notify("READY=1\nSTATUS=running")
-                log.info("daemon ready: %s on %s (run %s)", self.role, ", ".join(self.streams), self.run_id,
-                         extra={"fields": {"event": "ready", "run_id": self.run_id}})
+                log.info(
+                    "daemon ready: %s on %s (run %s)",
+                    self.role,
+                    ", ".join(self.streams),
+                    self.run_id,
+                    extra={"fields": {"event": "ready", "run_id": self.run_id}},
+                )
                 self._loop()
         finally:
             if self._stop_deadline == float("inf"):
@@ -456,30 +541,49 @@ class Daemon(DaemonEvidence):
             stop_s = time.monotonic() - t_stop
             for s, h in old.items():
                 signal.signal(s, h)
-            log.info("daemon stopped in %.2f s (%s)%s", stop_s, self.exit_reason,
-                     f"; over budget: {', '.join(late)}" if late else "",
-                     extra={"fields": {"event": "stopped", "stop_s": round(stop_s, 3), "reason": self.exit_reason}})
+            log.info(
+                "daemon stopped in %.2f s (%s)%s",
+                stop_s,
+                self.exit_reason,
+                f"; over budget: {', '.join(late)}" if late else "",
+                extra={"fields": {"event": "stopped", "stop_s": round(stop_s, 3), "reason": self.exit_reason}},
+            )
         wall = time.perf_counter() - t_start
         data = {
-            "exit_reason": self.exit_reason, "windows": self.windows, "detections": self.detections,
-            "committed": self.committed, "windows_by_modality": dict(self.windows_by_modality),
-            "detections_by_modality": dict(self.detections_by_modality), "restarts": dict(self.restarts),
+            "exit_reason": self.exit_reason,
+            "windows": self.windows,
+            "detections": self.detections,
+            "committed": self.committed,
+            "windows_by_modality": dict(self.windows_by_modality),
+            "detections_by_modality": dict(self.detections_by_modality),
+            "restarts": dict(self.restarts),
             "evidence": dict(self.evidence.counts) if self.evidence is not None else None,
-            "queues": self._queue_stats(), "evidence_check": self.evidence_check,
-            "mqtt_sent": self.mqtt.sent if self.mqtt is not None else None, "db": str(self.db_path),
-            "run_id": self.run_id, "clock": self.wallclock.state, "clock_steps": self.wallclock.steps,
-            "wall_s": round(wall, 3), "stop_s": round(stop_s, 3),
+            "queues": self._queue_stats(),
+            "evidence_check": self.evidence_check,
+            "mqtt_sent": self.mqtt.sent if self.mqtt is not None else None,
+            "db": str(self.db_path),
+            "run_id": self.run_id,
+            "clock": self.wallclock.state,
+            "clock_steps": self.wallclock.steps,
+            "wall_s": round(wall, 3),
+            "stop_s": round(stop_s, 3),
         }
         if self.fatal is not None:
             raise SensorError(self.fatal)
-        text = (f"daemon {self.exit_reason}: {self.windows} windows, {self.detections} detections "
-                f"({self.committed} committed to {self.db_path}), restarts {dict(self.restarts) or 0}, "
-                f"stopped in {stop_s:.2f} s")
+        text = (
+            f"daemon {self.exit_reason}: {self.windows} windows, {self.detections} detections "
+            f"({self.committed} committed to {self.db_path}), restarts {dict(self.restarts) or 0}, "
+            f"stopped in {stop_s:.2f} s"
+        )
         return CommandResult(data, text)
 
 
-def run_daemon(cfg: EdgeAVConfig, bundle_override: str | None = None, db_override: str | None = None,
-               realtime_override: bool | None = None) -> CommandResult:
+def run_daemon(
+    cfg: EdgeAVConfig,
+    bundle_override: str | None = None,
+    db_override: str | None = None,
+    realtime_override: bool | None = None,
+) -> CommandResult:
     return Daemon(cfg, bundle_override, db_override, realtime_override).run()
 
 

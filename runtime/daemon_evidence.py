@@ -35,8 +35,9 @@ class DaemonEvidence:
     def _start_evidence_worker(self) -> None:
         from edgeav.runtime.evidence_worker import EvidenceWorker
 
-        self.evidence_worker = EvidenceWorker(self.evidence, self.daemon_cfg.evidence.queue_max_sets,
-                                              live=self.live).start()  # live: drops as the sensor queues do
+        self.evidence_worker = EvidenceWorker(
+            self.evidence, self.daemon_cfg.evidence.queue_max_sets, live=self.live
+        ).start()  # live: drops as the sensor queues do
 
     def _check_evidence(self) -> None:
         """After a crash: no half-written temp file stays, and no committed row names a file that is not whole."""
@@ -45,7 +46,8 @@ class DaemonEvidence:
         remove_temp_files(self.evidence.root)
         rows = self.store.con.execute(
             "SELECT id, audio_path, image_path, clip_path, evidence_note FROM detections WHERE audio_path IS NOT NULL "
-            "OR image_path IS NOT NULL OR clip_path IS NOT NULL").fetchall()
+            "OR image_path IS NOT NULL OR clip_path IS NOT NULL"
+        ).fetchall()
         self.evidence_check = check_committed(rows, self.store.update_evidence)
         if any(self.evidence_check.values()):
             try:
@@ -56,13 +58,17 @@ class DaemonEvidence:
     def _stop_evidence(self) -> None:
         if self.evidence_worker is not None:
             left, busy = self.evidence_worker.stop(
-                timeout_s=max(0.1, min(1.0, self._stop_deadline - time.monotonic() - 1.5)))
+                timeout_s=max(0.1, min(1.0, self._stop_deadline - time.monotonic() - 1.5))
+            )
             self._drain_evidence()
             for did in left:  # never started: the row stops naming files that will not come
                 self.store.update_evidence(did, None, None, "missing: not written before the daemon stopped")
             if left or busy:
-                log.warning("evidence of %d detection(s) not written at stop%s", len(left) + bool(busy),
-                            f" ({busy} is settled at the next start)" if busy else "")
+                log.warning(
+                    "evidence of %d detection(s) not written at stop%s",
+                    len(left) + bool(busy),
+                    f" ({busy} is settled at the next start)" if busy else "",
+                )
         if self.evidence is not None:
             self.evidence.stop()
 
@@ -82,8 +88,15 @@ class DaemonEvidence:
             if self.metrics is not None:
                 self.metrics.evidence.labels(ev.outcome).inc()
 
-    def _evidence_for(self, did: str, utc: int, det: Detection, context: Sequence[WindowContext],
-                      frame: np.ndarray | None, frames: np.ndarray | None) -> EvidenceResult:
+    def _evidence_for(
+        self,
+        did: str,
+        utc: int,
+        det: Detection,
+        context: Sequence[WindowContext],
+        frame: np.ndarray | None,
+        frames: np.ndarray | None,
+    ) -> EvidenceResult:
         """Decide on the main loop (free-space floor, file names) and hand the encoding to the evidence thread:
         the row links the planned files now (note pending); a full evidence queue skips the set."""
         from edgeav.runtime.evidence import EvidenceResult, WindowContext, stitch_audio
@@ -94,8 +107,12 @@ class DaemonEvidence:
         media = WindowContext(det.start_ns, det.end_ns, audio, frame, frames)
         if ev.outcome == "pending" and not self.evidence_worker.submit(EvidenceJob(did, utc, media)):
             self.evidence.counts["queue_full"] = self.evidence.counts.get("queue_full", 0) + 1
-            ev = EvidenceResult(None, None, f"skipped: evidence queue full ({self.evidence_worker.jobs.maxsize} sets "
-                                "waiting)", "skipped")
+            ev = EvidenceResult(
+                None,
+                None,
+                f"skipped: evidence queue full ({self.evidence_worker.jobs.maxsize} sets waiting)",
+                "skipped",
+            )
         return ev
 
     def _queue_stats(self) -> dict[str, dict[str, int]]:

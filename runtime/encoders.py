@@ -36,16 +36,22 @@ def write_wav(path: Path, samples: np.ndarray, rate_hz: int) -> None:
 def write_flac(path: Path, samples: np.ndarray, rate_hz: int) -> None:
     import soundfile
 
-    atomic_write(path, lambda f: soundfile.write(f, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0),
-                                                 int(rate_hz), format="FLAC", subtype="PCM_16"))
+    atomic_write(
+        path,
+        lambda f: soundfile.write(
+            f, np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0), int(rate_hz), format="FLAC", subtype="PCM_16"
+        ),
+    )
 
 
 def clip_pipeline_description(width_px: int, height_px: int, rate_hz: float, bitrate_kbps: int) -> str:
     """The GStreamer pipeline that writes one evidence clip (the file name is set on `sink` afterwards)."""
     fr = Fraction(rate_hz).limit_denominator(1001)
-    return (f"appsrc name=src format=time is-live=false block=true caps=video/x-raw,format=RGB,width={width_px},"
-            f"height={height_px},framerate={fr.numerator}/{fr.denominator} ! videoconvert ! "
-            f"openh264enc bitrate={int(bitrate_kbps) * 1000} ! h264parse ! mp4mux ! filesink name=sink sync=false")
+    return (
+        f"appsrc name=src format=time is-live=false block=true caps=video/x-raw,format=RGB,width={width_px},"
+        f"height={height_px},framerate={fr.numerator}/{fr.denominator} ! videoconvert ! "
+        f"openh264enc bitrate={int(bitrate_kbps) * 1000} ! h264parse ! mp4mux ! filesink name=sink sync=false"
+    )
 
 
 class ClipEncoder:
@@ -59,8 +65,10 @@ class ClipEncoder:
         self.Gst = _gst()
         lacking = [e for e in self.NEEDS if self.Gst.ElementFactory.find(e) is None]
         if lacking:
-            raise ConfigError(f"evidence clips need GStreamer's {', '.join(lacking)} (gstreamer1.0-plugins-bad, "
-                              "gstreamer1.0-plugins-good); or set daemon.evidence.clip=false")
+            raise ConfigError(
+                f"evidence clips need GStreamer's {', '.join(lacking)} (gstreamer1.0-plugins-bad, "
+                "gstreamer1.0-plugins-good); or set daemon.evidence.clip=false"
+            )
         self.rate_hz = float(rate_hz)
         self.bitrate_kbps = int(bitrate_kbps)
         self.timeout_s = float(timeout_s)
@@ -89,8 +97,9 @@ class ClipEncoder:
                 if src.emit("push-buffer", buf) != Gst.FlowReturn.OK:
                     raise SensorError(f"clip encoder refused frame {k} of {path.name}")
             src.emit("end-of-stream")
-            msg = pipeline.get_bus().timed_pop_filtered(int(self.timeout_s * Gst.SECOND),
-                                                        Gst.MessageType.EOS | Gst.MessageType.ERROR)
+            msg = pipeline.get_bus().timed_pop_filtered(
+                int(self.timeout_s * Gst.SECOND), Gst.MessageType.EOS | Gst.MessageType.ERROR
+            )
             if msg is None:
                 raise SensorError(f"clip encoder did not finish {path.name} within {self.timeout_s:g} s")
             if msg.type == Gst.MessageType.ERROR:
@@ -116,8 +125,10 @@ class JpegEncoder:
 
         self.Gst = _gst()
         if self.Gst.ElementFactory.find("jpegenc") is None:
-            raise ConfigError("evidence JPEGs need GStreamer's jpegenc (gstreamer1.0-plugins-good); "
-                              "or set daemon.evidence.image_format=none")
+            raise ConfigError(
+                "evidence JPEGs need GStreamer's jpegenc (gstreamer1.0-plugins-good); "
+                "or set daemon.evidence.image_format=none"
+            )
         self.quality = int(quality)
         self._pipeline = None
         self._shape: tuple[int, int] | None = None
@@ -127,9 +138,11 @@ class JpegEncoder:
     def _build(self, h: int, w: int) -> None:
         self.close()
         Gst = self.Gst
-        desc = (f"appsrc name=src format=time is-live=false caps=video/x-raw,format=RGB,width={w},height={h},"
-                f"framerate=0/1 ! videoconvert ! jpegenc quality={self.quality} ! "
-                "appsink name=sink sync=false max-buffers=4 drop=false")
+        desc = (
+            f"appsrc name=src format=time is-live=false caps=video/x-raw,format=RGB,width={w},height={h},"
+            f"framerate=0/1 ! videoconvert ! jpegenc quality={self.quality} ! "
+            "appsink name=sink sync=false max-buffers=4 drop=false"
+        )
         self._pipeline = Gst.parse_launch(desc)
         self._src = self._pipeline.get_by_name("src")
         self._sink = self._pipeline.get_by_name("sink")

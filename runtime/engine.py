@@ -11,9 +11,10 @@ import collections
 import csv
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -73,13 +74,20 @@ def source_for_contract(src_cfg: SourceConfig, contract: InputContract) -> Sourc
     if contract.image.n_frames == 1 or rate is None or abs(src_cfg.fps - rate) < 1e-6:
         return src_cfg
     (log.warning if "fps" in src_cfg.model_fields_set else log.info)(
-        "source fps %g -> %g: the model takes %d frames per window at %g Hz", src_cfg.fps, rate,
-        contract.image.n_frames, rate)
+        "source fps %g -> %g: the model takes %d frames per window at %g Hz",
+        src_cfg.fps,
+        rate,
+        contract.image.n_frames,
+        rate,
+    )
     return src_cfg.model_copy(update={"fps": float(rate)})
 
 
 def infer_windows(
-    windows: Iterable[AlignedWindow], backend: Backend, contract: InputContract, post: PostProcessor,
+    windows: Iterable[AlignedWindow],
+    backend: Backend,
+    contract: InputContract,
+    post: PostProcessor,
     batch_windows: int = 1,
 ) -> Iterator[WindowResult]:
     """Inference and post-processing over already aligned windows (no GStreamer needed).
@@ -127,7 +135,9 @@ def _resolve_backend(
         return b, contract or b.input_contract, sha, False
     path = Path(bundle_or_backend)
     if path.suffix.lower() not in (".onnx", ".engine", ".plan", ".pt"):
-        raise ModelError(f"{path}: expected a .onnx, .engine or (development) .pt model, or a Backend (bundle loading is the CLI's job)")
+        raise ModelError(
+            f"{path}: expected a .onnx, .engine or (development) .pt model, or a Backend (bundle loading is the CLI's job)"
+        )
     if contract is None:
         raise ConfigError("a contract is needed with a bare model file (the bundle manifest carries it)")
     return backend_from_config(cfg.backend, path, contract), contract, sha256_file(path), True
@@ -238,8 +248,13 @@ class SegmentReport:
             "n_segments": self.n_segments,
             "n_scored": self.n_scored,
             "segments": [
-                {"start_s": r.segment.start_ns / NS_PER_S, "end_s": r.segment.end_ns / NS_PER_S,
-                 "label": r.segment.label, "predicted": r.predicted, "n_windows": r.n_windows}
+                {
+                    "start_s": r.segment.start_ns / NS_PER_S,
+                    "end_s": r.segment.end_ns / NS_PER_S,
+                    "label": r.segment.label,
+                    "predicted": r.predicted,
+                    "n_windows": r.n_windows,
+                }
                 for r in self.segments
             ],
         }

@@ -36,9 +36,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -97,10 +98,14 @@ def stitch_audio(windows: Sequence[WindowContext], start_ns: int, end_ns: int, r
     for w in windows:
         if w.audio is None or w.end_ns <= start_ns or w.start_ns >= end_ns:
             continue
-        a = samples_for_ns(w.start_ns - start_ns, rate_hz) if w.start_ns >= start_ns else -samples_for_ns(start_ns - w.start_ns, rate_hz)
+        a = (
+            samples_for_ns(w.start_ns - start_ns, rate_hz)
+            if w.start_ns >= start_ns
+            else -samples_for_ns(start_ns - w.start_ns, rate_hz)
+        )
         lo, hi = max(a, 0), min(a + w.audio.size, n)
         if hi > lo:
-            out[lo:hi] = w.audio[lo - a: hi - a]
+            out[lo:hi] = w.audio[lo - a : hi - a]
             any_audio = True
     return out if any_audio else None
 
@@ -142,13 +147,14 @@ class EvidenceStore:
         self.disk_low = False
         self.counts = {"written": 0, "partial": 0, "skipped": 0, "failed": 0, "deleted_age": 0, "deleted_disk": 0}
 
-    def start(self) -> "EvidenceStore":
+    def start(self) -> EvidenceStore:
         if self.cfg.audio_format == "flac":
             try:
                 import soundfile  # noqa: F401
             except ImportError:
-                raise ConfigError("daemon.evidence.audio_format=flac needs the soundfile package "
-                                  "(pip install soundfile), or use wav") from None
+                raise ConfigError(
+                    "daemon.evidence.audio_format=flac needs the soundfile package (pip install soundfile), or use wav"
+                ) from None
         self.root.mkdir(parents=True, exist_ok=True)
         if self.cfg.image_format == "jpeg":
             self.jpeg = JpegEncoder(self.cfg.jpeg_quality)
@@ -157,10 +163,16 @@ class EvidenceStore:
                 log.warning("daemon.evidence.clip is on, but the model takes one frame per window: no clips")
             else:
                 self.clip = ClipEncoder(self.frame_rate_hz, self.cfg.clip_bitrate_kbps)
-        log.info("evidence in %s (audio %s, image %s, clip %s, keep >= %.0f %% free, >= %d per class, max age %s days)",
-                 self.root, self.cfg.audio_format, self.cfg.image_format,
-                 f"mp4 at {self.frame_rate_hz:g} Hz" if self.clip is not None else "none", self.cfg.min_free_percent,
-                 self.cfg.keep_per_class, self.cfg.max_age_days)
+        log.info(
+            "evidence in %s (audio %s, image %s, clip %s, keep >= %.0f %% free, >= %d per class, max age %s days)",
+            self.root,
+            self.cfg.audio_format,
+            self.cfg.image_format,
+            f"mp4 at {self.frame_rate_hz:g} Hz" if self.clip is not None else "none",
+            self.cfg.min_free_percent,
+            self.cfg.keep_per_class,
+            self.cfg.max_age_days,
+        )
         return self
 
     def stop(self) -> None:
@@ -172,8 +184,15 @@ class EvidenceStore:
         return self._free_ratio(self.root)
 
     # -- writing ---------------------------------------------------------------------------------------------------
-    def write(self, detection_id: str, utc_ns: int, label: str, audio: np.ndarray | None,
-              frame: np.ndarray | None, frames: np.ndarray | None = None) -> EvidenceResult:
+    def write(
+        self,
+        detection_id: str,
+        utc_ns: int,
+        label: str,
+        audio: np.ndarray | None,
+        frame: np.ndarray | None,
+        frames: np.ndarray | None = None,
+    ) -> EvidenceResult:
         """One evidence set: audio (S,), the middle frame (H, W, 3) and, with clips on, the window's frames
         (T, H, W, 3). Everything is subject to the free-space floor; a failure removes what was written.
         `admit` + `write_files` in one call (the daemon runs the second on its evidence thread)."""
@@ -191,22 +210,33 @@ class EvidenceStore:
         free = self.free_ratio()
         if free < floor:
             if not self.disk_low:
-                log.warning("evidence paused: %.1f %% free on %s < %.0f %% (detections are still logged)",
-                            free * 100, self.root, self.cfg.min_free_percent,
-                            extra={"fields": {"event": "evidence_paused", "free_percent": round(free * 100, 2)}})
+                log.warning(
+                    "evidence paused: %.1f %% free on %s < %.0f %% (detections are still logged)",
+                    free * 100,
+                    self.root,
+                    self.cfg.min_free_percent,
+                    extra={"fields": {"event": "evidence_paused", "free_percent": round(free * 100, 2)}},
+                )
             self.disk_low = True
             self.counts["skipped"] += 1
-            return EvidenceResult(None, None, f"skipped: {free * 100:.1f} % free < {self.cfg.min_free_percent:g} %",
-                                  "skipped")
+            return EvidenceResult(
+                None, None, f"skipped: {free * 100:.1f} % free < {self.cfg.min_free_percent:g} %", "skipped"
+            )
         if self.disk_low:
             log.info("evidence resumed: %.1f %% free on %s", free * 100, self.root)
             self.disk_low = False
         return None
 
-    def _paths(self, detection_id: str, utc_ns: int, audio: np.ndarray | None, frame: np.ndarray | None,
-               frames: np.ndarray | None) -> tuple[Path | None, Path | None, Path | None, list[str]]:
+    def _paths(
+        self,
+        detection_id: str,
+        utc_ns: int,
+        audio: np.ndarray | None,
+        frame: np.ndarray | None,
+        frames: np.ndarray | None,
+    ) -> tuple[Path | None, Path | None, Path | None, list[str]]:
         """(audio, image, clip) paths the set gets (None = not written) and notes on what is missing."""
-        day = _dt.datetime.fromtimestamp(utc_ns / 1e9, tz=_dt.timezone.utc).strftime("%Y-%m-%d")
+        day = _dt.datetime.fromtimestamp(utc_ns / 1e9, tz=_dt.UTC).strftime("%Y-%m-%d")
         folder = self.root / day
         apath = ipath = cpath = None
         notes: list[str] = []
@@ -227,18 +257,35 @@ class EvidenceStore:
                 cpath = folder / f"{detection_id}.mp4"
         return apath, ipath, cpath, notes
 
-    def plan(self, detection_id: str, utc_ns: int, audio: np.ndarray | None, frame: np.ndarray | None,
-             frames: np.ndarray | None = None) -> EvidenceResult:
+    def plan(
+        self,
+        detection_id: str,
+        utc_ns: int,
+        audio: np.ndarray | None,
+        frame: np.ndarray | None,
+        frames: np.ndarray | None = None,
+    ) -> EvidenceResult:
         """The paths `write_files` will give this set (outcome `pending`, note `PENDING_NOTE`): the log links them
         at once; the write's result corrects the row later, and a start-up check marks files that never came."""
         apath, ipath, cpath, notes = self._paths(detection_id, utc_ns, audio, frame, frames)
         if apath is None and ipath is None and cpath is None:  # nothing to write: the final result already
             return EvidenceResult(None, None, "; ".join(notes) or None, "none")
-        return EvidenceResult(str(apath) if apath else None, str(ipath) if ipath else None, PENDING_NOTE, "pending",
-                              str(cpath) if cpath else None)
+        return EvidenceResult(
+            str(apath) if apath else None,
+            str(ipath) if ipath else None,
+            PENDING_NOTE,
+            "pending",
+            str(cpath) if cpath else None,
+        )
 
-    def write_files(self, detection_id: str, utc_ns: int, audio: np.ndarray | None, frame: np.ndarray | None,
-                    frames: np.ndarray | None = None) -> EvidenceResult:
+    def write_files(
+        self,
+        detection_id: str,
+        utc_ns: int,
+        audio: np.ndarray | None,
+        frame: np.ndarray | None,
+        frames: np.ndarray | None = None,
+    ) -> EvidenceResult:
         """Encode and write one admitted set; every file durable and atomic (temp name, fsync, rename, fsync of the
         folder), so a file a committed row names is whole or absent, never truncated."""
         apath, ipath, cpath, notes = self._paths(detection_id, utc_ns, audio, frame, frames)
@@ -267,8 +314,13 @@ class EvidenceStore:
         outcome = "written" if not notes else ("partial" if written else "none")
         if outcome in self.counts:
             self.counts[outcome] += 1
-        return EvidenceResult(str(apath) if apath else None, str(ipath) if ipath else None,
-                              "; ".join(notes) or None, outcome, str(cpath) if cpath else None)
+        return EvidenceResult(
+            str(apath) if apath else None,
+            str(ipath) if ipath else None,
+            "; ".join(notes) or None,
+            outcome,
+            str(cpath) if cpath else None,
+        )
 
     # -- retention -------------------------------------------------------------------------------------------------
     def _delete(self, row: Any, reason: str) -> None:
@@ -336,8 +388,12 @@ class EvidenceStore:
                 per_class[r["label"]] -= 1
                 deleted += 1
         if deleted:
-            log.info("retention deleted %d evidence set(s); %.1f %% free", deleted, self.free_ratio() * 100,
-                     extra={"fields": {"event": "retention", "deleted": deleted}})
+            log.info(
+                "retention deleted %d evidence set(s); %.1f %% free",
+                deleted,
+                self.free_ratio() * 100,
+                extra={"fields": {"event": "retention", "deleted": deleted}},
+            )
         return deleted
 
     def sweep_orphans(self, known: Callable[[list[str]], set[str]]) -> int:
@@ -360,6 +416,15 @@ class EvidenceStore:
         return n
 
 
-__all__ = ["EvidenceStore", "EvidenceResult", "WindowContext", "JpegEncoder", "ClipEncoder", "clip_pipeline_description",
-           "disk_free_ratio", "stitch_audio",
-           "write_wav", "write_flac"]
+__all__ = [
+    "EvidenceStore",
+    "EvidenceResult",
+    "WindowContext",
+    "JpegEncoder",
+    "ClipEncoder",
+    "clip_pipeline_description",
+    "disk_free_ratio",
+    "stitch_audio",
+    "write_wav",
+    "write_flac",
+]

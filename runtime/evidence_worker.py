@@ -18,9 +18,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from edgeav.atomic import TEMP_SUFFIX
 from edgeav.runtime.evidence import EVIDENCE_PATH_KEYS, PENDING_NOTE, EvidenceResult, EvidenceStore, WindowContext
@@ -43,14 +44,15 @@ class EvidenceWorker:
 
     def __init__(self, store: EvidenceStore, max_sets: int, live: bool = True) -> None:
         self.store = store
-        self.jobs: BoundedQueue[EvidenceJob] = BoundedQueue(max_sets, "drop_newest" if live else "block",
-                                                            name="evidence")
+        self.jobs: BoundedQueue[EvidenceJob] = BoundedQueue(
+            max_sets, "drop_newest" if live else "block", name="evidence"
+        )
         self._done: collections.deque[tuple[str, EvidenceResult]] = collections.deque()
         self._busy: str | None = None
         self._idle = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="evidence", daemon=True)
 
-    def start(self) -> "EvidenceWorker":
+    def start(self) -> EvidenceWorker:
         self._thread.start()
         return self
 
@@ -158,8 +160,11 @@ def check_committed(rows: Iterable[Any], update: Callable[..., None]) -> dict[st
             counts["settled"] += 1
         update(r["id"], keep["audio_path"], keep["image_path"], note, clip_path=keep["clip_path"])
     if counts["missing"]:
-        log.warning("%d detection(s) had evidence files missing at start (marked in the log)", counts["missing"],
-                    extra={"fields": {"event": "evidence_missing", "rows": counts["missing"]}})
+        log.warning(
+            "%d detection(s) had evidence files missing at start (marked in the log)",
+            counts["missing"],
+            extra={"fields": {"event": "evidence_missing", "rows": counts["missing"]}},
+        )
     return counts
 
 

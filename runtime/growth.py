@@ -26,8 +26,9 @@ import os
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from edgeav.atomic import atomic_write
 from edgeav.errors import StorageError
@@ -81,8 +82,9 @@ def read_archive(folder: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def archive_and_prune(store: DetectionStore, keep_s: float, now_ns: int, archive_dir: str | os.PathLike,
-                      page_rows: int = 2000) -> int:
+def archive_and_prune(
+    store: DetectionStore, keep_s: float, now_ns: int, archive_dir: str | os.PathLike, page_rows: int = 2000
+) -> int:
     """Archive, then delete, detections older than `keep_s` that link no evidence. Returns rows deleted."""
     folder = Path(archive_dir)
     cut = int(now_ns - keep_s * 1e9)
@@ -91,12 +93,14 @@ def archive_and_prune(store: DetectionStore, keep_s: float, now_ns: int, archive
     while True:
         rows = store.con.execute(
             f"SELECT {cols} FROM detections WHERE utc_ns < ? AND audio_path IS NULL AND image_path IS NULL "
-            "AND clip_path IS NULL ORDER BY utc_ns, id LIMIT ?", (cut, int(page_rows))).fetchall()
+            "AND clip_path IS NULL ORDER BY utc_ns, id LIMIT ?",
+            (cut, int(page_rows)),
+        ).fetchall()
         if not rows:
             break
         by_day: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
-            day = _dt.datetime.fromtimestamp(r["utc_ns"] // 1_000_000_000, tz=_dt.timezone.utc).strftime("%Y-%m-%d")
+            day = _dt.datetime.fromtimestamp(r["utc_ns"] // 1_000_000_000, tz=_dt.UTC).strftime("%Y-%m-%d")
             by_day.setdefault(day, []).append(dict(zip(COLUMNS, r)))
         folder.mkdir(parents=True, exist_ok=True)
         for day, day_rows in by_day.items():
@@ -109,16 +113,27 @@ def archive_and_prune(store: DetectionStore, keep_s: float, now_ns: int, archive
         if len(rows) < page_rows:
             break
     if total:
-        log.info("archived and deleted %d detection(s) older than %.1f days (archive %s)", total, keep_s / 86_400,
-                 folder, extra={"fields": {"event": "detections_pruned", "rows": total}})
+        log.info(
+            "archived and deleted %d detection(s) older than %.1f days (archive %s)",
+            total,
+            keep_s / 86_400,
+            folder,
+            extra={"fields": {"event": "detections_pruned", "rows": total}},
+        )
     return total
 
 
 class StoreUpkeep:
     """Commits, health and bounded growth of one `DetectionStore` (see the module docstring)."""
 
-    def __init__(self, store: DetectionStore, cfg: StoreConfig, archive_dir: str | os.PathLike | None = None,
-                 interval_s: float = UPKEEP_INTERVAL_S, wall_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(
+        self,
+        store: DetectionStore,
+        cfg: StoreConfig,
+        archive_dir: str | os.PathLike | None = None,
+        interval_s: float = UPKEEP_INTERVAL_S,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
         self.store = store
         self.cfg = cfg
         self.archive_dir = Path(archive_dir) if archive_dir is not None else archive_dir_for(store.path)
@@ -135,8 +150,13 @@ class StoreUpkeep:
             self.store.maybe_flush()
         except StorageError as e:  # e.g. disk full for a while: the batch stays queued and is retried
             if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
-                log.error("%s (%d kept in memory, retrying; %d dropped so far)", e, self.store.pending,
-                          self.store.dropped_detections, extra={"fields": {"event": "commit_failed"}})
+                log.error(
+                    "%s (%d kept in memory, retrying; %d dropped so far)",
+                    e,
+                    self.store.pending,
+                    self.store.dropped_detections,
+                    extra={"fields": {"event": "commit_failed"}},
+                )
                 self._last_error_log = now
         if self.store.failing_since is None and now - self._last_upkeep >= self.interval_s:
             self._last_upkeep = now
@@ -150,8 +170,9 @@ class StoreUpkeep:
         try:
             done["outbox"] = self.store.outbox_prune(self.cfg.outbox_keep_days * 86_400.0, now_ns=now_ns)
             if self.cfg.keep_days is not None:
-                done["detections"] = archive_and_prune(self.store, self.cfg.keep_days * 86_400.0, now_ns,
-                                                       self.archive_dir)
+                done["detections"] = archive_and_prune(
+                    self.store, self.cfg.keep_days * 86_400.0, now_ns, self.archive_dir
+                )
         except (StorageError, sqlite3.DatabaseError, OSError) as e:
             log.warning("detection log upkeep failed (tried again in %.0f s): %s", self.interval_s, e)
         for k, v in done.items():
@@ -164,8 +185,12 @@ class StoreUpkeep:
         now = time.monotonic() if now is None else now
         ok = since is None or now - since < self.cfg.max_unhealthy_s
         if not ok and not self._watchdog_stopped:
-            log.error("nothing could be committed for %.0f s (store.max_unhealthy_s): WATCHDOG=1 stops, systemd "
-                      "restarts the daemon; %d detection(s) wait in memory", now - since, self.store.pending)
+            log.error(
+                "nothing could be committed for %.0f s (store.max_unhealthy_s): WATCHDOG=1 stops, systemd "
+                "restarts the daemon; %d detection(s) wait in memory",
+                now - since,
+                self.store.pending,
+            )
         self._watchdog_stopped = not ok
         return ok
 

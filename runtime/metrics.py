@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from edgeav.errors import ConfigError
 
@@ -25,8 +26,10 @@ def _prom():
     try:
         import prometheus_client
     except ImportError:
-        raise ConfigError("daemon.metrics needs the prometheus_client package: pip install 'edgeav[runtime]' "
-                          "(or set daemon.metrics.enabled=false)") from None
+        raise ConfigError(
+            "daemon.metrics needs the prometheus_client package: pip install 'edgeav[runtime]' "
+            "(or set daemon.metrics.enabled=false)"
+        ) from None
     return prometheus_client
 
 
@@ -37,33 +40,43 @@ class DaemonMetrics:
         p = _prom()
         self.registry = p.CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.items = p.Counter("edgeav_sensor_items_total", "Frames / audio buffers received per sensor",
-                               ["sensor", "stream"], registry=r)
+        self.items = p.Counter(
+            "edgeav_sensor_items_total", "Frames / audio buffers received per sensor", ["sensor", "stream"], registry=r
+        )
         self.drops = p.Counter("edgeav_dropped_items_total", "Items dropped by a bounded queue", ["queue"], registry=r)
         self.queue_depth = p.Gauge("edgeav_queue_depth", "Items waiting in a queue", ["queue"], registry=r)
-        self.restarts = p.Counter("edgeav_sensor_restarts_total", "Sensor restarts (errors and silences)", ["sensor"],
-                                  registry=r)
-        self.sensor_up = p.Gauge("edgeav_sensor_up", "1 when the sensor's pipeline is delivering", ["sensor"],
-                                 registry=r)
-        self.windows = p.Counter("edgeav_windows_total", "Aligned windows by modalities present", ["modalities"],
-                                 registry=r)
-        self.latency = p.Histogram("edgeav_inference_latency_seconds", "Model inference time per window",
-                                   buckets=LATENCY_BUCKETS_S, registry=r)
-        self.detections = p.Counter("edgeav_detections_total", "Detections per class and modalities used",
-                                    ["label", "modalities"], registry=r)
-        self.committed = p.Counter("edgeav_detections_committed_total", "Detections committed to the log",
-                                   registry=r)
-        self.evidence = p.Counter("edgeav_evidence_total", "Evidence sets by outcome (written, skipped, failed)",
-                                  ["outcome"], registry=r)
-        self.evidence_deleted = p.Counter("edgeav_evidence_deleted_total", "Evidence sets deleted by retention",
-                                          ["reason"], registry=r)
-        self.disk_free = p.Gauge("edgeav_evidence_disk_free_ratio", "Free share of the evidence file system",
-                                 registry=r)
+        self.restarts = p.Counter(
+            "edgeav_sensor_restarts_total", "Sensor restarts (errors and silences)", ["sensor"], registry=r
+        )
+        self.sensor_up = p.Gauge(
+            "edgeav_sensor_up", "1 when the sensor's pipeline is delivering", ["sensor"], registry=r
+        )
+        self.windows = p.Counter(
+            "edgeav_windows_total", "Aligned windows by modalities present", ["modalities"], registry=r
+        )
+        self.latency = p.Histogram(
+            "edgeav_inference_latency_seconds", "Model inference time per window", buckets=LATENCY_BUCKETS_S, registry=r
+        )
+        self.detections = p.Counter(
+            "edgeav_detections_total", "Detections per class and modalities used", ["label", "modalities"], registry=r
+        )
+        self.committed = p.Counter("edgeav_detections_committed_total", "Detections committed to the log", registry=r)
+        self.evidence = p.Counter(
+            "edgeav_evidence_total", "Evidence sets by outcome (written, skipped, failed)", ["outcome"], registry=r
+        )
+        self.evidence_deleted = p.Counter(
+            "edgeav_evidence_deleted_total", "Evidence sets deleted by retention", ["reason"], registry=r
+        )
+        self.disk_free = p.Gauge(
+            "edgeav_evidence_disk_free_ratio", "Free share of the evidence file system", registry=r
+        )
         self.mqtt_connected = p.Gauge("edgeav_mqtt_connected", "1 while connected to the broker", registry=r)
-        self.mqtt_published = p.Counter("edgeav_mqtt_published_total", "Messages acknowledged by the broker",
-                                        ["kind"], registry=r)
-        self.outbox_pending = p.Gauge("edgeav_mqtt_outbox_pending", "Detection messages waiting for the broker",
-                                      registry=r)
+        self.mqtt_published = p.Counter(
+            "edgeav_mqtt_published_total", "Messages acknowledged by the broker", ["kind"], registry=r
+        )
+        self.outbox_pending = p.Gauge(
+            "edgeav_mqtt_outbox_pending", "Detection messages waiting for the broker", registry=r
+        )
         self.up_since = p.Gauge("edgeav_start_time_seconds", "Unix time the daemon started", registry=r)
         self._lock = threading.Lock()
 
@@ -75,14 +88,19 @@ class DaemonMetrics:
 class MetricsServer:
     """GET /metrics and GET /health on host:port, served from a daemon thread."""
 
-    def __init__(self, metrics: DaemonMetrics, health: Callable[[], tuple[bool, dict[str, Any]]],
-                 host: str = "127.0.0.1", port: int = 9108) -> None:
+    def __init__(
+        self,
+        metrics: DaemonMetrics,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+        host: str = "127.0.0.1",
+        port: int = 9108,
+    ) -> None:
         self.metrics, self.health = metrics, health
         self.host, self.port = host, port
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -111,8 +129,9 @@ class MetricsServer:
             raise ConfigError(f"metrics endpoint cannot bind {self.host}:{self.port}: {e.strerror or e}") from None
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="metrics-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics-http", daemon=True
+        )
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics and /health", self.host, self.port)
         return self

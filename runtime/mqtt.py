@@ -26,8 +26,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from edgeav.errors import ConfigError
 
@@ -47,8 +48,14 @@ def topics(cfg: MqttConfig) -> dict[str, str]:
 class MqttPublisher:
     """Outbox -> broker. `start()` connects asynchronously (a broker that is down is not an error: rows wait)."""
 
-    def __init__(self, cfg: MqttConfig, db_path: str | Path, heartbeat: Callable[[], dict[str, Any]] | None = None,
-                 metrics: DaemonMetrics | None = None, outbox_added: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        db_path: str | Path,
+        heartbeat: Callable[[], dict[str, Any]] | None = None,
+        metrics: DaemonMetrics | None = None,
+        outbox_added: Callable[[], int] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.db_path = Path(db_path)
         self.heartbeat = heartbeat
@@ -74,12 +81,15 @@ class MqttPublisher:
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
-            raise ConfigError("daemon.mqtt needs paho-mqtt: pip install 'edgeav[mqtt]' (or set daemon.mqtt.enabled=false)") from None
+            raise ConfigError(
+                "daemon.mqtt needs paho-mqtt: pip install 'edgeav[mqtt]' (or set daemon.mqtt.enabled=false)"
+            ) from None
         cfg = self.cfg
         client_id = cfg.client_id or f"edgeav-{socket.gethostname()}"
         # MQTT 5: the session is clean at the first connect and resumed on reconnects (connect_async in start())
-        proto: dict[str, Any] = ({"protocol": mqtt.MQTTv5} if cfg.protocol == "5"
-                                 else {"protocol": mqtt.MQTTv311, "clean_session": True})
+        proto: dict[str, Any] = (
+            {"protocol": mqtt.MQTTv5} if cfg.protocol == "5" else {"protocol": mqtt.MQTTv311, "clean_session": True}
+        )
         client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, **proto)
         self._connect_kwargs: dict[str, Any] = {}
         if cfg.protocol == "5":
@@ -103,21 +113,28 @@ class MqttPublisher:
                 if v is not None and not Path(v).is_file():
                     raise ConfigError(f"daemon.mqtt.{key} {v}: not found")
             try:
-                client.tls_set(ca_certs=cfg.ca_file, certfile=cfg.cert_file, keyfile=cfg.key_file,
-                               cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+                client.tls_set(
+                    ca_certs=cfg.ca_file,
+                    certfile=cfg.cert_file,
+                    keyfile=cfg.key_file,
+                    cert_reqs=ssl.CERT_REQUIRED,
+                    tls_version=ssl.PROTOCOL_TLS_CLIENT,
+                )
             except (ssl.SSLError, OSError, ValueError) as e:
                 raise ConfigError(f"daemon.mqtt TLS set-up failed: {e}") from None
             if cfg.tls_insecure:
                 log.warning("MQTT TLS: the broker's host name is NOT checked (daemon.mqtt.tls_insecure=true)")
                 client.tls_insecure_set(True)
         client.will_set(self.topics["status"], "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s)))
+        client.reconnect_delay_set(
+            min_delay=max(1, int(cfg.reconnect_min_s)), max_delay=max(1, int(cfg.reconnect_max_s))
+        )
         client.max_inflight_messages_set(cfg.inflight_max)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         return client
 
-    def start(self) -> "MqttPublisher":
+    def start(self) -> MqttPublisher:
         from edgeav.runtime.store import connect
 
         self._client = self._make_client()
@@ -125,15 +142,22 @@ class MqttPublisher:
         at_start = self._count_pending()
         self._pending_base = at_start - (self._outbox_added() if self._outbox_added is not None else 0)
         try:
-            self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s,
-                                       **self._connect_kwargs)
+            self._client.connect_async(
+                self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s, **self._connect_kwargs
+            )
         except (OSError, ValueError) as e:
             raise ConfigError(f"daemon.mqtt: cannot connect to {self.cfg.host}:{self.cfg.port}: {e}") from None
         self._client.loop_start()
         self._thread = threading.Thread(target=self._run, name="mqtt-outbox", daemon=True)
         self._thread.start()
-        log.info("MQTT: publishing to %s:%d%s as %s (topics %s)", self.cfg.host, self.cfg.port,
-                 " over TLS" if self.cfg.tls else "", self.cfg.username or "anonymous", self.topics["detection"])
+        log.info(
+            "MQTT: publishing to %s:%d%s as %s (topics %s)",
+            self.cfg.host,
+            self.cfg.port,
+            " over TLS" if self.cfg.tls else "",
+            self.cfg.username or "anonymous",
+            self.topics["detection"],
+        )
         return self
 
     def stop(self, timeout_s: float = 1.5) -> None:
@@ -170,8 +194,13 @@ class MqttPublisher:
         if self.metrics is not None:
             self.metrics.mqtt_connected.set(1)
         client.publish(self.topics["status"], "online", qos=1, retain=True)
-        log.info("MQTT: connected to %s:%d (connection %d)", self.cfg.host, self.cfg.port, self.connects,
-                 extra={"fields": {"event": "mqtt_connected", "connects": self.connects}})
+        log.info(
+            "MQTT: connected to %s:%d (connection %d)",
+            self.cfg.host,
+            self.cfg.port,
+            self.connects,
+            extra={"fields": {"event": "mqtt_connected", "connects": self.connects}},
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
@@ -179,9 +208,12 @@ class MqttPublisher:
         if self.metrics is not None:
             self.metrics.mqtt_connected.set(0)
         if was:
-            log.warning("MQTT: disconnected (%s); %d unacknowledged message(s) will be sent again on reconnect",
-                        reason_code, len(self._unacked),
-                        extra={"fields": {"event": "mqtt_disconnected", "unacked": len(self._unacked)}})
+            log.warning(
+                "MQTT: disconnected (%s); %d unacknowledged message(s) will be sent again on reconnect",
+                reason_code,
+                len(self._unacked),
+                extra={"fields": {"event": "mqtt_disconnected", "unacked": len(self._unacked)}},
+            )
 
     # -- the outbox thread ------------------------------------------------------------------------------------------
     def _count_pending(self) -> int:

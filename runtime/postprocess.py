@@ -7,8 +7,8 @@ from __future__ import annotations
 import collections
 import datetime as _dt
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -31,7 +31,7 @@ def utc_iso(utc_ns: int | None) -> str | None:
     if utc_ns is None:
         return None
     sec, ns = divmod(int(utc_ns), NS_PER_S)
-    t = _dt.datetime.fromtimestamp(sec, tz=_dt.timezone.utc) + _dt.timedelta(microseconds=ns // 1000)
+    t = _dt.datetime.fromtimestamp(sec, tz=_dt.UTC) + _dt.timedelta(microseconds=ns // 1000)
     return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -177,8 +177,12 @@ class PostProcessor:
             )
             self.n_detections += 1
             log.info(
-                "detection %s %.3f [%s] %.2f-%.2f s", det.label, det.confidence, "+".join(modalities) or "-",
-                first_start / NS_PER_S, end_ns / NS_PER_S,
+                "detection %s %.3f [%s] %.2f-%.2f s",
+                det.label,
+                det.confidence,
+                "+".join(modalities) or "-",
+                first_start / NS_PER_S,
+                end_ns / NS_PER_S,
             )
             detections.append(det)
         return scores, detections

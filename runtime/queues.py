@@ -25,8 +25,9 @@ class BoundedQueue(Generic[T]):
         returns False and counts as dropped.
     """
 
-    def __init__(self, maxsize: int, policy: Policy = "drop_oldest", name: str = "queue",
-                 bell: threading.Event | None = None) -> None:
+    def __init__(
+        self, maxsize: int, policy: Policy = "drop_oldest", name: str = "queue", bell: threading.Event | None = None
+    ) -> None:
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         if policy not in ("drop_oldest", "drop_newest", "block"):

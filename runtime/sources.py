@@ -229,8 +229,9 @@ def build_pipeline_description(
         parts.extend(_test_branches(src, cfg, contract, want, sync))
     elif src.scheme == "file":
         parts.append(f"uridecodebin uri={gst_quote(_file_uri(src.location))} name=src")
-        parts.extend(_branch(f"src. ! {s}/x-raw ! queue", s, cfg, contract, False, sync)
-                     for s in ("video", "audio") if s in want)
+        parts.extend(
+            _branch(f"src. ! {s}/x-raw ! queue", s, cfg, contract, False, sync) for s in ("video", "audio") if s in want
+        )
     else:
         if "video" in want:
             parts.append(_branch(_live_video_head(src, cfg), "video", cfg, contract, True, False))
@@ -301,19 +302,39 @@ def _test_branches(
         w = int(p.get("width", contract.image.width_px))
         h = int(p.get("height", contract.image.height_px))
         nb = f" num-buffers={max(1, int(round(duration_s * cfg.fps)))}" if duration_s is not None else ""
-        out.append(_branch(f"videotestsrc pattern={pattern} is-live={live_s}{nb} ! "
-                           f"video/x-raw,width={w},height={h},framerate={_fps_fraction(cfg.fps)}",
-                           "video", cfg, contract, live, sync))
+        out.append(
+            _branch(
+                f"videotestsrc pattern={pattern} is-live={live_s}{nb} ! "
+                f"video/x-raw,width={w},height={h},framerate={_fps_fraction(cfg.fps)}",
+                "video",
+                cfg,
+                contract,
+                live,
+                sync,
+            )
+        )
     if "audio" in want:
         freq = float(p.get("freq_hz", "440"))
         wave = _element_word(src, "wave", "sine")
         vol = float(p.get("volume", "0.5"))
         rate = contract.audio.sample_rate_hz
         spb = max(1, samples_for_ns(s_to_ns(cfg.audio_chunk_s), rate))
-        nb = f" num-buffers={max(1, -(-samples_for_ns(s_to_ns(duration_s), rate) // spb))}" if duration_s is not None else ""
-        out.append(_branch(f"audiotestsrc wave={wave} freq={freq:g} volume={vol:g} samplesperbuffer={spb} "
-                           f"is-live={live_s}{nb} ! audio/x-raw,rate={rate},channels=1", "audio", cfg, contract, live,
-                           sync))
+        nb = (
+            f" num-buffers={max(1, -(-samples_for_ns(s_to_ns(duration_s), rate) // spb))}"
+            if duration_s is not None
+            else ""
+        )
+        out.append(
+            _branch(
+                f"audiotestsrc wave={wave} freq={freq:g} volume={vol:g} samplesperbuffer={spb} "
+                f"is-live={live_s}{nb} ! audio/x-raw,rate={rate},channels=1",
+                "audio",
+                cfg,
+                contract,
+                live,
+                sync,
+            )
+        )
     return out
 
 

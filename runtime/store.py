@@ -26,9 +26,10 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from edgeav.errors import ConfigError, StorageError
 from edgeav.runtime.postprocess import Detection
@@ -87,14 +88,35 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     4: ("ALTER TABLE detections ADD COLUMN clock TEXT", "ALTER TABLE detections ADD COLUMN written_op_ns INTEGER"),
 }
 
-COLUMNS = ("id", "label", "class_index", "start_ns", "end_ns", "start_utc", "end_utc", "utc_ns", "confidence",
-           "audio_confidence", "image_confidence", "modalities", "model_sha256", "hits", "source", "run_id",
-           "audio_path", "image_path", "evidence_note", "clip_path", "clock", "written_op_ns")
+COLUMNS = (
+    "id",
+    "label",
+    "class_index",
+    "start_ns",
+    "end_ns",
+    "start_utc",
+    "end_utc",
+    "utc_ns",
+    "confidence",
+    "audio_confidence",
+    "image_confidence",
+    "modalities",
+    "model_sha256",
+    "hits",
+    "source",
+    "run_id",
+    "audio_path",
+    "image_path",
+    "evidence_note",
+    "clip_path",
+    "clock",
+    "written_op_ns",
+)
 
 
 def new_detection_id(utc_ns: int) -> str:
     """Stable, unique, time-sortable, file-name safe: `20261122T074112250Z-3f9a1c2b0d4e`."""
-    t = _dt.datetime.fromtimestamp(utc_ns // 1_000_000_000, tz=_dt.timezone.utc)
+    t = _dt.datetime.fromtimestamp(utc_ns // 1_000_000_000, tz=_dt.UTC)
     ms = (utc_ns // 1_000_000) % 1000
     return f"{t:%Y%m%dT%H%M%S}{ms:03d}Z-{uuid.uuid4().hex[:12]}"
 
@@ -109,8 +131,8 @@ def parse_iso_utc(text: str) -> int:
     except ValueError:
         raise ConfigError(f"{text!r} is not an ISO 8601 time (e.g. 2026-05-01T04:12:33Z)") from None
     if t.tzinfo is None:
-        t = t.replace(tzinfo=_dt.timezone.utc)
-    delta = t - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+        t = t.replace(tzinfo=_dt.UTC)
+    delta = t - _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
 
 
@@ -148,8 +170,9 @@ def write_transaction(con: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def pending_outbox_rows(con: sqlite3.Connection, limit: int) -> list[tuple[int, str, str, str]]:
     """(seq, detection_id, topic, payload) of outbox rows the broker has not acknowledged, oldest first."""
-    rows = con.execute("SELECT seq, detection_id, topic, payload FROM outbox WHERE sent_ns IS NULL "
-                       "ORDER BY seq LIMIT ?", (int(limit),)).fetchall()
+    rows = con.execute(
+        "SELECT seq, detection_id, topic, payload FROM outbox WHERE sent_ns IS NULL ORDER BY seq LIMIT ?", (int(limit),)
+    ).fetchall()
     return [(int(r[0]), r[1], r[2], r[3]) for r in rows]
 
 
@@ -168,8 +191,10 @@ def migrate(con: sqlite3.Connection) -> tuple[int, int]:
     """Bring the database to SCHEMA_VERSION, one transaction per step. Returns (from, to)."""
     before = schema_version(con)
     if before > SCHEMA_VERSION:
-        raise StorageError(f"detection log has schema version {before}, this edgeav knows up to {SCHEMA_VERSION} "
-                           "(it was written by a newer edgeav)")
+        raise StorageError(
+            f"detection log has schema version {before}, this edgeav knows up to {SCHEMA_VERSION} "
+            "(it was written by a newer edgeav)"
+        )
     v = before
     while v < SCHEMA_VERSION:
         nxt = v + 1
@@ -259,13 +284,28 @@ class DetectionStore:
         utc = int(utc_ns if utc_ns is not None else time.time_ns())
         did = detection_id or new_detection_id(utc)
         row = {
-            "id": did, "label": det.label, "class_index": det.class_index, "start_ns": det.start_ns,
-            "end_ns": det.end_ns, "start_utc": det.start_utc, "end_utc": det.end_utc, "utc_ns": utc,
-            "confidence": det.confidence, "audio_confidence": det.audio_confidence,
-            "image_confidence": det.image_confidence, "modalities": ",".join(det.modalities),
-            "model_sha256": det.model_sha256, "hits": det.hits, "source": source, "run_id": run_id,
-            "audio_path": audio_path, "image_path": image_path, "evidence_note": evidence_note,
-            "clip_path": clip_path, "clock": clock, "written_op_ns": written_op_ns,
+            "id": did,
+            "label": det.label,
+            "class_index": det.class_index,
+            "start_ns": det.start_ns,
+            "end_ns": det.end_ns,
+            "start_utc": det.start_utc,
+            "end_utc": det.end_utc,
+            "utc_ns": utc,
+            "confidence": det.confidence,
+            "audio_confidence": det.audio_confidence,
+            "image_confidence": det.image_confidence,
+            "modalities": ",".join(det.modalities),
+            "model_sha256": det.model_sha256,
+            "hits": det.hits,
+            "source": source,
+            "run_id": run_id,
+            "audio_path": audio_path,
+            "image_path": image_path,
+            "evidence_note": evidence_note,
+            "clip_path": clip_path,
+            "clock": clock,
+            "written_op_ns": written_op_ns,
         }
         payload = detection_payload(row) if outbox_topics else ""
         self._pending.append(PendingDetection(did, row, [(t, payload) for t in outbox_topics]))
@@ -289,33 +329,61 @@ class DetectionStore:
                     log.log(logging.DEBUG if isinstance(e, FileNotFoundError) else logging.WARNING, "%s: %s", f, e)
             if not paths:
                 continue
-            p.row.update(audio_path=None, image_path=None, clip_path=None,
-                         evidence_note=f"dropped: the log could not be written for {self._failing_for_s():.0f} s")
+            p.row.update(
+                audio_path=None,
+                image_path=None,
+                clip_path=None,
+                evidence_note=f"dropped: the log could not be written for {self._failing_for_s():.0f} s",
+            )
             self.dropped_evidence += 1
-            log.warning("dropped the evidence of waiting detection %s (%d wait for the log; bound %d)", p.id,
-                        len(self._pending), cap, extra={"fields": {"event": "dropped_evidence", "id": p.id}})
+            log.warning(
+                "dropped the evidence of waiting detection %s (%d wait for the log; bound %d)",
+                p.id,
+                len(self._pending),
+                cap,
+                extra={"fields": {"event": "dropped_evidence", "id": p.id}},
+            )
         while len(self._pending) > cap:
             p = self._pending.pop(0)
             self._evidence_scan = max(0, self._evidence_scan - 1)
             self.dropped_detections += 1
-            log.error("dropped waiting detection %s (%s at %s): the log could not be written for %.0f s and %d "
-                      "detections wait (store.max_pending_detections)", p.id, p.row["label"], p.row["utc_ns"],
-                      self._failing_for_s(), cap,
-                      extra={"fields": {"event": "dropped_detection", "id": p.id, "dropped": self.dropped_detections}})
+            log.error(
+                "dropped waiting detection %s (%s at %s): the log could not be written for %.0f s and %d "
+                "detections wait (store.max_pending_detections)",
+                p.id,
+                p.row["label"],
+                p.row["utc_ns"],
+                self._failing_for_s(),
+                cap,
+                extra={"fields": {"event": "dropped_detection", "id": p.id, "dropped": self.dropped_detections}},
+            )
 
     def _failing_for_s(self) -> float:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
     def problem(self) -> str | None:
         """None while commits succeed; else what fails and for how long (for /health)."""
-        return None if self.failing_since is None else \
-            f"store: {self.last_error} since {self._failing_for_s():.0f}s ({self.pending} waiting)"
+        return (
+            None
+            if self.failing_since is None
+            else f"store: {self.last_error} since {self._failing_for_s():.0f}s ({self.pending} waiting)"
+        )
 
-    def update_evidence(self, detection_id: str, audio_path: str | None, image_path: str | None,
-                        note: str | None, clip_path: str | None = None) -> None:
+    def update_evidence(
+        self,
+        detection_id: str,
+        audio_path: str | None,
+        image_path: str | None,
+        note: str | None,
+        clip_path: str | None = None,
+    ) -> None:
         """Queue a change of a detection's evidence links (retention deleting files, late evidence)."""
-        self._pending_updates.append((detection_id, {"audio_path": audio_path, "image_path": image_path,
-                                                     "evidence_note": note, "clip_path": clip_path}))
+        self._pending_updates.append(
+            (
+                detection_id,
+                {"audio_path": audio_path, "image_path": image_path, "evidence_note": note, "clip_path": clip_path},
+            )
+        )
         if self._oldest_pending is None:
             self._oldest_pending = time.monotonic()
 
@@ -344,14 +412,18 @@ class DetectionStore:
         outbox = [(p.id, topic, payload, now_ns) for p in batch for topic, payload in p.outbox]
         try:
             with write_transaction(self.con):
-                inserted = self.con.executemany(f"INSERT OR IGNORE INTO detections ({cols}) VALUES ({marks})",
-                                                [p.row for p in batch]).rowcount
+                inserted = self.con.executemany(
+                    f"INSERT OR IGNORE INTO detections ({cols}) VALUES ({marks})", [p.row for p in batch]
+                ).rowcount
                 self.con.executemany(
-                    "INSERT INTO outbox (detection_id, topic, payload, created_ns) VALUES (?, ?, ?, ?)", outbox)
+                    "INSERT INTO outbox (detection_id, topic, payload, created_ns) VALUES (?, ?, ?, ?)", outbox
+                )
                 for did, vals in updates:
-                    self.con.execute("UPDATE detections SET audio_path=:audio_path, image_path=:image_path, "
-                                     "evidence_note=:evidence_note, clip_path=:clip_path WHERE id=:id",
-                                     {**vals, "id": did})
+                    self.con.execute(
+                        "UPDATE detections SET audio_path=:audio_path, image_path=:image_path, "
+                        "evidence_note=:evidence_note, clip_path=:clip_path WHERE id=:id",
+                        {**vals, "id": did},
+                    )
         except sqlite3.DatabaseError as e:
             self.commit_errors += 1
             self.last_error = str(e)
@@ -360,9 +432,15 @@ class DetectionStore:
             # keep the batch queued: the next flush retries it (e.g. after the disk got space back)
             raise StorageError(f"{self.path}: commit of {len(batch)} detection(s) failed: {e}") from None
         if self.failing_since is not None:
-            log.warning("the detection log is written again after %.0f s of failed commits (%s); %d detection(s) "
-                        "committed now, %d dropped meanwhile", self._failing_for_s(), self.last_error, len(batch),
-                        self.dropped_detections, extra={"fields": {"event": "store_recovered"}})
+            log.warning(
+                "the detection log is written again after %.0f s of failed commits (%s); %d detection(s) "
+                "committed now, %d dropped meanwhile",
+                self._failing_for_s(),
+                self.last_error,
+                len(batch),
+                self.dropped_detections,
+                extra={"fields": {"event": "store_recovered"}},
+            )
         self.failing_since, self.last_error = None, None
         self._pending, self._pending_updates, self._oldest_pending, self._evidence_scan = [], [], None, 0
         ids = [p.id for p in batch]
@@ -375,14 +453,17 @@ class DetectionStore:
         return ids
 
     def record_run(self, run_id: str, bundle: str | None, source: str | None, model_sha256: str | None) -> None:
-        started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        started = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         try:  # the run's record is bookkeeping: a full disk at start must not keep the daemon from logging later
             with write_transaction(self.con):
-                self.con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
-                                 (run_id, started, bundle, source, model_sha256))
+                self.con.execute(
+                    "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?)",
+                    (run_id, started, bundle, source, model_sha256),
+                )
         except sqlite3.DatabaseError as e:
-            log.error("%s: cannot record run %s: %s (detections are still logged once there is space)", self.path,
-                      run_id, e)
+            log.error(
+                "%s: cannot record run %s: %s (detections are still logged once there is space)", self.path, run_id, e
+            )
 
     # -- outbox (MQTT) -------------------------------------------------------------------------------------------
     def outbox_pending(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
@@ -400,18 +481,22 @@ class DetectionStore:
         with write_transaction(self.con):
             n = self.con.execute("DELETE FROM outbox WHERE sent_ns IS NOT NULL AND sent_ns < ?", (cut,)).rowcount
         if n:
-            log.info("outbox: pruned %d acknowledged message(s)", n, extra={"fields": {"event": "outbox_pruned", "rows": n}})
+            log.info(
+                "outbox: pruned %d acknowledged message(s)", n, extra={"fields": {"event": "outbox_pruned", "rows": n}}
+            )
         return n
 
     # -- evidence bookkeeping ------------------------------------------------------------------------------------
     def evidence_rows(self, page_rows: int = 500) -> Iterator[sqlite3.Row]:
         """Detections that still link evidence, oldest first, read `page_rows` at a time (keyset on (utc_ns, id))."""
-        after: tuple[int, str] = (-(2 ** 63), "")
+        after: tuple[int, str] = (-(2**63), "")
         while True:
             page = self.con.execute(
                 "SELECT id, label, utc_ns, audio_path, image_path, clip_path, written_op_ns FROM detections WHERE "
                 "(audio_path IS NOT NULL OR image_path IS NOT NULL OR clip_path IS NOT NULL) AND (utc_ns, id) > (?, ?) "
-                "ORDER BY utc_ns, id LIMIT ?", (*after, int(page_rows))).fetchall()
+                "ORDER BY utc_ns, id LIMIT ?",
+                (*after, int(page_rows)),
+            ).fetchall()
             yield from page
             if len(page) < page_rows:
                 return
@@ -421,7 +506,7 @@ class DetectionStore:
         ids = list(ids)
         out: set[str] = set()
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+            chunk = ids[i : i + 500]
             q = f"SELECT id FROM detections WHERE id IN ({', '.join('?' * len(chunk))})"
             out.update(r[0] for r in self.con.execute(q, chunk))
         out.update(p.id for p in self._pending)
@@ -445,17 +530,46 @@ class DetectionStore:
 
 def detection_payload(row: dict[str, Any]) -> str:
     """The JSON an MQTT subscriber gets for one detection (stable id, times, scores, modalities)."""
-    keep = ("id", "label", "confidence", "audio_confidence", "image_confidence", "start_utc", "end_utc", "utc_ns",
-            "start_ns", "end_ns", "modalities", "model_sha256", "hits", "source", "run_id", "clock")
+    keep = (
+        "id",
+        "label",
+        "confidence",
+        "audio_confidence",
+        "image_confidence",
+        "start_utc",
+        "end_utc",
+        "utc_ns",
+        "start_ns",
+        "end_ns",
+        "modalities",
+        "model_sha256",
+        "hits",
+        "source",
+        "run_id",
+        "clock",
+    )
     d = {k: row.get(k) for k in keep}
     if isinstance(d["modalities"], str):
         d["modalities"] = [m for m in d["modalities"].split(",") if m]
     return json.dumps(d, sort_keys=True)
 
 
-__all__ = ["SCHEMA_VERSION", "MIGRATIONS", "DetectionStore", "connect", "migrate", "schema_version",
-           "query_detections", "integrity_check", "new_detection_id", "parse_iso_utc", "detection_payload",
-           "write_transaction", "pending_outbox_rows", "mark_outbox_sent"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "DetectionStore",
+    "connect",
+    "migrate",
+    "schema_version",
+    "query_detections",
+    "integrity_check",
+    "new_detection_id",
+    "parse_iso_utc",
+    "detection_payload",
+    "write_transaction",
+    "pending_outbox_rows",
+    "mark_outbox_sent",
+]
 
 # the reader side lives in store_query.py (this module stays under 500 lines); imported from here as before
 from edgeav.runtime.store_query import integrity_check, query_detections  # noqa: E402

@@ -7,8 +7,9 @@ re-exports both functions.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from edgeav.errors import StorageError
 from edgeav.runtime.store import COLUMNS, connect, schema_version

@@ -19,8 +19,9 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from edgeav.errors import EdgeAVError, SensorError
 from edgeav.runtime.queues import BoundedQueue
@@ -58,8 +59,13 @@ class ComponentStack:
         except BaseException as e:
             # a typed error becomes the CLI's one line; the roll-back itself is information
             level = logging.INFO if isinstance(e, EdgeAVError) else logging.ERROR
-            log.log(level, "component %s failed to start: %s; rolling back %s", comp.name, e,
-                    ", ".join(c.name for c in reversed(self._started)) or "nothing")
+            log.log(
+                level,
+                "component %s failed to start: %s; rolling back %s",
+                comp.name,
+                e,
+                ", ".join(c.name for c in reversed(self._started)) or "nothing",
+            )
             self.events.append(f"fail {comp.name}")
             self.stop_all()
             raise
@@ -96,14 +102,15 @@ class ComponentStack:
 class Backoff:
     """Delays initial * factor^k (k = consecutive failures), capped at max_s, each +/- jitter (a fraction)."""
 
-    def __init__(self, initial_s: float, max_s: float, factor: float = 2.0, jitter: float = 0.2,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self, initial_s: float, max_s: float, factor: float = 2.0, jitter: float = 0.2, rng: random.Random | None = None
+    ) -> None:
         self.initial_s, self.max_s, self.factor, self.jitter = initial_s, max_s, factor, jitter
         self.failures = 0
         self._rng = rng or random.Random()
 
     def next_delay_s(self) -> float:
-        base = min(self.max_s, self.initial_s * self.factor ** self.failures)
+        base = min(self.max_s, self.initial_s * self.factor**self.failures)
         self.failures += 1
         if self.jitter:
             base *= 1.0 + self._rng.uniform(-self.jitter, self.jitter)
@@ -244,16 +251,32 @@ class SensorWorker(threading.Thread):
         if self.on_restart is not None:
             self.on_restart(self.sensor, reason)
         if not within:
-            msg = (f"{self.sensor} sensor ({self.uri}): more than {self.budget.budget} restarts within "
-                   f"{self.budget.window_s:g} s; last error: {reason}")
+            msg = (
+                f"{self.sensor} sensor ({self.uri}): more than {self.budget.budget} restarts within "
+                f"{self.budget.window_s:g} s; last error: {reason}"
+            )
             log.error("%s", msg)
             self.state = "failed"
             self._post(SensorEvent(self.sensor, "fatal", msg, self.epoch))
             return False
         delay = self.backoff.next_delay_s()
-        log.warning("%s sensor (%s) down: %s; restart %d in %.2f s", self.sensor, self.uri, reason, self.restarts, delay,
-                    extra={"fields": {"event": "sensor_restart", "sensor": self.sensor, "reason": reason,
-                                      "restart": self.restarts, "delay_s": round(delay, 3)}})
+        log.warning(
+            "%s sensor (%s) down: %s; restart %d in %.2f s",
+            self.sensor,
+            self.uri,
+            reason,
+            self.restarts,
+            delay,
+            extra={
+                "fields": {
+                    "event": "sensor_restart",
+                    "sensor": self.sensor,
+                    "reason": reason,
+                    "restart": self.restarts,
+                    "delay_s": round(delay, 3),
+                }
+            },
+        )
         self.stop_event.wait(delay)
         return True
 
@@ -283,8 +306,13 @@ class SensorWorker(threading.Thread):
             up_since = time.monotonic()
             last_data = time.monotonic()
             last_end = offset
-            log.info("%s sensor up (epoch %d, %s)", self.sensor, self.epoch, self.uri,
-                     extra={"fields": {"event": "sensor_up", "sensor": self.sensor, "epoch": self.epoch}})
+            log.info(
+                "%s sensor up (epoch %d, %s)",
+                self.sensor,
+                self.epoch,
+                self.uri,
+                extra={"fields": {"event": "sensor_up", "sensor": self.sensor, "epoch": self.epoch}},
+            )
             self._post(SensorEvent(self.sensor, "up", self.uri, self.epoch))
             reason: str | None = None
             eos = False
@@ -343,9 +371,13 @@ class SensorWorker(threading.Thread):
         t.join(CLOSE_TIMEOUT_S)
         if t.is_alive():
             self.abandoned += 1
-            log.warning("%s sensor: its pipeline did not stop within %.1f s (a blocked source); left behind (%d so far)",
-                        self.sensor, CLOSE_TIMEOUT_S, self.abandoned,
-                        extra={"fields": {"event": "pipeline_abandoned", "sensor": self.sensor}})
+            log.warning(
+                "%s sensor: its pipeline did not stop within %.1f s (a blocked source); left behind (%d so far)",
+                self.sensor,
+                CLOSE_TIMEOUT_S,
+                self.abandoned,
+                extra={"fields": {"event": "pipeline_abandoned", "sensor": self.sensor}},
+            )
 
     def stop(self, timeout_s: float = 1.0) -> None:
         self.stop_event.set()
@@ -362,5 +394,14 @@ def stream_sets(sensors: str, streams: Sequence[str]) -> list[tuple[str, tuple[s
     return [("camera" if s == "video" else "microphone", (s,)) for s in streams]
 
 
-__all__ = ["Component", "ComponentStack", "Backoff", "RestartBudget", "SensorWorker", "SensorEvent", "SensorItem",
-           "stream_sets", "SensorError"]
+__all__ = [
+    "Component",
+    "ComponentStack",
+    "Backoff",
+    "RestartBudget",
+    "SensorWorker",
+    "SensorEvent",
+    "SensorItem",
+    "stream_sets",
+    "SensorError",
+]

@@ -67,20 +67,26 @@ def check_dla_support(version: str) -> None:
         raise DeviceError(f"cannot read a TensorRT version from {version!r}")
     v = tuple(int(x or 0) for x in m.groups())
     if (10, 8, 0) <= v < (11, 4, 1):
-        raise DeviceError(f"TensorRT {version} cannot build for DLA (10.7 was the last 10.x with DLA; it returns in "
-                          "11.4.1 on Jetson AGX Orin): build for the GPU (no --dla-core)")
+        raise DeviceError(
+            f"TensorRT {version} cannot build for DLA (10.7 was the last 10.x with DLA; it returns in "
+            "11.4.1 on Jetson AGX Orin): build for the GPU (no --dla-core)"
+        )
 
 
 def check_trt_version(version: str, profile: DeviceProfile | None = None) -> None:
     """TensorRT must be 10+ (strongly typed networks); a profile naming another major version is refused."""
     major = trt_major(version)
     if major < MIN_TRT_MAJOR:
-        raise DeviceError(f"TensorRT {version} is too old: engines are built from strongly typed Q/DQ networks, "
-                          f"which need TensorRT {MIN_TRT_MAJOR}+ (this device's JetPack cannot: run the ONNX model "
-                          "with the onnxruntime backend)")
+        raise DeviceError(
+            f"TensorRT {version} is too old: engines are built from strongly typed Q/DQ networks, "
+            f"which need TensorRT {MIN_TRT_MAJOR}+ (this device's JetPack cannot: run the ONNX model "
+            "with the onnxruntime backend)"
+        )
     if profile is not None and profile.tensorrt_major is not None and profile.tensorrt_major != major:
-        raise DeviceError(f"profile {profile.name!r} expects TensorRT {profile.tensorrt_version}, this machine has "
-                          f"{version}: pick the profile of this device")
+        raise DeviceError(
+            f"profile {profile.name!r} expects TensorRT {profile.tensorrt_version}, this machine has "
+            f"{version}: pick the profile of this device"
+        )
 
 
 def require_tensorrt(profile: DeviceProfile | None = None) -> str:
@@ -91,8 +97,9 @@ def require_tensorrt(profile: DeviceProfile | None = None) -> str:
     return version
 
 
-def engine_key_for(onnx_path: str | Path, precision: str, trt_version: str, gpu: GpuInfo,
-                   dla_core: int | None = None) -> EngineKey:
+def engine_key_for(
+    onnx_path: str | Path, precision: str, trt_version: str, gpu: GpuInfo, dla_core: int | None = None
+) -> EngineKey:
     return make_key(sha256_file(onnx_path), precision, trt_version, gpu, dla_core)
 
 
@@ -108,8 +115,9 @@ def _progress_monitor(trt: Any) -> Any:
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             with self._lock:
                 self._steps[phase_name] = num_steps
-            log.info("tensorrt: %s%s started (%d steps)", f"{parent_phase} / " if parent_phase else "", phase_name,
-                     num_steps)
+            log.info(
+                "tensorrt: %s%s started (%d steps)", f"{parent_phase} / " if parent_phase else "", phase_name, num_steps
+            )
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             with self._lock:
@@ -129,8 +137,10 @@ def check_static_inputs(shapes: dict[str, tuple[int, ...]], onnx_name: str) -> N
     dynamic = {n: tuple(int(d) for d in dims) for n, dims in shapes.items() if any(int(d) < 0 for d in dims)}
     if dynamic:
         name = sorted(dynamic)[0]
-        raise ExportError(f"{onnx_name}: input {name!r} has a dynamic shape {dynamic[name]}; TensorRT engines are "
-                          "built from a static-shape export (edgeav export without --dynamic-batch)")
+        raise ExportError(
+            f"{onnx_name}: input {name!r} has a dynamic shape {dynamic[name]}; TensorRT engines are "
+            "built from a static-shape export (edgeav export without --dynamic-batch)"
+        )
 
 
 def network_precision(trt: Any, network: Any) -> str:
@@ -155,14 +165,19 @@ def build_mode(requested: str, onnx_precision: str, version: str, onnx_name: str
     weak_fp16 = trt_major(version) < 11
     if requested == "fp16" and onnx_precision == "fp32" and weak_fp16:
         return "fp16_flag"
-    can = [onnx_precision] + (["fp16 (TensorRT 10's FP16 builder flag)"] if onnx_precision == "fp32" and weak_fp16
-                              else [])
-    how = {"int8": "int8 needs the Q/DQ model_int8.onnx of `edgeav export --int8`",
-           "fp16": "fp16 needs model_fp16.onnx of `edgeav export --fp16`" + ("" if weak_fp16 else
-                                                                              f" (TensorRT {version} has no FP16 flag)"),
-           "fp32": "fp32 needs model_fp32.onnx"}[requested]
-    raise ExportError(f"{onnx_name} computes in {onnx_precision}: --precision {requested} cannot be built from it; "
-                      f"from this file: --precision {' or '.join(can)}; {how}")
+    can = [onnx_precision] + (
+        ["fp16 (TensorRT 10's FP16 builder flag)"] if onnx_precision == "fp32" and weak_fp16 else []
+    )
+    how = {
+        "int8": "int8 needs the Q/DQ model_int8.onnx of `edgeav export --int8`",
+        "fp16": "fp16 needs model_fp16.onnx of `edgeav export --fp16`"
+        + ("" if weak_fp16 else f" (TensorRT {version} has no FP16 flag)"),
+        "fp32": "fp32 needs model_fp32.onnx",
+    }[requested]
+    raise ExportError(
+        f"{onnx_name} computes in {onnx_precision}: --precision {requested} cannot be built from it; "
+        f"from this file: --precision {' or '.join(can)}; {how}"
+    )
 
 
 def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed: bool, dla: bool) -> Any:
@@ -177,8 +192,16 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path, strongly_typed:
     return network, parser  # the parser owns the weights the network refers to: keep it until the build is done
 
 
-def build_engine(onnx_path: str | Path, profile: DeviceProfile, precision: str, *, dla_core: int | None = None,
-                 cache: EngineCache | None = None, device_id: int = 0, force: bool = False) -> BuiltEngine:
+def build_engine(
+    onnx_path: str | Path,
+    profile: DeviceProfile,
+    precision: str,
+    *,
+    dla_core: int | None = None,
+    cache: EngineCache | None = None,
+    device_id: int = 0,
+    force: bool = False,
+) -> BuiltEngine:
     """Build (or reuse from the cache) the `precision` engine of `onnx_path` for this GPU; see the module
     docstring. ExportError when the ONNX model cannot give that precision."""
     from edgeav.devices import check_dla, check_precision  # a leaf of the core: no stage, no torch
@@ -211,8 +234,10 @@ def build_engine(onnx_path: str | Path, profile: DeviceProfile, precision: str, 
     mode = build_mode(precision, network_precision(trt, network), version, onnx_path.name)
     if mode == "fp16_flag":  # TensorRT 10: a weakly typed network may pick fp16 kernels; inputs/outputs stay fp32
         network, parser = _parse(trt, builder, logger, onnx_path, False, dla_core is not None)
-    check_static_inputs({network.get_input(i).name: tuple(network.get_input(i).shape)
-                         for i in range(network.num_inputs)}, onnx_path.name)
+    check_static_inputs(
+        {network.get_input(i).name: tuple(network.get_input(i).shape) for i in range(network.num_inputs)},
+        onnx_path.name,
+    )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(profile.workspace_mib) << 20)
     flags: list[str] = []
@@ -231,25 +256,54 @@ def build_engine(onnx_path: str | Path, profile: DeviceProfile, precision: str, 
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
         flags.append("GPU_FALLBACK")
         log.warning("tensorrt: DLA core %d with GPU fallback: layers the DLA cannot run go to the GPU", dla_core)
-    timing_path = cache.root / f"timing-trt{version}-{re.sub(r'[^A-Za-z0-9]+', '_', gpu.name)}-sm{gpu.compute_capability}.cache"
+    timing_path = (
+        cache.root / f"timing-trt{version}-{re.sub(r'[^A-Za-z0-9]+', '_', gpu.name)}-sm{gpu.compute_capability}.cache"
+    )
     blob = timing_path.read_bytes() if timing_path.is_file() else b""
     timing = config.create_timing_cache(blob)
     config.set_timing_cache(timing, ignore_mismatch=False)
-    log.info("tensorrt %s: building %s engine from %s (%s%s) for %s (sm %s), workspace %d MiB%s", version, precision,
-             onnx_path.name, mode.replace("_", " "), f", flags {flags}" if flags else "", gpu.name,
-             gpu.compute_capability, profile.workspace_mib, f", DLA core {dla_core}" if dla_core is not None else "")
+    log.info(
+        "tensorrt %s: building %s engine from %s (%s%s) for %s (sm %s), workspace %d MiB%s",
+        version,
+        precision,
+        onnx_path.name,
+        mode.replace("_", " "),
+        f", flags {flags}" if flags else "",
+        gpu.name,
+        gpu.compute_capability,
+        profile.workspace_mib,
+        f", DLA core {dla_core}" if dla_core is not None else "",
+    )
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"TensorRT could not build an engine from {onnx_path.name} (see the TensorRT log above)")
     atomic_write_bytes(timing_path, bytes(memoryview(timing.serialize())))
-    path = cache.store(key, bytes(memoryview(serialized)),
-                       {"onnx": str(onnx_path), "profile": profile.name, "workspace_mib": profile.workspace_mib,
-                        "strongly_typed": mode == "strongly_typed", "builder_flags": flags,
-                        "timing_cache": timing_path.name})
+    path = cache.store(
+        key,
+        bytes(memoryview(serialized)),
+        {
+            "onnx": str(onnx_path),
+            "profile": profile.name,
+            "workspace_mib": profile.workspace_mib,
+            "strongly_typed": mode == "strongly_typed",
+            "builder_flags": flags,
+            "timing_cache": timing_path.name,
+        },
+    )
     del monitor, parser
     return BuiltEngine(path, key, False)
 
 
-__all__ = ["MIN_TRT_MAJOR", "BuiltEngine", "build_engine", "build_mode", "check_dla_support", "check_static_inputs",
-           "check_trt_version",
-           "engine_key_for", "network_precision", "require_tensorrt", "trt_major"]
+__all__ = [
+    "MIN_TRT_MAJOR",
+    "BuiltEngine",
+    "build_engine",
+    "build_mode",
+    "check_dla_support",
+    "check_static_inputs",
+    "check_trt_version",
+    "engine_key_for",
+    "network_precision",
+    "require_tensorrt",
+    "trt_major",
+]

@@ -84,7 +84,9 @@ class EngineKey:
         return f"{self.precision}{where}-{self.digest}{ENGINE_SUFFIX}"
 
 
-def make_key(onnx_sha256: str, precision: str, trt_version: str, gpu: GpuInfo, dla_core: int | None = None) -> EngineKey:
+def make_key(
+    onnx_sha256: str, precision: str, trt_version: str, gpu: GpuInfo, dla_core: int | None = None
+) -> EngineKey:
     return EngineKey(onnx_sha256, str(trt_version), gpu.name, gpu.compute_capability, precision, dla_core)
 
 
@@ -93,8 +95,9 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "edgeav" / "engines"
 
 
-def rebuild_command(onnx_path: str | Path | None, precision: str, profile: str | None = None,
-                    dla_core: int | None = None) -> str:
+def rebuild_command(
+    onnx_path: str | Path | None, precision: str, profile: str | None = None, dla_core: int | None = None
+) -> str:
     """The command that builds the engine for this machine (run it on the device itself)."""
     src = str(onnx_path) if onnx_path else "BUNDLE/model_<precision>.onnx"
     cmd = f"python -m edgeav.export.tensorrt {src} --precision {precision}"
@@ -123,8 +126,9 @@ class EngineCache:
             return None
         why = entry_problem(p, key)
         if why is not None:
-            log.warning("engine cache: %s is not a complete entry (%s); treating it as absent, it will be rebuilt",
-                        p.name, why)
+            log.warning(
+                "engine cache: %s is not a complete entry (%s); treating it as absent, it will be rebuilt", p.name, why
+            )
             return None
         return p
 
@@ -134,9 +138,13 @@ class EngineCache:
         if not engine_bytes:
             raise DeviceError("refusing to cache an empty engine")
         p = self.path_for(key)
-        side = {"key": key.to_dict(), "bytes": len(engine_bytes),
-                "sha256": hashlib.sha256(engine_bytes).hexdigest(), "built_unix_ns": time.time_ns(),
-                "build": dict(build_info or {})}
+        side = {
+            "key": key.to_dict(),
+            "bytes": len(engine_bytes),
+            "sha256": hashlib.sha256(engine_bytes).hexdigest(),
+            "built_unix_ns": time.time_ns(),
+            "build": dict(build_info or {}),
+        }
         atomic_write_bytes(sidecar_path(p), json.dumps(side, indent=2, sort_keys=True).encode())
         atomic_write_bytes(p, engine_bytes)
         log.info("engine cached: %s (%d bytes)", p, len(engine_bytes))
@@ -171,8 +179,10 @@ def sidecar_path(engine_path: str | Path) -> Path:
 def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
     side = sidecar_path(engine_path)
     if not side.is_file():
-        raise BundleError(f"{engine_path}: no {side.name} beside it: cannot tell which TensorRT and GPU it was built "
-                          "for; rebuild it on this device")
+        raise BundleError(
+            f"{engine_path}: no {side.name} beside it: cannot tell which TensorRT and GPU it was built "
+            "for; rebuild it on this device"
+        )
     try:
         data = json.loads(side.read_text(encoding="utf-8"))
     except ValueError as e:
@@ -182,8 +192,14 @@ def read_sidecar(engine_path: str | Path) -> dict[str, Any]:
     return data
 
 
-def check_engine(engine_path: str | Path, trt_version: str, gpu: GpuInfo, *, onnx_path: str | Path | None = None,
-                 profile: str | None = None) -> EngineKey:
+def check_engine(
+    engine_path: str | Path,
+    trt_version: str,
+    gpu: GpuInfo,
+    *,
+    onnx_path: str | Path | None = None,
+    profile: str | None = None,
+) -> EngineKey:
     """Refuse (DeviceError) an engine built for another TensorRT version, GPU or compute capability, naming the
     command that rebuilds it; return its key when it fits this machine."""
     data = read_sidecar(engine_path)
@@ -201,9 +217,12 @@ def check_engine(engine_path: str | Path, trt_version: str, gpu: GpuInfo, *, onn
     if key.compute_capability != gpu.compute_capability:
         problems.append(f"compute capability {key.compute_capability}, this GPU is {gpu.compute_capability}")
     if problems:
-        raise DeviceError(f"{Path(engine_path).name} was built for " + "; ".join(problems)
-                          + ": engines are not portable; rebuild it here: "
-                          + rebuild_command(onnx_path, key.precision, profile, key.dla_core))
+        raise DeviceError(
+            f"{Path(engine_path).name} was built for "
+            + "; ".join(problems)
+            + ": engines are not portable; rebuild it here: "
+            + rebuild_command(onnx_path, key.precision, profile, key.dla_core)
+        )
     return key
 
 
@@ -254,6 +273,21 @@ def trt_version() -> str:
     return str(import_tensorrt().__version__)
 
 
-__all__ = ["ENGINE_CACHE_ENV", "ENGINE_SUFFIX", "PRECISIONS", "EngineCache", "EngineKey", "GpuInfo", "check_engine",
-           "current_gpu", "default_cache_dir", "entry_problem", "make_key", "read_sidecar", "rebuild_command",
-           "import_tensorrt", "sidecar_path", "trt_version"]
+__all__ = [
+    "ENGINE_CACHE_ENV",
+    "ENGINE_SUFFIX",
+    "PRECISIONS",
+    "EngineCache",
+    "EngineKey",
+    "GpuInfo",
+    "check_engine",
+    "current_gpu",
+    "default_cache_dir",
+    "entry_problem",
+    "make_key",
+    "read_sidecar",
+    "rebuild_command",
+    "import_tensorrt",
+    "sidecar_path",
+    "trt_version",
+]

@@ -21,12 +21,36 @@ import numpy as np
 from edgeav.contract import InputContract
 from edgeav.errors import DeviceError, ModelError
 from edgeav.runtime.backends import OUTPUT_NAMES, Backend
-from edgeav.runtime.trt_builder import (MIN_TRT_MAJOR, BuiltEngine, build_engine, build_mode, check_dla_support,
-                                        check_static_inputs, check_trt_version, engine_key_for, network_precision,
-                                        require_tensorrt, trt_major)
-from edgeav.runtime.trt_cache import (ENGINE_CACHE_ENV, EngineCache, EngineKey, GpuInfo, _check, _cudart,
-                                      check_engine, current_gpu, default_cache_dir, import_tensorrt, make_key,
-                                      read_sidecar, rebuild_command, sidecar_path, trt_version)
+from edgeav.runtime.trt_builder import (
+    MIN_TRT_MAJOR,
+    BuiltEngine,
+    build_engine,
+    build_mode,
+    check_dla_support,
+    check_static_inputs,
+    check_trt_version,
+    engine_key_for,
+    network_precision,
+    require_tensorrt,
+    trt_major,
+)
+from edgeav.runtime.trt_cache import (
+    ENGINE_CACHE_ENV,
+    EngineCache,
+    EngineKey,
+    GpuInfo,
+    _check,
+    _cudart,
+    check_engine,
+    current_gpu,
+    default_cache_dir,
+    import_tensorrt,
+    make_key,
+    read_sidecar,
+    rebuild_command,
+    sidecar_path,
+    trt_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +68,11 @@ def check_engine_shapes(shapes: dict[str, tuple[int, ...]], contract: InputContr
         raise ModelError(f"{where}: engine lacks tensor(s) {missing}; it has {sorted(shapes)}")
     dynamic = sorted(n for n, dims in shapes.items() if any(int(d) < 0 for d in dims))
     if dynamic:
-        raise ModelError(f"{where}: tensor(s) {dynamic} have a dynamic axis ({dynamic[0]!r} is "
-                         f"{tuple(shapes[dynamic[0]])}); build the engine from a static-shape ONNX (edgeav export "
-                         "without --dynamic-batch)")
+        raise ModelError(
+            f"{where}: tensor(s) {dynamic} have a dynamic axis ({dynamic[0]!r} is "
+            f"{tuple(shapes[dynamic[0]])}); build the engine from a static-shape ONNX (edgeav export "
+            "without --dynamic-batch)"
+        )
     first = contract.input_names[0]
     if not shapes[first]:
         raise ModelError(f"{where}: input {first!r} has no batch axis")
@@ -55,9 +81,14 @@ def check_engine_shapes(shapes: dict[str, tuple[int, ...]], contract: InputContr
     for name, kind in zip(contract.input_names, ("audio", "image", "mask")):
         got = tuple(int(d) for d in shapes[name])
         if got != want[kind]:
-            raise ModelError(f"{where}: input {name!r} is {got}, the contract says {want[kind]}"
-                             + (f" ({contract.image.n_frames} frames of {contract.image.height_px}x"
-                                f"{contract.image.width_px})" if kind == "image" else ""))
+            raise ModelError(
+                f"{where}: input {name!r} is {got}, the contract says {want[kind]}"
+                + (
+                    f" ({contract.image.n_frames} frames of {contract.image.height_px}x{contract.image.width_px})"
+                    if kind == "image"
+                    else ""
+                )
+            )
     for name in OUTPUT_NAMES:
         got = tuple(int(d) for d in shapes[name])
         if len(got) != 2 or got[0] != batch:
@@ -71,8 +102,14 @@ class TrtBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, model_path: str | Path, contract: InputContract, device_id: int = 0,
-                 onnx_path: str | Path | None = None, profile: str | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        contract: InputContract,
+        device_id: int = 0,
+        onnx_path: str | Path | None = None,
+        profile: str | None = None,
+    ) -> None:
         trt = import_tensorrt("use the onnxruntime backend")
         self._contract = contract
         self.model_path = Path(model_path)
@@ -88,8 +125,10 @@ class TrtBackend(Backend):
             self._runtime.DLA_core = int(self.key.dla_core)
         self._engine = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if self._engine is None:
-            raise DeviceError(f"{self.model_path}: TensorRT could not deserialize the engine; rebuild it: "
-                              + rebuild_command(onnx_path, self.key.precision, profile, self.key.dla_core))
+            raise DeviceError(
+                f"{self.model_path}: TensorRT could not deserialize the engine; rebuild it: "
+                + rebuild_command(onnx_path, self.key.precision, profile, self.key.dla_core)
+            )
         self._context = self._engine.create_execution_context()
         self._io: dict[str, dict[str, Any]] = {}
         self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
@@ -99,13 +138,20 @@ class TrtBackend(Backend):
             self.close()  # free what was allocated before the failure
             raise
         try:
-            self.batch = check_engine_shapes({n: io["shape"] for n, io in self._io.items()}, contract,
-                                             str(self.model_path))
+            self.batch = check_engine_shapes(
+                {n: io["shape"] for n, io in self._io.items()}, contract, str(self.model_path)
+            )
         except ModelError:
             self.close()
             raise
-        log.info("tensorrt backend: %s (%s, TensorRT %s, %s), batch %d", self.model_path.name, self.key.precision,
-                 self.key.trt_version, gpu.name, self.batch)
+        log.info(
+            "tensorrt backend: %s (%s, TensorRT %s, %s), batch %d",
+            self.model_path.name,
+            self.key.precision,
+            self.key.trt_version,
+            gpu.name,
+            self.batch,
+        )
 
     def _bind_buffers(self, trt: Any) -> None:
         """One device buffer per I/O tensor (static shapes), bound to the context; a host array per output."""
@@ -114,15 +160,23 @@ class TrtBackend(Backend):
             tname = self._engine.get_tensor_name(i)
             shape = tuple(int(d) for d in self._engine.get_tensor_shape(tname))
             if any(d < 0 for d in shape):
-                raise ModelError(f"{self.model_path}: tensor {tname!r} has a dynamic shape {shape}; build the engine "
-                                 "from a static-shape ONNX")
+                raise ModelError(
+                    f"{self.model_path}: tensor {tname!r} has a dynamic shape {shape}; build the engine "
+                    "from a static-shape ONNX"
+                )
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(tname)))
             is_input = self._engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT
             nbytes = int(np.prod(shape)) * dtype.itemsize
             ptr = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
             self._context.set_tensor_address(tname, int(ptr))
-            self._io[tname] = {"shape": shape, "dtype": dtype, "input": is_input, "ptr": ptr, "nbytes": nbytes,
-                               "host": None if is_input else np.empty(shape, dtype)}
+            self._io[tname] = {
+                "shape": shape,
+                "dtype": dtype,
+                "input": is_input,
+                "ptr": ptr,
+                "nbytes": nbytes,
+                "host": None if is_input else np.empty(shape, dtype),
+            }
 
     @property
     def input_contract(self) -> InputContract:
@@ -144,7 +198,9 @@ class TrtBackend(Backend):
             raise DeviceError(f"{self.model_path.name}: execute_async_v3 failed")
         for name in OUTPUT_NAMES:
             io = self._io[name]
-            _check(cudart.cudaMemcpyAsync(io["host"].ctypes.data, io["ptr"], io["nbytes"], d2h, self._stream), "D2H copy")
+            _check(
+                cudart.cudaMemcpyAsync(io["host"].ctypes.data, io["ptr"], io["nbytes"], d2h, self._stream), "D2H copy"
+            )
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return {n: self._io[n]["host"].astype(np.float32, copy=True) for n in OUTPUT_NAMES}  # each (B, C)
 
@@ -166,8 +222,31 @@ def create_backend(model_path: str | Path, contract: InputContract, **options: A
     return TrtBackend(model_path, contract, **options)
 
 
-__all__ = ["ENGINE_CACHE_ENV", "MIN_TRT_MAJOR", "BuiltEngine", "EngineCache", "EngineKey", "GpuInfo", "TrtBackend",
-           "build_engine", "build_mode", "check_dla_support", "check_engine", "check_engine_shapes",
-           "check_static_inputs", "check_trt_version", "create_backend", "current_gpu", "default_cache_dir",
-           "engine_key_for", "make_key", "network_precision", "read_sidecar", "rebuild_command", "require_tensorrt",
-           "sidecar_path", "trt_major", "trt_version"]
+__all__ = [
+    "ENGINE_CACHE_ENV",
+    "MIN_TRT_MAJOR",
+    "BuiltEngine",
+    "EngineCache",
+    "EngineKey",
+    "GpuInfo",
+    "TrtBackend",
+    "build_engine",
+    "build_mode",
+    "check_dla_support",
+    "check_engine",
+    "check_engine_shapes",
+    "check_static_inputs",
+    "check_trt_version",
+    "create_backend",
+    "current_gpu",
+    "default_cache_dir",
+    "engine_key_for",
+    "make_key",
+    "network_precision",
+    "read_sidecar",
+    "rebuild_command",
+    "require_tensorrt",
+    "sidecar_path",
+    "trt_major",
+    "trt_version",
+]

@@ -26,8 +26,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,21 @@ class WallClock:
         step = 0 if self.offset_ns is None else offset - self.offset_ns
         if abs(step) > self.step_threshold_ns:
             self.steps += 1
-            log.warning("wall clock stepped by %+.3f s (%s -> %s); detection times follow the new clock",
-                        step / 1e9, self.state, state,
-                        extra={"fields": {"event": "clock_step", "step_ns": step, "steps": self.steps,
-                                          "clock_before": self.state, "clock": state}})
+            log.warning(
+                "wall clock stepped by %+.3f s (%s -> %s); detection times follow the new clock",
+                step / 1e9,
+                self.state,
+                state,
+                extra={
+                    "fields": {
+                        "event": "clock_step",
+                        "step_ns": step,
+                        "steps": self.steps,
+                        "clock_before": self.state,
+                        "clock": state,
+                    }
+                },
+            )
         else:
             step = 0
         if state != self.state and self.offset_ns is not None:
@@ -189,8 +201,12 @@ class OperatingClock:
         loses at most the uptime since the last good persist at the next reboot - never deletes early."""
         from edgeav.atomic import atomic_write_bytes
 
-        st = {"boot_id": self.boot, "base_ns": self.base_ns, "base_monotonic_ns": self.base_mono_ns,
-              "seen_ns": self.now_ns()}
+        st = {
+            "boot_id": self.boot,
+            "base_ns": self.base_ns,
+            "base_monotonic_ns": self.base_mono_ns,
+            "seen_ns": self.now_ns(),
+        }
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.path, json.dumps(st).encode())
@@ -206,5 +222,14 @@ def op_clock_path(db_path: str | os.PathLike) -> Path:
     return p.with_name(p.name + ".opclock.json")
 
 
-__all__ = ["op_clock_path", "WallClock", "OperatingClock", "SystemTime", "TimeSource", "kernel_sync_state", "SYNCED", "UNSYNCED",
-           "STEP_THRESHOLD_NS"]
+__all__ = [
+    "op_clock_path",
+    "WallClock",
+    "OperatingClock",
+    "SystemTime",
+    "TimeSource",
+    "kernel_sync_state",
+    "SYNCED",
+    "UNSYNCED",
+    "STEP_THRESHOLD_NS",
+]

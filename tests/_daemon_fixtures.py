@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-
 from _export_models import IMAGE_HW, LABELS, WINDOW_SAMPLES, build_onnx
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,8 +45,9 @@ def scaled(seconds: float) -> float:
     return seconds * time_scale()
 
 
-def wait_until(what: str, cond: Callable[[], T], timeout_s: float, proc: subprocess.Popen | None = None,
-               step_s: float = 0.05) -> T:
+def wait_until(
+    what: str, cond: Callable[[], T], timeout_s: float, proc: subprocess.Popen | None = None, step_s: float = 0.05
+) -> T:
     """Poll `cond` until it returns something true and return that; fail naming `what` (and the last value) after
     `timeout_s` stretched by time_scale(), or as soon as `proc` (the daemon under test) has ended. An OSError from
     `cond` (a port not listening yet, a file not there yet) counts as not yet."""
@@ -71,19 +71,21 @@ def contract():
     from edgeav.contract import AudioContract, ImageContract, InputContract
 
     # 1600 samples at 16 kHz = 0.1 s windows; 32 px frames (the test model's)
-    return InputContract(audio=AudioContract(window_s=WINDOW_SAMPLES / 16000, n_fft=256, win_length=256, hop_length=64),
-                         image=ImageContract(height_px=IMAGE_HW, width_px=IMAGE_HW))
+    return InputContract(
+        audio=AudioContract(window_s=WINDOW_SAMPLES / 16000, n_fft=256, win_length=256, hop_length=64),
+        image=ImageContract(height_px=IMAGE_HW, width_px=IMAGE_HW),
+    )
 
 
 def make_bundle(out: Path, seed: int = 0) -> Path:
     """A bundle as `edgeav export` writes it (export.bundle.write_bundle), around a random-weight model."""
     from edgeav.export.bundle import write_bundle
-
     from edgeav.manifest import ArtifactManifest
 
     onnx_path = build_onnx(out.parent / f"{out.name}_fp32.onnx", seed=seed)
-    manifest = ArtifactManifest(kind="onnx", labels=LABELS, contract=contract(), precision="fp32",
-                                metrics={"fp32": {"accuracy": 0.0}})
+    manifest = ArtifactManifest(
+        kind="onnx", labels=LABELS, contract=contract(), precision="fp32", metrics={"fp32": {"accuracy": 0.0}}
+    )
     return write_bundle(out, {"model_fp32": onnx_path}, manifest, "cpu", {"edgeav": "test"}, tarball=False)
 
 
@@ -91,14 +93,21 @@ def write_media(path: Path, duration_s: float, video: bool = True, audio: bool =
     """A Matroska file (MJPEG 64x48 + FLAC 16 kHz) from videotestsrc/audiotestsrc, written with gst-launch."""
     parts = []
     if video:
-        parts.append(f"videotestsrc pattern=ball num-buffers={int(duration_s * fps)} ! "
-                     f"video/x-raw,width=64,height=48,framerate={fps}/1 ! videoconvert ! jpegenc ! queue ! mux.")
+        parts.append(
+            f"videotestsrc pattern=ball num-buffers={int(duration_s * fps)} ! "
+            f"video/x-raw,width=64,height=48,framerate={fps}/1 ! videoconvert ! jpegenc ! queue ! mux."
+        )
     if audio:
         n = int(duration_s * 10)
-        parts.append(f"audiotestsrc wave=ticks freq=880 samplesperbuffer=1600 num-buffers={n} ! "
-                     "audio/x-raw,rate=16000,channels=1 ! audioconvert ! flacenc ! queue ! mux.")
-    cmd = ["gst-launch-1.0", "-q"] + " ".join(parts).split() + ["matroskamux", "name=mux", "!", "filesink",
-                                                                 f"location={path}"]
+        parts.append(
+            f"audiotestsrc wave=ticks freq=880 samplesperbuffer=1600 num-buffers={n} ! "
+            "audio/x-raw,rate=16000,channels=1 ! audioconvert ! flacenc ! queue ! mux."
+        )
+    cmd = (
+        ["gst-launch-1.0", "-q"]
+        + " ".join(parts).split()
+        + ["matroskamux", "name=mux", "!", "filesink", f"location={path}"]
+    )
     subprocess.run(cmd, check=True, capture_output=True, timeout=scaled(120))
     return path
 
@@ -165,5 +174,19 @@ def small_fs(path: Path, size_kb: int):
         yield quota
 
 
-__all__ = ["LABELS", "make_bundle", "write_media", "write_config", "daemon_tree", "contract", "env", "EDGEAV", "REPO",
-           "small_fs", "time_scale", "scaled", "wait_until", "TIME_SCALE_ENV"]
+__all__ = [
+    "LABELS",
+    "make_bundle",
+    "write_media",
+    "write_config",
+    "daemon_tree",
+    "contract",
+    "env",
+    "EDGEAV",
+    "REPO",
+    "small_fs",
+    "time_scale",
+    "scaled",
+    "wait_until",
+    "TIME_SCALE_ENV",
+]

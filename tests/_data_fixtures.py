@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -29,8 +29,14 @@ def write_image(path: Path, color: tuple[int, int, int], size: tuple[int, int] =
     return path
 
 
-def write_video(path: Path, duration_s: float = 1.0, fps: int = 10, with_audio: bool = True,
-                audio_rate_hz: int = 22_050, size: tuple[int, int] = (64, 48)) -> Path:
+def write_video(
+    path: Path,
+    duration_s: float = 1.0,
+    fps: int = 10,
+    with_audio: bool = True,
+    audio_rate_hz: int = 22_050,
+    size: tuple[int, int] = (64, 48),
+) -> Path:
     """An MP4 (MPEG-4 part 2 video, AAC audio) whose frame k is filled with gray level 10*k."""
     import av
 
@@ -55,7 +61,9 @@ def write_video(path: Path, duration_s: float = 1.0, fps: int = 10, with_audio: 
             wave = (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)[None, :]
             step = 1024
             for i in range(0, n, step):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[:, i:i + step]), format="fltp", layout="mono")
+                af = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(wave[:, i : i + step]), format="fltp", layout="mono"
+                )
                 af.sample_rate = audio_rate_hz
                 af.pts = i
                 af.time_base = Fraction(1, audio_rate_hz)
@@ -72,8 +80,13 @@ def make_paired(root: Path, classes: dict[str, list[float]], n_images: int = 5, 
         for k in range(1, n_images + 1):
             write_image(root / "images" / cls / f"{k}.png", (40 * ci % 256, 20 * k, 100))
         for i, d in enumerate(durs):
-            write_wav(root / audio_dir / cls / f"r{i}.wav", d, rate_hz=(22_050, 8_000, 44_100)[i % 3],
-                      channels=1 + i % 2, freq_hz=200 + 100 * ci)
+            write_wav(
+                root / audio_dir / cls / f"r{i}.wav",
+                d,
+                rate_hz=(22_050, 8_000, 44_100)[i % 3],
+                channels=1 + i % 2,
+                freq_hz=200 + 100 * ci,
+            )
     return root
 
 

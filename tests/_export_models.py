@@ -25,7 +25,9 @@ def build_onnx(path: Path, seed: int = 0, image_hw: int = IMAGE_HW) -> Path:
             t = torch.arange(n_fft, dtype=torch.float32)
             k = torch.arange(n_bins, dtype=torch.float32)[:, None]
             win = torch.hann_window(n_fft)
-            kern = torch.cat([torch.cos(2 * torch.pi * k * t / n_fft) * win, -torch.sin(2 * torch.pi * k * t / n_fft) * win])
+            kern = torch.cat(
+                [torch.cos(2 * torch.pi * k * t / n_fft) * win, -torch.sin(2 * torch.pi * k * t / n_fft) * win]
+            )
             self.stft = nn.Conv1d(1, 2 * n_bins, n_fft, stride=32, bias=False)
             self.stft.weight.data = kern[:, None, :]
             self.stft.weight.requires_grad_(False)
@@ -42,10 +44,18 @@ def build_onnx(path: Path, seed: int = 0, image_hw: int = IMAGE_HW) -> Path:
         def __init__(self) -> None:
             super().__init__()
             self.frontend = Frontend()
-            self.audio = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                       nn.Linear(8, N_CLASSES))
-            self.image = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1),
-                                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, N_CLASSES))
+            self.audio = nn.Sequential(
+                nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, N_CLASSES)
+            )
+            self.image = nn.Sequential(
+                nn.Conv2d(3, 8, 3, stride=2, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(8, 16, 3, padding=1),
+                nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1),
+                nn.Flatten(),
+                nn.Linear(16, N_CLASSES),
+            )
 
         def forward(self, audio, image, mask):  # (B, T) f32, (B, 3, H, W) u8, (B, 2) f32
             la = self.audio(self.frontend(audio))
@@ -54,11 +64,21 @@ def build_onnx(path: Path, seed: int = 0, image_hw: int = IMAGE_HW) -> Path:
             return logits, la, li
 
     net = Net().eval()
-    ex = (torch.randn(1, WINDOW_SAMPLES), torch.randint(0, 255, (1, 3, image_hw, image_hw), dtype=torch.uint8),
-          torch.ones(1, 2))
-    torch.onnx.export(net, ex, str(path), input_names=["audio", "image", "mask"],
-                      output_names=["logits", "logits_audio", "logits_image"], opset_version=17, dynamo=False,
-                      dynamic_axes={k: {0: "batch"} for k in ("audio", "image", "mask", "logits", "logits_audio", "logits_image")})
+    ex = (
+        torch.randn(1, WINDOW_SAMPLES),
+        torch.randint(0, 255, (1, 3, image_hw, image_hw), dtype=torch.uint8),
+        torch.ones(1, 2),
+    )
+    torch.onnx.export(
+        net,
+        ex,
+        str(path),
+        input_names=["audio", "image", "mask"],
+        output_names=["logits", "logits_audio", "logits_image"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={k: {0: "batch"} for k in ("audio", "image", "mask", "logits", "logits_audio", "logits_image")},
+    )
     return path
 
 
@@ -69,7 +89,9 @@ def feeds(n: int, seed: int = 1, batch: int = 2, image_hw: int = IMAGE_HW) -> li
     t = np.arange(WINDOW_SAMPLES) / 16000.0
     for _ in range(n):
         f0 = rng.uniform(300, 3000, size=(batch, 1))
-        audio = (0.5 * np.sin(2 * np.pi * f0 * t) + 0.05 * rng.standard_normal((batch, WINDOW_SAMPLES))).astype(np.float32)
+        audio = (0.5 * np.sin(2 * np.pi * f0 * t) + 0.05 * rng.standard_normal((batch, WINDOW_SAMPLES))).astype(
+            np.float32
+        )
         base = rng.integers(0, 255, size=(batch, 3, 1, 1))
         grad = np.linspace(0, 60, image_hw)[None, None, None, :]
         image = np.clip(base + grad + rng.normal(0, 10, (batch, 3, image_hw, image_hw)), 0, 255).astype(np.uint8)
@@ -79,8 +101,13 @@ def feeds(n: int, seed: int = 1, batch: int = 2, image_hw: int = IMAGE_HW) -> li
 
 # ------------------------------------------------------------------------------ a real (tiny) edgeav checkpoint
 
-TINY_ARCH = {"name": "export-test-tiny", "audio_backbone": "audio_cnn", "image_backbone": "mobilenetv3_small",
-             "head": "concat", "dropout": 0.0}
+TINY_ARCH = {
+    "name": "export-test-tiny",
+    "audio_backbone": "audio_cnn",
+    "image_backbone": "mobilenetv3_small",
+    "head": "concat",
+    "dropout": 0.0,
+}
 
 
 def make_synthetic_data(root: Path, n_classes: int = 3, per_class: int = 8) -> Path:
@@ -90,10 +117,18 @@ def make_synthetic_data(root: Path, n_classes: int = 3, per_class: int = 8) -> P
     return make_paired_set(root, n_classes=n_classes, per_class=per_class, seconds=2.0, size_px=64, seed=0)
 
 
-def train_checkpoint(out: Path, data_root: Path, data: dict | None = None, arch: dict | None = None,
-                     steps: int = 40, batch: int = 16, lr: float = 3e-3, seed: int = 0,
-                     cache_dir: Path | None = None,
-                     roi: tuple[float, float, float, float] | None = None) -> Path:
+def train_checkpoint(
+    out: Path,
+    data_root: Path,
+    data: dict | None = None,
+    arch: dict | None = None,
+    steps: int = 40,
+    batch: int = 16,
+    lr: float = 3e-3,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    roi: tuple[float, float, float, float] | None = None,
+) -> Path:
     """Train `arch` (default: TINY_ARCH with a 1 s / 32 px contract) for `steps` Adam steps on the train split of
     `data_root` and write a self-describing checkpoint (its train_config carries the data: section). The contract
     follows `data`: frames_per_window T > 1 gives a clip contract (T frames at data.frame_rate_hz, layout NTCHW);
@@ -106,14 +141,28 @@ def train_checkpoint(out: Path, data_root: Path, data: dict | None = None, arch:
     from edgeav.train.data.torch_dataset import TorchAVDataset
     from edgeav.train.models import build_model, save_checkpoint
 
-    data_cfg = DataConfig.model_validate({"window_s": 1.0, "hop_s": 0.5, "image_size_px": 32, "val_fraction": 0.25,
-                                          "cache_dir": str(cache_dir) if cache_dir else None, **(data or {})})
+    data_cfg = DataConfig.model_validate(
+        {
+            "window_s": 1.0,
+            "hop_s": 0.5,
+            "image_size_px": 32,
+            "val_fraction": 0.25,
+            "cache_dir": str(cache_dir) if cache_dir else None,
+            **(data or {}),
+        }
+    )
     ds = load_dataset(data_cfg, data_root)
     clip = data_cfg.frames_per_window > 1  # T frames per window: the contract takes (B, T, 3, H, W)
-    contract = InputContract(audio=AudioContract(sample_rate_hz=data_cfg.sample_rate_hz, window_s=data_cfg.window_s),
-                             image=ImageContract(height_px=data_cfg.image_size_px, width_px=data_cfg.image_size_px,
-                                                 n_frames=data_cfg.frames_per_window,
-                                                 frame_rate_hz=data_cfg.frame_rate_hz if clip else None, roi=roi))
+    contract = InputContract(
+        audio=AudioContract(sample_rate_hz=data_cfg.sample_rate_hz, window_s=data_cfg.window_s),
+        image=ImageContract(
+            height_px=data_cfg.image_size_px,
+            width_px=data_cfg.image_size_px,
+            n_frames=data_cfg.frames_per_window,
+            frame_rate_hz=data_cfg.frame_rate_hz if clip else None,
+            roi=roi,
+        ),
+    )
     arch_d = dict(arch or TINY_ARCH)
     arch_d["contract"] = contract.model_dump(mode="json")
     torch.manual_seed(seed)

@@ -100,17 +100,23 @@ def make_fake_tensorrt(version: str = "10.3.0", *, fail_build: bool = False) -> 
             init = {i.name for i in proto.graph.initializer}
             for i in proto.graph.input:
                 if i.name not in init:
-                    dims = tuple(d.dim_value if d.HasField("dim_value") else -1
-                                 for d in i.type.tensor_type.shape.dim)
+                    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)
                     self.network.inputs.append(_Tensor(i.name, dims, trt.DataType.FLOAT))
             half = {v.name for v in proto.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
-            kinds = {"QuantizeLinear": trt.LayerType.QUANTIZE, "DequantizeLinear": trt.LayerType.DEQUANTIZE,
-                     "Conv": trt.LayerType.CONVOLUTION, "MatMul": trt.LayerType.MATRIX_MULTIPLY}
+            kinds = {
+                "QuantizeLinear": trt.LayerType.QUANTIZE,
+                "DequantizeLinear": trt.LayerType.DEQUANTIZE,
+                "Conv": trt.LayerType.CONVOLUTION,
+                "MatMul": trt.LayerType.MATRIX_MULTIPLY,
+            }
             for node in proto.graph.node:
-                to_half = node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16
-                                                         for a in node.attribute)
-                outs = [_Tensor(o, (), trt.DataType.HALF if (o in half or to_half) else trt.DataType.FLOAT)
-                        for o in node.output]
+                to_half = node.op_type == "Cast" and any(
+                    a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for a in node.attribute
+                )
+                outs = [
+                    _Tensor(o, (), trt.DataType.HALF if (o in half or to_half) else trt.DataType.FLOAT)
+                    for o in node.output
+                ]
                 self.network.layers.append(_Layer(kinds.get(node.op_type, trt.LayerType.OTHER), outs))
             return True
 
@@ -153,8 +159,7 @@ def make_fake_tensorrt(version: str = "10.3.0", *, fail_build: bool = False) -> 
             return Config()
 
         def build_serialized_network(self, network: Network, config: Config) -> bytes | None:
-            info = {"strongly_typed": network.strongly_typed, "flags": sorted(config.flags),
-                    "n": len(trt.builds) + 1}
+            info = {"strongly_typed": network.strongly_typed, "flags": sorted(config.flags), "n": len(trt.builds) + 1}
             trt.builds.append(info)
             return None if fail_build else json.dumps(info).encode()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -53,11 +53,15 @@ def write_av(
     w, h = size
     parts = []
     if video:
-        parts.append(f"appsrc name=vsrc format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate={fps}/1 "
-                     f"! {vchain} ! queue ! mux.")
+        parts.append(
+            f"appsrc name=vsrc format=time caps=video/x-raw,format=RGB,width={w},height={h},framerate={fps}/1 "
+            f"! {vchain} ! queue ! mux."
+        )
     if audio:
-        parts.append(f"appsrc name=asrc format=time caps=audio/x-raw,format=S16LE,layout=interleaved,channels=1,"
-                     f"rate={rate_hz} ! {achain} ! queue ! mux.")
+        parts.append(
+            f"appsrc name=asrc format=time caps=audio/x-raw,format=S16LE,layout=interleaved,channels=1,"
+            f"rate={rate_hz} ! {achain} ! queue ! mux."
+        )
     parts.append(f'{mux} name=mux ! filesink location="{path}"')
     p = Gst.parse_launch("  ".join(parts))
     p.set_state(Gst.State.PLAYING)

@@ -27,8 +27,11 @@ def _strict_importorskip(modname: str, *args: object, **kwargs: object) -> objec
     try:
         return _importorskip(modname, *args, **kwargs)
     except pytest.skip.Exception as e:
-        pytest.fail(f"{REQUIRE_ALL_ENV}=1: required module {modname!r} is missing ({e.msg}); install it "
-                    "(bash scripts/setup.sh) instead of skipping these tests", pytrace=False)
+        pytest.fail(
+            f"{REQUIRE_ALL_ENV}=1: required module {modname!r} is missing ({e.msg}); install it "
+            "(bash scripts/setup.sh) instead of skipping these tests",
+            pytrace=False,
+        )
 
 
 _importorskip = pytest.importorskip

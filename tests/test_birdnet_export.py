@@ -23,8 +23,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "birds"
 SPEC = "/audio_backbone/birdnet/spec/"
 NET = "/audio_backbone/birdnet/net/"
 ARCH = {"audio_backbone": "birdnet_v24", "image_backbone": "mobilenetv3_small", "head": "hdmf"}
-CONTRACT = InputContract(audio=AudioContract(sample_rate_hz=48_000, window_s=3.0),
-                         image=ImageContract(height_px=64, width_px=64))
+CONTRACT = InputContract(
+    audio=AudioContract(sample_rate_hz=48_000, window_s=3.0), image=ImageContract(height_px=64, width_px=64)
+)
 INT8_MAX_REL_ERROR = 0.05  # relative RMS audio-logits error of INT8 (BirdNET float) vs FP32 (birds test: 0.004)
 
 
@@ -115,8 +116,10 @@ def test_dft_columns_no_mel_filter_reads_are_pruned_exactly(tmp_path, nonlinear)
     done = prune_discarded_columns(proto)
     check_model(proto)
     onnx.save(proto, str(tmp_path / "pruned.onnx"))
-    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-           for p in (path, tmp_path / "pruned.onnx")]
+    run = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for p in (path, tmp_path / "pruned.onnx")
+    ]
     assert np.allclose(run[0], run[1], atol=1e-6)
     if nonlinear:  # a Relu between: not the pattern, left alone (relu(0)=0 happens to hold, but any op is refused)
         assert done == []
@@ -127,15 +130,26 @@ def test_dft_columns_no_mel_filter_reads_are_pruned_exactly(tmp_path, nonlinear)
 def test_calibration_sees_each_sensor_missing():
     from edgeav.export.quantize import with_missing_modalities
 
-    feeds = [{"audio": np.ones((1, 4), np.float32), "image": np.ones((1, 3, 2, 2), np.uint8),
-              "mask": np.ones((1, 2), np.float32)} for _ in range(4)]
+    feeds = [
+        {
+            "audio": np.ones((1, 4), np.float32),
+            "image": np.ones((1, 3, 2, 2), np.uint8),
+            "mask": np.ones((1, 2), np.float32),
+        }
+        for _ in range(4)
+    ]
     out = list(with_missing_modalities(iter(feeds), every=2))
     masks = [tuple(f["mask"][0]) for f in out]
     assert masks == [(1, 1), (1, 0), (0, 1), (1, 1), (1, 1), (1, 0), (0, 1), (1, 1)]
     assert not out[1]["image"].any() and out[1]["audio"].all() and not out[2]["audio"].any()
     assert out[0]["image"].all()  # the originals are not changed
-    solo = [{"audio": np.ones((1, 4), np.float32), "image": np.zeros((1, 3, 2, 2), np.uint8),
-             "mask": np.array([[1.0, 0.0]], np.float32)}]
+    solo = [
+        {
+            "audio": np.ones((1, 4), np.float32),
+            "image": np.zeros((1, 3, 2, 2), np.uint8),
+            "mask": np.array([[1.0, 0.0]], np.float32),
+        }
+    ]
     assert len(list(with_missing_modalities(solo))) == 1  # no copy of a sensor that is already missing
 
 
@@ -148,11 +162,18 @@ def test_a_float_node_never_reads_a_weight_quantized_for_another(tmp_path):
     from edgeav.export.quantize import quantize_int8
 
     w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["audio", "w"], ["a"], name="/frontend/mm"),
-             helper.make_node("Relu", ["a"], ["r"], name="/net/relu"),
-             helper.make_node("MatMul", ["r", "w"], ["logits"], name="/net/mm")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])], [w])
+    nodes = [
+        helper.make_node("MatMul", ["audio", "w"], ["a"], name="/frontend/mm"),
+        helper.make_node("Relu", ["a"], ["r"], name="/net/relu"),
+        helper.make_node("MatMul", ["r", "w"], ["logits"], name="/net/mm"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8])],
+        [w],
+    )
     path = tmp_path / "shared.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     feeds = [{"audio": np.random.default_rng(k).normal(size=(1, 8)).astype(np.float32)} for k in range(4)]
@@ -198,9 +219,14 @@ def _real_feeds(n: int) -> list[dict[str, np.ndarray]]:
     feeds = []
     for r in rows:
         w = decode_audio(DATA / r["file"], 48_000)
-        w = np.pad(w, (0, max(0, 4 * 48_000 - w.size)))[48_000:4 * 48_000]
-        feeds.append({"audio": w[None].astype(np.float32), "mask": np.ones((1, 2), np.float32),
-                      "image": g.integers(0, 256, (1, 3, 64, 64), dtype=np.uint8)})
+        w = np.pad(w, (0, max(0, 4 * 48_000 - w.size)))[48_000 : 4 * 48_000]
+        feeds.append(
+            {
+                "audio": w[None].astype(np.float32),
+                "mask": np.ones((1, 2), np.float32),
+                "image": g.integers(0, 256, (1, 3, 64, 64), dtype=np.uint8),
+            }
+        )
     return feeds
 
 
@@ -231,13 +257,15 @@ def test_int8_keeps_birdnet_float_and_fp16_its_spectrogram(tmp_path):
     assert info["quantize_linear_nodes"] > 20  # the picture branch and the fusion are quantized
     ref = onnx_outputs(fp32, feeds[8:])
     got = onnx_outputs(int8, feeds[8:])
-    err = logits_error(np.concatenate([r["logits_audio"] for r in ref]),
-                       np.concatenate([g["logits_audio"] for g in got]))
+    err = logits_error(
+        np.concatenate([r["logits_audio"] for r in ref]), np.concatenate([g["logits_audio"] for g in got])
+    )
     print(f"INT8 (BirdNET float) vs FP32, audio logits on 4 real windows: relative RMS error {err:.3f}")
     assert err <= INT8_MAX_REL_ERROR
 
-    fp16, finfo = convert_fp16(fp32, tmp_path / "fp16.onnx",
-                               keep_float_prefixes=list(model_float_prefixes(model.arch, "fp16")))
+    fp16, finfo = convert_fp16(
+        fp32, tmp_path / "fp16.onnx", keep_float_prefixes=list(model_float_prefixes(model.arch, "fp16"))
+    )
     spec_nodes = {n for n in birdnet if n.startswith(SPEC)}
     assert spec_nodes <= set(finfo["float32_nodes"]) and not any(n.startswith(NET) for n in finfo["float32_nodes"])
     half = onnx_outputs(fp16, feeds[8:])
@@ -256,8 +284,10 @@ def test_checkpoint_keeps_birdnet_by_reference_and_rebuilds(tmp_path):
     size_mib = path.stat().st_size / 2**20
     raw = torch.load(path, map_location="cpu", weights_only=True)
     ref = raw["file_weights"]["audio_backbone"]
-    print(f"birdnet_v24 + mobilenetv3_small checkpoint: {size_mib:.1f} MiB; {ref['tensors']} BirdNET tensors "
-          f"({ref['bytes'] / 2**20:.1f} MiB) by reference")
+    print(
+        f"birdnet_v24 + mobilenetv3_small checkpoint: {size_mib:.1f} MiB; {ref['tensors']} BirdNET tensors "
+        f"({ref['bytes'] / 2**20:.1f} MiB) by reference"
+    )
     assert size_mib < 25 and ref["bytes"] > 50 * 2**20 and "CC BY-NC-SA 4.0" in ref["licence"]
     assert not any(k.startswith("audio_backbone.birdnet.") for k in raw["state_dict"])
     assert "file_weights" in raw["manifest"]
@@ -282,8 +312,10 @@ def test_training_phases_keep_birdnet_frozen_as_declared(trainable_blocks):
     from edgeav.train.models import build_model
     from edgeav.train.trainable import freeze_for_phase
 
-    model = build_model({**ARCH, "audio_kwargs": {"trainable_blocks": trainable_blocks},
-                         "contract": CONTRACT.model_dump(mode="json")}, 3)
+    model = build_model(
+        {**ARCH, "audio_kwargs": {"trainable_blocks": trainable_blocks}, "contract": CONTRACT.model_dump(mode="json")},
+        3,
+    )
     bb = model.audio_backbone
     declared = {n for n, p in bb.named_parameters() if p.requires_grad}
     assert bool(declared) == (trainable_blocks > 0)
@@ -301,8 +333,9 @@ STREAMS = DATA.parent / "streams"
 @pytest.mark.slow
 @pytest.mark.gstreamer
 @needs_birdnet
-@pytest.mark.parametrize("stream, seconds", [("birdnet_soundscape_120s.flac", 120.0),
-                                             ("opensoundscape_1min.wav", 59.5)])
+@pytest.mark.parametrize(
+    "stream, seconds", [("birdnet_soundscape_120s.flac", 120.0), ("opensoundscape_1min.wav", 59.5)]
+)
 def test_runtime_feeds_birdnet_48k_windows_from_any_rate(tmp_path, stream, seconds):
     """The runtime resamples to the contract's 48 kHz (the soundscape is 48 kHz, the dawn chorus 32 kHz) and cuts 3 s
     windows; audio only, so the picture is a masked modality on every window."""

@@ -14,14 +14,14 @@ import pytest
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 
-MODULE_LEVEL = '''
+MODULE_LEVEL = """
 import pytest
 pytest.importorskip("edgeav_no_such_module_xyz", reason="the daemon captures through GStreamer")
 
 def test_daemon():
     assert True
-'''
-IN_A_TEST = '''
+"""
+IN_A_TEST = """
 import pytest
 
 def test_export():
@@ -29,8 +29,8 @@ def test_export():
 
 def test_other():
     assert True
-'''
-HAND_MADE = '''
+"""
+HAND_MADE = """
 import pytest
 
 def test_mqtt():
@@ -38,14 +38,14 @@ def test_mqtt():
         import edgeav_no_such_module_xyz  # noqa: F401
     except ImportError as e:
         pytest.skip(str(e))
-'''
-DATA_ABSENT = '''
+"""
+DATA_ABSENT = """
 def test_real_data(shared_data):
     assert shared_data.is_dir()
 
 def test_runs():
     assert True
-'''
+"""
 
 
 def _pytest(tmp_path: Path, body: str, require_all: str | None) -> subprocess.CompletedProcess[str]:
@@ -57,8 +57,14 @@ def _pytest(tmp_path: Path, body: str, require_all: str | None) -> subprocess.Co
     if require_all is not None:
         env["EDGEAV_REQUIRE_ALL"] = require_all
     env["EDGEAV_DATA"] = str(tmp_path / "no-data-here")
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "."],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "."],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize("body", [MODULE_LEVEL, IN_A_TEST, HAND_MADE], ids=["module-level", "in-a-test", "hand-made"])

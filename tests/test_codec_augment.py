@@ -19,7 +19,7 @@ def _moving_clip(t: int = 12, size: int = 64) -> np.ndarray:
     base = np.broadcast_to(np.linspace(40, 200, size, dtype=np.uint8)[None, None, :], (3, size, size))
     clip = np.repeat(base[None], t, axis=0).copy()
     for k in range(t):
-        clip[k, :, 20:36, 10 + k:26 + k] = tex
+        clip[k, :, 20:36, 10 + k : 26 + k] = tex
     return clip
 
 

@@ -112,19 +112,38 @@ def broker(request, tmp_path: Path):
         b.stop()
 
 
-def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs: Path, tmp_path: Path,
-                                                                  broker) -> None:
+def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs: Path, tmp_path: Path, broker) -> None:
     port = free_port()
     # 3 s on a quiet machine: on a loaded one the first failed commit comes later after the fill, and the
     # keep-alives further apart, so the window in which they must go on (and then stop) is stretched with them
     max_unhealthy_s = round(scaled(3.0), 1)
     margin_s = scaled(0.5)
-    mq = {} if broker is None else {"mqtt": {"enabled": True, "port": broker[0], "unit_name": "unit1",
-                                             "client_id": "edgeav-test-daemon", "reconnect_min_s": 1.0}}
-    tree = daemon_tree(small_fs, media["bundle"], media["av"].as_uri(), realtime=True, loop=True, sensors="combined",
-                       metrics={"enabled": True, "port": port}, watchdog_interval_s=0.2,
-                       store={"max_pending_detections": 100_000, "max_unhealthy_s": max_unhealthy_s},
-                       evidence={"retention_interval_s": 0.2}, **mq)  # retention (which commits first) runs while full
+    mq = (
+        {}
+        if broker is None
+        else {
+            "mqtt": {
+                "enabled": True,
+                "port": broker[0],
+                "unit_name": "unit1",
+                "client_id": "edgeav-test-daemon",
+                "reconnect_min_s": 1.0,
+            }
+        }
+    )
+    tree = daemon_tree(
+        small_fs,
+        media["bundle"],
+        media["av"].as_uri(),
+        realtime=True,
+        loop=True,
+        sensors="combined",
+        metrics={"enabled": True, "port": port},
+        watchdog_interval_s=0.2,
+        store={"max_pending_detections": 100_000, "max_unhealthy_s": max_unhealthy_s},
+        evidence={"retention_interval_s": 0.2},
+        **mq,
+    )  # retention (which commits first) runs while full
     cfg = write_config(tmp_path / "d.yaml", tree)
     err_path = tmp_path / "err.log"
     sock_path = str(tmp_path / "notify.sock")
@@ -139,14 +158,19 @@ def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs
             try:
                 if ns.recv(4096).decode() == "WATCHDOG=1":
                     watchdogs.append(time.monotonic())
-            except socket.timeout:
+            except TimeoutError:
                 pass
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     with open(err_path, "w") as err:
-        proc = subprocess.Popen([*EDGEAV, "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
-                                stderr=err, env={**env(), "NOTIFY_SOCKET": sock_path}, text=True)
+        proc = subprocess.Popen(
+            [*EDGEAV, "run", "--config", str(cfg), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env={**env(), "NOTIFY_SOCKET": sock_path},
+            text=True,
+        )
     try:
         wait_for("20 committed", lambda: health(port)["committed"] >= 20, proc)
         ballast = fill(small_fs)
@@ -156,9 +180,18 @@ def test_log_filled_mid_run_is_unhealthy_then_commits_everything(media, small_fs
         assert h["reason"].startswith("store: database or disk is full since "), h
         n_full = h["detections"]
         # it keeps running (windows, detections) while nothing can be committed
-        h = wait_for("30 more detections and max_unhealthy_s + 3 s",
-                     lambda: (lambda h: h if h["detections"] >= n_full + 30 and time.monotonic() - t_unhealthy
-                              > max_unhealthy_s + 2 * margin_s + 3 else None)(health(port)), proc)
+        h = wait_for(
+            "30 more detections and max_unhealthy_s + 3 s",
+            lambda: (
+                lambda h: (
+                    h
+                    if h["detections"] >= n_full + 30
+                    and time.monotonic() - t_unhealthy > max_unhealthy_s + 2 * margin_s + 3
+                    else None
+                )
+            )(health(port)),
+            proc,
+        )
         assert h["status"] == "unhealthy" and h["store"]["waiting"] >= 30 and h["store"]["dropped_detections"] == 0
         t_check = time.monotonic()
         # the keep-alive went on while the disk was full for less than max_unhealthy_s, and stopped after it

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _daemon_fixtures import small_fs
 
 from edgeav.runtime.evidence import EvidenceStore, WindowContext, stitch_audio, write_wav
@@ -22,8 +21,20 @@ gi = pytest.importorskip("gi", reason="JPEG evidence uses GStreamer")
 
 
 def _det(label: str, i: int) -> Detection:
-    return Detection(label, ["crow", "finch"].index(label), i * 10**9, i * 10**9 + 10**9, None, None, 0.9, 0.8, 0.7,
-                     ("audio", "image"), None, 1)
+    return Detection(
+        label,
+        ["crow", "finch"].index(label),
+        i * 10**9,
+        i * 10**9 + 10**9,
+        None,
+        None,
+        0.9,
+        0.8,
+        0.7,
+        ("audio", "image"),
+        None,
+        1,
+    )
 
 
 def test_wav_and_jpeg_are_real_files(tmp_path: Path) -> None:
@@ -52,7 +63,7 @@ def test_wav_and_jpeg_are_real_files(tmp_path: Path) -> None:
 def test_stitch_audio_from_overlapping_windows() -> None:
     rate = 1000
     sig = np.arange(3000, dtype=np.float32)  # 3 s at 1 kHz
-    ws = [WindowContext(s * 10**9 // 2, s * 10**9 // 2 + 10**9, sig[s * 500: s * 500 + 1000], None) for s in range(5)]
+    ws = [WindowContext(s * 10**9 // 2, s * 10**9 // 2 + 10**9, sig[s * 500 : s * 500 + 1000], None) for s in range(5)]
     out = stitch_audio(ws, 500_000_000, 2_500_000_000, rate)
     assert np.array_equal(out, sig[500:2500])
     assert stitch_audio([WindowContext(0, 10**9, None, None)], 0, 10**9, rate) is None
@@ -65,8 +76,9 @@ def _evidence(root: Path, store: DetectionStore, free, **cfg) -> EvidenceStore:
         store.flush()
         return store.evidence_rows()
 
-    return EvidenceStore(root, ecfg, 16000, rows, lambda i, r: store.update_evidence(i, None, None, f"deleted: {r}"),
-                         free_ratio=free).start()
+    return EvidenceStore(
+        root, ecfg, 16000, rows, lambda i, r: store.update_evidence(i, None, None, f"deleted: {r}"), free_ratio=free
+    ).start()
 
 
 def test_retention_by_disk_keeps_newest_per_class_and_by_age(tmp_path: Path) -> None:
@@ -82,8 +94,14 @@ def test_retention_by_disk_keeps_newest_per_class_and_by_age(tmp_path: Path) -> 
             label = "crow" if i % 2 == 0 else "finch"
             did = f"d{i:02d}"
             r = ev.write(did, t0 + i * 10**9, label, audio, frame)
-            store.add(_det(label, i), detection_id=did, utc_ns=t0 + i * 10**9, audio_path=r.audio_path,
-                      image_path=r.image_path, evidence_note=r.note)
+            store.add(
+                _det(label, i),
+                detection_id=did,
+                utc_ns=t0 + i * 10**9,
+                audio_path=r.audio_path,
+                image_path=r.image_path,
+                evidence_note=r.note,
+            )
             store.flush()
             ids.append(did)
         store.flush()
@@ -140,8 +158,9 @@ def _decode_mp4(path: Path) -> tuple[list[float], list[int], tuple[int, int]]:
     from edgeav.runtime.capture import _gst
 
     Gst = _gst()
-    p = Gst.parse_launch("filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=RGB ! "
-                         "appsink name=sink sync=false")
+    p = Gst.parse_launch(
+        "filesrc name=src ! decodebin ! videoconvert ! video/x-raw,format=RGB ! appsink name=sink sync=false"
+    )
     p.get_by_name("src").set_property("location", str(path))
     sink = p.get_by_name("sink")
     p.set_state(Gst.State.PLAYING)
@@ -184,9 +203,15 @@ def test_clip_mp4_of_the_window_frames_is_referenced_and_retained(tmp_path: Path
         store.flush()
         return store.evidence_rows()
 
-    ev = EvidenceStore(root, ecfg, 16000, rows,
-                       lambda i, r: store.update_evidence(i, None, None, f"deleted: {r}", clip_path=None),
-                       free_ratio=lambda p: 1.0, frame_rate_hz=25.0).start()
+    ev = EvidenceStore(
+        root,
+        ecfg,
+        16000,
+        rows,
+        lambda i, r: store.update_evidence(i, None, None, f"deleted: {r}", clip_path=None),
+        free_ratio=lambda p: 1.0,
+        frame_rate_hz=25.0,
+    ).start()
     frames = np.zeros((10, 32, 40, 3), np.uint8)  # (T, H, W, 3)
     for k in range(10):
         frames[k] = 40 + 20 * k  # grey ramp, frame by frame
@@ -200,8 +225,15 @@ def test_clip_mp4_of_the_window_frames_is_referenced_and_retained(tmp_path: Path
     want = [float(frames[k].mean()) for k in range(10)]
     assert max(abs(a - b) for a, b in zip(means, want)) < 12, (means, want)
     assert means[6] < 20  # the missing frame stays black, not its neighbour
-    store.add(_det("crow", 0), detection_id="clip1", utc_ns=t0, audio_path=r.audio_path, image_path=r.image_path,
-              evidence_note=r.note, clip_path=r.clip_path)
+    store.add(
+        _det("crow", 0),
+        detection_id="clip1",
+        utc_ns=t0,
+        audio_path=r.audio_path,
+        image_path=r.image_path,
+        evidence_note=r.note,
+        clip_path=r.clip_path,
+    )
     store.flush()
     row = query_detections(tmp_path / "d.db", limit=None)[0]
     assert row["clip_path"] == r.clip_path and row["image_path"] and row["audio_path"]
@@ -237,21 +269,26 @@ def test_daemon_writes_a_clip_per_detection_for_a_t_frame_model(tmp_path: Path) 
     from edgeav.export.bundle import write_bundle
     from edgeav.manifest import ArtifactManifest
 
-    contract = InputContract(audio=AudioContract(window_s=0.4, n_fft=256, win_length=256, hop_length=64),
-                             image=ImageContract(height_px=32, width_px=32, n_frames=8, frame_rate_hz=25.0))
+    contract = InputContract(
+        audio=AudioContract(window_s=0.4, n_fft=256, win_length=256, hop_length=64),
+        image=ImageContract(height_px=32, width_px=32, n_frames=8, frame_rate_hz=25.0),
+    )
     model = tiny_onnx_model(tmp_path / "t8.onnx", contract)
-    manifest = ArtifactManifest(kind="onnx", labels=["quiet", "loud"], contract=contract, precision="fp32",
-                                metrics={"fp32": {"accuracy": 0.0}})
-    bundle = write_bundle(tmp_path / "bundle", {"model_fp32": model}, manifest, "cpu", {"edgeav": "test"},
-                          tarball=False)
+    manifest = ArtifactManifest(
+        kind="onnx", labels=["quiet", "loud"], contract=contract, precision="fp32", metrics={"fp32": {"accuracy": 0.0}}
+    )
+    bundle = write_bundle(
+        tmp_path / "bundle", {"model_fp32": model}, manifest, "cpu", {"edgeav": "test"}, tarball=False
+    )
     media = write_media(tmp_path / "av.mkv", 2.0)
     # one pipeline replayed as fast as it goes: every window waits for its frames
     tree = daemon_tree(tmp_path, bundle, media.as_uri(), realtime=False, sensors="combined", evidence={"clip": True})
     tree["runtime"]["align"]["hop_s"] = 0.4
     tree["runtime"]["postprocess"]["threshold"] = 0.0  # every window a detection
     cfg = write_config(tmp_path / "d.yaml", tree)
-    p = subprocess.run([*EDGEAV, "run", "--config", str(cfg), "--json"], env=env(), capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        [*EDGEAV, "run", "--config", str(cfg), "--json"], env=env(), capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     rows = query_detections(tmp_path / "det.db", limit=None)
     with_clip = [r for r in rows if r["clip_path"]]

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _daemon_fixtures import EDGEAV, daemon_tree, env, scaled, wait_until, write_config
 
 KILL_TRIALS = int(os.environ.get("EDGEAV_EVIDENCE_KILL_TRIALS", "8"))
@@ -37,10 +36,16 @@ def test_atomic_write_fsyncs_data_then_renames_then_fsyncs_folder(tmp_path: Path
     if shutil.which("strace") is None:
         pytest.skip("strace is not installed")
     out = tmp_path / "day" / "x.wav"
-    code = ("import numpy as np, sys; from edgeav.runtime.encoders import write_wav; "
-            f"write_wav(__import__('pathlib').Path({str(out)!r}), np.zeros(1600, np.float32), 16000)")
-    r = subprocess.run(["strace", "-f", "-e", "trace=openat,fsync,rename,renameat,renameat2", sys.executable, "-c",
-                        code], capture_output=True, text=True, timeout=scaled(120))
+    code = (
+        "import numpy as np, sys; from edgeav.runtime.encoders import write_wav; "
+        f"write_wav(__import__('pathlib').Path({str(out)!r}), np.zeros(1600, np.float32), 16000)"
+    )
+    r = subprocess.run(
+        ["strace", "-f", "-e", "trace=openat,fsync,rename,renameat,renameat2", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+    )
     if r.returncode != 0 and "ptrace" in r.stderr:
         pytest.skip(f"strace cannot trace here: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -78,11 +83,22 @@ def test_start_removes_temp_files_and_marks_missing_rows(tmp_path: Path) -> None
     (day / "c.wav").write_bytes(b"RIFFdata")
     (day / "d.jpg").write_bytes(b"\xff\xd8\xff\xd9")
     rows = [
-        {"id": "a", "audio_path": str(day / "a.wav"), "image_path": None, "clip_path": None, "evidence_note": PENDING_NOTE},
+        {
+            "id": "a",
+            "audio_path": str(day / "a.wav"),
+            "image_path": None,
+            "clip_path": None,
+            "evidence_note": PENDING_NOTE,
+        },
         {"id": "b", "audio_path": str(day / "b.wav"), "image_path": None, "clip_path": None, "evidence_note": None},
         {"id": "c", "audio_path": str(day / "c.wav"), "image_path": None, "clip_path": None, "evidence_note": None},
-        {"id": "d", "audio_path": str(day / "d.wav"), "image_path": str(day / "d.jpg"), "clip_path": None,
-         "evidence_note": PENDING_NOTE},
+        {
+            "id": "d",
+            "audio_path": str(day / "d.wav"),
+            "image_path": str(day / "d.jpg"),
+            "clip_path": None,
+            "evidence_note": PENDING_NOTE,
+        },
     ]
     updates = {}
     assert remove_temp_files(tmp_path) == 1 and not list(day.glob(".*"))
@@ -93,10 +109,17 @@ def test_start_removes_temp_files_and_marks_missing_rows(tmp_path: Path) -> None
     assert "c" not in updates  # whole: untouched
     assert updates["d"][0] is None and updates["d"][1] == str(day / "d.jpg")  # the JPEG arrived, the WAV did not
     (day / "e.wav").write_bytes(b"RIFFdata")
-    row = {"id": "e", "audio_path": str(day / "e.wav"), "image_path": None, "clip_path": None,
-           "evidence_note": PENDING_NOTE}
-    assert check_committed([row], lambda i, a, im, note, clip_path=None: updates.__setitem__(i, (a, im, note))) == \
-        {"missing": 0, "settled": 1}
+    row = {
+        "id": "e",
+        "audio_path": str(day / "e.wav"),
+        "image_path": None,
+        "clip_path": None,
+        "evidence_note": PENDING_NOTE,
+    }
+    assert check_committed([row], lambda i, a, im, note, clip_path=None: updates.__setitem__(i, (a, im, note))) == {
+        "missing": 0,
+        "settled": 1,
+    }
     assert updates["e"] == (str(day / "e.wav"), None, None)  # written, but killed before the row said so
 
 
@@ -116,16 +139,21 @@ def test_kill_9_while_writing_evidence_leaves_whole_files_or_marked_rows(tmp_pat
     cfg = write_config(tmp_path / "d.yaml", tree)
     rng = random.Random(int(os.environ.get("EDGEAV_KILL_SEED", "13")))
     db = tmp_path / "det.db"
-    marked = settled = 0
+    marked = 0
     for trial in range(KILL_TRIALS + 1):  # the last start is the check after the last kill
         err_path = tmp_path / f"err{trial}.log"
         with open(err_path, "w") as err:
-            p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                                 stderr=err, env=env())
+            p = subprocess.Popen(
+                [*EDGEAV, "--log-json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=err, env=env()
+            )
             try:
-                wait_until(f"start {trial}: ready",
-                           lambda e=err_path: '"event": "ready"' in e.read_text(errors="replace"), 90, proc=p,
-                           step_s=0.02)
+                wait_until(
+                    f"start {trial}: ready",
+                    lambda e=err_path: '"event": "ready"' in e.read_text(errors="replace"),
+                    90,
+                    proc=p,
+                    step_s=0.02,
+                )
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{err_path.read_text()[-2000:]}") from None
             text = err_path.read_text(errors="replace")
@@ -166,5 +194,7 @@ def test_kill_9_while_writing_evidence_leaves_whole_files_or_marked_rows(tmp_pat
             n_jpg += 1
     missing_rows = [r for r in rows if (r["evidence_note"] or "").startswith("missing:")]
     assert marked >= 1 and missing_rows, "no kill landed while evidence was pending: the test proved nothing"
-    print(f"evidence kill -9: {KILL_TRIALS} kills, {len(rows)} rows; {n_wav} WAV and {n_jpg} JPEG whole; "
-          f"{len(missing_rows)} rows marked missing ({marked} at starts); 0 truncated")
+    print(
+        f"evidence kill -9: {KILL_TRIALS} kills, {len(rows)} rows; {n_wav} WAV and {n_jpg} JPEG whole; "
+        f"{len(missing_rows)} rows marked missing ({marked} at starts); 0 truncated"
+    )

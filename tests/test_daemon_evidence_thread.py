@@ -103,9 +103,11 @@ def test_slow_evidence_encoder_does_not_stall_inference(bundle: Path, tmp_path: 
         with wave.open(r["audio_path"]) as w:
             assert w.getnframes() > 0
         assert Path(r["image_path"]).read_bytes()[:2] == b"\xff\xd8"
-    print(f"slow encoder ({encode_s:.2f} s a set): {len(stamps)} audio windows, longest gap {max(gaps):.3f} s; "
-          f"sensor drops {q['camera']['dropped']}/{q['microphone']['dropped']}, evidence skipped "
-          f"{q['evidence']['dropped']}, written {len(written)}")
+    print(
+        f"slow encoder ({encode_s:.2f} s a set): {len(stamps)} audio windows, longest gap {max(gaps):.3f} s; "
+        f"sensor drops {q['camera']['dropped']}/{q['microphone']['dropped']}, evidence skipped "
+        f"{q['evidence']['dropped']}, written {len(written)}"
+    )
 
 
 def test_stalled_main_loop_drops_frames_never_audio(bundle: Path, tmp_path: Path) -> None:
@@ -120,8 +122,13 @@ def test_stalled_main_loop_drops_frames_never_audio(bundle: Path, tmp_path: Path
                 stall.set()
                 time.sleep(4.0)  # the main loop stalls: 40 frames and 40 audio buffers arrive meanwhile
 
-    d = _daemon(tmp_path, bundle, Stalling, evidence={"enabled": False},
-                queues={"camera_max_items": 8, "microphone_max_items": 128})
+    d = _daemon(
+        tmp_path,
+        bundle,
+        Stalling,
+        evidence={"enabled": False},
+        queues={"camera_max_items": 8, "microphone_max_items": 128},
+    )
     data = _run(d, lambda dm: stall.is_set() and dm.windows >= 30)
     q = data["queues"]
     assert q["camera"]["dropped"] >= 10, q  # frames pushed out of the camera's own queue

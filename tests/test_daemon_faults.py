@@ -43,8 +43,12 @@ KILL_TRIALS = int(os.environ.get("EDGEAV_KILL_TRIALS", "20"))
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("faults")
-    return {"bundle": make_bundle(d / "bundle"), "av": write_media(d / "av.mkv", 6.0),
-            "video": write_media(d / "v.mkv", 30.0, audio=False), "audio": write_media(d / "a.mkv", 30.0, video=False)}
+    return {
+        "bundle": make_bundle(d / "bundle"),
+        "av": write_media(d / "av.mkv", 6.0),
+        "video": write_media(d / "v.mkv", 30.0, audio=False),
+        "audio": write_media(d / "a.mkv", 30.0, video=False),
+    }
 
 
 def json_logs(path: Path) -> list[dict]:
@@ -72,8 +76,10 @@ def db_count(db: Path, where: str, *args: object) -> int:
 
 
 def test_kill_9_at_random_moments_loses_nothing_committed(media, tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "d.yaml", daemon_tree(tmp_path, media["bundle"], media["av"].as_uri(),
-                                                         realtime=False, loop=True, sensors="combined"))
+    cfg = write_config(
+        tmp_path / "d.yaml",
+        daemon_tree(tmp_path, media["bundle"], media["av"].as_uri(), realtime=False, loop=True, sensors="combined"),
+    )
     rng = random.Random(int(os.environ.get("EDGEAV_KILL_SEED", "7")))
     reported: set[str] = set()
     per_trial = []
@@ -81,16 +87,22 @@ def test_kill_9_at_random_moments_loses_nothing_committed(media, tmp_path: Path)
     for trial in range(KILL_TRIALS):
         err_path = tmp_path / f"err{trial}.log"
         with open(err_path, "w") as err:
-            p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                                 stderr=err, env=env())
+            p = subprocess.Popen(
+                [*EDGEAV, "--log-json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=err, env=env()
+            )
             # a random moment of the replay: 0 to 1.5 s after its first commit (every 5th trial: at a random
             # moment of start-up instead - imports, migration, orphan sweep, first commit - which lasts longer on
             # a loaded machine, so the moment is stretched with it)
             if trial % 5 == 4:
                 time.sleep(scaled(rng.uniform(0.2, 2.0)))
             else:
-                wait_until(f"trial {trial}: the first commit", lambda e=err_path: '"event": "committed"' in
-                           e.read_text(errors="replace"), 60, proc=p, step_s=0.02)
+                wait_until(
+                    f"trial {trial}: the first commit",
+                    lambda e=err_path: '"event": "committed"' in e.read_text(errors="replace"),
+                    60,
+                    proc=p,
+                    step_s=0.02,
+                )
                 time.sleep(rng.uniform(0.0, 1.5))
             p.send_signal(signal.SIGKILL)
             p.wait(scaled(10))
@@ -108,11 +120,16 @@ def test_kill_9_at_random_moments_loses_nothing_committed(media, tmp_path: Path)
     # one clean run afterwards: orphaned evidence (written, never committed) is swept, the rest stays linked
     err_path = tmp_path / "err_clean.log"
     with open(err_path, "w") as err_f:
-        p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL,
-                             stderr=err_f, env=env())
+        p = subprocess.Popen(
+            [*EDGEAV, "--log-json", "run", "--config", str(cfg)], stdout=subprocess.DEVNULL, stderr=err_f, env=env()
+        )
         try:  # the sweep runs at start; stop once the run commits (it sees the swept folder)
-            wait_until("the clean run's first commit", lambda: '"event": "committed"' in
-                       err_path.read_text(errors="replace"), 60, proc=p)
+            wait_until(
+                "the clean run's first commit",
+                lambda: '"event": "committed"' in err_path.read_text(errors="replace"),
+                60,
+                proc=p,
+            )
             p.send_signal(signal.SIGTERM)
             p.wait(scaled(10))
         finally:
@@ -127,22 +144,35 @@ def test_kill_9_at_random_moments_loses_nothing_committed(media, tmp_path: Path)
     files = [f for f in (tmp_path / "evidence").rglob("*") if f.is_file()]
     assert files and all(f.stem in in_db for f in files)
     assert {f.name for f in files if f.suffix == ".wav"} == linked
-    print(f"kill -9: {KILL_TRIALS} trials, {len(reported)} detections reported committed, 0 lost, "
-          f"{len(in_db)} in the log, integrity ok")
+    print(
+        f"kill -9: {KILL_TRIALS} trials, {len(reported)} detections reported committed, 0 lost, "
+        f"{len(in_db)} in the log, integrity ok"
+    )
 
 
 def test_video_source_removed_mid_run_audio_continues(media, tmp_path: Path) -> None:
     video = tmp_path / "camera.mkv"
     shutil.copyfile(media["video"], video)
-    tree = daemon_tree(tmp_path, media["bundle"], video.as_uri(), realtime=True, loop=True,
-                       supervisor={"backoff_initial_s": 0.3, "backoff_max_s": 1.0, "restart_budget": 100})
+    tree = daemon_tree(
+        tmp_path,
+        media["bundle"],
+        video.as_uri(),
+        realtime=True,
+        loop=True,
+        supervisor={"backoff_initial_s": 0.3, "backoff_max_s": 1.0, "restart_budget": 100},
+    )
     tree["runtime"]["source"]["audio_uri"] = media["audio"].as_uri()
     tree["runtime"]["source"]["stall_timeout_s"] = 1.0
     cfg = write_config(tmp_path / "d.yaml", tree)
     err_path = tmp_path / "err.log"
     with open(err_path, "w") as err:
-        p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
-                             stderr=err, env=env(), text=True)
+        p = subprocess.Popen(
+            [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env(),
+            text=True,
+        )
         db = tmp_path / "det.db"
         both = "modalities = 'audio,image' AND utc_ns > ?"
         try:  # each step waits for what the daemon does (logged, committed), not for a time
@@ -150,6 +180,7 @@ def test_video_source_removed_mid_run_audio_continues(media, tmp_path: Path) -> 
             t_break = time.time()
             os.truncate(video, 0)  # the camera's stream breaks ...
             video.unlink()  # ... and its source is gone
+
             def camera_restarts() -> list[dict]:
                 return [r for r in json_logs(err_path) if r.get("event") == "sensor_restart"]
 
@@ -160,12 +191,20 @@ def test_video_source_removed_mid_run_audio_continues(media, tmp_path: Path) -> 
 
             t_down_ns = parse_iso_utc(restarts[0]["ts"])  # its last frame was captured before this
             audio_only = "modalities = 'audio' AND utc_ns > ?"
-            wait_until("25 audio-only detections while the camera is gone",  # 10 of them 1 s before it returns
-                       lambda: db_count(db, audio_only, t_down_ns + 10**9) >= 25, 30, proc=p)
+            wait_until(
+                "25 audio-only detections while the camera is gone",  # 10 of them 1 s before it returns
+                lambda: db_count(db, audio_only, t_down_ns + 10**9) >= 25,
+                30,
+                proc=p,
+            )
             shutil.copyfile(media["video"], video)  # back again
             t_back = time.time()
-            wait_until("a detection from both sensors after the camera's return",
-                       lambda: db_count(db, both, int(t_back * 1e9)) >= 1, 30, proc=p)
+            wait_until(
+                "a detection from both sensors after the camera's return",
+                lambda: db_count(db, both, int(t_back * 1e9)) >= 1,
+                30,
+                proc=p,
+            )
             p.send_signal(signal.SIGTERM)
             out, _ = p.communicate(timeout=scaled(10))
         finally:
@@ -200,15 +239,22 @@ def test_video_source_removed_mid_run_audio_continues(media, tmp_path: Path) -> 
     # windows never stopped: about one per hop over the whole run
     assert summary["windows_by_modality"].get("audio", 0) >= 10
     assert not any("has no audio stream" in r["msg"] for r in recs)  # the camera file needs none: audio_uri gives it
-    print(f"video removed: {len(restarts)} camera restarts logged, {len(during)} audio-only detections during the "
-          f"outage, {summary['detections']} detections in all")
+    print(
+        f"video removed: {len(restarts)} camera restarts logged, {len(during)} audio-only detections during the "
+        f"outage, {summary['detections']} detections in all"
+    )
 
 
 def test_file_without_sound_runs_image_only_and_says_so_once(media, tmp_path: Path) -> None:
     tree = daemon_tree(tmp_path, media["bundle"], media["video"].as_uri(), realtime=False, sensors="combined")
     cfg = write_config(tmp_path / "d.yaml", tree)
-    r = subprocess.run([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], capture_output=True, text=True,
-                       env=env(), timeout=scaled(120))
+    r = subprocess.run(
+        [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=scaled(120),
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout)
     said = [ln for ln in r.stderr.splitlines() if "has no audio stream" in ln]
@@ -217,15 +263,20 @@ def test_file_without_sound_runs_image_only_and_says_so_once(media, tmp_path: Pa
 
 
 def test_restart_budget_spent_exits_non_zero_for_systemd(media, tmp_path: Path) -> None:
-    tree = daemon_tree(tmp_path, media["bundle"], (tmp_path / "no_camera.mkv").as_uri(), realtime=True,
-                       supervisor={"backoff_initial_s": 0.2, "backoff_max_s": 0.4, "restart_budget": 3,
-                                   "restart_window_s": 60})
+    tree = daemon_tree(
+        tmp_path,
+        media["bundle"],
+        (tmp_path / "no_camera.mkv").as_uri(),
+        realtime=True,
+        supervisor={"backoff_initial_s": 0.2, "backoff_max_s": 0.4, "restart_budget": 3, "restart_window_s": 60},
+    )
     tree["runtime"]["source"]["audio_uri"] = media["audio"].as_uri()
     tree["runtime"]["source"]["streams"] = ["video", "audio"]  # say what the camera gives: nothing to probe
     cfg = write_config(tmp_path / "d.yaml", tree)
     t0 = time.monotonic()
-    r = subprocess.run([*EDGEAV, "-q", "run", "--config", str(cfg)], capture_output=True, text=True, env=env(),
-                       timeout=scaled(60))
+    r = subprocess.run(
+        [*EDGEAV, "-q", "run", "--config", str(cfg)], capture_output=True, text=True, env=env(), timeout=scaled(60)
+    )
     assert r.returncode == 1
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("edgeav run: error")]
     assert len(lines) == 1 and "camera sensor" in lines[0] and "more than 3 restarts within 60 s" in lines[0]
@@ -246,17 +297,30 @@ def test_full_disk_stops_evidence_never_detections(media, tmp_path: Path) -> Non
             pytest.skip("could not mount a small tmpfs here")
         u = shutil.disk_usage(fs)
         (fs / "ballast").write_bytes(b"\0" * int(u.total * 0.88 - (u.total - u.free)))  # 12 % free: below the floor
-        tree = daemon_tree(fs, media["bundle"], media["av"].as_uri(), realtime=False, sensors="combined",
-                           evidence={"min_free_percent": 20.0})  # the default floor
+        tree = daemon_tree(
+            fs,
+            media["bundle"],
+            media["av"].as_uri(),
+            realtime=False,
+            sensors="combined",
+            evidence={"min_free_percent": 20.0},
+        )  # the default floor
         cfg = write_config(tmp_path / "d.yaml", tree)
-        r = subprocess.run([*EDGEAV, "-q", "run", "--config", str(cfg), "--json"], capture_output=True, text=True,
-                           env=env(), timeout=scaled(120))
+        r = subprocess.run(
+            [*EDGEAV, "-q", "run", "--config", str(cfg), "--json"],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=scaled(120),
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         summary = json.loads(r.stdout)
         con = sqlite3.connect(fs / "det.db")
         rows = con.execute("SELECT audio_path, image_path, evidence_note FROM detections").fetchall()
         con.close()
-        assert summary["detections"] == len(rows) == 60, r.stderr[-3000:]  # 6 s at a 0.1 s hop: every window, every detection
+        assert summary["detections"] == len(rows) == 60, r.stderr[
+            -3000:
+        ]  # 6 s at a 0.1 s hop: every window, every detection
         assert summary["evidence"]["skipped"] == 60 and summary["evidence"]["written"] == 0
         assert all(a is None and i is None and n.startswith("skipped:") for a, i, n in rows)
         assert not [f for f in (fs / "evidence").rglob("*") if f.is_file()]
@@ -270,11 +334,22 @@ def test_silent_camera_is_restarted_while_audio_goes_on(media, tmp_path: Path) -
 
     fifo = tmp_path / "camera.mkv"
     os.mkfifo(fifo)
-    tree = daemon_tree(tmp_path, media["bundle"], fifo.as_uri(), realtime=True,
-                       supervisor={"backoff_initial_s": 0.3, "backoff_max_s": 1.0, "restart_budget": 100})
+    tree = daemon_tree(
+        tmp_path,
+        media["bundle"],
+        fifo.as_uri(),
+        realtime=True,
+        supervisor={"backoff_initial_s": 0.3, "backoff_max_s": 1.0, "restart_budget": 100},
+    )
     src = tree["runtime"]["source"]
-    src.update({"audio_uri": media["audio"].as_uri(), "streams": ["video", "audio"], "stall_timeout_s": 1.0,
-                "start_timeout_s": 5.0})
+    src.update(
+        {
+            "audio_uri": media["audio"].as_uri(),
+            "streams": ["video", "audio"],
+            "stall_timeout_s": 1.0,
+            "start_timeout_s": 5.0,
+        }
+    )
     cfg = write_config(tmp_path / "d.yaml", tree)
     data = media["video"].read_bytes()
     silent, done = threading.Event(), threading.Event()
@@ -296,18 +371,34 @@ def test_silent_camera_is_restarted_while_audio_goes_on(media, tmp_path: Path) -
     writer.start()
     err_path = tmp_path / "err.log"
     with open(err_path, "w") as err:
-        p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
-                             stderr=err, env=env(), text=True)
+        p = subprocess.Popen(
+            [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env(),
+            text=True,
+        )
         try:
             assert silent.wait(scaled(30))
-            stalls = wait_until("the silent camera's restart", lambda: [
-                r for r in json_logs(err_path) if r.get("event") == "sensor_restart" and r["reason"] ==
-                "no data for 1 s"], 30, proc=p)
+            stalls = wait_until(
+                "the silent camera's restart",
+                lambda: [
+                    r
+                    for r in json_logs(err_path)
+                    if r.get("event") == "sensor_restart" and r["reason"] == "no data for 1 s"
+                ],
+                30,
+                proc=p,
+            )
             from edgeav.runtime.store import parse_iso_utc
 
             t_down = parse_iso_utc(stalls[0]["ts"])  # the camera was declared silent (1 s after its last frame)
-            wait_until("5 detections after the camera went silent",  # the microphone goes on alone
-                       lambda: db_count(tmp_path / "det.db", "utc_ns > ?", t_down + 10**9) >= 5, 30, proc=p)
+            wait_until(
+                "5 detections after the camera went silent",  # the microphone goes on alone
+                lambda: db_count(tmp_path / "det.db", "utc_ns > ?", t_down + 10**9) >= 5,
+                30,
+                proc=p,
+            )
             p.send_signal(signal.SIGTERM)
             t_term = time.monotonic()
             out, _ = p.communicate(timeout=scaled(10))

@@ -42,8 +42,13 @@ def free_port() -> int:
 def spawn(cfg: Path, extra_env: dict | None = None, args: list[str] | None = None) -> subprocess.Popen:
     e = env()
     e.update(extra_env or {})
-    return subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json", *(args or [])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=e, text=True)
+    return subprocess.Popen(
+        [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json", *(args or [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=e,
+        text=True,
+    )
 
 
 def logs(stderr: str) -> list[dict]:
@@ -66,7 +71,9 @@ def get(url: str) -> tuple[int, str]:
 
 def test_notify_metrics_health_and_sigterm(bundle: Path, tmp_path: Path) -> None:
     port = free_port()
-    cfg = write_config(tmp_path / "d.yaml", daemon_tree(tmp_path, bundle, LIVE, metrics={"enabled": True, "port": port}))
+    cfg = write_config(
+        tmp_path / "d.yaml", daemon_tree(tmp_path, bundle, LIVE, metrics={"enabled": True, "port": port})
+    )
     sock_path = str(tmp_path / "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(sock_path)
@@ -81,14 +88,14 @@ def test_notify_metrics_health_and_sigterm(bundle: Path, tmp_path: Path) -> None
         while time.monotonic() < deadline and not any("READY=1" in m for _, m in msgs):
             try:
                 msgs.append((time.monotonic(), ns.recv(4096).decode()))
-            except socket.timeout:
+            except TimeoutError:
                 assert p.poll() is None, p.communicate()[1][-2000:]
         assert any("READY=1" in m for _, m in msgs), msgs
         t_ready = time.monotonic()
         while time.monotonic() < t_ready + 3.0 * watchdog_s:
             try:
                 msgs.append((time.monotonic(), ns.recv(4096).decode()))
-            except socket.timeout:
+            except TimeoutError:
                 pass
         watchdogs = [t for t, m in msgs if m == "WATCHDOG=1"]
         assert len(watchdogs) >= 4 and max(b - a for a, b in zip(watchdogs, watchdogs[1:])) < watchdog_s
@@ -98,11 +105,20 @@ def test_notify_metrics_health_and_sigterm(bundle: Path, tmp_path: Path) -> None
         assert set(h["sensors"]) == {"camera", "microphone"} and all(s["state"] == "up" for s in h["sensors"].values())
         code, text = get(f"http://127.0.0.1:{port}/metrics")
         assert code == 200
-        for name in ("edgeav_sensor_items_total{", "edgeav_inference_latency_seconds_bucket{", "edgeav_windows_total{",
-                     "edgeav_detections_total{", "edgeav_queue_depth{", "edgeav_sensor_up{"):
+        for name in (
+            "edgeav_sensor_items_total{",
+            "edgeav_inference_latency_seconds_bucket{",
+            "edgeav_windows_total{",
+            "edgeav_detections_total{",
+            "edgeav_queue_depth{",
+            "edgeav_sensor_up{",
+        ):
             assert name in text, name
-        items = {ln.split("{")[1].split("}")[0]: float(ln.split()[-1]) for ln in text.splitlines()
-                 if ln.startswith("edgeav_sensor_items_total{")}
+        items = {
+            ln.split("{")[1].split("}")[0]: float(ln.split()[-1])
+            for ln in text.splitlines()
+            if ln.startswith("edgeav_sensor_items_total{")
+        }
         assert any('sensor="camera",stream="video"' in k and v > 0 for k, v in items.items())
         assert any('sensor="microphone",stream="audio"' in k and v > 0 for k, v in items.items())
         assert get(f"http://127.0.0.1:{port}/nothing")[0] == 404
@@ -118,7 +134,7 @@ def test_notify_metrics_health_and_sigterm(bundle: Path, tmp_path: Path) -> None
         try:
             while True:  # what was sent after we stopped listening is still queued on the socket
                 msgs.append((time.monotonic(), ns.recv(4096).decode()))
-        except socket.timeout:
+        except TimeoutError:
             pass
     finally:
         if p.poll() is None:
@@ -140,7 +156,9 @@ def test_notify_metrics_health_and_sigterm(bundle: Path, tmp_path: Path) -> None
     started = [r["msg"].split()[1] for r in recs if r["msg"].startswith("started ")]
     assert started == ["bundle", "store", "evidence", "metrics", "mqtt", "sensors"]
     # evidence files are named by the detection id and linked from the record
-    row = con.execute("SELECT id, audio_path, image_path FROM detections WHERE audio_path IS NOT NULL LIMIT 1").fetchone()
+    row = con.execute(
+        "SELECT id, audio_path, image_path FROM detections WHERE audio_path IS NOT NULL LIMIT 1"
+    ).fetchone()
     assert row is not None and Path(row[1]).name == f"{row[0]}.wav" and Path(row[2]).name == f"{row[0]}.jpg"
     assert Path(row[1]).is_file() and Path(row[2]).is_file()
     assert any(m == "STOPPING=1" for _, m in msgs)
@@ -151,7 +169,9 @@ def test_failed_component_rolls_back_in_reverse(bundle: Path, tmp_path: Path) ->
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        cfg = write_config(tmp_path / "d.yaml", daemon_tree(tmp_path, bundle, LIVE, metrics={"enabled": True, "port": port}))
+        cfg = write_config(
+            tmp_path / "d.yaml", daemon_tree(tmp_path, bundle, LIVE, metrics={"enabled": True, "port": port})
+        )
         p = spawn(cfg)
         out, err = p.communicate(timeout=scaled(60))
     assert p.returncode == 2
@@ -166,8 +186,9 @@ def test_bad_config_and_bad_bundle_exit_2_with_one_line(bundle: Path, tmp_path: 
     tree = daemon_tree(tmp_path, bundle, LIVE)
     tree["daemon"]["store"]["batch_interval_sec"] = 1
     bad = write_config(tmp_path / "bad.yaml", tree)
-    r = subprocess.run([*EDGEAV, "run", "--config", str(bad)], capture_output=True, text=True, env=env(),
-                       timeout=scaled(60))
+    r = subprocess.run(
+        [*EDGEAV, "run", "--config", str(bad)], capture_output=True, text=True, env=env(), timeout=scaled(60)
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "batch_interval_sec" in r.stderr and "bad.yaml" in r.stderr
     broken = tmp_path / "broken"
@@ -176,13 +197,18 @@ def test_bad_config_and_bad_bundle_exit_2_with_one_line(bundle: Path, tmp_path: 
     m["extra"]["files"]["model_fp32"]["sha256"] = "0" * 64
     (broken / "manifest.json").write_text(json.dumps(m))
     cfg = write_config(tmp_path / "d.yaml", daemon_tree(tmp_path, broken, LIVE))
-    r = subprocess.run([*EDGEAV, "-q", "run", "--config", str(cfg)], capture_output=True, text=True, env=env(),
-                       timeout=scaled(60))
+    r = subprocess.run(
+        [*EDGEAV, "-q", "run", "--config", str(cfg)], capture_output=True, text=True, env=env(), timeout=scaled(60)
+    )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "sha256" in r.stderr
     assert not (tmp_path / "det.db").exists()
-    r = subprocess.run([*EDGEAV, "run", "--config", str(cfg), "--set", "runtime.source.uri=gopher://x"],
-                       capture_output=True, text=True, env=env(),
-                       timeout=scaled(60))
+    r = subprocess.run(
+        [*EDGEAV, "run", "--config", str(cfg), "--set", "runtime.source.uri=gopher://x"],
+        capture_output=True,
+        text=True,
+        env=env(),
+        timeout=scaled(60),
+    )
     assert r.returncode == 2 and "unknown source scheme" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -201,14 +227,16 @@ def test_service_unit_is_type_notify_with_watchdog() -> None:
     assert int(svc["TimeoutStopSec"]) >= 5
     if shutil.which("systemd-analyze"):
         r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
-        problems = [ln for ln in r.stderr.splitlines() if "is not executable" not in ln and "No such file" not in ln
-                    and ln.strip()]
+        problems = [
+            ln
+            for ln in r.stderr.splitlines()
+            if "is not executable" not in ln and "No such file" not in ln and ln.strip()
+        ]
         assert not problems, problems
 
 
 def test_example_config_is_valid_and_installed() -> None:
     import edgeav.runtime
-
     from edgeav.schema import load_config
 
     example = Path(edgeav.runtime.__file__).parent / "daemon.example.yaml"

@@ -26,8 +26,10 @@ mqtt = pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt
 from _daemon_fixtures import EDGEAV, daemon_tree, env, make_bundle, scaled, write_config  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-pytestmark = [pytest.mark.gstreamer,
-              pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)")]
+pytestmark = [
+    pytest.mark.gstreamer,
+    pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (apt-get install mosquitto)"),
+]
 
 LIVE = "test://?live=1&pattern=ball&wave=ticks"
 
@@ -48,16 +50,19 @@ class Broker:
         self.folder, self.port = folder, port
         (folder / "data").mkdir(parents=True, exist_ok=True)
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {port} 127.0.0.1\npersistence true\npersistence_location {folder / 'data'}/\n"
-                             f"autosave_interval 1\nlog_dest file {folder / 'broker.log'}\nuser {getpass.getuser()}\n{extra}")
+        self.conf.write_text(
+            f"listener {port} 127.0.0.1\npersistence true\npersistence_location {folder / 'data'}/\n"
+            f"autosave_interval 1\nlog_dest file {folder / 'broker.log'}\nuser {getpass.getuser()}\n{extra}"
+        )
         if "password_file" not in extra:
             with self.conf.open("a") as f:
                 f.write("allow_anonymous true\n")
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Broker":
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + scaled(10)
         while time.monotonic() < deadline:
             try:
@@ -82,8 +87,9 @@ class Subscriber:
     def __init__(self, port: int, topic: str, tls: dict | None = None, auth: tuple[str, str] | None = None) -> None:
         self.msgs: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
-        self.c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="edgeav-test-sub",
-                             clean_session=False)
+        self.c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="edgeav-test-sub", clean_session=False
+        )
         if tls:
             self.c.tls_set(**tls)
         if auth:
@@ -130,8 +136,17 @@ def outbox_pending(db: Path) -> int:
 
 
 def mqtt_tree(tmp: Path, bundle: Path, port: int, **mq) -> dict:
-    m = {"enabled": True, "host": "127.0.0.1", "port": port, "unit_name": "unit1", "heartbeat_interval_s": 1.0,
-         "keepalive_s": 5, "reconnect_min_s": 1.0, "reconnect_max_s": 2.0, "client_id": "edgeav-test-daemon"}
+    m = {
+        "enabled": True,
+        "host": "127.0.0.1",
+        "port": port,
+        "unit_name": "unit1",
+        "heartbeat_interval_s": 1.0,
+        "keepalive_s": 5,
+        "reconnect_min_s": 1.0,
+        "reconnect_max_s": 2.0,
+        "client_id": "edgeav-test-daemon",
+    }
     m.update(mq)
     return daemon_tree(tmp, bundle, LIVE, mqtt=m)
 
@@ -146,8 +161,13 @@ def test_broker_outage_nothing_lost_nothing_twice(bundle: Path, tmp_path: Path, 
     db = tmp_path / "det.db"
     try:
         with open(err_path, "w") as err:
-            p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
-                                 stderr=err, env=env(), text=True)
+            p = subprocess.Popen(
+                [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env(),
+                text=True,
+            )
             try:
                 assert wait_for(lambda: len(sub.detection_ids()) > 0, 40), err_path.read_text()[-3000:]
                 broker.stop()
@@ -169,12 +189,15 @@ def test_broker_outage_nothing_lost_nothing_twice(bundle: Path, tmp_path: Path, 
         assert p.returncode == 0, err_path.read_text()[-3000:]
         con = sqlite3.connect(db)
         ids = {r[0] for r in con.execute("SELECT id FROM detections")}
-        in_outage = con.execute("SELECT COUNT(*) FROM detections WHERE utc_ns BETWEEN ? AND ?", (t_down, t_up)).fetchone()[0]
+        in_outage = con.execute(
+            "SELECT COUNT(*) FROM detections WHERE utc_ns BETWEEN ? AND ?", (t_down, t_up)
+        ).fetchone()[0]
         unsent = con.execute("SELECT COUNT(*) FROM outbox WHERE sent_ns IS NULL").fetchone()[0]
         con.close()
         assert unsent == 0
-        assert wait_for(lambda: set(sub.detection_ids()) >= ids, 15), \
+        assert wait_for(lambda: set(sub.detection_ids()) >= ids, 15), (
             f"{len(ids - set(sub.detection_ids()))} of {len(ids)} detections never arrived"
+        )
         got = collections.Counter(sub.detection_ids())
         twice = [i for i, n in got.items() if n > 1]
         assert not twice, f"{len(twice)} detection(s) arrived more than once"
@@ -188,11 +211,16 @@ def test_broker_outage_nothing_lost_nothing_twice(bundle: Path, tmp_path: Path, 
         assert any(r.get("event") == "mqtt_disconnected" for r in logs)
         assert sum(1 for r in logs if r.get("event") == "mqtt_connected") >= 2
         broker.stop()  # (flushes its log) MQTT 5: a clean session at the start, the same one resumed after the outage
-        connects = [ln for ln in (tmp_path / "broker" / "broker.log").read_text().splitlines()
-                    if "New client connected" in ln and "edgeav-test-daemon" in ln]
+        connects = [
+            ln
+            for ln in (tmp_path / "broker" / "broker.log").read_text().splitlines()
+            if "New client connected" in ln and "edgeav-test-daemon" in ln
+        ]
         assert "(p5, c1," in connects[0] and all("(p5, c0," in ln for ln in connects[1:]) and len(connects) >= 2
-        print(f"broker outage {outage_s:g} s: {len(ids)} detections ({in_outage} during the outage), "
-              f"{len(got)} arrived, 0 lost, 0 twice")
+        print(
+            f"broker outage {outage_s:g} s: {len(ids)} detections ({in_outage} during the outage), "
+            f"{len(got)} arrived, 0 lost, 0 twice"
+        )
     finally:
         sub.close()
         broker.stop()
@@ -204,11 +232,39 @@ def _make_tls(folder: Path) -> dict[str, Path]:
     ext = folder / "ext.cnf"
     ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)  # noqa: E731
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
-        "-subj", "/CN=edgeav test CA")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edgeav test CA",
+    )
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(crt),
-        "-days", "2", "-extfile", str(ext))
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
     return {"ca": ca, "crt": crt, "key": key}
 
 
@@ -220,8 +276,11 @@ def test_tls_and_credentials(bundle: Path, tmp_path: Path) -> None:
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "edgeav", "s3cret"], check=True, capture_output=True)
     os.chmod(pw, 0o600)
     port = free_port()
-    broker = Broker(tmp_path / "broker", port, f"cafile {tls['ca']}\ncertfile {tls['crt']}\nkeyfile {tls['key']}\n"
-                                               f"password_file {pw}\nallow_anonymous false\n").start()
+    broker = Broker(
+        tmp_path / "broker",
+        port,
+        f"cafile {tls['ca']}\ncertfile {tls['crt']}\nkeyfile {tls['key']}\npassword_file {pw}\nallow_anonymous false\n",
+    ).start()
     sub = Subscriber(port, "edgeav/unit1/#", tls={"ca_certs": str(tls["ca"])}, auth=("edgeav", "s3cret"))
     (tmp_path / "good").write_text("s3cret\n")
     (tmp_path / "bad").write_text("wrong\n")
@@ -229,20 +288,36 @@ def test_tls_and_credentials(bundle: Path, tmp_path: Path) -> None:
         db = tmp_path / "det.db"
         refused: set[str] = set()
         for secret, expect in (("bad", False), ("good", True)):
-            cfg = write_config(tmp_path / f"{secret}.yaml", mqtt_tree(
-                tmp_path, bundle, port, host="localhost", tls=True, ca_file=str(tls["ca"]), username="edgeav",
-                password_file=str(tmp_path / secret)))
+            cfg = write_config(
+                tmp_path / f"{secret}.yaml",
+                mqtt_tree(
+                    tmp_path,
+                    bundle,
+                    port,
+                    host="localhost",
+                    tls=True,
+                    ca_file=str(tls["ca"]),
+                    username="edgeav",
+                    password_file=str(tmp_path / secret),
+                ),
+            )
             err_path = tmp_path / f"{secret}.err"
             with open(err_path, "w") as err_f:
-                p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
-                                     stdout=subprocess.PIPE, stderr=err_f, env=env(), text=True)
+                p = subprocess.Popen(
+                    [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+                    stdout=subprocess.PIPE,
+                    stderr=err_f,
+                    env=env(),
+                    text=True,
+                )
             try:
                 if expect:  # run until what the refused run left behind went out, and two new ones after it
                     assert wait_for(lambda r=refused: r <= set(sub.detection_ids()), 40)
                     assert wait_for(lambda r=refused: len(set(sub.detection_ids()) - r) >= 2, 20)
                 else:  # until the broker refused it and detections wait in the outbox
-                    assert wait_for(lambda e=err_path: "Not authorized" in e.read_text() and outbox_pending(db) > 0,
-                                    40), err_path.read_text()[-2000:]
+                    assert wait_for(
+                        lambda e=err_path: "Not authorized" in e.read_text() and outbox_pending(db) > 0, 40
+                    ), err_path.read_text()[-2000:]
                 p.send_signal(signal.SIGTERM)
                 out, _ = p.communicate(timeout=scaled(15))
             finally:
@@ -279,8 +354,13 @@ def test_mqtt_3_1_1_for_brokers_without_v5(bundle: Path, tmp_path: Path) -> None
     sub = Subscriber(port, "edgeav/unit1/#")
     cfg = write_config(tmp_path / "d.yaml", mqtt_tree(tmp_path, bundle, port, protocol="3.1.1"))
     try:
-        p = subprocess.Popen([*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env(), text=True)
+        p = subprocess.Popen(
+            [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env(),
+            text=True,
+        )
         try:
             assert wait_for(lambda: len(sub.detection_ids()) >= 5, 40)
         finally:

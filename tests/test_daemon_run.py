@@ -20,8 +20,16 @@ from edgeav.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.gstreamer
 
-SETS = ["--set", "runtime.postprocess.threshold=0.34", "--set", "runtime.postprocess.min_gap_s=0",
-        "--set", "runtime.source.fps=10", "--set", "runtime.align.hop_s=0.25"]
+SETS = [
+    "--set",
+    "runtime.postprocess.threshold=0.34",
+    "--set",
+    "runtime.postprocess.min_gap_s=0",
+    "--set",
+    "runtime.source.fps=10",
+    "--set",
+    "runtime.align.hop_s=0.25",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +60,18 @@ def _run(capsys, argv: list[str]) -> tuple[int, dict | None, str]:
 def test_replay_logs_detections_and_summary(media, tmp_path: Path, capsys) -> None:
     bundle, av = media
     db = tmp_path / "det.db"
-    rc, data, _ = _run(capsys, ["run", "--bundle", str(bundle), "--source", av.as_uri(), "--db", str(db), "--json", *SETS])
+    rc, data, _ = _run(
+        capsys, ["run", "--bundle", str(bundle), "--source", av.as_uri(), "--db", str(db), "--json", *SETS]
+    )
     assert rc == 0
     # 6 s at a 0.25 s hop with 0.1 s windows: the first window ends at 0.25 s, the last at 6.0 s
     assert 22 <= data["windows"] <= 24 and data["windows_inferred"] == data["windows"]
     assert data["media_s"] == pytest.approx(6.0, abs=0.3) and data["realtime_factor"] > 1.0
     assert data["detections"] >= 1 and data["model_role"] == "model_fp32" and len(data["model_sha256"]) == 64
     con = sqlite3.connect(db)
-    rows = con.execute("SELECT id, label, confidence, modalities, model_sha256 FROM detections ORDER BY utc_ns").fetchall()
+    rows = con.execute(
+        "SELECT id, label, confidence, modalities, model_sha256 FROM detections ORDER BY utc_ns"
+    ).fetchall()
     assert len(rows) == data["detections"]
     assert {r[0] for r in rows} == {d["id"] for d in data["detection_list"]}
     assert all(r[1] in LABELS and r[2] >= 0.34 and r[4] == data["model_sha256"] for r in rows)
@@ -85,11 +97,27 @@ def test_ground_truth_segment_accuracy(media, tmp_path: Path, capsys) -> None:
         return path
 
     # the majority label of all the windows must be the majority of at least one segment; score it both ways
-    top = max(data["detections_per_label"], key=data["detections_per_label"].get) if data["detections_per_label"] else LABELS[0]
+    top = (
+        max(data["detections_per_label"], key=data["detections_per_label"].get)
+        if data["detections_per_label"]
+        else LABELS[0]
+    )
     runs = {}
     for name, labels in (("all_top", [top] * 3), ("all_other", [lb for lb in LABELS if lb != top][:1] * 3)):
-        rc, d, _ = _run(capsys, ["run", "--bundle", str(bundle), "--source", av.as_uri(), "--json",
-                                 "--ground-truth", str(gt(tmp_path / f"{name}.csv", labels)), *SETS])
+        rc, d, _ = _run(
+            capsys,
+            [
+                "run",
+                "--bundle",
+                str(bundle),
+                "--source",
+                av.as_uri(),
+                "--json",
+                "--ground-truth",
+                str(gt(tmp_path / f"{name}.csv", labels)),
+                *SETS,
+            ],
+        )
         assert rc == 0 and d["segments"] == 3 and d["segments_scored"] == 3
         runs[name] = d
     # each segment gets exactly one predicted label, so the two label sets' correct counts cannot both be 3
@@ -124,7 +152,9 @@ def test_bad_source_and_missing_args_exit_2(media, capsys) -> None:
 def test_detections_query_formats(media, tmp_path: Path, capsys) -> None:
     bundle, av = media
     db = tmp_path / "det.db"
-    rc, data, _ = _run(capsys, ["run", "--bundle", str(bundle), "--source", av.as_uri(), "--db", str(db), "--json", *SETS])
+    rc, data, _ = _run(
+        capsys, ["run", "--bundle", str(bundle), "--source", av.as_uri(), "--db", str(db), "--json", *SETS]
+    )
     assert rc == 0 and data["detections"] >= 1
     rc, _, _ = main(["detections", "--db", str(db), "--format", "json"]), None, None
     rows = json.loads(capsys.readouterr().out)
@@ -139,7 +169,22 @@ def test_detections_query_formats(media, tmp_path: Path, capsys) -> None:
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["utc", "label", "confidence"] and rows[0]["id"] in table
     # time range: everything is after 2000 and before 2100; nothing is after 2100
-    assert main(["detections", "--db", str(db), "--since", "2000-01-01", "--until", "2100-01-01T00:00:00Z", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "detections",
+                "--db",
+                str(db),
+                "--since",
+                "2000-01-01",
+                "--until",
+                "2100-01-01T00:00:00Z",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     assert len(json.loads(capsys.readouterr().out)) == len(rows)
     assert main(["detections", "--db", str(db), "--since", "2100-01-01", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []

@@ -23,10 +23,20 @@ from edgeav.runtime.store import (
 
 def det(label: str = "crow", conf: float = 0.9, t_s: float = 1.0, mods=("audio", "image")) -> Detection:
     s = int(t_s * 1e9)
-    return Detection(label=label, class_index=["crow", "finch", "owl"].index(label), start_ns=s, end_ns=s + 500_000_000,
-                     start_utc=None, end_utc=None, confidence=conf, audio_confidence=0.8 if "audio" in mods else None,
-                     image_confidence=0.7 if "image" in mods else None, modalities=tuple(mods), model_sha256="ab" * 32,
-                     hits=1)
+    return Detection(
+        label=label,
+        class_index=["crow", "finch", "owl"].index(label),
+        start_ns=s,
+        end_ns=s + 500_000_000,
+        start_utc=None,
+        end_utc=None,
+        confidence=conf,
+        audio_confidence=0.8 if "audio" in mods else None,
+        image_confidence=0.7 if "image" in mods else None,
+        modalities=tuple(mods),
+        model_sha256="ab" * 32,
+        hits=1,
+    )
 
 
 T0 = parse_iso_utc("2026-05-01T04:00:00Z")
@@ -56,7 +66,7 @@ def test_outbox_rows_are_written_with_their_detection(tmp_path: Path) -> None:
     did = st.add(det(), utc_ns=T0, outbox_topics=["edgeav/unit/detection"])
     assert st.outbox_pending() == []  # nothing before the commit
     st.flush()
-    (seq, d2, topic, payload), = st.outbox_pending()
+    ((seq, d2, topic, payload),) = st.outbox_pending()
     assert d2 == did and topic == "edgeav/unit/detection" and f'"id": "{did}"' in payload
     st.outbox_mark_sent([seq])
     assert st.outbox_pending() == []
@@ -69,8 +79,11 @@ def test_migration_from_version_1_keeps_rows(tmp_path: Path) -> None:
     for stmt in MIGRATIONS[1]:
         con.execute(stmt)
     con.execute("PRAGMA user_version=1")
-    con.execute("INSERT INTO detections (id, label, class_index, start_ns, end_ns, utc_ns, confidence, modalities, hits)"
-                " VALUES ('old-1', 'owl', 2, 0, 1, ?, 0.7, 'audio', 1)", (T0,))
+    con.execute(
+        "INSERT INTO detections (id, label, class_index, start_ns, end_ns, utc_ns, confidence, modalities, hits)"
+        " VALUES ('old-1', 'owl', 2, 0, 1, ?, 0.7, 'audio', 1)",
+        (T0,),
+    )
     con.commit()
     con.close()
     st = DetectionStore(db)
@@ -117,6 +130,7 @@ def test_query_filters(tmp_path: Path) -> None:
 
 # -- full disk, bounded growth (issue 13) --------------------------------------------------------------------------
 
+
 def _mount_small_fs(path: Path, size_kb: int = 4096) -> None:
     """A real tmpfs of `size_kb` (needs root); the caller unmounts it."""
     import os
@@ -125,8 +139,9 @@ def _mount_small_fs(path: Path, size_kb: int = 4096) -> None:
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs for the full-disk tests needs root")
     path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
 
@@ -221,18 +236,20 @@ def test_write_transaction_rolls_back_a_statement_error_sqlite_does_not(tmp_path
     with pytest.raises(sqlite3.IntegrityError):  # a statement error leaves SQLite's transaction open by itself
         with write_transaction(st.con):
             st.con.execute("UPDATE outbox SET sent_ns=1")
-            st.con.execute("INSERT INTO outbox (seq, detection_id, topic, payload, created_ns) "
-                           "SELECT seq, detection_id, topic, payload, created_ns FROM outbox")
+            st.con.execute(
+                "INSERT INTO outbox (seq, detection_id, topic, payload, created_ns) "
+                "SELECT seq, detection_id, topic, payload, created_ns FROM outbox"
+            )
     assert not st.con.in_transaction and len(st.outbox_pending()) == 1  # the whole transaction is undone
     st.outbox_mark_sent([st.outbox_pending()[0][0]])  # and the next write works
     st.close()
 
 
 def test_prune_archives_old_detections_then_deletes_them_and_sent_outbox_rows(tmp_path: Path) -> None:
+    import time
+
     from edgeav.runtime.growth import StoreUpkeep, archive_dir_for, read_archive
     from edgeav.schema.daemon import StoreConfig
-
-    import time
 
     db = tmp_path / "d.db"
     st = DetectionStore(db)

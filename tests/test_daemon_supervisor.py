@@ -56,6 +56,7 @@ def test_components_roll_back_in_reverse_and_stop_in_reverse() -> None:
             if fail:
                 raise RuntimeError(f"{name} broke")
             order.append(f"start {name}")
+
         return Component(name, start, lambda: order.append(f"stop {name}"))
 
     s = ComponentStack()
@@ -127,10 +128,21 @@ class ScriptedCapture:
 def _worker(captures: list, q: BoundedQueue, budget: int = 5, loop: bool = False, clock: str = "media") -> SensorWorker:
     it = iter(captures)
     restarts: list[str] = []
-    w = SensorWorker("microphone", lambda: next(it), q, uri="test://", clock=clock, t0_monotonic_ns=time.monotonic_ns(),
-                     stall_timeout_s=0.15, read_timeout_s=0.05, backoff=Backoff(0.05, 0.2, jitter=0.1),
-                     budget=RestartBudget(budget, 60.0), healthy_after_s=60.0, loop=loop,
-                     on_restart=lambda s, r: restarts.append(r))
+    w = SensorWorker(
+        "microphone",
+        lambda: next(it),
+        q,
+        uri="test://",
+        clock=clock,
+        t0_monotonic_ns=time.monotonic_ns(),
+        stall_timeout_s=0.15,
+        read_timeout_s=0.05,
+        backoff=Backoff(0.05, 0.2, jitter=0.1),
+        budget=RestartBudget(budget, 60.0),
+        healthy_after_s=60.0,
+        loop=loop,
+        on_restart=lambda s, r: restarts.append(r),
+    )
     w.restart_reasons = restarts  # type: ignore[attr-defined]
     return w
 
@@ -149,10 +161,12 @@ def _drain(q: BoundedQueue, until: float = 5.0) -> list:
 
 def test_silent_and_failing_sensor_is_restarted_until_it_delivers() -> None:
     q: BoundedQueue = BoundedQueue(1000, "block")
-    caps = [ScriptedCapture([("data", 3), ("silence",)]),  # goes silent
-            ScriptedCapture([], fail_start=True),  # cannot start
-            ScriptedCapture([("data", 2), ("error", "v4l2src0: device disconnected")]),
-            ScriptedCapture([("data", 4), ("eos",)])]
+    caps = [
+        ScriptedCapture([("data", 3), ("silence",)]),  # goes silent
+        ScriptedCapture([], fail_start=True),  # cannot start
+        ScriptedCapture([("data", 2), ("error", "v4l2src0: device disconnected")]),
+        ScriptedCapture([("data", 4), ("eos",)]),
+    ]
     w = _worker(caps, q)
     w.start()
     msgs = _drain(q)
@@ -185,8 +199,12 @@ def test_budget_spent_is_fatal() -> None:
 def test_loop_replays_from_start_without_counting_a_failure() -> None:
     q: BoundedQueue = BoundedQueue(1000, "block")
     stop = threading.Event()
-    w = _worker([ScriptedCapture([("data", 2), ("eos",)]) for _ in range(3)] + [ScriptedCapture([], fail_start=True)] * 20,
-                q, budget=1, loop=True)
+    w = _worker(
+        [ScriptedCapture([("data", 2), ("eos",)]) for _ in range(3)] + [ScriptedCapture([], fail_start=True)] * 20,
+        q,
+        budget=1,
+        loop=True,
+    )
     w.stop_event = stop
     w.start()
     msgs = _drain(q, until=3.0)

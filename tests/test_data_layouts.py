@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _data_fixtures import LAYOUT_SETS, make_paired, write_image, write_video, write_wav
+
 from edgeav.errors import DataError, MediaError, UnknownNameError
 from edgeav.schema import DataConfig
 from edgeav.timebase import s_to_ns, samples_for_ns
@@ -29,11 +29,14 @@ def cfg(tmp_path: Path, **kw) -> DataConfig:
 @pytest.fixture
 def paired(tmp_path: Path) -> Path:
     # durations chosen so that windows are easy to count: 2 s window, 1 s hop
-    return make_paired(tmp_path / "ds", {
-        "crow": [4.0, 1.0, 3.0],   # 3 + 1 (padded) + 2 windows
-        "owl": [2.0, 5.5, 2.5],    # 1 + 4 + 1
-        "wren": [3.0, 3.0, 3.0],
-    })
+    return make_paired(
+        tmp_path / "ds",
+        {
+            "crow": [4.0, 1.0, 3.0],  # 3 + 1 (padded) + 2 windows
+            "owl": [2.0, 5.5, 2.5],  # 1 + 4 + 1
+            "wren": [3.0, 3.0, 3.0],
+        },
+    )
 
 
 # ------------------------------------------------------------------------------------------------- paired
@@ -57,7 +60,7 @@ def test_paired_windows_labels_and_shapes(paired: Path, tmp_path: Path) -> None:
         assert ds.classes[s.label] == s.class_name
     short = next(a for a in audio if a.audio.file.endswith("crow/r1.wav"))
     a, _ = ds.load(short)  # 1 s recording in a 2 s window: sound, then zeros
-    assert np.abs(a[: RATE // 2]).max() > 0.1 and np.all(a[RATE + 50:] == 0)
+    assert np.abs(a[: RATE // 2]).max() > 0.1 and np.all(a[RATE + 50 :] == 0)
     img = next(s for s in ds.samples() if s.image is not None)
     _, v = ds.load(img)
     assert v.dtype == np.uint8 and v.shape == (3, 32, 32)
@@ -149,7 +152,7 @@ def test_video_folder_frames_audio_and_speaker_groups(videos: Path, tmp_path: Pa
     s = ds.samples("train")[0]
     assert s.video is not None and len(s.video.frame_times_ns) == 4
     audio, frames = ds.load(s)
-    assert audio.shape == (WIN,) and np.all(audio[RATE + RATE // 10:] == 0)  # 1 s of sound padded to 2 s
+    assert audio.shape == (WIN,) and np.all(audio[RATE + RATE // 10 :] == 0)  # 1 s of sound padded to 2 s
     assert frames.shape == (4, 3, 32, 32) and frames.dtype == np.uint8
     assert frames[0].mean() < frames[-1].mean()  # frames spread over the clip (gray level rises with time)
 
@@ -191,8 +194,15 @@ def test_manifest_csv_and_jsonl(tmp_path: Path) -> None:
     for i in range(4):
         write_wav(root / f"a{i}.flac", 2.0, rate_hz=48_000)
         write_image(root / f"i{i}.jpg", (10 * i, 0, 0))
-        rows.append({"image": f"i{i}.jpg", "audio": f"a{i}.flac", "label": "x" if i % 2 else "y",
-                     "split": "test" if i < 2 else "train", "group": f"site{i // 2}"})
+        rows.append(
+            {
+                "image": f"i{i}.jpg",
+                "audio": f"a{i}.flac",
+                "label": "x" if i % 2 else "y",
+                "split": "test" if i < 2 else "train",
+                "group": f"site{i // 2}",
+            }
+        )
     (root / "manifest.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ds = load_dataset(cfg(tmp_path, val_fraction=0.0), root / "manifest.jsonl")
     assert ds.kind == "manifest" and ds.classes == ["x", "y"]
@@ -200,7 +210,8 @@ def test_manifest_csv_and_jsonl(tmp_path: Path) -> None:
     a, v = ds.load(s)
     assert a.shape == (WIN,) and v.shape == (3, 32, 32)
     csv = "image,audio,label,split,group\n" + "".join(
-        f"{r['image']},{r['audio']},{r['label']},{r['split']},{r['group']}\n" for r in rows)
+        f"{r['image']},{r['audio']},{r['label']},{r['split']},{r['group']}\n" for r in rows
+    )
     (root / "manifest.jsonl").unlink()
     (root / "manifest.csv").write_text(csv)
     ds2 = load_dataset(cfg(tmp_path, val_fraction=0.0), root)
@@ -315,8 +326,20 @@ def test_inspect_cli_writes_sheet_and_json(paired: Path, tmp_path: Path, capsys)
     from edgeav.cli import main
 
     sheet = tmp_path / "sheet.png"
-    rc = main(["data", "inspect", str(paired), "--sheet", str(sheet), "--json",
-               "--set", "data.window_s=2", "--set", f"data.cache_dir={tmp_path / 'c'}"])
+    rc = main(
+        [
+            "data",
+            "inspect",
+            str(paired),
+            "--sheet",
+            str(sheet),
+            "--json",
+            "--set",
+            "data.window_s=2",
+            "--set",
+            f"data.cache_dir={tmp_path / 'c'}",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["classes"] == ["crow", "owl", "wren"] and out["sheet"] == str(sheet)

@@ -79,7 +79,7 @@ def test_grid_split_column_and_clip_shapes(shared_data: Path, tmp_path: Path) ->
     audio, frames = ds.load(sample)
     assert audio.shape == (80_000,) and frames.shape == (3, 3, 224, 224) and frames.dtype == np.uint8
     n_sound = int(2.9 * 16_000)
-    assert np.abs(audio[:n_sound]).max() > 0.01 and np.all(audio[int(3.1 * 16_000):] == 0)  # 3 s clip, zero padded
+    assert np.abs(audio[:n_sound]).max() > 0.01 and np.all(audio[int(3.1 * 16_000) :] == 0)  # 3 s clip, zero padded
 
 
 def test_cremad_labels_from_file_name(shared_data: Path, tmp_path: Path) -> None:
@@ -100,8 +100,20 @@ def test_inspect_real_data_is_quick(shared_data: Path, tmp_path: Path, name: str
     root = _dir(shared_data, name)
     sheet = tmp_path / f"{name}.png"
     t0 = time.monotonic()
-    rc = main(["data", "inspect", str(root), "--sheet", str(sheet), "--json",
-               "--set", 'data.test_image_names=["4.jpg","5.jpg"]', "--set", f"data.cache_dir={tmp_path}"])
+    rc = main(
+        [
+            "data",
+            "inspect",
+            str(root),
+            "--sheet",
+            str(sheet),
+            "--json",
+            "--set",
+            'data.test_image_names=["4.jpg","5.jpg"]',
+            "--set",
+            f"data.cache_dir={tmp_path}",
+        ]
+    )
     elapsed = time.monotonic() - t0
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and sheet.stat().st_size > 50_000

@@ -17,8 +17,17 @@ from edgeav.devices import (
 )
 from edgeav.errors import DeviceError, UnknownNameError
 
-EXPECTED = {"jetson-nano", "jetson-xavier-nx", "jetson-orin-nano", "jetson-orin-nx", "jetson-agx-orin",
-            "jetson-thor", "x86-cuda", "cpu", "raspberry-pi-5"}
+EXPECTED = {
+    "jetson-nano",
+    "jetson-xavier-nx",
+    "jetson-orin-nano",
+    "jetson-orin-nx",
+    "jetson-agx-orin",
+    "jetson-thor",
+    "x86-cuda",
+    "cpu",
+    "raspberry-pi-5",
+}
 
 
 def test_every_target_has_a_profile() -> None:
@@ -48,7 +57,9 @@ def test_profile_loads_and_is_sane(name: str) -> None:
 
 
 def test_known_facts() -> None:
-    nano, xnx, orin, thor = (load_profile(n) for n in ("jetson-nano", "jetson-xavier-nx", "jetson-agx-orin", "jetson-thor"))
+    nano, xnx, orin, thor = (
+        load_profile(n) for n in ("jetson-nano", "jetson-xavier-nx", "jetson-agx-orin", "jetson-thor")
+    )
     assert (nano.compute_capability, nano.tensorrt_version, nano.int8, nano.fp16) == ("5.3", "8.2", False, True)
     assert (xnx.compute_capability, xnx.dla_cores, xnx.int8) == ("7.2", 2, True)
     assert (orin.compute_capability, orin.tensorrt_major, orin.dla_cores) == ("8.7", 10, 2)

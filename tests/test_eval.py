@@ -22,9 +22,19 @@ from edgeav.train.synthetic import make_paired_set
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("eval")
     data = make_paired_set(tmp / "data", n_classes=3, per_class=6, seconds=1.0, size_px=64)
-    sets = [f"data.cache_dir={tmp / 'cache'}", "data.kind=paired", "data.window_s=1.0", "data.hop_s=1.0",
-            "data.image_size_px=64", "data.val_fraction=0.3", "model.pretrained=false", "train.batch_size=4",
-            "train.epochs=2", "train.threads=1", "train.eval_test=false"]
+    sets = [
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.kind=paired",
+        "data.window_s=1.0",
+        "data.hop_s=1.0",
+        "data.image_size_px=64",
+        "data.val_fraction=0.3",
+        "model.pretrained=false",
+        "train.batch_size=4",
+        "train.epochs=2",
+        "train.threads=1",
+        "train.eval_test=false",
+    ]
     train(load_config(None, sets), data, tmp / "run")
     return tmp / "run" / "best.pt", data
 
@@ -38,7 +48,9 @@ def test_classification_metrics_match_sklearn():
     assert m["accuracy"] == pytest.approx(0.6)
     labels_present = [0, 1, 2, 3]
     assert m["macro_f1"] == pytest.approx(f1_score(y, p, average="macro", labels=labels_present, zero_division=0))
-    assert m["per_class_recall"] == pytest.approx(list(recall_score(y, p, average=None, labels=labels_present, zero_division=0)))
+    assert m["per_class_recall"] == pytest.approx(
+        list(recall_score(y, p, average=None, labels=labels_present, zero_division=0))
+    )
     assert m["confusion"] == confusion_matrix(y, p, labels=labels_present).tolist()
 
 
@@ -72,13 +84,26 @@ def test_ablation_runs_the_checkpoint_through_the_mask(trained):
 
     ckpt, data = trained
     model, info = load_checkpoint(ckpt)
-    cfg = load_config(None, [f"{k}={v}" for k, v in [("data.kind", "paired"), ("data.window_s", 1.0),
-                                                       ("data.hop_s", 1.0), ("data.image_size_px", 64),
-                                                       ("data.val_fraction", 0.3), ("data.cache", False)]])
+    cfg = load_config(
+        None,
+        [
+            f"{k}={v}"
+            for k, v in [
+                ("data.kind", "paired"),
+                ("data.window_s", 1.0),
+                ("data.hop_s", 1.0),
+                ("data.image_size_px", 64),
+                ("data.val_fraction", 0.3),
+                ("data.cache", False),
+            ]
+        ],
+    )
     ds = TorchAVDataset(load_dataset(cfg.data, data), "train")
     batches = list(DataLoader(ds, batch_size=16))
     g = torch.Generator().manual_seed(0)
-    scrambled_image = [dict(b, image=torch.randint(0, 256, b["image"].shape, generator=g, dtype=torch.uint8)) for b in batches]
+    scrambled_image = [
+        dict(b, image=torch.randint(0, 256, b["image"].shape, generator=g, dtype=torch.uint8)) for b in batches
+    ]
     scrambled_audio = [dict(b, audio=torch.randn(b["audio"].shape, generator=g)) for b in batches]
     _, p_a, prob_a = predict(model, batches, MASKS["audio_only"])
     _, p_a2, prob_a2 = predict(model, scrambled_image, MASKS["audio_only"])
@@ -101,4 +126,9 @@ def test_eval_refuses_data_with_other_classes(trained, tmp_path):
 def test_eval_of_a_missing_checkpoint_is_one_line_and_an_error_exit(tmp_path, capsys):
     code = main(["eval", str(tmp_path / "nope.pt"), "--data", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == ModelError.exit_code != 0 and len(err.strip().splitlines()) == 1 and "not found" in err and "Traceback" not in err
+    assert (
+        code == ModelError.exit_code != 0
+        and len(err.strip().splitlines()) == 1
+        and "not found" in err
+        and "Traceback" not in err
+    )

@@ -43,9 +43,20 @@ def _noise(tmp: Path) -> Path:
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     tmp = tmp_path_factory.mktemp("robust")
     data = make_paired_set(tmp / "data", n_classes=3, per_class=8, seconds=1.0, size_px=64)
-    sets = [f"data.cache_dir={tmp / 'cache'}", "data.kind=paired", "data.window_s=1.0", "data.hop_s=1.0",
-            "data.image_size_px=64", "data.val_fraction=0.3", "model.pretrained=false", "train.batch_size=4",
-            "train.epochs=8", "train.early_stop_patience=100", "train.threads=1", "train.eval_test=false"]
+    sets = [
+        f"data.cache_dir={tmp / 'cache'}",
+        "data.kind=paired",
+        "data.window_s=1.0",
+        "data.hop_s=1.0",
+        "data.image_size_px=64",
+        "data.val_fraction=0.3",
+        "model.pretrained=false",
+        "train.batch_size=4",
+        "train.epochs=8",
+        "train.early_stop_patience=100",
+        "train.threads=1",
+        "train.eval_test=false",
+    ]
     train(load_config(None, sets), data, tmp / "run")
     return tmp / "run" / "best.pt", data, _noise(tmp)
 
@@ -53,8 +64,22 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
 def test_cli_report_has_the_clean_row_every_snr_and_three_inputs(trained, tmp_path, capsys):
     ckpt, data, noise = trained
     out = tmp_path / "ev"
-    code = main(["eval", str(ckpt), "--data", str(data), "--split", "all", "--noise", str(noise),
-                 "--snr-db=10,0,-20", "--out", str(out), "--json"])
+    code = main(
+        [
+            "eval",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--split",
+            "all",
+            "--noise",
+            str(noise),
+            "--snr-db=10,0,-20",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     for name in ("robustness.json", "robustness.md", "robustness.png"):
@@ -79,8 +104,25 @@ def test_noise_is_seeded_and_the_table_is_printed(trained, tmp_path, capsys):
     a = robustness_eval(ckpt, data, noise, [0.0], split="all", out_dir=tmp_path / "a", seed=3)
     b = robustness_eval(ckpt, data, noise, [0.0], split="all", out_dir=tmp_path / "b", seed=3)
     assert a["rows"] == b["rows"]
-    assert main(["eval", str(ckpt), "--data", str(data), "--split", "all", "--noise", str(noise), "--snr-db", "5",
-                 "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--split",
+                "all",
+                "--noise",
+                str(noise),
+                "--snr-db",
+                "5",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "| SNR |" in text and "| clean |" in text and "| 5 dB |" in text
 
@@ -88,8 +130,19 @@ def test_noise_is_seeded_and_the_table_is_printed(trained, tmp_path, capsys):
 @pytest.mark.parametrize("bad", ["ten", "10,,0", "10,nan", "10,10", "500", ""])
 def test_bad_snr_db_is_exit_2_with_one_line(trained, tmp_path, capsys, bad):
     ckpt, data, noise = trained
-    code = main(["eval", str(ckpt), "--data", str(data), "--noise", str(noise), f"--snr-db={bad}",
-                 "--out", str(tmp_path / "ev")])
+    code = main(
+        [
+            "eval",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--noise",
+            str(noise),
+            f"--snr-db={bad}",
+            "--out",
+            str(tmp_path / "ev"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "--snr-db" in err, err
@@ -115,10 +168,30 @@ def test_parse_snr_db():
 def test_bench_writes_json_and_one_line(trained, tmp_path):
     ckpt, data, noise = trained
     out = tmp_path / "robustness.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "robustness.py"), "--checkpoint", str(ckpt),
-                        "--data", str(data), "--noise", str(noise), "--snr-db", "0", "--split", "all",
-                        "--eval-out", str(tmp_path / "ev"), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "robustness.py"),
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--noise",
+            str(noise),
+            "--snr-db",
+            "0",
+            "--split",
+            "all",
+            "--eval-out",
+            str(tmp_path / "ev"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.strip().splitlines()) == 1 and "clean: fused" in r.stdout
     result = json.loads(out.read_text())

@@ -20,8 +20,10 @@ from edgeav.manifest import ArtifactManifest  # noqa: E402
 from edgeav.runtime.bundle import verify_bundle  # noqa: E402
 
 # 1600 samples at 16 kHz = 0.1 s windows; 32 px frames (the test model's)
-CONTRACT = InputContract(audio=AudioContract(window_s=WINDOW_SAMPLES / 16000, n_fft=256, win_length=256, hop_length=64),
-                         image=ImageContract(height_px=IMAGE_HW, width_px=IMAGE_HW))
+CONTRACT = InputContract(
+    audio=AudioContract(window_s=WINDOW_SAMPLES / 16000, n_fft=256, win_length=256, hop_length=64),
+    image=ImageContract(height_px=IMAGE_HW, width_px=IMAGE_HW),
+)
 TOOLS = {"edgeav": "0.1.0", "onnx": "1.23", "onnxruntime": "1.31"}
 
 
@@ -31,14 +33,24 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _manifest(contract: InputContract = CONTRACT) -> ArtifactManifest:
-    return ArtifactManifest(kind="onnx", labels=LABELS, contract=contract, precision="int8",
-                            metrics={"fp32": {"accuracy": 91.0}, "int8": {"accuracy": 90.5}})
+    return ArtifactManifest(
+        kind="onnx",
+        labels=LABELS,
+        contract=contract,
+        precision="int8",
+        metrics={"fp32": {"accuracy": 91.0}, "int8": {"accuracy": 90.5}},
+    )
 
 
 def test_round_trip(model: Path, tmp_path: Path) -> None:
     assert CONTRACT.shapes()["audio"] == (1, WINDOW_SAMPLES)
     out = write_bundle(tmp_path / "bundle", {"model_fp32": model, "model_int8": model}, _manifest(), "cpu", TOOLS)
-    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "manifest.json", "model_fp32.onnx", "model_int8.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.txt",
+        "manifest.json",
+        "model_fp32.onnx",
+        "model_int8.onnx",
+    ]
     assert (out / "labels.txt").read_text().split() == LABELS
     info = verify_bundle(out)
     assert info.profile_name == "cpu" and info.tool_versions == TOOLS and info.labels == LABELS

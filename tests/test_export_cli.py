@@ -36,9 +36,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _args(setup: dict[str, Path], out: Path, **kw: object) -> argparse.Namespace:
-    base = dict(checkpoint=str(setup["ckpt"]), out=str(out), int8=False, calib_data=str(setup["data"]),
-                calib_windows=300, fp16=False, device="cpu", engine=False, max_drop=1.0, max_class_drop=5.0,
-                dynamic_batch=False, json=True)
+    base = dict(
+        checkpoint=str(setup["ckpt"]),
+        out=str(out),
+        int8=False,
+        calib_data=str(setup["data"]),
+        calib_windows=300,
+        fp16=False,
+        device="cpu",
+        engine=False,
+        max_drop=1.0,
+        max_class_drop=5.0,
+        dynamic_batch=False,
+        json=True,
+    )
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -62,7 +73,12 @@ def test_int8_export_passes_parity_and_gate(int8_bundle: tuple[Path, dict], setu
     out, result = int8_bundle
     assert result["precisions"] == ["int8", "fp32"] and result["gate"]["passed"]
     assert result["parity_fp32"]["max_abs_diff"] <= 1e-4 and result["parity_fp32"]["top1_agreement"] == 100.0
-    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "manifest.json", "model_fp32.onnx", "model_int8.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.txt",
+        "manifest.json",
+        "model_fp32.onnx",
+        "model_int8.onnx",
+    ]
     with tarfile.open(out.with_name("int8.tar.gz")) as tf:
         assert "int8/model_int8.onnx" in tf.getnames()
     m = json.loads((out / "manifest.json").read_text())
@@ -112,8 +128,19 @@ def test_int8_without_calibration_data_is_refused(setup: dict[str, Path], capsys
 
 def test_int8_on_a_nano_names_what_it_can_do(setup: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out = setup["root"] / "bundles" / "nano"
-    code = main(["export", str(setup["ckpt"]), "--out", str(out), "--int8", "--calib-data", str(setup["data"]),
-                 "--device", "jetson-nano"])
+    code = main(
+        [
+            "export",
+            str(setup["ckpt"]),
+            "--out",
+            str(out),
+            "--int8",
+            "--calib-data",
+            str(setup["data"]),
+            "--device",
+            "jetson-nano",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "jetson-nano has no fast INT8" in err and "fp16" in err
     _nothing_at(out)
@@ -165,8 +192,9 @@ def test_gate_failure_writes_nothing(setup: dict[str, Path], monkeypatch: pytest
 
 
 @pytest.mark.slow
-def test_gate_failure_after_the_sensitivity_retry(setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_gate_failure_after_the_sensitivity_retry(
+    setup: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     from edgeav.export.cli import run_export
 
     _int8_all_wrong(monkeypatch)
@@ -192,8 +220,9 @@ def test_fp16_export_with_parity_report(setup: dict[str, Path]) -> None:
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in half.graph.initializer)
 
 
-def test_existing_out_is_refused(int8_bundle: tuple[Path, dict], setup: dict[str, Path],
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_out_is_refused(
+    int8_bundle: tuple[Path, dict], setup: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     out, _ = int8_bundle
     before = (out / "manifest.json").read_bytes()
     code = main(["export", str(setup["ckpt"]), "--out", str(out)])
@@ -205,15 +234,24 @@ def test_bench_json(int8_bundle: tuple[Path, dict], setup: dict[str, Path], caps
     out, _ = int8_bundle
     assert main(["bench", str(out), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert {"bundle", "profile", "backends", "int8_vs_fp32_p50_ratio", "target_ratio", "target_met", "machine",
-            "accuracy"} <= set(r)
+    assert {
+        "bundle",
+        "profile",
+        "backends",
+        "int8_vs_fp32_p50_ratio",
+        "target_ratio",
+        "target_met",
+        "machine",
+        "accuracy",
+    } <= set(r)
     for name in ("pytorch_fp32", "ort_fp32", "ort_int8"):
         b = r["backends"][name]
         assert {"p50_ms", "p95_ms", "throughput_per_s", "best_batch", "size_bytes", "peak_rss_mib"} <= set(b), name
         assert 0 < b["p50_ms"] <= b["p95_ms"] and b["throughput_per_s"] > 0 and b["peak_rss_mib"] > 0
     assert r["backends"]["ort_int8"]["size_bytes"] < r["backends"]["ort_fp32"]["size_bytes"]
     assert r["int8_vs_fp32_p50_ratio"] == pytest.approx(
-        r["backends"]["ort_int8"]["p50_ms"] / r["backends"]["ort_fp32"]["p50_ms"], rel=1e-3)
+        r["backends"]["ort_int8"]["p50_ms"] / r["backends"]["ort_fp32"]["p50_ms"], rel=1e-3
+    )
     assert r["backends"]["ort_fp32"]["best_batch"] == 1  # a static-shape export only takes batch 1
     from edgeav.export.bench import one_line
 
@@ -221,8 +259,9 @@ def test_bench_json(int8_bundle: tuple[Path, dict], setup: dict[str, Path], caps
     assert "\n" not in line and "ort_int8 p50" in line and "INT8/FP32 p50 ratio" in line
 
 
-def test_tampered_bundle_is_refused(int8_bundle: tuple[Path, dict], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_tampered_bundle_is_refused(
+    int8_bundle: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import shutil
 
     out, _ = int8_bundle
@@ -242,7 +281,6 @@ def test_fp16_keeps_the_front_end_in_float32_on_silence(tmp_path: Path) -> None:
     """Silence: the mel power is clamped to the log floor (1e-10), which FP16 flushes to 0 (log -> -inf, NaN logits);
     the front end must stay float32 between its own nodes, not only inside them."""
     import numpy as np
-
     from _export_models import TINY_ARCH
 
     from edgeav.contract import AudioContract, ImageContract, InputContract
@@ -255,8 +293,11 @@ def test_fp16_keeps_the_front_end_in_float32_on_silence(tmp_path: Path) -> None:
     half, info = convert_fp16(fp32, tmp_path / "model_fp16.onnx")
     t = np.arange(16000) / 16000.0
     wave = np.where(t < 0.5, 0.0, 0.9 * np.sin(2 * np.pi * 1000 * t))  # half silence, half a loud tone
-    loud = {"audio": wave[None].astype(np.float32),  # (1, T)
-            "image": np.full((1, 3, 32, 32), 128, np.uint8), "mask": np.ones((1, 2), np.float32)}
+    loud = {
+        "audio": wave[None].astype(np.float32),  # (1, T)
+        "image": np.full((1, 3, 32, 32), 128, np.uint8),
+        "mask": np.ones((1, 2), np.float32),
+    }
     rep = compare_outputs(torch_outputs(model, [loud]), onnx_outputs(half, [loud]), max_abs_diff=5e-2)
     assert rep.passed, rep.failures
     assert info["float32_nodes"] and all(n.startswith("/frontend/") for n in info["float32_nodes"])
@@ -271,13 +312,30 @@ def test_int8_export_on_real_grid_video(shared_data: Path, tmp_path: Path) -> No
     grid = shared_data / "grid"
     if not grid.is_dir():
         pytest.skip(f"{grid} not found")
-    data = {"kind": "video", "window_s": 3.0, "hop_s": 3.0, "image_size_px": 64, "frames_per_clip": 3,
-            "val_fraction": 0.15}
+    data = {
+        "kind": "video",
+        "window_s": 3.0,
+        "hop_s": 3.0,
+        "image_size_px": 64,
+        "frames_per_clip": 3,
+        "val_fraction": 0.15,
+    }
     ckpt = train_checkpoint(tmp_path / "grid.pt", grid, data=data, steps=8, cache_dir=tmp_path / "cache")
     out = tmp_path / "bundle"
-    args = argparse.Namespace(checkpoint=str(ckpt), out=str(out), int8=True, calib_data=str(grid), calib_windows=120,
-                              fp16=False, device="cpu", engine=False, max_drop=100.0, max_class_drop=100.0,
-                              dynamic_batch=False, json=True)
+    args = argparse.Namespace(
+        checkpoint=str(ckpt),
+        out=str(out),
+        int8=True,
+        calib_data=str(grid),
+        calib_windows=120,
+        fp16=False,
+        device="cpu",
+        engine=False,
+        max_drop=100.0,
+        max_class_drop=100.0,
+        dynamic_batch=False,
+        json=True,
+    )
     result = run_export(args)
     m = json.loads((out / "manifest.json").read_text())
     cal = m["extra"]["int8"]["calibration"]

@@ -25,11 +25,22 @@ from _export_models import train_checkpoint  # noqa: E402
 from edgeav.cli import main  # noqa: E402
 
 T, HW, RATE_HZ = 8, 48, 25.0
-CLIP_ARCH = {"name": "export-test-clip", "audio_backbone": "audio_cnn", "image_backbone": "video_tcn", "head": "concat",
-             "dropout": 0.0, "image_kwargs": {"channels": [8, 16], "embed_dim": 16, "temporal_layers": 1,
-                                              "temporal_kernel": 3}}
-CLIP_DATA = {"kind": "video", "window_s": 1.0, "hop_s": 1.0, "image_size_px": HW, "frames_per_window": T,
-             "frame_rate_hz": RATE_HZ}
+CLIP_ARCH = {
+    "name": "export-test-clip",
+    "audio_backbone": "audio_cnn",
+    "image_backbone": "video_tcn",
+    "head": "concat",
+    "dropout": 0.0,
+    "image_kwargs": {"channels": [8, 16], "embed_dim": 16, "temporal_layers": 1, "temporal_kernel": 3},
+}
+CLIP_DATA = {
+    "kind": "video",
+    "window_s": 1.0,
+    "hop_s": 1.0,
+    "image_size_px": HW,
+    "frames_per_window": T,
+    "frame_rate_hz": RATE_HZ,
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +51,37 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clip")
     syn = make_video_set(root / "syn", n_classes=3, per_class=4, seconds=2.0, size_px=64)
     data = syn / "videos"
-    ckpt = train_checkpoint(root / "clip.pt", data, data=CLIP_DATA, arch=CLIP_ARCH, steps=30,
-                            cache_dir=root / "cache", roi=MOTION_BOX)
+    ckpt = train_checkpoint(
+        root / "clip.pt", data, data=CLIP_DATA, arch=CLIP_ARCH, steps=30, cache_dir=root / "cache", roi=MOTION_BOX
+    )
     out = root / "bundle"
     # the gate's limits are wide: 6 test windows of a model trained for 30 steps; what is checked is that it ran
-    code = main(["export", str(ckpt), "--out", str(out), "--int8", "--calib-data", str(data), "--device", "cpu",
-                 "--max-drop", "100", "--max-class-drop", "100"])
+    code = main(
+        [
+            "export",
+            str(ckpt),
+            "--out",
+            str(out),
+            "--int8",
+            "--calib-data",
+            str(data),
+            "--device",
+            "cpu",
+            "--max-drop",
+            "100",
+            "--max-class-drop",
+            "100",
+        ]
+    )
     assert code == 0
     return {"root": root, "syn": syn, "data": data, "ckpt": ckpt, "bundle": out}
 
 
 def _input_dims(path: Path) -> dict[str, tuple[int, list[int]]]:
     g = onnx.load(str(path)).graph
-    return {i.name: (i.type.tensor_type.elem_type, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in g.input}
+    return {
+        i.name: (i.type.tensor_type.elem_type, [d.dim_value for d in i.type.tensor_type.shape.dim]) for i in g.input
+    }
 
 
 def test_int8_bundle_of_a_clip_model(clip: dict[str, Path]) -> None:
@@ -88,13 +117,21 @@ def test_bundle_refuses_another_frame_count(clip: dict[str, Path]) -> None:
     contract = verify_bundle(clip["bundle"]).manifest.contract
     model = clip["bundle"] / "model_int8.onnx"
     check_onnx_inputs(model, contract)
-    four = InputContract.model_validate({**contract.model_dump(), "image": {
-        **contract.image.model_dump(exclude={"layout"}), "n_frames": 4}})
-    with pytest.raises(BundleError, match=rf"input 'image' has shape \(1, {T}, 3, {HW}, {HW}\), the contract says "
-                                          rf"\('B', 4, 3, {HW}, {HW}\)"):
+    four = InputContract.model_validate(
+        {**contract.model_dump(), "image": {**contract.image.model_dump(exclude={"layout"}), "n_frames": 4}}
+    )
+    with pytest.raises(
+        BundleError,
+        match=rf"input 'image' has shape \(1, {T}, 3, {HW}, {HW}\), the contract says "
+        rf"\('B', 4, 3, {HW}, {HW}\)",
+    ):
         check_onnx_inputs(model, four)
-    still = InputContract.model_validate({**contract.model_dump(), "image": {
-        **contract.image.model_dump(exclude={"layout", "frame_rate_hz"}), "n_frames": 1}})
+    still = InputContract.model_validate(
+        {
+            **contract.model_dump(),
+            "image": {**contract.image.model_dump(exclude={"layout", "frame_rate_hz"}), "n_frames": 1},
+        }
+    )
     with pytest.raises(BundleError, match=rf"the contract says \('B', 3, {HW}, {HW}\)"):
         check_onnx_inputs(model, still)
 
@@ -105,9 +142,20 @@ def test_fp16_export_of_a_clip_model(clip: dict[str, Path]) -> None:
     from edgeav.export.cli import run_export
 
     out = clip["root"] / "fp16"
-    args = argparse.Namespace(checkpoint=str(clip["ckpt"]), out=str(out), int8=False, calib_data=str(clip["data"]),
-                              calib_windows=300, fp16=True, device="jetson-orin-nx", engine=False, max_drop=1.0,
-                              max_class_drop=5.0, dynamic_batch=False, json=True)
+    args = argparse.Namespace(
+        checkpoint=str(clip["ckpt"]),
+        out=str(out),
+        int8=False,
+        calib_data=str(clip["data"]),
+        calib_windows=300,
+        fp16=True,
+        device="jetson-orin-nx",
+        engine=False,
+        max_drop=1.0,
+        max_class_drop=5.0,
+        dynamic_batch=False,
+        json=True,
+    )
     result = run_export(args)
     assert result["precisions"] == ["fp32", "fp16"] and result["parity_fp16"]["top1_agreement"] >= 99.0
     assert result["parity_fp16"]["max_abs_diff"] <= 5e-2
@@ -138,13 +186,17 @@ def test_adaptive_pool_with_odd_sizes_exports_as_slices(tmp_path: Path) -> None:
     x = torch.randn(2, 3, 5, 7)  # (B, 3, h, w): 5x7 pooled to 2x2, cells of unequal size that overlap
     with torch.no_grad():
         assert torch.allclose(net(x), twin(x), atol=1e-6)
-        assert torch.allclose(nn.AdaptiveAvgPool3d((1, 2, 3))(x[:, None]), exportable_copy(
-            nn.Sequential(nn.AdaptiveAvgPool3d((1, 2, 3))))[0](x[:, None]), atol=1e-6)
+        assert torch.allclose(
+            nn.AdaptiveAvgPool3d((1, 2, 3))(x[:, None]),
+            exportable_copy(nn.Sequential(nn.AdaptiveAvgPool3d((1, 2, 3))))[0](x[:, None]),
+            atol=1e-6,
+        )
     path = tmp_path / "pool.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation note; the static sizes' tracer note
-        torch.onnx.export(twin, (x,), str(path), input_names=["x"], opset_version=17, dynamo=False,
-                          dynamic_axes={"x": {0: "batch"}})  # a symbolic batch: only h, w are baked in
+        torch.onnx.export(
+            twin, (x,), str(path), input_names=["x"], opset_version=17, dynamo=False, dynamic_axes={"x": {0: "batch"}}
+        )  # a symbolic batch: only h, w are baked in
     import onnxruntime as ort
 
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]  # (2, 3)
@@ -166,9 +218,20 @@ def test_replay_of_a_clip_stream_gives_detections(clip: dict[str, Path], capsys:
     handlers, level = list(root_logger.handlers), root_logger.level
     try:
         stream = clip["syn"] / "stream.mp4"
-        code = main(["run", "--bundle", str(clip["bundle"]), "--source", stream.resolve().as_uri(),
-                     "--ground-truth", str(clip["syn"] / "stream.csv"), "--json",
-                     "--set", "runtime.postprocess.threshold=0.34"])
+        code = main(
+            [
+                "run",
+                "--bundle",
+                str(clip["bundle"]),
+                "--source",
+                stream.resolve().as_uri(),
+                "--ground-truth",
+                str(clip["syn"] / "stream.csv"),
+                "--json",
+                "--set",
+                "runtime.postprocess.threshold=0.34",
+            ]
+        )
         out = capsys.readouterr().out
     finally:  # main() installs a stderr handler on the root logger
         root_logger.handlers[:] = handlers

@@ -53,9 +53,13 @@ def test_evaluate_onnx_on_an_iterable(tmp_path: Path) -> None:
 
     # logits = mask @ W (a 2 -> 3 linear map): the label is readable from the mask alone
     w = helper.make_tensor("W", TensorProto.FLOAT, [2, 3], [1, 0, 0, 0, 1, 0])
-    g = helper.make_graph([helper.make_node("MatMul", ["mask", "W"], ["logits"])], "g",
-                          [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 2])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 3])], [w])
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["mask", "W"], ["logits"])],
+        "g",
+        [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", 3])],
+        [w],
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     samples = ((({"mask": np.array([[1, 0], [0, 1]], np.float32)}), np.array([0, 1])) for _ in range(3))

@@ -39,24 +39,29 @@ def _run(path: Path, fs: list[dict[str, np.ndarray]], simulate_qdq: bool = False
     return np.concatenate([s.run(["logits"], f)[0] for f in fs])
 
 
-def _producers(model: "onnx.ModelProto") -> dict[str, "onnx.NodeProto"]:
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {o: n for n in model.graph.node for o in n.output}
 
 
-def _init_type(model: "onnx.ModelProto", name: str) -> int:
+def _init_type(model: onnx.ModelProto, name: str) -> int:
     return next(i.data_type for i in model.graph.initializer if i.name == name)
 
 
-def _check_frontend_float(model: "onnx.ModelProto") -> None:
+def _check_frontend_float(model: onnx.ModelProto) -> None:
     prod = _producers(model)
     # the front end's own nodes (ONNX Runtime names the Q/DQ pair on its output edge after the tensor)
-    front = [n for n in model.graph.node if n.name.startswith("/frontend/") and n.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    front = [
+        n
+        for n in model.graph.node
+        if n.name.startswith("/frontend/") and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+    ]
     assert front, "the front end nodes are still in the graph under their names"
     for n in front:
         for i in n.input:
             p = prod.get(i)
-            assert p is None or p.op_type not in ("DequantizeLinear", "QuantizeLinear"), \
+            assert p is None or p.op_type not in ("DequantizeLinear", "QuantizeLinear"), (
                 f"{n.name} reads a quantized tensor ({p.name})"
+            )
     # nothing upstream of the front end is quantized: walk back from its nodes to the graph input
     stack, seen = [i for n in front for i in n.input], set()
     while stack:

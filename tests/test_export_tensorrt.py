@@ -49,7 +49,10 @@ def test_key_changes_with_everything_an_engine_depends_on() -> None:
     ]
     names = {base.file_name} | {v.file_name for v in variants}
     assert len(names) == 1 + len(variants)
-    assert base == make_key(SHA, "int8", "10.3.0", ORIN) and base.file_name == make_key(SHA, "int8", "10.3.0", ORIN).file_name
+    assert (
+        base == make_key(SHA, "int8", "10.3.0", ORIN)
+        and base.file_name == make_key(SHA, "int8", "10.3.0", ORIN).file_name
+    )
     assert base.file_name.startswith("int8-") and base.file_name.endswith(".engine")
 
 
@@ -82,14 +85,22 @@ def test_engine_from_the_same_machine_is_accepted(tmp_path: Path) -> None:
     assert check_engine(p, "10.3.0", ORIN) == key
 
 
-@pytest.mark.parametrize("version, gpu, says", [
-    ("10.7.0", ORIN, "TensorRT 10.3.0, this machine has 10.7.0"),
-    ("11.0.0", ORIN, "TensorRT 10.3.0, this machine has 11.0.0"),
-    ("10.3.0", GpuInfo("NVIDIA H100 80GB HBM3", "9.0"), "GPU 'Orin (nvgpu)', this machine has 'NVIDIA H100 80GB HBM3'"),
-    ("10.3.0", GpuInfo("Orin (nvgpu)", "8.9"), "compute capability 8.7, this GPU is 8.9"),
-])
+@pytest.mark.parametrize(
+    "version, gpu, says",
+    [
+        ("10.7.0", ORIN, "TensorRT 10.3.0, this machine has 10.7.0"),
+        ("11.0.0", ORIN, "TensorRT 10.3.0, this machine has 11.0.0"),
+        (
+            "10.3.0",
+            GpuInfo("NVIDIA H100 80GB HBM3", "9.0"),
+            "GPU 'Orin (nvgpu)', this machine has 'NVIDIA H100 80GB HBM3'",
+        ),
+        ("10.3.0", GpuInfo("Orin (nvgpu)", "8.9"), "compute capability 8.7, this GPU is 8.9"),
+    ],
+)
 def test_engine_from_another_trt_or_gpu_is_refused_with_the_rebuild_command(
-        tmp_path: Path, version: str, gpu: GpuInfo, says: str) -> None:
+    tmp_path: Path, version: str, gpu: GpuInfo, says: str
+) -> None:
     p = EngineCache(tmp_path).store(make_key(SHA, "int8", "10.3.0", ORIN), b"engine")
     with pytest.raises(DeviceError) as e:
         check_engine(p, version, gpu, onnx_path="bundle/model_int8.onnx", profile="jetson-orin-nx")
@@ -110,7 +121,8 @@ def test_engine_without_sidecar_or_tampered_is_refused(tmp_path: Path) -> None:
 
 def test_rebuild_command_names_dla_core() -> None:
     assert rebuild_command("m.onnx", "int8", "jetson-agx-orin", 1).endswith(
-        "--device jetson-agx-orin --dla-core 1 --parity-feeds WINDOWS.npz")
+        "--device jetson-agx-orin --dla-core 1 --parity-feeds WINDOWS.npz"
+    )
 
 
 def test_trt_version_rules() -> None:
@@ -136,14 +148,22 @@ def test_dla_support_by_tensorrt_version() -> None:
 def _clip_contract(n_frames: int = 8):  # noqa: ANN202
     from edgeav.contract import AudioContract, ImageContract, InputContract
 
-    return InputContract(audio=AudioContract(window_s=1.0),
-                         image=ImageContract(height_px=48, width_px=48, n_frames=n_frames, frame_rate_hz=25.0))
+    return InputContract(
+        audio=AudioContract(window_s=1.0),
+        image=ImageContract(height_px=48, width_px=48, n_frames=n_frames, frame_rate_hz=25.0),
+    )
 
 
 def _engine_shapes(image: tuple[int, ...], batch: int = 1) -> dict[str, tuple[int, ...]]:
     """I/O shapes as `ICudaEngine.get_tensor_shape` reports them for a static engine of 3 classes."""
-    return {"audio": (batch, 16_000), "image": image, "mask": (batch, 2),
-            "logits": (batch, 3), "logits_audio": (batch, 3), "logits_image": (batch, 3)}
+    return {
+        "audio": (batch, 16_000),
+        "image": image,
+        "mask": (batch, 2),
+        "logits": (batch, 3),
+        "logits_audio": (batch, 3),
+        "logits_image": (batch, 3),
+    }
 
 
 def test_engine_shapes_of_a_clip_model_are_checked_against_the_contract() -> None:
@@ -156,8 +176,11 @@ def test_engine_shapes_of_a_clip_model_are_checked_against_the_contract() -> Non
     clip = _clip_contract(8)
     assert check_engine_shapes(_engine_shapes((1, 8, 3, 48, 48)), clip, "e.engine") == 1
     assert check_engine_shapes(_engine_shapes((4, 8, 3, 48, 48), batch=4), clip, "e.engine") == 4
-    with pytest.raises(ModelError, match=r"input 'image' is \(1, 4, 3, 48, 48\), the contract says \(1, 8, 3, 48, 48\) "
-                                         r"\(8 frames of 48x48\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"input 'image' is \(1, 4, 3, 48, 48\), the contract says \(1, 8, 3, 48, 48\) "
+        r"\(8 frames of 48x48\)",
+    ):
         check_engine_shapes(_engine_shapes((1, 4, 3, 48, 48)), clip, "e.engine")
     with pytest.raises(ModelError, match=r"input 'image' is \(1, 3, 48, 48\)"):
         check_engine_shapes(_engine_shapes((1, 3, 48, 48)), clip, "e.engine")
@@ -167,8 +190,9 @@ def test_engine_shapes_of_a_clip_model_are_checked_against_the_contract() -> Non
     del shapes["logits_image"]
     with pytest.raises(ModelError, match=r"engine lacks tensor\(s\) \['logits_image'\]"):
         check_engine_shapes(shapes, clip, "e.engine")
-    still = InputContract(audio=clip.audio, image=clip.image.model_copy(update={"n_frames": 1, "layout": "NCHW",
-                                                                                  "frame_rate_hz": None}))
+    still = InputContract(
+        audio=clip.audio, image=clip.image.model_copy(update={"n_frames": 1, "layout": "NCHW", "frame_rate_hz": None})
+    )
     assert check_engine_shapes(_engine_shapes((1, 3, 48, 48)), still, "e.engine") == 1  # T = 1 unchanged
     check_static_inputs({"audio": (1, 16_000), "image": (1, 8, 3, 48, 48), "mask": (1, 2)}, "m.onnx")
     with pytest.raises(ExportError, match=r"m.onnx: input 'image' has a dynamic shape \(-1, 8, 3, 48, 48\)"):
@@ -202,11 +226,10 @@ def test_real_engine_build_and_run(tmp_path: Path) -> None:  # pragma: no cover 
         pytest.skip("TensorRT is not installed here (it ships with JetPack / NVIDIA's wheels)")
     pytest.importorskip("torch")
     import numpy as np
-
     from _export_models import TINY_ARCH
 
     from edgeav.contract import AudioContract, ImageContract, InputContract
-    from edgeav.export.onnx_export import onnx_outputs, export_onnx
+    from edgeav.export.onnx_export import export_onnx, onnx_outputs
     from edgeav.export.tensorrt import build_engine
     from edgeav.runtime.trt_runner import create_backend
     from edgeav.train.models import build_model, example_inputs
@@ -228,6 +251,7 @@ def test_real_engine_build_and_run(tmp_path: Path) -> None:  # pragma: no cover 
 # ------------------------------------------------------- the builder, the cache and the engine check, on a fake TensorRT
 # tests/_fake_tensorrt.py stands in for the `tensorrt` module (TensorRT 10 API); the ONNX files and ONNX Runtime are real.
 
+
 def _tiny_onnx(path: Path, qdq: bool = False, seed: int = 0) -> Path:
     """audio (1, 8), image (1, 3, 2, 2), mask (1, 2) -> logits_audio = audio @ Wa, logits_image = flat(image) @ Wi,
     logits = their sum (3 classes); `qdq` puts int8 QuantizeLinear/DequantizeLinear on the audio (an int8 model)."""
@@ -236,28 +260,40 @@ def _tiny_onnx(path: Path, qdq: bool = False, seed: int = 0) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "wa"),
-             numpy_helper.from_array(rng.normal(size=(12, 3)).astype(np.float32), "wi"),
-             numpy_helper.from_array(np.array([1, 12], dtype=np.int64), "flat")]
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(8, 3)).astype(np.float32), "wa"),
+        numpy_helper.from_array(rng.normal(size=(12, 3)).astype(np.float32), "wi"),
+        numpy_helper.from_array(np.array([1, 12], dtype=np.int64), "flat"),
+    ]
     nodes = []
     audio = "audio"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s"),
-                  numpy_helper.from_array(np.array(0, dtype=np.int8), "z")]
-        nodes += [helper.make_node("QuantizeLinear", ["audio", "s", "z"], ["aq"]),
-                  helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["adq"])]
+        inits += [
+            numpy_helper.from_array(np.array(0.02, dtype=np.float32), "s"),
+            numpy_helper.from_array(np.array(0, dtype=np.int8), "z"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", ["audio", "s", "z"], ["aq"]),
+            helper.make_node("DequantizeLinear", ["aq", "s", "z"], ["adq"]),
+        ]
         audio = "adq"
-    nodes += [helper.make_node("MatMul", [audio, "wa"], ["logits_audio"]),
-              helper.make_node("Reshape", ["image", "flat"], ["imf"]),
-              helper.make_node("MatMul", ["imf", "wi"], ["logits_image"]),
-              helper.make_node("Add", ["logits_audio", "logits_image"], ["logits"])]
-    inputs = [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 8]),
-              helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 2, 2]),
-              helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 2])]
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3])
-               for n in ("logits", "logits_audio", "logits_image")]
-    model = helper.make_model(helper.make_graph(nodes, "tiny", inputs, outputs, inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    nodes += [
+        helper.make_node("MatMul", [audio, "wa"], ["logits_audio"]),
+        helper.make_node("Reshape", ["image", "flat"], ["imf"]),
+        helper.make_node("MatMul", ["imf", "wi"], ["logits_image"]),
+        helper.make_node("Add", ["logits_audio", "logits_image"], ["logits"]),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 8]),
+        helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 2, 2]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 2]),
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3]) for n in ("logits", "logits_audio", "logits_image")
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "tiny", inputs, outputs, inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
@@ -267,9 +303,14 @@ def _feeds(n: int = 6) -> list[dict]:
     import numpy as np
 
     rng = np.random.default_rng(1)
-    return [{"audio": rng.normal(size=(1, 8)).astype(np.float32),
-             "image": rng.normal(size=(1, 3, 2, 2)).astype(np.float32),
-             "mask": np.ones((1, 2), np.float32)} for _ in range(n)]
+    return [
+        {
+            "audio": rng.normal(size=(1, 8)).astype(np.float32),
+            "image": rng.normal(size=(1, 3, 2, 2)).astype(np.float32),
+            "mask": np.ones((1, 2), np.float32),
+        }
+        for _ in range(n)
+    ]
 
 
 def test_a_half_written_cache_entry_is_rebuilt_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -281,7 +322,11 @@ def test_a_half_written_cache_entry_is_rebuilt_not_an_error(tmp_path: Path, monk
     from edgeav.runtime.trt_cache import sidecar_path
 
     trt = _fake_tensorrt.install(monkeypatch, gpu=ORIN)
-    onnx_path, cache, orin = _tiny_onnx(tmp_path / "m.onnx"), EngineCache(tmp_path / "engines"), load_profile("jetson-orin-nx")
+    onnx_path, cache, orin = (
+        _tiny_onnx(tmp_path / "m.onnx"),
+        EngineCache(tmp_path / "engines"),
+        load_profile("jetson-orin-nx"),
+    )
     first = build_engine(onnx_path, orin, "fp32", cache=cache)
     assert build_engine(onnx_path, orin, "fp32", cache=cache).from_cache and len(trt.builds) == 1
 
@@ -302,7 +347,9 @@ def test_cache_writes_the_sidecar_before_the_engine(tmp_path: Path, monkeypatch:
 
     written: list[str] = []
     real = trt_cache.atomic_write_bytes
-    monkeypatch.setattr(trt_cache, "atomic_write_bytes", lambda p, data: (written.append(Path(p).suffix), real(p, data))[1])
+    monkeypatch.setattr(
+        trt_cache, "atomic_write_bytes", lambda p, data: (written.append(Path(p).suffix), real(p, data))[1]
+    )
     EngineCache(tmp_path).store(make_key(SHA, "int8", "10.3.0", ORIN), b"engine")
     assert written == [".json", ".engine"]
 
@@ -326,13 +373,18 @@ def test_precision_builds_a_different_engine_or_is_refused(tmp_path: Path, monke
     assert e8 == {"strongly_typed": True, "flags": ["BuilderFlag.TF32"], "n": 3}
     with pytest.raises(ExportError) as e:
         build_engine(fp32, orin, "int8", cache=cache)
-    assert str(e.value) == ("model_fp32.onnx computes in fp32: --precision int8 cannot be built from it; from this file: "
-                            "--precision fp32 or fp16 (TensorRT 10's FP16 builder flag); int8 needs the Q/DQ "
-                            "model_int8.onnx of `edgeav export --int8`")
+    assert str(e.value) == (
+        "model_fp32.onnx computes in fp32: --precision int8 cannot be built from it; from this file: "
+        "--precision fp32 or fp16 (TensorRT 10's FP16 builder flag); int8 needs the Q/DQ "
+        "model_int8.onnx of `edgeav export --int8`"
+    )
     with pytest.raises(ExportError, match="model_int8.onnx computes in int8: --precision fp16 cannot be built"):
         build_engine(int8, orin, "fp16", cache=cache)
-    with pytest.raises(ExportError, match=r"from this file: --precision fp32; fp16 needs model_fp16.onnx .*"
-                                          r"\(TensorRT 11.0.0 has no FP16 flag\)"):
+    with pytest.raises(
+        ExportError,
+        match=r"from this file: --precision fp32; fp16 needs model_fp16.onnx .*"
+        r"\(TensorRT 11.0.0 has no FP16 flag\)",
+    ):
         build_mode("fp16", "fp32", "11.0.0", "model_fp32.onnx")
     assert len(list(cache.root.glob("*.engine"))) == 3  # the refusals left nothing in the cache
 
@@ -351,7 +403,8 @@ def _run_like_onnxruntime(offset: float = 0.0):  # noqa: ANN202
 
 
 def test_engine_is_compared_with_onnxruntime_after_the_build_and_refused_when_it_differs(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import _fake_tensorrt
 
     from edgeav.errors import ExportError
@@ -359,13 +412,33 @@ def test_engine_is_compared_with_onnxruntime_after_the_build_and_refused_when_it
     from edgeav.schema.export import ExportConfig
 
     trt = _fake_tensorrt.install(monkeypatch, gpu=ORIN)
-    onnx_path, cache, orin = _tiny_onnx(tmp_path / "m.onnx"), EngineCache(tmp_path / "engines"), load_profile("jetson-orin-nx")
-    built, check = build_checked_engine(onnx_path, orin, "fp32", feeds=_feeds(), cfg=ExportConfig(), cache=cache,
-                                        contract=object(), run_engine=_run_like_onnxruntime())
+    onnx_path, cache, orin = (
+        _tiny_onnx(tmp_path / "m.onnx"),
+        EngineCache(tmp_path / "engines"),
+        load_profile("jetson-orin-nx"),
+    )
+    built, check = build_checked_engine(
+        onnx_path,
+        orin,
+        "fp32",
+        feeds=_feeds(),
+        cfg=ExportConfig(),
+        cache=cache,
+        contract=object(),
+        run_engine=_run_like_onnxruntime(),
+    )
     assert check is not None and check.passed and check.parity["n"] == 6 and check.parity["max_abs_diff"]["logits"] == 0
     with pytest.raises(ExportError) as e:  # an engine whose lowest logit becomes the top one on every window
-        build_checked_engine(onnx_path, orin, "fp32", feeds=_feeds(), cache=cache, contract=object(), force=True,
-                             run_engine=_run_like_onnxruntime(offset=100.0))
+        build_checked_engine(
+            onnx_path,
+            orin,
+            "fp32",
+            feeds=_feeds(),
+            cache=cache,
+            contract=object(),
+            force=True,
+            run_engine=_run_like_onnxruntime(offset=100.0),
+        )
     msg = str(e.value)
     assert msg.startswith("TensorRT fp32 engine of m.onnx refused: its outputs differ from ONNX Runtime's on 6 windows")
     assert "max |logits diff|" in msg and "top-1 agreement 0.00 % < 100 %" in msg and "\n" not in msg
@@ -388,28 +461,49 @@ def test_int8_engine_gate_is_the_export_accuracy_gate(tmp_path: Path, monkeypatc
     truth = [int(o["logits"].argmax()) for o in onnx_outputs(onnx_path, feeds)]
     test = list(zip(feeds, truth))
     fp32_figures = {"accuracy": 100.0, "per_class_recall": {c: 100.0 for c in "abc" if "abc".index(c) in truth}}
-    _, check = build_checked_engine(onnx_path, orin, "int8", feeds=feeds, cache=cache, contract=object(),
-                                    run_engine=_run_like_onnxruntime(), test_samples=test, labels=list("abc"),
-                                    reference_metrics=fp32_figures)
+    _, check = build_checked_engine(
+        onnx_path,
+        orin,
+        "int8",
+        feeds=feeds,
+        cache=cache,
+        contract=object(),
+        run_engine=_run_like_onnxruntime(),
+        test_samples=test,
+        labels=list("abc"),
+        reference_metrics=fp32_figures,
+    )
     assert check is not None and check.passed and check.gate["accuracy_drop_points"] == 0.0
     assert check.parity["max_abs_diff_limit"] is None  # reported, not gated
     with pytest.raises(ExportError, match="accuracy fell 100.00 points"):
-        build_checked_engine(onnx_path, orin, "int8", feeds=feeds, cache=cache, contract=object(), force=True,
-                             run_engine=_run_like_onnxruntime(offset=100.0), test_samples=test, labels=list("abc"),
-                             reference_metrics=fp32_figures)
+        build_checked_engine(
+            onnx_path,
+            orin,
+            "int8",
+            feeds=feeds,
+            cache=cache,
+            contract=object(),
+            force=True,
+            run_engine=_run_like_onnxruntime(offset=100.0),
+            test_samples=test,
+            labels=list("abc"),
+            reference_metrics=fp32_figures,
+        )
 
 
 @pytest.mark.parametrize("args", [[], ["--no-parity", "--parity-feeds", "w.npz"]])
-def test_engine_command_wants_parity_windows_or_an_explicit_no(args: list[str], capsys: pytest.CaptureFixture[str],
-                                                              tmp_path: Path) -> None:
+def test_engine_command_wants_parity_windows_or_an_explicit_no(
+    args: list[str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from edgeav.export.tensorrt import main
 
     assert main([str(tmp_path / "m.onnx"), "--precision", "fp32", *args]) != 0
     assert "give --parity-feeds NPZ" in capsys.readouterr().err
 
 
-def test_export_engine_is_built_checked_and_recorded_in_the_bundle(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_export_engine_is_built_checked_and_recorded_in_the_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`edgeav export --int8 --engine` on a TensorRT profile (fake TensorRT, a fake engine runner that answers as
     ONNX Runtime does on the engine's source file): the bundle carries the engine, its sidecar and the check's
     figures (parity on the validation windows, the INT8 accuracy gate on the test split)."""
@@ -437,9 +531,20 @@ def test_export_engine_is_built_checked_and_recorded_in_the_bundle(tmp_path: Pat
     _fake_tensorrt.install(monkeypatch, gpu=GpuInfo("NVIDIA H200", "9.0"))  # after torch's imports: it probes tensorrt
     monkeypatch.setenv("EDGEAV_ENGINE_CACHE", str(tmp_path / "engines"))
     out = tmp_path / "bundle"
-    args = argparse.Namespace(checkpoint=str(ckpt), out=str(out), int8=True, calib_data=str(data), calib_windows=300,
-                              fp16=False, device="x86-cuda", engine=True, max_drop=100.0, max_class_drop=100.0,
-                              dynamic_batch=False, json=True)
+    args = argparse.Namespace(
+        checkpoint=str(ckpt),
+        out=str(out),
+        int8=True,
+        calib_data=str(data),
+        calib_windows=300,
+        fp16=False,
+        device="x86-cuda",
+        engine=True,
+        max_drop=100.0,
+        max_class_drop=100.0,
+        dynamic_batch=False,
+        json=True,
+    )
     result = run_export(args)
     assert {"engine_int8.engine", "engine_int8_key.json"} <= {p.name for p in out.iterdir()}
     check = json_mod.loads((out / "manifest.json").read_text())["extra"]["engine"]["check"]

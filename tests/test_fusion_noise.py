@@ -21,13 +21,34 @@ def test_motion_recipe_fused_holds_under_noise_it_never_trained_on(shared_data, 
     from edgeav.train.robustness import robustness_eval
 
     grid = shared_data / "grid"
-    subprocess.run([sys.executable, "-m", "edgeav", "-q", "train", "--config", str(REPO / "train" / "grid_motion.yaml"),
-                    "--data", str(grid), "--out", str(tmp_path / "run"),
-                    "--set", f"data.cache_dir={tmp_path / 'cache'}",
-                    "--set", f"train.augment.noise.path={shared_data / 'streams' / 'opensoundscape_1min.wav'}"],
-                   check=True, timeout=35 * 60)
-    rob = robustness_eval(tmp_path / "run" / "best.pt", grid, shared_data / "streams" / "birdnet_soundscape_120s.flac",
-                          [0.0, -5.0], out_dir=tmp_path / "robust")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeav",
+            "-q",
+            "train",
+            "--config",
+            str(REPO / "train" / "grid_motion.yaml"),
+            "--data",
+            str(grid),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "--set",
+            f"train.augment.noise.path={shared_data / 'streams' / 'opensoundscape_1min.wav'}",
+        ],
+        check=True,
+        timeout=35 * 60,
+    )
+    rob = robustness_eval(
+        tmp_path / "run" / "best.pt",
+        grid,
+        shared_data / "streams" / "birdnet_soundscape_120s.flac",
+        [0.0, -5.0],
+        out_dir=tmp_path / "robust",
+    )
     by = {r["condition"]: r for r in rob["rows"]}
     assert by["clean"]["both"]["accuracy"] >= 0.95 and by["clean"]["image_only"]["accuracy"] >= 0.85, by["clean"]
     assert by["0 dB"]["both"]["accuracy"] >= 0.925 and by["-5 dB"]["both"]["accuracy"] >= 0.90, rob["rows"]

@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_DIRS = {"train": "edgeav.train", "export": "edgeav.export", "runtime": "edgeav.runtime", "devices": "edgeav.devices"}
+STAGE_DIRS = {
+    "train": "edgeav.train",
+    "export": "edgeav.export",
+    "runtime": "edgeav.runtime",
+    "devices": "edgeav.devices",
+}
 
 
 def _imports(path: Path) -> set[str]:
@@ -51,7 +56,10 @@ def _bad(imports: set[str], forbidden: tuple[str, ...]) -> list[str]:
 @pytest.mark.parametrize("path", _py_files("edgeav"), ids=lambda p: str(p.relative_to(REPO)))
 def test_core_imports_no_stage(path: Path) -> None:
     # The core may name stages only as strings (the CLI dispatch table), never import them.
-    bad = _bad(_imports(path), ("edgeav.train", "edgeav.export", "edgeav.runtime", "edgeav.devices", "torch", "torchvision", "timm"))
+    bad = _bad(
+        _imports(path),
+        ("edgeav.train", "edgeav.export", "edgeav.runtime", "edgeav.devices", "torch", "torchvision", "timm"),
+    )
     assert not bad, f"{path.name} imports {bad}"
 
 
@@ -70,8 +78,12 @@ def test_train_and_devices_import_no_later_stage(path: Path) -> None:
 def test_onnx_runtime_sessions_are_made_in_one_place() -> None:
     """Every ONNX Runtime session of the package comes from edgeav.onnx_session.create_session (threads, optimization
     level, providers and log severity set there), so no stage makes one with ONNX Runtime's defaults."""
-    makers = sorted(str(p.relative_to(REPO)) for folder in ("edgeav", *STAGE_DIRS) for p in _py_files(folder)
-                    if "InferenceSession(" in p.read_text(encoding="utf-8"))
+    makers = sorted(
+        str(p.relative_to(REPO))
+        for folder in ("edgeav", *STAGE_DIRS)
+        for p in _py_files(folder)
+        if "InferenceSession(" in p.read_text(encoding="utf-8")
+    )
     assert makers == ["edgeav/onnx_session.py"], f"onnxruntime.InferenceSession( in {makers}"
 
 
@@ -123,7 +135,10 @@ def test_core_and_runtime_import_where_torch_cannot() -> None:
 
 
 def test_cli_help_works_without_torch() -> None:
-    code = _BLOCK_TORCH.split("import edgeav,")[0] + "from edgeav.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+    code = (
+        _BLOCK_TORCH.split("import edgeav,")[0]
+        + "from edgeav.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 0, r.stderr[-2000:]
     for cmd in ("data", "model", "train", "eval", "export", "run", "bench", "devices", "config", "detections"):
@@ -136,23 +151,40 @@ def test_wheel_installs_one_namespace(tmp_path: Path) -> None:
     # from a copy of the sources: setuptools builds in the source tree (build/, *.egg-info), and tests write only
     # under their temporary folder; a stale build/ there could also slip removed modules into the wheel
     src = tmp_path / "src"
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "runs", ".cache",
-                                                             "*.egg-info", "__pycache__", ".pytest_cache", ".whl"))
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)],
-                       capture_output=True, text=True, timeout=300)
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "runs", ".cache", "*.egg-info", "__pycache__", ".pytest_cache", ".whl"
+        ),
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     wheel = next(dist.glob("edgeav-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"edgeav"}, f"wheel installs top-level packages {tops}"
-    for must in ("edgeav/train/__init__.py", "edgeav/export/__init__.py", "edgeav/runtime/__init__.py",
-                 "edgeav/devices/__init__.py"):
+    for must in (
+        "edgeav/train/__init__.py",
+        "edgeav/export/__init__.py",
+        "edgeav/runtime/__init__.py",
+        "edgeav/devices/__init__.py",
+    ):
         assert must in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     vpy = venv / "bin" / "python"
-    site = subprocess.run([str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(vpy), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     with zipfile.ZipFile(wheel) as z:  # a wheel install is an unzip into purelib
         z.extractall(site)
     # Dependencies come from the project's environment (appended after the fresh site, .pth files not processed,

@@ -57,8 +57,16 @@ def _inputs(contract: InputContract, batch: int = 2):
 
 
 def _save(model, path, **kw):
-    return save_checkpoint(path, model, labels=model.labels, arch=model.arch, contract=model.contract,
-                           train_config={"epochs": 3, "lr_fusion": 1e-3}, metrics={"val_acc": 0.75}, **kw)
+    return save_checkpoint(
+        path,
+        model,
+        labels=model.labels,
+        arch=model.arch,
+        contract=model.contract,
+        train_config={"epochs": 3, "lr_fusion": 1e-3},
+        metrics={"val_acc": 0.75},
+        **kw,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -123,11 +131,14 @@ def test_newer_format_version_is_refused(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("key,value,error,message", [
-    ("head", "hdmf_v9", UnknownNameError, "unknown fusion head 'hdmf_v9'.*this edgeav knows: .*hdmf"),
-    ("image_backbone", "mobilenetv5", UnknownNameError, "unknown image backbone 'mobilenetv5'"),
-    ("future_key", 1, ModelError, "bad architecture keys: future_key"),
-])
+@pytest.mark.parametrize(
+    "key,value,error,message",
+    [
+        ("head", "hdmf_v9", UnknownNameError, "unknown fusion head 'hdmf_v9'.*this edgeav knows: .*hdmf"),
+        ("image_backbone", "mobilenetv5", UnknownNameError, "unknown image backbone 'mobilenetv5'"),
+        ("future_key", 1, ModelError, "bad architecture keys: future_key"),
+    ],
+)
 def test_unknown_architecture_is_refused(tmp_path, key, value, error, message):
     path = _save(_small_model(), tmp_path / "m.pt")
     raw = torch.load(path, weights_only=True)
@@ -215,11 +226,17 @@ def test_model_info_text_names_every_branch_and_the_budget(cli, capsys):
     assert "0.000 G" not in out.split("(FLOPs")[0]  # no branch shows zero FLOPs
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["model", "info", "edgeav-tiny"], "unknown named model 'edgeav-tiny'; valid names: "),
-    (["model", "info", "edgeav-small", "--set", "model.head=attention_soup"], "unknown fusion head 'attention_soup'"),
-    (["model", "info", "edgeav-small", "--set", "model.image_backbone=vgg99"], "unknown image backbone 'vgg99'"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["model", "info", "edgeav-tiny"], "unknown named model 'edgeav-tiny'; valid names: "),
+        (
+            ["model", "info", "edgeav-small", "--set", "model.head=attention_soup"],
+            "unknown fusion head 'attention_soup'",
+        ),
+        (["model", "info", "edgeav-small", "--set", "model.image_backbone=vgg99"], "unknown image backbone 'vgg99'"),
+    ],
+)
 def test_unknown_names_exit_2_with_one_line(argv, needle, cli, capsys):
     assert cli(argv) == 2
     err = capsys.readouterr().err
@@ -261,8 +278,13 @@ def test_local_weights_paths_load_without_network(tmp_path):
     torch.save(audio_src.state_dict(), audio_path)
 
     torch.manual_seed(2)  # different random init: whatever matches came from the files
-    model = build_model(named_arch("edgeav-small"), LABELS, pretrained=False, audio_weights_path=str(audio_path),
-                        image_weights_path=str(image_path))
+    model = build_model(
+        named_arch("edgeav-small"),
+        LABELS,
+        pretrained=False,
+        audio_weights_path=str(audio_path),
+        image_weights_path=str(image_path),
+    )
     for k, v in lib.features.state_dict().items():
         assert torch.equal(model.image_backbone.features.state_dict()[k], v), k
     for k, v in audio_src.state_dict().items():
@@ -305,5 +327,7 @@ def test_pretrained_asks_the_library_for_its_weights(monkeypatch):
 def test_transformer_backbones_without_the_extra_say_how_to_install(backbone, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # as where the extra is not installed: import fails
     arch = {**named_arch("edgeav-small"), "audio_backbone": backbone}
-    with pytest.raises(ModelError, match=r"needs the Python package 'transformers'.*pip install 'edgeav\[transformers\]'"):
+    with pytest.raises(
+        ModelError, match=r"needs the Python package 'transformers'.*pip install 'edgeav\[transformers\]'"
+    ):
         build_model(arch, LABELS)

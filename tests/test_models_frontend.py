@@ -21,8 +21,19 @@ def _librosa_db(wave: np.ndarray, c: AudioContract, top_db: float | None = None)
     import librosa
 
     mel = librosa.feature.melspectrogram(
-        y=wave, sr=c.sample_rate_hz, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length, window="hann",
-        center=True, pad_mode="reflect", power=2.0, n_mels=c.n_mels, fmin=c.fmin_hz, fmax=c.fmax_hz)
+        y=wave,
+        sr=c.sample_rate_hz,
+        n_fft=c.n_fft,
+        hop_length=c.hop_length,
+        win_length=c.win_length,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+        power=2.0,
+        n_mels=c.n_mels,
+        fmin=c.fmin_hz,
+        fmax=c.fmax_hz,
+    )
     return librosa.power_to_db(mel, ref=1.0, amin=c.log_floor, top_db=top_db)
 
 
@@ -46,8 +57,18 @@ def bird_windows(shared_data) -> np.ndarray:
 def test_mel_filterbank_is_librosas():
     import librosa
 
-    for c in (AudioContract(), AudioContract(sample_rate_hz=22_050, n_fft=1024, n_mels=128, fmin_hz=0.0,
-                                             fmax_hz=11_025.0, win_length=1024, hop_length=256)):
+    for c in (
+        AudioContract(),
+        AudioContract(
+            sample_rate_hz=22_050,
+            n_fft=1024,
+            n_mels=128,
+            fmin_hz=0.0,
+            fmax_hz=11_025.0,
+            win_length=1024,
+            hop_length=256,
+        ),
+    ):
         ours = mel_filterbank(c.sample_rate_hz, c.n_fft, c.n_mels, c.fmin_hz, c.fmax_hz)
         ref = librosa.filters.mel(sr=c.sample_rate_hz, n_fft=c.n_fft, n_mels=c.n_mels, fmin=c.fmin_hz, fmax=c.fmax_hz)
         assert ours.shape == ref.shape == (c.n_mels, 1 + c.n_fft // 2)
@@ -68,8 +89,10 @@ def test_logmel_matches_librosa_on_bird_recordings(bird_windows):
         worst = max(worst, float(np.abs(got - ref)[above].max(initial=0.0)))
         n_bins += ref.size
         n_above += int(above.sum())
-    print(f"log-mel vs librosa on {len(bird_windows)} bird windows: max |dB diff| = {worst:.3g} "
-          f"over {n_above} of {n_bins} bins above {DB_FLOOR} dB")
+    print(
+        f"log-mel vs librosa on {len(bird_windows)} bird windows: max |dB diff| = {worst:.3g} "
+        f"over {n_above} of {n_bins} bins above {DB_FLOOR} dB"
+    )
     assert n_above > 0.5 * n_bins  # the comparison covers most of the spectrogram
     assert worst <= DB_TOL
 
@@ -107,15 +130,23 @@ def test_frontend_exports_to_onnx_and_matches_in_onnxruntime(bird_windows, tmp_p
     audio = torch.from_numpy(bird_windows[:6])
     image = torch.randint(0, 256, (6, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     path = tmp_path / "frontend.onnx"
-    torch.onnx.export(wrap, (audio, image), str(path), input_names=["audio", "image"],
-                      output_names=["logmel", "image_norm"], opset_version=17, dynamo=False,
-                      dynamic_axes={"audio": {0: "batch"}, "image": {0: "batch"}})
+    torch.onnx.export(
+        wrap,
+        (audio, image),
+        str(path),
+        input_names=["audio", "image"],
+        output_names=["logmel", "image_norm"],
+        opset_version=17,
+        dynamo=False,
+        dynamic_axes={"audio": {0: "batch"}, "image": {0: "batch"}},
+    )
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
     assert {"Conv", "MatMul", "Log"} <= ops  # STFT as Conv1d, mel as MatMul, log
     assert not ops & {"DFT", "STFT", "MelWeightMatrix"}  # TensorRT runs none of these
-    assert all(n.name.startswith(FRONTEND_NODE_PREFIX) for n in proto.graph.node if n.op_type != "Constant"), \
-        [n.name for n in proto.graph.node if not n.name.startswith(FRONTEND_NODE_PREFIX)][:5]
+    assert all(n.name.startswith(FRONTEND_NODE_PREFIX) for n in proto.graph.node if n.op_type != "Constant"), [
+        n.name for n in proto.graph.node if not n.name.startswith(FRONTEND_NODE_PREFIX)
+    ][:5]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got_mel, got_img = sess.run(None, {"audio": audio.numpy(), "image": image.numpy()})
     with torch.no_grad():

@@ -78,8 +78,9 @@ def _contract_for(image_backbone: str, audio_backbone: str | None = None) -> Inp
     if BACKBONES.meta(image_backbone).get("input_kind") != "video":
         return InputContract(audio=audio, image=SMALL.image)
     T = max(CLIP_FRAMES, int(BACKBONES.meta(image_backbone).get("min_frames", 2)))
-    return InputContract(audio=audio, image=ImageContract(height_px=CLIP_PX, width_px=CLIP_PX, n_frames=T,
-                                                          frame_rate_hz=CLIP_RATE_HZ))
+    return InputContract(
+        audio=audio, image=ImageContract(height_px=CLIP_PX, width_px=CLIP_PX, n_frames=T, frame_rate_hz=CLIP_RATE_HZ)
+    )
 
 
 def _missing_files(name: str) -> str | None:
@@ -97,8 +98,10 @@ def _build(triple: tuple, contract: InputContract | None = None, seed: int = 0):
     contract = _contract_for(i, a) if contract is None else contract
     for name in (a, i):
         if name is not None and BACKBONES.meta(name).get("extra") and not HAS_TRANSFORMERS:
-            pytest.skip(f"backbone {name!r} needs the optional extra edgeav[{BACKBONES.meta(name)['extra']}]"
-                        " (transformers), not installed here; the error it gives is tested in test_models_checkpoint")
+            pytest.skip(
+                f"backbone {name!r} needs the optional extra edgeav[{BACKBONES.meta(name)['extra']}]"
+                " (transformers), not installed here; the error it gives is tested in test_models_checkpoint"
+            )
         if name is not None and (reason := _missing_files(name)):
             pytest.skip(f"backbone {name!r}: {reason}")
     torch.manual_seed(seed)
@@ -157,14 +160,22 @@ def _check_onnx(model, tmp_path, record_property) -> float:
     audio, image, mask = _inputs(model.contract, [[1, 1], [1, 0], [0, 1]])
     path = tmp_path / "model.onnx"
     with torch.no_grad():
-        torch.onnx.export(ExportWrapper(model), (audio, image, mask), str(path), input_names=list(INPUT_NAMES),
-                          output_names=list(OUTPUT_NAMES), opset_version=17, dynamo=False)
+        torch.onnx.export(
+            ExportWrapper(model),
+            (audio, image, mask),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=17,
+            dynamo=False,
+        )
         assert not model.training  # exporting did not switch the model to training mode
         ref = model(audio, image, mask)
     proto = onnx.load(str(path))
     assert {o.domain or "ai.onnx": o.version for o in proto.opset_import}["ai.onnx"] == 17
-    assert any(n.name.startswith("/frontend/audio/") for n in proto.graph.node) or \
-        model.frontend.audio_input == "waveform"
+    assert (
+        any(n.name.startswith("/frontend/audio/") for n in proto.graph.node) or model.frontend.audio_input == "waveform"
+    )
     assert any(n.name.startswith("/frontend/image/") for n in proto.graph.node)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -186,11 +197,15 @@ def _check_onnx(model, tmp_path, record_property) -> float:
     bound = PARITY_ATOL if diff <= PARITY_ATOL else max(PARITY_ATOL, 4.0 * fp32_noise)
     record_property("onnx_max_abs_diff", diff)
     record_property("torch_fp32_vs_fp64", fp32_noise)
-    print(f"onnx parity {model.arch['audio_backbone']}+{model.arch['image_backbone']}->{model.arch['head']}: "
-          f"max |ORT - torch| = {diff:.3g}; torch fp32 vs fp64 {fp32_noise:.3g}; "
-          f"logit scale {max(float(r.abs().max()) for r in ref):.3g}")
-    assert diff <= bound, (f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {PARITY_ATOL}, and > 4 x the "
-                           f"{fp32_noise:.3g} PyTorch float32 itself is off by)")
+    print(
+        f"onnx parity {model.arch['audio_backbone']}+{model.arch['image_backbone']}->{model.arch['head']}: "
+        f"max |ORT - torch| = {diff:.3g}; torch fp32 vs fp64 {fp32_noise:.3g}; "
+        f"logit scale {max(float(r.abs().max()) for r in ref):.3g}"
+    )
+    assert diff <= bound, (
+        f"ONNX Runtime differs from PyTorch by {diff:.3g} (> {PARITY_ATOL}, and > 4 x the "
+        f"{fp32_noise:.3g} PyTorch float32 itself is off by)"
+    )
     return diff
 
 
@@ -202,8 +217,9 @@ def test_registry_entry_trains_and_exports(triple, tmp_path, record_property):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("triple", [t for t in allowed_archs("full") if t not in allowed_archs("representative")],
-                         ids=_id)
+@pytest.mark.parametrize(
+    "triple", [t for t in allowed_archs("full") if t not in allowed_archs("representative")], ids=_id
+)
 def test_registry_full_cross_product(triple, tmp_path, record_property):
     model = _build(triple)
     _check_train_step(model)
@@ -224,8 +240,9 @@ def test_allowed_archs_are_exactly_what_parse_arch_accepts():
         # the contract a triple is built with: a clip for a temporal image backbone, a still otherwise
         contract = _contract_for(i, a) if BACKBONES.meta(i)["modality"] == "image" else SMALL
         try:
-            parse_arch({"audio_backbone": a, "image_backbone": i, "head": h,
-                        "contract": contract.model_dump(mode="json")})
+            parse_arch(
+                {"audio_backbone": a, "image_backbone": i, "head": h, "contract": contract.model_dump(mode="json")}
+            )
             accepted.add((a, i, h))
         except ModelError as e:
             assert str(e) and "\n" not in str(e)
@@ -234,15 +251,19 @@ def test_allowed_archs_are_exactly_what_parse_arch_accepts():
     assert refused > 0
 
 
-@pytest.mark.parametrize("key,value", [("audio_backbone", "audio_vgg99"), ("image_backbone", "resnet1000"),
-                                       ("head", "attention_soup")])
+@pytest.mark.parametrize(
+    "key,value", [("audio_backbone", "audio_vgg99"), ("image_backbone", "resnet1000"), ("head", "attention_soup")]
+)
 def test_unknown_names_are_refused_with_the_valid_ones(key, value):
     arch = {"audio_backbone": "audio_cnn", "image_backbone": "mobilenetv3_small", "head": "hdmf", key: value}
     with pytest.raises(UnknownNameError, match=f"unknown .*{value}.*this edgeav knows: .*") as e:
         build_model(arch, 3)
     offered = str(e.value).split("this edgeav knows: ")[1].split(", ")
-    fits = {"audio_backbone": ("audio_cnn", "mobilenetv3_small"), "image_backbone": ("mobilenetv3_small", "audio_cnn"),
-            "head": ("hdmf", "audio_cnn")}[key]
+    fits = {
+        "audio_backbone": ("audio_cnn", "mobilenetv3_small"),
+        "image_backbone": ("mobilenetv3_small", "audio_cnn"),
+        "head": ("hdmf", "audio_cnn"),
+    }[key]
     assert fits[0] in offered and fits[1] not in offered  # only names that fit this key
     registry = HEADS if key == "head" else BACKBONES
     with pytest.raises(UnknownNameError, match="valid names: ") as e:
@@ -254,8 +275,7 @@ def test_unknown_names_are_refused_with_the_valid_ones(key, value):
 # missing modalities
 # --------------------------------------------------------------------------------------------------------------------
 
-MASK_ARCHS = [t for t in allowed_archs("representative") if t[1] == "mobilenetv3_small"
-              and t[0] in ("audio_cnn", None)]
+MASK_ARCHS = [t for t in allowed_archs("representative") if t[1] == "mobilenetv3_small" and t[0] in ("audio_cnn", None)]
 
 
 @pytest.mark.parametrize("triple", MASK_ARCHS, ids=_id)
@@ -327,8 +347,9 @@ def test_every_named_model_builds_and_counts_every_branch(name):
         assert s["params"]["total"] <= meta["budget_params"] and s["flops"]["total"] <= meta["budget_flops"]
 
 
-@pytest.mark.parametrize("triple", [("audio_cnn", "mobilenetv3_small", "hdmf"), (None, "mobilenetv3_small", "shared_2d")],
-                         ids=_id)
+@pytest.mark.parametrize(
+    "triple", [("audio_cnn", "mobilenetv3_small", "hdmf"), (None, "mobilenetv3_small", "shared_2d")], ids=_id
+)
 def test_param_groups_and_freezing_split_backbones_from_fusion(triple):
     from edgeav.train.models import freeze_backbones, param_groups
 
@@ -351,8 +372,11 @@ def test_param_groups_and_freezing_split_backbones_from_fusion(triple):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())  # BN statistics untouched
 
 
-@pytest.mark.parametrize("triple", [("audio_cnn", "mobilenetv3_small", h) for h in ("hdmf", "cfnsr")]
-                         + [(None, "mobilenetv3_small", "shared_2d")], ids=_id)
+@pytest.mark.parametrize(
+    "triple",
+    [("audio_cnn", "mobilenetv3_small", h) for h in ("hdmf", "cfnsr")] + [(None, "mobilenetv3_small", "shared_2d")],
+    ids=_id,
+)
 def test_onnx_with_a_dynamic_batch_runs_any_batch(triple, tmp_path):
     """The heads that reshape by the batch size still run at other batch sizes once exported with a dynamic batch."""
     import onnxruntime as ort
@@ -362,9 +386,16 @@ def test_onnx_with_a_dynamic_batch_runs_any_batch(triple, tmp_path):
     names = (*INPUT_NAMES, *OUTPUT_NAMES)
     path = tmp_path / "dyn.onnx"
     with torch.no_grad():
-        torch.onnx.export(ExportWrapper(model), _inputs(model.contract, [[1, 1]] * 2), str(path),
-                          input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), opset_version=17,
-                          dynamo=False, dynamic_axes={n: {0: "batch"} for n in names})
+        torch.onnx.export(
+            ExportWrapper(model),
+            _inputs(model.contract, [[1, 1]] * 2),
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={n: {0: "batch"} for n in names},
+        )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for masks in ([[1, 0]], [[1, 1], [0, 1], [1, 0], [1, 1], [1, 1]]):
         a, i, m = _inputs(model.contract, masks, seed=len(masks))

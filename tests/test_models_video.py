@@ -62,8 +62,8 @@ def test_temporal_shift_moves_one_eighth_each_way_with_zeros_at_the_ends():
     y = s(x.reshape(B * T, C, 2, 2)).view(B, T, C, 2, 2)
     f = C // 8
     assert torch.equal(y[:, :-1, :f], x[:, 1:, :f]) and not y[:, -1, :f].any()  # frame t <- t+1, last: zeros
-    assert torch.equal(y[:, 1:, f:2 * f], x[:, :-1, f:2 * f]) and not y[:, 0, f:2 * f].any()  # t <- t-1
-    assert torch.equal(y[:, :, 2 * f:], x[:, :, 2 * f:])  # the other 3/4 stay
+    assert torch.equal(y[:, 1:, f : 2 * f], x[:, :-1, f : 2 * f]) and not y[:, 0, f : 2 * f].any()  # t <- t-1
+    assert torch.equal(y[:, :, 2 * f :], x[:, :, 2 * f :])  # the other 3/4 stay
     s.n_frames = 1
     assert torch.equal(s(x[0]), x[0])  # one frame: nothing to shift
 
@@ -140,10 +140,18 @@ def test_weights_path_loads_the_library_state_dicts(tmp_path):
 def test_stats_count_one_clip_of_the_contract():
     """FLOPs of a clip model by hand: video_gru's per-frame CNN on every frame plus its GRU, on one window."""
     T, H = 6, 64
-    contract = InputContract(audio=AudioContract(window_s=1.0),
-                             image=ImageContract(height_px=H, width_px=H, n_frames=T, frame_rate_hz=25.0))
-    model = build_model({"audio_backbone": "audio_cnn", "image_backbone": "video_gru", "head": "hdmf",
-                         "contract": contract.model_dump(mode="json")}, 3)
+    contract = InputContract(
+        audio=AudioContract(window_s=1.0), image=ImageContract(height_px=H, width_px=H, n_frames=T, frame_rate_hz=25.0)
+    )
+    model = build_model(
+        {
+            "audio_backbone": "audio_cnn",
+            "image_backbone": "video_gru",
+            "head": "hdmf",
+            "contract": contract.model_dump(mode="json"),
+        },
+        3,
+    )
     s = model_stats(model)
     per_frame, cin, px = 0, 3, H
     for c in (24, 48, 64):  # stride-2 3x3 convolutions

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_loop import REPO, _empty_config, tiny
 
 from edgeav.errors import ModelError
 from edgeav.schema import load_config
@@ -20,7 +21,6 @@ from edgeav.train.data import load_dataset
 from edgeav.train.loop import Trainer, train
 from edgeav.train.models import build_model_from_config, create_backbone, load_checkpoint, read_checkpoint, resolve_arch
 from edgeav.train.synthetic import make_paired_set
-from test_train_loop import REPO, _empty_config, tiny
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,9 @@ def photos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def syn4(tmp_path_factory) -> Path:
     """Another species-paired set with other (4) classes: the user's own species."""
-    return make_paired_set(tmp_path_factory.mktemp("s4") / "data", n_classes=4, per_class=6, seconds=1.0, size_px=64,
-                           seed=1)
+    return make_paired_set(
+        tmp_path_factory.mktemp("s4") / "data", n_classes=4, per_class=6, seconds=1.0, size_px=64, seed=1
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,9 @@ def test_image_backbone_saved_from_a_trained_model_loads_by_path(base, tmp_path)
 def test_image_weights_path_to_a_checkpoint_takes_its_picture_branch_under_another_audio_branch(base, tmp_path):
     """A base model's picture branch under another audio backbone (birds: BirdNET's ear, the photo base model's eye)."""
     trained, _ = load_checkpoint(base)
-    model, _, _ = build_model_from_config(_cfg(tmp_path, f"model.image_weights_path={base}",
-                                               "model.audio_backbone=audio_cnn_large"), 4)
+    model, _, _ = build_model_from_config(
+        _cfg(tmp_path, f"model.image_weights_path={base}", "model.audio_backbone=audio_cnn_large"), 4
+    )
     assert _equal(model.image_backbone, trained.image_backbone)
 
 
@@ -106,7 +108,8 @@ def test_per_branch_path_wins_over_pretrained_for_its_branch(base, tmp_path):
     torch.save(other.state_dict(), path)
     trained, _ = load_checkpoint(base)
     model, _, _ = build_model_from_config(
-        _cfg(tmp_path, f"model.pretrained={base}", f"model.image_weights_path={path}"), 4)
+        _cfg(tmp_path, f"model.pretrained={base}", f"model.image_weights_path={path}"), 4
+    )
     assert _equal(model.image_backbone, other)
     assert _equal(model.audio_backbone, trained.audio_backbone)
 
@@ -152,7 +155,9 @@ def test_a_different_shape_names_the_key_and_both_shapes(tmp_path):
     with pytest.raises(ModelError) as e:
         build_model_from_config(_cfg(tmp_path, f"model.audio_weights_path={path}"), 4)
     msg = str(e.value)
-    assert str(path) in msg and "'blocks.0.conv1.0.weight'" in msg and "(16, 16, 3, 3)" in msg and "(24, 16, 3, 3)" in msg
+    assert (
+        str(path) in msg and "'blocks.0.conv1.0.weight'" in msg and "(16, 16, 3, 3)" in msg and "(24, 16, 3, 3)" in msg
+    )
 
 
 def test_a_missing_file_is_an_error_naming_it(tmp_path):
@@ -165,9 +170,25 @@ def test_cli_mismatched_weights_is_one_line_and_exit_nonzero(syn4, tmp_path):
     path = tmp_path / "resnet18_backbone.pt"
     torch.save(create_backbone("resnet18").state_dict(), path)
     sets = [a for kv in tiny(tmp_path, f"model.image_weights_path={path}") for a in ("--set", kv)]
-    r = subprocess.run([sys.executable, "-m", "edgeav", "-q", "train", "--config", str(_empty_config(tmp_path)), "--data",
-                        str(syn4), "--out", str(tmp_path / "run"), *sets],
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeav",
+            "-q",
+            "train",
+            "--config",
+            str(_empty_config(tmp_path)),
+            "--data",
+            str(syn4),
+            "--out",
+            str(tmp_path / "run"),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     assert str(path) in lines[0] and "features.0.0.weight" in lines[0] and "Traceback" not in r.stderr
@@ -178,7 +199,11 @@ def test_cli_mismatched_weights_is_one_line_and_exit_nonzero(syn4, tmp_path):
 
 @pytest.mark.parametrize("mode", ["joint", "two_phase"])
 def test_init_loads_backbones_and_fusion_and_rebuilds_the_classifier(base, syn4, tmp_path, caplog, mode):
-    extra = ["train.mode=two_phase", "train.phase1_audio_epochs=1", "train.phase1_image_epochs=1"] if mode == "two_phase" else []
+    extra = (
+        ["train.mode=two_phase", "train.phase1_audio_epochs=1", "train.phase1_image_epochs=1"]
+        if mode == "two_phase"
+        else []
+    )
     cfg = _cfg(tmp_path, "train.epochs=1", "train.eval_test=false", f"train.init_from={base}", *extra)
     with caplog.at_level(logging.INFO, logger="edgeav.train.models.transfer"):
         trainer = Trainer(cfg, syn4, tmp_path / "run")
@@ -201,8 +226,9 @@ def test_init_loads_backbones_and_fusion_and_rebuilds_the_classifier(base, syn4,
 
 
 def test_init_with_the_same_labels_rebuilds_nothing(base, photos, tmp_path):
-    trainer = Trainer(_cfg(tmp_path, "data.kind=auto", "train.epochs=1", f"train.init_from={base}"), photos,
-                      tmp_path / "run")
+    trainer = Trainer(
+        _cfg(tmp_path, "data.kind=auto", "train.epochs=1", f"train.init_from={base}"), photos, tmp_path / "run"
+    )
     assert trainer.weights["init"]["new_tensors"] == 0
     assert _equal(trainer.model, load_checkpoint(base)[0])
 
@@ -215,9 +241,27 @@ def test_init_of_another_architecture_is_an_error_naming_the_first_difference(ba
 
 def test_cli_init_flag_reaches_the_trainer_and_errors_are_one_line(base, syn4, tmp_path):
     sets = [a for kv in tiny(tmp_path, "model.head=concat") for a in ("--set", kv)]
-    r = subprocess.run([sys.executable, "-m", "edgeav", "-q", "train", "--config", str(_empty_config(tmp_path)), "--data",
-                        str(syn4), "--out", str(tmp_path / "run"), "--init", str(base), *sets],
-                       capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeav",
+            "-q",
+            "train",
+            "--config",
+            str(_empty_config(tmp_path)),
+            "--data",
+            str(syn4),
+            "--out",
+            str(tmp_path / "run"),
+            "--init",
+            str(base),
+            *sets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0 and len(lines) == 1, r.stderr
     assert f"--init {base}" in lines[0] and "head is 'hdmf' there, 'concat' in this run" in lines[0]
@@ -250,8 +294,10 @@ def test_bird_photo_base_model_lifts_the_picture_branch_by_ten_points(shared_dat
     assert base["train_minutes"] <= 16
     short = ["train.phase1_audio_epochs=1", "train.epochs=1"]
     scratch = train(load_config(REPO / "train" / "birds.yaml", short), shared_data / "birds", tmp_path / "scratch")
-    cfg = load_config(REPO / "train" / "birds.yaml", [*short, f"model.image_weights_path={tmp_path / 'base' / 'best.pt'}",
-                                                      "train.phase1_lr=null"])  # the README's command
+    cfg = load_config(
+        REPO / "train" / "birds.yaml",
+        [*short, f"model.image_weights_path={tmp_path / 'base' / 'best.pt'}", "train.phase1_lr=null"],
+    )  # the README's command
     transfer = train(cfg, shared_data / "birds", tmp_path / "transfer")
     gain = transfer["test"]["image_only"]["accuracy"] - scratch["test"]["image_only"]["accuracy"]
     assert gain >= 0.10, (scratch["test"], transfer["test"])

@@ -12,10 +12,13 @@ from edgeav.schema.runtime import AlignConfig
 from edgeav.timebase import NS_PER_MS, NS_PER_S, ns_for_samples, s_to_ns, samples_for_ns
 
 
-def _contract(rate_hz: int = 8000, window_s: float = 1.0, n_frames: int = 1,
-              frame_rate_hz: float | None = None) -> InputContract:
+def _contract(
+    rate_hz: int = 8000, window_s: float = 1.0, n_frames: int = 1, frame_rate_hz: float | None = None
+) -> InputContract:
     return InputContract(
-        audio=AudioContract(sample_rate_hz=rate_hz, window_s=window_s, fmax_hz=rate_hz / 2, n_fft=256, win_length=200, hop_length=80),
+        audio=AudioContract(
+            sample_rate_hz=rate_hz, window_s=window_s, fmax_hz=rate_hz / 2, n_fft=256, win_length=200, hop_length=80
+        ),
         image=ImageContract(height_px=32, width_px=32, n_frames=n_frames, frame_rate_hz=frame_rate_hz),
     )
 
@@ -27,7 +30,9 @@ def _frame(value: int) -> np.ndarray:
 class Clapper:
     """A synthetic sensor pair: audio clicks and bright frames at known true times, each sensor late by its latency."""
 
-    def __init__(self, rate_hz: int, chunk: int, fps: float, events_ns: list[int], audio_lat_ns: int, video_lat_ns: int):
+    def __init__(
+        self, rate_hz: int, chunk: int, fps: float, events_ns: list[int], audio_lat_ns: int, video_lat_ns: int
+    ):
         self.rate_hz, self.chunk, self.fps = rate_hz, chunk, fps
         self.events_ns = events_ns
         self.audio_lat_ns, self.video_lat_ns = audio_lat_ns, video_lat_ns
@@ -131,7 +136,9 @@ def test_no_drift_over_an_hour():
         for w in aligner.ready():
             if w.centre_ns in events:
                 i = int(np.argmax(w.audio))
-                checked.append((w.centre_ns, w.start_ns + ns_for_samples(i, rate), w.frame_pts_ns[0], w.frames[0, 0, 0, 0]))
+                checked.append(
+                    (w.centre_ns, w.start_ns + ns_for_samples(i, rate), w.frame_pts_ns[0], w.frames[0, 0, 0, 0])
+                )
             else:
                 assert not w.missing
         assert aligner.buffered()["audio_chunks"] < 100  # bounded memory
@@ -179,7 +186,10 @@ def test_video_stops_window_waits_then_reports_missing_frame():
     ends = [w.end_ns for w in out]
     assert ends[-1] == s_to_ns(7.0)  # stream time 8.0 s, max wait 1.0 s
     late = [w for w in out if w.centre_ns > s_to_ns(2.9) + s_to_ns(0.05)]
-    assert late and all(w.frames is None and "nearest frame" in w.missing["image"] and "> tolerance 50.0 ms" in w.missing["image"] for w in late)
+    assert late and all(
+        w.frames is None and "nearest frame" in w.missing["image"] and "> tolerance 50.0 ms" in w.missing["image"]
+        for w in late
+    )
     assert all(w.audio is not None for w in out)
 
 
@@ -214,8 +224,9 @@ def _frame_stream(aligner: Aligner, duration_s: float, fps: float, drop=lambda k
     """Audio in 100 ms chunks and frames at `fps` (frame k has value k % 250 + 1, never 0), merged by PTS."""
     audio = [("a", k * s_to_ns(0.1), np.zeros(800, np.float32)) for k in range(int(round(duration_s * 10)))]
     period = NS_PER_S / fps
-    frames = [("v", int(round(k * period)), _frame(k % 250 + 1)) for k in range(int(round(duration_s * fps)))
-              if not drop(k)]
+    frames = [
+        ("v", int(round(k * period)), _frame(k % 250 + 1)) for k in range(int(round(duration_s * fps))) if not drop(k)
+    ]
     out = []
     for kind, pts, x in sorted(audio + frames, key=lambda r: r[1]):
         (aligner.push_audio(pts, x, 8000) if kind == "a" else aligner.push_frame(pts, x))
@@ -265,8 +276,9 @@ def test_too_many_dropped_frames_is_no_image_with_a_reason():
     assert [w.start_ns for w in no_image] == [s_to_ns(3.2), s_to_ns(3.6), s_to_ns(4.0)]  # 20 of 40 frames each
     for w in no_image:
         assert w.frames is None and w.audio is not None and w.mask().tolist() == [1.0, 0.0]
-        assert w.missing["image"] == ("20 of 40 frames within tolerance 20.0 ms of their targets "
-                                      "(need 30: min_frames_present_fraction 0.75)")
+        assert w.missing["image"] == (
+            "20 of 40 frames within tolerance 20.0 ms of their targets (need 30: min_frames_present_fraction 0.75)"
+        )
     partial = [w for w in out if w.frames is not None and not all(w.frames_present)]
     assert partial and all(sum(w.frames_present) >= 30 for w in partial)
     # from 2.8 s: 10 lost (30 present, just enough), 3.2 / 3.6 / 4.0 s: 20 each (no image), 4.4 s: 10 lost

@@ -45,8 +45,10 @@ def tiny_onnx_model(path: Path, contract: InputContract, n_classes: int = 2) -> 
     bi = np.zeros((c,), np.float32)
     bi[0], bi[-1] = 5.0, -5.0
     inits = [
-        numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(ba, "ba"),
-        numpy_helper.from_array(wi, "wi"), numpy_helper.from_array(bi, "bi"),
+        numpy_helper.from_array(wa, "wa"),
+        numpy_helper.from_array(ba, "ba"),
+        numpy_helper.from_array(wi, "wi"),
+        numpy_helper.from_array(bi, "bi"),
         numpy_helper.from_array(np.array([[1.0], [0.0]], np.float32), "sel_a"),
         numpy_helper.from_array(np.array([[0.0], [1.0]], np.float32), "sel_i"),
         numpy_helper.from_array(np.array(1 / 255.0, np.float32), "inv255"),
@@ -58,8 +60,9 @@ def tiny_onnx_model(path: Path, contract: InputContract, n_classes: int = 2) -> 
         helper.make_node("Add", ["a_mm", "ba"], ["logits_audio"]),  # (B, C)
         helper.make_node("Cast", ["image"], ["img_f"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["img_f", "inv255"], ["img_n"]),
-        helper.make_node("ReduceMean", ["img_n"], ["i_feat4"], axes=list(range(1, len(image_shape))),
-                         keepdims=1),  # (B, 1, 1, 1) or (B, 1, 1, 1, 1) for T frames
+        helper.make_node(
+            "ReduceMean", ["img_n"], ["i_feat4"], axes=list(range(1, len(image_shape))), keepdims=1
+        ),  # (B, 1, 1, 1) or (B, 1, 1, 1, 1) for T frames
         helper.make_node("Flatten", ["i_feat4"], ["i_feat"], axis=1),  # (B, 1)
         helper.make_node("MatMul", ["i_feat", "wi"], ["i_mm"]),
         helper.make_node("Add", ["i_mm", "bi"], ["logits_image"]),  # (B, C)
@@ -77,7 +80,10 @@ def tiny_onnx_model(path: Path, contract: InputContract, n_classes: int = 2) -> 
             helper.make_tensor_value_info("image", TensorProto.UINT8, ["B", *image_shape[1:]]),
             helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", 2]),
         ],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", c]) for n in ("logits", "logits_audio", "logits_image")],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", c])
+            for n in ("logits", "logits_audio", "logits_image")
+        ],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -150,8 +156,10 @@ def test_model_with_wrong_interface_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
     g = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
@@ -196,11 +204,20 @@ def test_pytorch_backend_matches_onnxruntime_on_the_same_model(tmp_path):
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ExportWrapper(model).eval(), tuple(torch.from_numpy(x) for x in (audio, image, mask)),
-                          str(onnx_path), input_names=["audio", "image", "mask"],
-                          output_names=["logits", "logits_audio", "logits_image"], opset_version=17, dynamo=False,
-                          dynamic_axes={k: {0: "b"} for k in ("audio", "image", "mask")})
-    with create_backend("pytorch", ckpt, contract, threads=1) as pt, create_backend("onnxruntime", onnx_path, contract) as ort_be:
+        torch.onnx.export(
+            ExportWrapper(model).eval(),
+            tuple(torch.from_numpy(x) for x in (audio, image, mask)),
+            str(onnx_path),
+            input_names=["audio", "image", "mask"],
+            output_names=["logits", "logits_audio", "logits_image"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={k: {0: "b"} for k in ("audio", "image", "mask")},
+        )
+    with (
+        create_backend("pytorch", ckpt, contract, threads=1) as pt,
+        create_backend("onnxruntime", onnx_path, contract) as ort_be,
+    ):
         assert pt.name == "pytorch" and pt.max_batch is None and pt.input_contract == contract
         a, b = pt.infer(audio, image, mask), ort_be.infer(audio, image, mask)
         for k in ("logits", "logits_audio", "logits_image"):
@@ -261,7 +278,8 @@ def test_session_factory_sets_the_threads_asked_for(tmp_path):
         a, i, m = _feeds(contract)
         via_feeds = be.run({"audio": a, "image": i, "mask": m, "unused": m})  # the runner interface of every stage
         np.testing.assert_array_equal(via_feeds["logits"], be.infer(a, i, m)["logits"])
-        np.testing.assert_array_equal(OnnxRunner.open(path, ["logits"]).run({"audio": a, "image": i, "mask": m})["logits"],
-                                      via_feeds["logits"])
+        np.testing.assert_array_equal(
+            OnnxRunner.open(path, ["logits"]).run({"audio": a, "image": i, "mask": m})["logits"], via_feeds["logits"]
+        )
     with pytest.raises(ModelError, match="unknown graph optimization level 'fast'"):
         create_session(path, optimization="fast")

@@ -30,8 +30,13 @@ C = InputContract(
 
 
 def write_clapper(
-    path: Path, duration_s: float = 4.0, fps: int = 10, rate_hz: int = 16000, event_s: float = 2.0,
-    video: bool = True, audio: bool = True,
+    path: Path,
+    duration_s: float = 4.0,
+    fps: int = 10,
+    rate_hz: int = 16000,
+    event_s: float = 2.0,
+    video: bool = True,
+    audio: bool = True,
 ) -> Path:
     """A Matroska file (MJPEG + FLAC) with a bright frame and a click both at `event_s`, written with appsrc."""
     Gst.init(None)
@@ -131,7 +136,11 @@ def test_file_clapper_pts_match(tmp_path):
     assert len(frames) == 40 and frames[0].pts_ns == 0
     bright = [f.pts_ns for f in frames if f.rgb.mean() > 200]
     assert bright == [2 * NS_PER_S]
-    clicks = [c.pts_ns + ns_for_samples(int(np.argmax(np.abs(c.samples))), 16000) for c in chunks if np.abs(c.samples).max() > 0.5]
+    clicks = [
+        c.pts_ns + ns_for_samples(int(np.argmax(np.abs(c.samples))), 16000)
+        for c in chunks
+        if np.abs(c.samples).max() > 0.5
+    ]
     assert len(clicks) == 1 and abs(clicks[0] - 2 * NS_PER_S) <= NS_PER_MS
     assert sum(len(c.samples) for c in chunks) == 4 * 16000
 

@@ -52,8 +52,10 @@ def simulate(hours: float, ppm: float, seed: int = 0, wander_ppm: float = 0.0, c
 
 def test_200_ppm_fast_microphone_stays_aligned_for_24_hours() -> None:
     worst, last, dc = simulate(24.0, 200.0, wander_ppm=20.0)
-    print(f"24 h, 200 ppm (+-20 ppm wander): max alignment error {worst / 1e6:.2f} ms, last hour {last / 1e6:.2f} ms, "
-          f"fitted rate error {dc.rate_error_ppm:.1f} ppm")
+    print(
+        f"24 h, 200 ppm (+-20 ppm wander): max alignment error {worst / 1e6:.2f} ms, last hour {last / 1e6:.2f} ms, "
+        f"fitted rate error {dc.rate_error_ppm:.1f} ppm"
+    )
     assert worst < 20 * NS_PER_MS, f"alignment error {worst / 1e6:.1f} ms after 24 h"
     assert 170 < dc.rate_error_ppm < 230
 
@@ -88,8 +90,7 @@ def test_split_pipelines_share_one_clock_and_base_time() -> None:
     Gst = _gst()
     base = time.monotonic_ns()
     uri = "test://?live=1&pattern=ball&wave=ticks"
-    cam = Capture(SourceConfig(uri=uri, streams=["video"], fps=10), contract(), streams=("video",),
-                  clock_base_ns=base)
+    cam = Capture(SourceConfig(uri=uri, streams=["video"], fps=10), contract(), streams=("video",), clock_base_ns=base)
     mic = Capture(SourceConfig(uri=uri, streams=["audio"]), contract(), streams=("audio",), clock_base_ns=base)
     with cam, mic:
         clocks = [c._pipeline.get_clock() for c in (cam, mic)]

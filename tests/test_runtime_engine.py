@@ -22,19 +22,19 @@ except (ValueError, ImportError) as e:  # pragma: no cover
 from _runtime_media import missing_elements, write_av  # noqa: E402
 from test_runtime_backends import small_contract, tiny_onnx_model  # noqa: E402
 
+from edgeav.contract import AudioContract, ImageContract, InputContract  # noqa: E402
 from edgeav.errors import SensorError  # noqa: E402
 from edgeav.manifest import sha256_file  # noqa: E402
-from edgeav.contract import AudioContract, ImageContract, InputContract  # noqa: E402
 from edgeav.runtime.align import AlignedWindow  # noqa: E402
 from edgeav.runtime.backends import create_backend  # noqa: E402
 from edgeav.runtime.engine import (  # noqa: E402
     infer_windows,
     make_batch,
     predictions_from_results,
-    source_for_contract,
     read_segments_csv,
     run_stream,
     score_segments,
+    source_for_contract,
 )
 from edgeav.schema.runtime import RuntimeConfig, SourceConfig  # noqa: E402
 from edgeav.timebase import NS_PER_S, s_to_ns  # noqa: E402
@@ -45,12 +45,20 @@ LABELS = ["quiet", "loud"]  # the tiny model: class 1 = loud audio / bright imag
 
 
 def _cfg(**post) -> RuntimeConfig:
-    return RuntimeConfig.model_validate({
-        "source": {"fps": 10},
-        "backend": {"intra_op_threads": 1},
-        "postprocess": {"ignore_labels": ["quiet"], "smoothing": "mean", "mean_windows": 2, "confirm_hits": 1,
-                        "min_gap_s": 3.0, **post},
-    })
+    return RuntimeConfig.model_validate(
+        {
+            "source": {"fps": 10},
+            "backend": {"intra_op_threads": 1},
+            "postprocess": {
+                "ignore_labels": ["quiet"],
+                "smoothing": "mean",
+                "mean_windows": 2,
+                "confirm_hits": 1,
+                "min_gap_s": 3.0,
+                **post,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,8 +170,10 @@ def test_corrupt_middle_never_hangs(tmp_path, tiny):
 
 
 def _clip_contract(n_frames: int = 8) -> InputContract:
-    return InputContract(audio=AudioContract(sample_rate_hz=16000, window_s=1.0, fmax_hz=8000),
-                         image=ImageContract(height_px=32, width_px=40, n_frames=n_frames, frame_rate_hz=25.0))
+    return InputContract(
+        audio=AudioContract(sample_rate_hz=16000, window_s=1.0, fmax_hz=8000),
+        image=ImageContract(height_px=32, width_px=40, n_frames=n_frames, frame_rate_hz=25.0),
+    )
 
 
 def test_window_inputs_for_t_frames(tmp_path):
@@ -186,13 +196,23 @@ def test_window_inputs_for_t_frames(tmp_path):
     _, image0, mask0 = make_batch(no_image, contract)
     assert image0.shape == (1, 8, 3, 32, 40) and not image0.any() and mask0.tolist() == [[0.0, 0.0]]
     short = AlignedWindow(0, s_to_ns(1.0), None, frames[:5], tuple(range(5)))
-    with pytest.raises(SensorError, match=r"window frames are \(5, 32, 40, 3\), the contract takes \(8, 32, 40, 3\)") as e:
+    with pytest.raises(
+        SensorError, match=r"window frames are \(5, 32, 40, 3\), the contract takes \(8, 32, 40, 3\)"
+    ) as e:
         make_batch(short, contract)
     assert "\n" not in str(e.value)
     # batched through a real ONNX Runtime session: (N, T, 3, H, W) is what the contract (and the model) takes
     model = tiny_onnx_model(tmp_path / "t8.onnx", contract)
-    bright = AlignedWindow(s_to_ns(0.5), s_to_ns(1.5), np.zeros(16000, np.float32),
-                           np.full((8, 32, 40, 3), 255, np.uint8), tuple(range(8)), {}, 0, (True,) * 8)
+    bright = AlignedWindow(
+        s_to_ns(0.5),
+        s_to_ns(1.5),
+        np.zeros(16000, np.float32),
+        np.full((8, 32, 40, 3), 255, np.uint8),
+        tuple(range(8)),
+        {},
+        0,
+        (True,) * 8,
+    )
     post = PostProcessor(LABELS, _cfg().postprocess)
     with create_backend("onnxruntime", model, contract, intra_op_threads=1) as be:
         res = list(infer_windows([w, bright], be, contract, post, batch_windows=2))
@@ -283,18 +303,51 @@ def test_real_stream_segment_accuracy_with_the_int8_bundle(shared_data, tmp_path
         bundle = Path(given)
     else:  # 105 s on a quiet 2-core machine (train, export, replay); training is capped at 28 minutes
         edgeav = [sys.executable, "-m", "edgeav", "-q"]
-        subprocess.run([*edgeav, "train", "--config", str(Path(__file__).resolve().parent.parent / "train" / "grid.yaml"),
-                        "--data", str(grid), "--out", str(tmp_path / "run"), "--set", f"data.cache_dir={tmp_path / 'cache'}"],
-                       check=True, timeout=40 * 60)
+        subprocess.run(
+            [
+                *edgeav,
+                "train",
+                "--config",
+                str(Path(__file__).resolve().parent.parent / "train" / "grid.yaml"),
+                "--data",
+                str(grid),
+                "--out",
+                str(tmp_path / "run"),
+                "--set",
+                f"data.cache_dir={tmp_path / 'cache'}",
+            ],
+            check=True,
+            timeout=40 * 60,
+        )
         bundle = tmp_path / "bundle"
-        subprocess.run([*edgeav, "export", str(tmp_path / "run" / "best.pt"), "--out", str(bundle), "--int8",
-                        "--calib-data", str(grid), "--device", "cpu"], check=True, timeout=20 * 60)
+        subprocess.run(
+            [
+                *edgeav,
+                "export",
+                str(tmp_path / "run" / "best.pt"),
+                "--out",
+                str(bundle),
+                "--int8",
+                "--calib-data",
+                str(grid),
+                "--device",
+                "cpu",
+            ],
+            check=True,
+            timeout=20 * 60,
+        )
     info = verify_bundle(bundle)
-    assert info.manifest.metrics["int8"]["accuracy"] >= info.manifest.metrics["fp32"]["accuracy"] - 1.0  # the gate, points
+    assert (
+        info.manifest.metrics["int8"]["accuracy"] >= info.manifest.metrics["fp32"]["accuracy"] - 1.0
+    )  # the gate, points
     stream = shared_data / "streams" / "grid_stream_120s.mp4"
     cfg = RuntimeConfig.model_validate({"backend": {"intra_op_threads": 1}})
     backend = backend_from_config(cfg.backend, info.model("model_int8"), info.manifest.contract)
     results = list(run_stream(stream.as_uri(), backend, info.manifest.contract, info.labels, cfg))
-    rep = score_segments(predictions_from_results(results), shared_data / "streams" / "grid_stream_120s.csv",
-                         method="mean", labels=info.labels)
+    rep = score_segments(
+        predictions_from_results(results),
+        shared_data / "streams" / "grid_stream_120s.csv",
+        method="mean",
+        labels=info.labels,
+    )
     assert rep.n_scored == 40 and rep.accuracy >= 0.90, rep.to_dict()

@@ -36,7 +36,9 @@ def test_softmax_and_utc():
     assert utc_iso(None) is None
 
 
-@pytest.mark.parametrize("smoothing,expected", [("none", 0.9), ("mean", (0.1 + 0.1 + 0.9) / 3), ("ema", 0.5 * 0.9 + 0.5 * 0.1)])
+@pytest.mark.parametrize(
+    "smoothing,expected", [("none", 0.9), ("mean", (0.1 + 0.1 + 0.9) / 3), ("ema", 0.5 * 0.9 + 0.5 * 0.1)]
+)
 def test_smoothing(smoothing, expected):
     pp = PostProcessor(LABELS, PostprocessConfig(smoothing=smoothing, mean_windows=3, ema_alpha=0.5, threshold=0.99))
     res = _feed(pp, [[0.8, 0.1, 0.1], [0.8, 0.1, 0.1], [0.05, 0.9, 0.05]])
@@ -78,8 +80,10 @@ def test_min_gap_and_per_class_thresholds_and_ignore():
 
 def test_missing_modality_gives_no_confidence_for_it():
     pp = PostProcessor(LABELS, PostprocessConfig(smoothing="none", threshold=0.5, min_gap_s=0.0))
-    (_, dets), = _feed(pp, [[0.1, 0.8, 0.1]], mask=(1.0, 0.0))
-    assert dets[0].modalities == ("audio",) and dets[0].image_confidence is None and dets[0].audio_confidence is not None
+    ((_, dets),) = _feed(pp, [[0.1, 0.8, 0.1]], mask=(1.0, 0.0))
+    assert (
+        dets[0].modalities == ("audio",) and dets[0].image_confidence is None and dets[0].audio_confidence is not None
+    )
 
 
 def test_config_errors():

@@ -52,7 +52,9 @@ def test_live_camera_and_mic_descriptions_exact():
 
 def test_rtsp_description_and_masking():
     d = build_pipeline_description(SourceConfig(uri="rtsp://admin:s3cret@10.0.0.7:554/stream1", rtsp_latency_ms=300), C)
-    assert d.startswith('rtspsrc location="rtsp://admin:s3cret@10.0.0.7:554/stream1" latency=300 protocols=tcp ! decodebin ! ')
+    assert d.startswith(
+        'rtspsrc location="rtsp://admin:s3cret@10.0.0.7:554/stream1" latency=300 protocols=tcp ! decodebin ! '
+    )
     masked = mask_credentials(d)
     assert "s3cret" not in masked and 'location="rtsp://admin:***@10.0.0.7:554/stream1"' in masked
     assert mask_credentials("rtsp://u:p@h/x?token=abc&x=1") == "rtsp://u:***@h/x?token=***&x=1"
@@ -63,7 +65,9 @@ def test_rtsp_description_and_masking():
 def test_test_source_params():
     cfg = SourceConfig(uri="test://?pattern=ball&freq_hz=880&live=1&duration_s=2", fps=10, audio_chunk_s=0.05)
     d = build_pipeline_description(cfg, C)
-    assert "videotestsrc pattern=ball is-live=true num-buffers=20 ! video/x-raw,width=160,height=224,framerate=10/1" in d
+    assert (
+        "videotestsrc pattern=ball is-live=true num-buffers=20 ! video/x-raw,width=160,height=224,framerate=10/1" in d
+    )
     assert "audiotestsrc wave=sine freq=880 volume=0.5 samplesperbuffer=800 is-live=true num-buffers=40" in d
     assert parse_source_uri(cfg.uri).is_live and not parse_source_uri("test://").is_live
     d = build_pipeline_description("test://?streams=audio", C)

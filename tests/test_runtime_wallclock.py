@@ -20,8 +20,15 @@ except ImportError:
 
 from edgeav.runtime.postprocess import Detection
 from edgeav.runtime.store import DetectionStore, query_detections, schema_version
-from edgeav.runtime.wallclock import (SYNCED, UNSYNCED, OperatingClock, SystemTime, WallClock, kernel_sync_state,
-                                      op_clock_path)
+from edgeav.runtime.wallclock import (
+    SYNCED,
+    UNSYNCED,
+    OperatingClock,
+    SystemTime,
+    WallClock,
+    kernel_sync_state,
+    op_clock_path,
+)
 from edgeav.schema.daemon import EvidenceConfig
 
 HOUR_NS = 3600 * 10**9
@@ -87,9 +94,20 @@ def test_detection_utc_follows_a_stepped_wall_clock(step_ns: int, caplog) -> Non
 
 
 def _det(label: str, i: int) -> Detection:
-    return Detection(label=label, class_index=0, start_ns=i * 10**9, end_ns=i * 10**9 + 10**9, start_utc=None,
-                     end_utc=None, confidence=0.9, audio_confidence=0.9, image_confidence=0.9,
-                     modalities=("audio", "image"), model_sha256=None, hits=1)
+    return Detection(
+        label=label,
+        class_index=0,
+        start_ns=i * 10**9,
+        end_ns=i * 10**9 + 10**9,
+        start_utc=None,
+        end_utc=None,
+        confidence=0.9,
+        audio_confidence=0.9,
+        image_confidence=0.9,
+        modalities=("audio", "image"),
+        model_sha256=None,
+        hits=1,
+    )
 
 
 def _setup(tmp: Path, clk: SteppedClock, max_age_days: float = 90.0):
@@ -103,9 +121,15 @@ def _setup(tmp: Path, clk: SteppedClock, max_age_days: float = 90.0):
         store.flush()
         return store.evidence_rows()
 
-    ev = EvidenceStore(root, EvidenceConfig(dir=str(root), min_free_percent=0.0, max_age_days=max_age_days), 16000,
-                       rows, lambda i, r: store.update_evidence(i, None, None, f"deleted: {r}"),
-                       free_ratio=lambda p: 1.0, op_clock=op).start()
+    ev = EvidenceStore(
+        root,
+        EvidenceConfig(dir=str(root), min_free_percent=0.0, max_age_days=max_age_days),
+        16000,
+        rows,
+        lambda i, r: store.update_evidence(i, None, None, f"deleted: {r}"),
+        free_ratio=lambda p: 1.0,
+        op_clock=op,
+    ).start()
     return store, ev, op
 
 
@@ -116,8 +140,16 @@ def _record(store, ev, op, w: WallClock, n: int, first: int) -> list[str]:
         utc = w.utc_ns_for(w.source.monotonic_ns())
         did = f"d{i:03d}"
         r = ev.write(did, utc, "crow", np.zeros(1600, np.float32), np.full((8, 8, 3), 100, np.uint8))
-        store.add(_det("crow", i), detection_id=did, utc_ns=utc, audio_path=r.audio_path, image_path=r.image_path,
-                  evidence_note=r.note, clock=w.state, written_op_ns=op.now_ns())
+        store.add(
+            _det("crow", i),
+            detection_id=did,
+            utc_ns=utc,
+            audio_path=r.audio_path,
+            image_path=r.image_path,
+            evidence_note=r.note,
+            clock=w.state,
+            written_op_ns=op.now_ns(),
+        )
         ids.append(did)
     store.flush()
     return ids
@@ -187,9 +219,11 @@ def test_schema_4_migrates_and_legacy_rows_age_only_on_a_synced_clock(tmp_path: 
     con.execute("PRAGMA user_version=3")
     old = tmp_path / "old.wav"
     old.write_bytes(b"RIFF")
-    con.execute("INSERT INTO detections (id, label, class_index, start_ns, end_ns, utc_ns, confidence, modalities, "
-                "hits, audio_path) VALUES ('old', 'crow', 0, 0, 1, ?, 0.9, 'audio', 1, ?)",
-                (time.time_ns() - 100 * DAY_NS, str(old)))
+    con.execute(
+        "INSERT INTO detections (id, label, class_index, start_ns, end_ns, utc_ns, confidence, modalities, "
+        "hits, audio_path) VALUES ('old', 'crow', 0, 0, 1, ?, 0.9, 'audio', 1, ?)",
+        (time.time_ns() - 100 * DAY_NS, str(old)),
+    )
     con.close()
     clk = SteppedClock(wall_offset_ns=time.time_ns() - time.monotonic_ns(), state=UNSYNCED)
     store, ev, op = _setup(tmp_path, clk)

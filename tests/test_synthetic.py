@@ -18,7 +18,9 @@ def test_synthetic_video_set_and_stream(tmp_path: Path) -> None:
     from edgeav.train.synthetic_video import make_video_set
 
     root = make_video_set(tmp_path / "syn", n_classes=2, per_class=4, seconds=2.0, size_px=64)
-    assert "SYNTHETIC" in (root / "README.md").read_text() and "SYNTHETIC" in (root / "videos" / "README.md").read_text()
+    assert (
+        "SYNTHETIC" in (root / "README.md").read_text() and "SYNTHETIC" in (root / "videos" / "README.md").read_text()
+    )
     ds = load_dataset(DataConfig(window_s=2.0, image_size_px=64, cache_dir=str(tmp_path / "cache")), root / "videos")
     assert ds.classes == ["synthetic_class_0", "synthetic_class_1"]
     test = list(ds.samples("test"))
@@ -42,12 +44,16 @@ def test_synthetic_video_moves_inside_the_mouth_box_at_each_class_rate(tmp_path:
     import av
     import numpy as np
 
-    from edgeav.train.synthetic_video import FPS, MOTION_BOX, motion_axis, motion_hz, make_video_set
+    from edgeav.train.synthetic_video import FPS, MOTION_BOX, make_video_set, motion_axis, motion_hz
 
     root = make_video_set(tmp_path / "syn", n_classes=3, per_class=1, seconds=3.0, size_px=64, stream=False)
     assert [motion_axis(c) for c in range(3)] == ["open", "widen", "open"]
-    x0, y0, x1, y1 = (int(MOTION_BOX[0] * 64), int(MOTION_BOX[1] * 64), int(np.ceil(MOTION_BOX[2] * 64)),
-                      int(np.ceil(MOTION_BOX[3] * 64)))
+    x0, y0, x1, y1 = (
+        int(MOTION_BOX[0] * 64),
+        int(MOTION_BOX[1] * 64),
+        int(np.ceil(MOTION_BOX[2] * 64)),
+        int(np.ceil(MOTION_BOX[3] * 64)),
+    )
     rates = []
     for c in range(3):
         with av.open(str(root / "videos" / f"synthetic_class_{c}" / f"synthetic_{c}_0.mp4")) as f:

@@ -36,11 +36,15 @@ print(json.dumps({"rc": rc, "intra": torch.get_num_threads(), "inter": torch.get
 
 
 def _probe(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> dict:
-    e = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
-                                                          "KMP_BLOCKTIME", "MKL_NUM_THREADS")}
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "MKL_NUM_THREADS")
+    }
     e.update(env or {})
-    r = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=300,
-                       env=e, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, timeout=300, env=e, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["stderr"] = r.stderr
@@ -56,14 +60,23 @@ def test_auto_is_the_cores_free_at_start() -> None:
     assert free_cores(4, 1.4) == 4  # rounded, not truncated
     plan = plan_threads(ThreadsConfig(), cores_usable=2, load_1min=2.0, environ={})
     assert (plan.torch_intra, plan.torch_inter, plan.onnxruntime, plan.openmp_passive) == (1, 1, 1, True)
-    assert plan.describe() == ("threads: torch 1 (intra) 1 (inter), onnxruntime 1, OpenMP passive (cores free); "
-                               "cores free 1 of 2")
+    assert plan.describe() == (
+        "threads: torch 1 (intra) 1 (inter), onnxruntime 1, OpenMP passive (cores free); cores free 1 of 2"
+    )
     # torchrun's ranks on one machine share the cores free
-    assert plan_threads(ThreadsConfig(), cores_usable=8, load_1min=0.0, environ={"LOCAL_WORLD_SIZE": "4"}).torch_intra == 2
+    assert (
+        plan_threads(ThreadsConfig(), cores_usable=8, load_1min=0.0, environ={"LOCAL_WORLD_SIZE": "4"}).torch_intra == 2
+    )
     # the user's OMP_NUM_THREADS is what auto takes; an explicit count beats both
-    assert plan_threads(ThreadsConfig(), cores_usable=2, load_1min=0.0, environ={"OMP_NUM_THREADS": "1"}).torch_intra == 1
-    assert plan_threads(ThreadsConfig(intra_op=3), cores_usable=2, load_1min=0.0,
-                        environ={"OMP_NUM_THREADS": "1"}).torch_intra == 3
+    assert (
+        plan_threads(ThreadsConfig(), cores_usable=2, load_1min=0.0, environ={"OMP_NUM_THREADS": "1"}).torch_intra == 1
+    )
+    assert (
+        plan_threads(
+            ThreadsConfig(intra_op=3), cores_usable=2, load_1min=0.0, environ={"OMP_NUM_THREADS": "1"}
+        ).torch_intra
+        == 3
+    )
 
 
 def test_default_leaves_the_libraries_alone_and_passive_keeps_the_users_policy() -> None:
@@ -85,8 +98,12 @@ def test_config_field_is_typed() -> None:
 
 def test_cli_core_does_not_load_torch() -> None:
     # the OpenMP wait policy only counts if it is in the environment before torch loads libgomp
-    r = subprocess.run([sys.executable, "-c", "import sys, edgeav.cli; print('torch' in sys.modules)"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "import sys, edgeav.cli; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.stdout.strip() == "False", r.stderr
 
 
@@ -104,8 +121,20 @@ def test_cli_stops_openmp_spinning(tmp_path: Path) -> None:
 
 def test_explicit_threads_are_honoured(tmp_path: Path) -> None:
     recipe = str(REPO / "train" / "grid.yaml")
-    got = _probe(tmp_path, "train", "--config", recipe, "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
-                 "--set", "threads.intra_op=1", "--set", "threads.inter_op=2")
+    got = _probe(
+        tmp_path,
+        "train",
+        "--config",
+        recipe,
+        "--data",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "threads.intra_op=1",
+        "--set",
+        "threads.inter_op=2",
+    )
     assert (got["intra"], got["inter"]) == (1, 2)
     assert "threads: torch 1 (intra) 2 (inter), onnxruntime 1, OpenMP passive (set)" in got["stderr"]
     auto = _probe(tmp_path, "--debug", "bench", "missing", env={"OMP_NUM_THREADS": "1"})
@@ -120,9 +149,16 @@ def test_onnxruntime_sessions_take_the_process_count(tmp_path: Path) -> None:
     from _export_models import build_onnx
 
     model = build_onnx(tmp_path / "m.onnx")
-    code = ("import sys; from edgeav.cli import main; main(sys.argv[1:]); from edgeav.onnx_session import "
-            f"create_session; s = create_session({str(model)!r}); "
-            "print(s.get_session_options().intra_op_num_threads)")
-    r = subprocess.run([sys.executable, "-c", code, "bench", "missing", "--threads", "3"], capture_output=True,
-                       text=True, timeout=300, cwd=tmp_path)
+    code = (
+        "import sys; from edgeav.cli import main; main(sys.argv[1:]); from edgeav.onnx_session import "
+        f"create_session; s = create_session({str(model)!r}); "
+        "print(s.get_session_options().intra_op_num_threads)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, "bench", "missing", "--threads", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert r.stdout.strip().splitlines()[-1] == "3", r.stderr[-2000:]

@@ -32,8 +32,9 @@ def _batch(b: int = 8, c: int = 4):
 def test_joint_mixup_soft_labels_sum_to_one_and_one_lambda_for_both_modalities():
     torch.manual_seed(0)
     audio, image, target = _batch(10, c=10)  # one class per example: the label shows the lambda
-    a2, i2, t2 = joint_mixup(audio, image, target, MixupConfig(enabled=True, alpha=0.4, batch_fraction=0.5),
-                             torch.Generator().manual_seed(1))
+    a2, i2, t2 = joint_mixup(
+        audio, image, target, MixupConfig(enabled=True, alpha=0.4, batch_fraction=0.5), torch.Generator().manual_seed(1)
+    )
     assert torch.allclose(t2.sum(1), torch.ones(10))
     mixed = (a2 != audio).any(1).nonzero().flatten()
     assert 1 <= len(mixed) <= 5  # half of the batch at most (a partner may be the example itself)
@@ -41,8 +42,12 @@ def test_joint_mixup_soft_labels_sum_to_one_and_one_lambda_for_both_modalities()
     assert bool((t2.max(1).values >= 0.5 - 1e-6).all())  # the example itself stays dominant
     for i in mixed.tolist():
         lam = float(t2[i, target[i].argmax()])
-        j = [k for k in range(10) if torch.allclose(t2[i], lam * target[i] + (1 - lam) * target[k], atol=1e-6)
-             and torch.allclose(a2[i], lam * audio[i] + (1 - lam) * audio[k], atol=1e-5)]
+        j = [
+            k
+            for k in range(10)
+            if torch.allclose(t2[i], lam * target[i] + (1 - lam) * target[k], atol=1e-6)
+            and torch.allclose(a2[i], lam * audio[i] + (1 - lam) * audio[k], atol=1e-5)
+        ]
         assert j, "audio and label mixed with different weights"
         k = j[0]
         want = (lam * image[i].float() + (1 - lam) * image[k].float()).round()
@@ -85,7 +90,9 @@ def test_wave_augmentation_off_is_identity_and_on_changes_the_wave():
     gained = augment_wave(audio, WaveAugConfig(gain_db=6.0, noise_snr_db=None, time_shift_s=0.0), 16_000, g)
     ratio = gained.abs().sum(1) / audio.abs().sum(1)
     assert bool(((ratio > 0.5 - 1e-3) & (ratio < 2.0 + 1e-3)).all()) and not torch.allclose(ratio, torch.ones(8))
-    noisy = augment_wave(audio, WaveAugConfig(gain_db=0.0, noise_snr_db=10.0, noise_prob=1.0, time_shift_s=0.0), 16_000, g)
+    noisy = augment_wave(
+        audio, WaveAugConfig(gain_db=0.0, noise_snr_db=10.0, noise_prob=1.0, time_shift_s=0.0), 16_000, g
+    )
     snr_db = 10 * torch.log10(audio.pow(2).mean(1) / (noisy - audio).pow(2).mean(1))
     assert torch.allclose(snr_db, torch.full((8,), 10.0), atol=1.5)
 
@@ -110,13 +117,21 @@ def test_flip_and_rotation_come_from_torchvision_and_keep_dtype_and_shape():
 def test_randaugment_is_restricted_to_the_configured_ops():
     ra = RestrictedRandAugment(["Sharpness", "Contrast", "Identity"])
     assert set(ra._AUGMENTATION_SPACE) == {"Sharpness", "Contrast", "Identity"}
-    only_identity = build_image_transform(ImageAugConfig(rotation_deg=0.0, hflip_prob=0.0, randaugment_ops=["Identity"],
-                                                         randaugment_prob=1.0))
+    only_identity = build_image_transform(
+        ImageAugConfig(rotation_deg=0.0, hflip_prob=0.0, randaugment_ops=["Identity"], randaugment_prob=1.0)
+    )
     _, image, _ = _batch()
     assert torch.equal(augment_image(image, only_identity), image)
     torch.manual_seed(0)
-    contrast = build_image_transform(ImageAugConfig(rotation_deg=0.0, hflip_prob=0.0, randaugment_ops=["Contrast"],
-                                                    randaugment_prob=1.0, randaugment_magnitude=1.0))
+    contrast = build_image_transform(
+        ImageAugConfig(
+            rotation_deg=0.0,
+            hflip_prob=0.0,
+            randaugment_ops=["Contrast"],
+            randaugment_prob=1.0,
+            randaugment_magnitude=1.0,
+        )
+    )
     assert not torch.equal(augment_image(image, contrast), image)
     with pytest.raises(ValueError, match="not in torchvision"):
         RestrictedRandAugment(["Sharpen"])
@@ -156,6 +171,8 @@ def test_soft_cross_entropy_matches_cross_entropy_on_hard_labels_and_weights_sel
     target = F.one_hot(label, 4).float()
     assert torch.allclose(soft_cross_entropy(logits, target), F.cross_entropy(logits, label), atol=1e-6)
     w = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
-    assert torch.allclose(soft_cross_entropy(logits, target, weight=w), F.cross_entropy(logits[:2], label[:2]), atol=1e-6)
+    assert torch.allclose(
+        soft_cross_entropy(logits, target, weight=w), F.cross_entropy(logits[:2], label[:2]), atol=1e-6
+    )
     smooth = soft_cross_entropy(logits, target, smoothing=0.1)
     assert torch.allclose(smooth, F.cross_entropy(logits, label, label_smoothing=0.1), atol=1e-6)

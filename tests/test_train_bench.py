@@ -36,11 +36,19 @@ def test_markdown_table_lists_every_variant_of_every_data_set():
     b = _bench()
     v = {"accuracy": 0.5, "macro_f1": 0.4, "minutes": 1.0}
     variants = ("image_only", "audio_only", "late_prod", "concat", "hdmf")
-    results = {"date": "2026-01-01", "datasets": {"birds": {
-        "recipe": "train/birds.yaml", "recipe_head": "late_prod", "test_examples": 40,
-        "arch": {"audio_backbone": "a", "image_backbone": "i", "head": "late_prod"},
-        "variants": {k: dict(v) for k in variants},
-        "fusion_beats_best_single": {"late_prod": True, "concat": False, "hdmf": False}}}}
+    results = {
+        "date": "2026-01-01",
+        "datasets": {
+            "birds": {
+                "recipe": "train/birds.yaml",
+                "recipe_head": "late_prod",
+                "test_examples": 40,
+                "arch": {"audio_backbone": "a", "image_backbone": "i", "head": "late_prod"},
+                "variants": {k: dict(v) for k in variants},
+                "fusion_beats_best_single": {"late_prod": True, "concat": False, "hdmf": False},
+            }
+        },
+    }
     md = b.markdown(results)
     for name in ("image only", "audio only", "late product (recipe)", "concat", "HD-MF"):
         assert f"| birds | 40 | {name} | 50.0 % | 0.400 | 1.0 |" in md

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_loop import syn  # noqa: F401 (syn: the shared synthetic set fixture)
+from test_train_loop import tiny as tiny_run
 
 from edgeav.errors import ConfigError, DataError
 from edgeav.schema import load_config
 from edgeav.train.augment import FieldNoise, build_field_noise
 from edgeav.train.loop import Trainer, seed_epoch, train
 from edgeav.train.noise import NoiseBank, mix_at_snr
-from test_train_loop import syn, tiny as tiny_run  # noqa: F401 (syn: the shared synthetic set fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 SNRS_DB = (30.0, 20.0, 10.0, 0.0, -5.0, -20.0)
@@ -25,7 +26,7 @@ SNRS_DB = (30.0, 20.0, 10.0, 0.0, -5.0, -20.0)
 
 def _snr_db(clean: np.ndarray, mixed: np.ndarray) -> float:
     noise = mixed.astype(np.float64) - clean.astype(np.float64)
-    return float(10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(noise ** 2)))
+    return float(10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(noise**2)))
 
 
 def write_noise(path: Path, seconds: float, rate_hz: int = 16_000, seed: int = 0) -> Path:
@@ -71,8 +72,12 @@ def test_mix_at_snr_hits_the_snr_per_window_of_a_batch(tmp_path):
     different loudness: each window's SNR is within 0.1 dB of the one asked."""
     rate = 16_000
     t = np.arange(rate) / rate
-    clean = np.stack([a * np.sin(2 * np.pi * f * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
-                      for a, f in ((0.5, 220.0), (0.01, 880.0), (0.2, 3000.0))]).astype(np.float32)  # (3, T)
+    clean = np.stack(
+        [
+            a * np.sin(2 * np.pi * f * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+            for a, f in ((0.5, 220.0), (0.01, 880.0), (0.2, 3000.0))
+        ]
+    ).astype(np.float32)  # (3, T)
     bank = NoiseBank(write_noise(tmp_path / "wind.wav", 3.0), rate)
     rng = np.random.default_rng(1)
     noise = np.stack([bank.segment(rate, rng) for _ in range(3)])  # (3, T)
@@ -116,8 +121,12 @@ def test_bank_reads_a_folder_recursively(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "empty_folder", "undecodable", "empty_file"])
 def test_bad_noise_path_is_a_one_line_data_error(tmp_path, case):
-    path = {"missing": tmp_path / "nope", "empty_folder": tmp_path / "empty", "undecodable": tmp_path / "bad.wav",
-            "empty_file": tmp_path / "zero.wav"}[case]
+    path = {
+        "missing": tmp_path / "nope",
+        "empty_folder": tmp_path / "empty",
+        "undecodable": tmp_path / "bad.wav",
+        "empty_file": tmp_path / "zero.wav",
+    }[case]
     if case == "empty_folder":
         path.mkdir()
     elif case == "undecodable":
@@ -141,17 +150,37 @@ def test_noise_config_needs_a_path_and_an_ordered_range():
 
 def test_bad_noise_path_stops_a_run_before_the_data_is_read(tmp_path):
     """The noise bank is decoded first: with a missing noise path AND a missing data path, the error is the noise."""
-    cfg = load_config(None, tiny(tmp_path, "train.augment.noise.enabled=true",
-                                 f"train.augment.noise.path={tmp_path / 'no_noise_here'}"))
+    cfg = load_config(
+        None,
+        tiny(tmp_path, "train.augment.noise.enabled=true", f"train.augment.noise.path={tmp_path / 'no_noise_here'}"),
+    )
     with pytest.raises(DataError, match="noise path not found"):
         Trainer(cfg, tmp_path / "no_data_here", tmp_path / "run")
 
 
 def test_cli_bad_noise_path_is_one_line_and_nonzero(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "edgeav", "train", "--config", str(REPO / "train" / "grid.yaml"),
-                        "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run"),
-                        "--set", "train.augment.noise.enabled=true", "--set", f"train.augment.noise.path={tmp_path / 'nope'}"],
-                       capture_output=True, text=True, timeout=300, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgeav",
+            "train",
+            "--config",
+            str(REPO / "train" / "grid.yaml"),
+            "--data",
+            str(tmp_path / "nodata"),
+            "--out",
+            str(tmp_path / "run"),
+            "--set",
+            "train.augment.noise.enabled=true",
+            "--set",
+            f"train.augment.noise.path={tmp_path / 'nope'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert r.returncode == 1
     err = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(err) == 1 and "noise path not found" in err[0], r.stderr
@@ -161,13 +190,22 @@ def test_cli_bad_noise_path_is_one_line_and_nonzero(tmp_path):
 
 
 def test_field_noise_mixes_at_the_drawn_snr_and_is_seeded(tmp_path):
-    cfg = load_config(None, ["train.augment.noise.enabled=true", f"train.augment.noise.path={tmp_path / 'w.wav'}",
-                             "train.augment.noise.snr_db_min=5", "train.augment.noise.snr_db_max=5",
-                             "train.augment.noise.prob=1.0"]).train
+    cfg = load_config(
+        None,
+        [
+            "train.augment.noise.enabled=true",
+            f"train.augment.noise.path={tmp_path / 'w.wav'}",
+            "train.augment.noise.snr_db_min=5",
+            "train.augment.noise.snr_db_max=5",
+            "train.augment.noise.prob=1.0",
+        ],
+    ).train
     write_noise(tmp_path / "w.wav", 2.0)
     fn = build_field_noise(cfg, 16_000)
     t = torch.arange(16_000) / 16_000
-    audio = torch.stack([0.3 * torch.sin(2 * torch.pi * 440 * t), torch.zeros(16_000), 0.1 * torch.sin(2 * torch.pi * 300 * t)])
+    audio = torch.stack(
+        [0.3 * torch.sin(2 * torch.pi * 440 * t), torch.zeros(16_000), 0.1 * torch.sin(2 * torch.pi * 300 * t)]
+    )
     present = torch.tensor([1.0, 0.0, 1.0])  # the middle example has no sound: left alone
     out = fn(audio, torch.Generator().manual_seed(7), present)
     again = fn(audio, torch.Generator().manual_seed(7), present)
@@ -182,7 +220,11 @@ def test_field_noise_mixes_at_the_drawn_snr_and_is_seeded(tmp_path):
 
 def test_two_phase_warns_where_the_noise_does_not_reach(tmp_path, caplog):
     write_noise(tmp_path / "w.wav", 1.0)
-    sets = ["train.mode=two_phase", "train.augment.noise.enabled=true", f"train.augment.noise.path={tmp_path / 'w.wav'}"]
+    sets = [
+        "train.mode=two_phase",
+        "train.augment.noise.enabled=true",
+        f"train.augment.noise.path={tmp_path / 'w.wav'}",
+    ]
     with caplog.at_level(logging.WARNING, logger="edgeav.train.augment"):
         build_field_noise(load_config(None, sets).train, 16_000)  # default: phase II caches noisy copies too
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -203,10 +245,19 @@ def test_two_phase_warns_where_the_noise_does_not_reach(tmp_path, caplog):
 
 def test_training_with_noise_runs_and_changes_the_audio_fed_to_the_model(syn, tmp_path):
     noise = write_noise(tmp_path / "site" / "wind.wav", 2.0)
-    only_noise = ["train.augment.wave.enabled=false", "train.augment.mixup.enabled=false",
-                  "train.augment.modality_dropout=false", "train.augment.spec_augment.enabled=false"]
-    on = ["train.augment.noise.enabled=true", f"train.augment.noise.path={noise.parent}",
-          "train.augment.noise.prob=1.0", "train.augment.noise.snr_db_min=0", "train.augment.noise.snr_db_max=10"]
+    only_noise = [
+        "train.augment.wave.enabled=false",
+        "train.augment.mixup.enabled=false",
+        "train.augment.modality_dropout=false",
+        "train.augment.spec_augment.enabled=false",
+    ]
+    on = [
+        "train.augment.noise.enabled=true",
+        f"train.augment.noise.path={noise.parent}",
+        "train.augment.noise.prob=1.0",
+        "train.augment.noise.snr_db_min=0",
+        "train.augment.noise.snr_db_max=10",
+    ]
 
     def fed(sets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(audio of the first training batch, the audio `WindowBatches.inputs` feeds the model for it)."""
@@ -235,16 +286,25 @@ def test_phase_two_caches_noisy_copies_and_examples_take_them(syn, tmp_path):
     from edgeav.train.loop import Phase2Cache
 
     noise = write_noise(tmp_path / "wind.wav", 2.0)
-    cfg = load_config(None, tiny(tmp_path, "train.mode=two_phase", "train.augment.noise.enabled=true",
-                                 f"train.augment.noise.path={noise}", "train.augment.noise.prob=0.5",
-                                 "train.augment.noise.snr_db_min=-5", "train.augment.noise.snr_db_max=0",
-                                 "train.augment.noise.phase2_variants=3"))
+    cfg = load_config(
+        None,
+        tiny(
+            tmp_path,
+            "train.mode=two_phase",
+            "train.augment.noise.enabled=true",
+            f"train.augment.noise.path={noise}",
+            "train.augment.noise.prob=0.5",
+            "train.augment.noise.snr_db_min=-5",
+            "train.augment.noise.snr_db_max=0",
+            "train.augment.noise.phase2_variants=3",
+        ),
+    )
     trainer = Trainer(cfg, syn, tmp_path / "probe")
     cache = Phase2Cache(trainer.model, trainer.data, "train", 0, torch.device("cpu"), 8, trainer.field_noise, 3)
     n = cache.n_audio
     assert cache.variants == 4 and cache.a_emb.shape[0] == 4 * n
     for copy in (1, 2, 3):
-        assert not torch.allclose(cache.a_emb[:n], cache.a_emb[copy * n:(copy + 1) * n])
+        assert not torch.allclose(cache.a_emb[:n], cache.a_emb[copy * n : (copy + 1) * n])
     ai, _, _ = cache.epoch_items(0)
     noisy_share = float((ai[ai >= 0] >= n).float().mean())
     assert 0.2 < noisy_share < 0.8, noisy_share

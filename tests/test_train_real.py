@@ -40,9 +40,18 @@ def _subset_manifest(grid: Path, out: Path, train_per_class: int, test_per_class
 def test_short_grid_training_run_end_to_end(shared_data, tmp_path):
     grid = shared_data / "grid"
     manifest = _subset_manifest(grid, tmp_path / "subset" / "manifest.csv", train_per_class=8, test_per_class=2)
-    cfg = load_config(REPO / "train" / "grid.yaml", [
-        f"data.cache_dir={tmp_path / 'cache'}", "data.image_size_px=64", "data.frames_per_clip=1",
-        "train.mode=joint", "train.epochs=2", "train.batch_size=8", "train.threads=2"])
+    cfg = load_config(
+        REPO / "train" / "grid.yaml",
+        [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.image_size_px=64",
+            "data.frames_per_clip=1",
+            "train.mode=joint",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.threads=2",
+        ],
+    )
     out = tmp_path / "run"
     report = train(cfg, manifest, out)
     assert report["splits"]["test"] == 8 and report["splits"]["train"] + report["splits"]["val"] == 32

@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from edgeav.schema.train import ImageAugConfig, MixupConfig, NoiseAugConfig, SpecAugmentConfig, TrainConfig, WaveAugConfig
+from edgeav.schema.train import (
+    ImageAugConfig,
+    MixupConfig,
+    NoiseAugConfig,
+    SpecAugmentConfig,
+    TrainConfig,
+    WaveAugConfig,
+)
 from edgeav.train.noise import NoiseBank, mix_at_snr
 
 log = logging.getLogger(__name__)
@@ -84,15 +91,26 @@ def build_field_noise(tc: TrainConfig, sample_rate_hz: int) -> FieldNoise:
     if not cfg.enabled:
         return FieldNoise(cfg, None)
     bank = NoiseBank(cfg.path, sample_rate_hz)  # type: ignore[arg-type]  (the schema requires path when enabled)
-    log.info("field noise: %s, SNR %g..%g dB, probability %.2f per example", cfg.path, cfg.snr_db_min,
-             cfg.snr_db_max, cfg.prob)
+    log.info(
+        "field noise: %s, SNR %g..%g dB, probability %.2f per example",
+        cfg.path,
+        cfg.snr_db_min,
+        cfg.snr_db_max,
+        cfg.prob,
+    )
     if tc.mode == "two_phase" and tc.phase1_from:
-        log.warning("train.augment.noise is NOT APPLIED to phase I in this run: train.phase1_from takes the audio "
-                    "model from %s (trained with whatever noise that run had); phase II still caches %d noisy "
-                    "copies", tc.phase1_from, cfg.phase2_variants)
+        log.warning(
+            "train.augment.noise is NOT APPLIED to phase I in this run: train.phase1_from takes the audio "
+            "model from %s (trained with whatever noise that run had); phase II still caches %d noisy "
+            "copies",
+            tc.phase1_from,
+            cfg.phase2_variants,
+        )
     if tc.mode == "two_phase" and cfg.phase2_variants == 0:
-        log.warning("train.augment.noise.phase2_variants=0: phase II trains the fusion head on features of the CLEAN "
-                    "sound only, so the fusion never learns to lean on the picture in noise")
+        log.warning(
+            "train.augment.noise.phase2_variants=0: phase II trains the fusion head on features of the CLEAN "
+            "sound only, so the fusion never learns to lean on the picture in noise"
+        )
     return FieldNoise(cfg, bank)
 
 
@@ -141,14 +159,23 @@ def build_image_transform(cfg: ImageAugConfig) -> v2.Transform | None:
     if cfg.hflip_prob > 0:
         parts.append(v2.RandomHorizontalFlip(p=cfg.hflip_prob))
     if cfg.translate_frac > 0:  # rotation and shift in one resampling
-        parts.append(v2.RandomAffine(cfg.rotation_deg, translate=(cfg.translate_frac, cfg.translate_frac),
-                                     interpolation=v2.InterpolationMode.BILINEAR))
+        parts.append(
+            v2.RandomAffine(
+                cfg.rotation_deg,
+                translate=(cfg.translate_frac, cfg.translate_frac),
+                interpolation=v2.InterpolationMode.BILINEAR,
+            )
+        )
     elif cfg.rotation_deg > 0:
         parts.append(v2.RandomRotation(cfg.rotation_deg, interpolation=v2.InterpolationMode.BILINEAR))
     if cfg.randaugment_ops and cfg.randaugment_prob > 0:
         bins = 31
-        ra = RestrictedRandAugment(list(cfg.randaugment_ops), num_ops=cfg.randaugment_num_ops,
-                                   magnitude=int(round(cfg.randaugment_magnitude * (bins - 1))), num_magnitude_bins=bins)
+        ra = RestrictedRandAugment(
+            list(cfg.randaugment_ops),
+            num_ops=cfg.randaugment_num_ops,
+            magnitude=int(round(cfg.randaugment_magnitude * (bins - 1))),
+            num_magnitude_bins=bins,
+        )
         parts.append(v2.RandomApply([ra], p=cfg.randaugment_prob))
     return v2.Compose(parts) if parts else None
 
@@ -160,8 +187,9 @@ def augment_image(image: torch.Tensor, transform: v2.Transform | None) -> torch.
     return torch.stack([transform(img) for img in image])
 
 
-def joint_mixup(audio: torch.Tensor, image: torch.Tensor, target: torch.Tensor, cfg: MixupConfig,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def joint_mixup(
+    audio: torch.Tensor, image: torch.Tensor, target: torch.Tensor, cfg: MixupConfig, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mix `batch_fraction` of the batch with a partner from the batch, one lambda per pair for both modalities
     and the label. audio (B, ...) float, image (B, ...) uint8 or float, target (B, C) soft labels (rows sum to 1).
     Returns the same shapes and dtypes; target rows still sum to 1."""
@@ -193,8 +221,9 @@ def _mix(x: torch.Tensor, idx: torch.Tensor, partner: torch.Tensor, lam: torch.T
     return out
 
 
-def mixup_tensors(tensors: list[torch.Tensor], target: torch.Tensor, cfg: MixupConfig,
-                  gen: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+def mixup_tensors(
+    tensors: list[torch.Tensor], target: torch.Tensor, cfg: MixupConfig, gen: torch.Generator
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Mixup of any number of aligned float tensors (B, ...) and the soft label (B, C) with one lambda per pair
     (phase II of two-phase training mixes the cached maps and embeddings of both modalities this way)."""
     b = target.shape[0]
@@ -231,16 +260,17 @@ def spec_augment(spec: torch.Tensor, cfg: SpecAugmentConfig, gen: torch.Generato
         for _ in range(cfg.time_masks):
             w = int(torch.randint(0, min(cfg.time_mask_frames, f) + 1, (1,), generator=gen))
             s = int(torch.randint(0, max(1, f - w + 1), (1,), generator=gen))
-            x[i, :, :, s:s + w] = floor[i]
+            x[i, :, :, s : s + w] = floor[i]
         for _ in range(cfg.freq_masks):
             w = int(torch.randint(0, min(cfg.freq_mask_bands, m) + 1, (1,), generator=gen))
             s = int(torch.randint(0, max(1, m - w + 1), (1,), generator=gen))
-            x[i, :, s:s + w, :] = floor[i]
+            x[i, :, s : s + w, :] = floor[i]
     return x
 
 
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0,
-                       weight: torch.Tensor | None = None) -> torch.Tensor:
+def soft_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """logits (B, C), target (B, C) probabilities -> scalar: mean of -sum(target * log_softmax(logits)) (the KL
     divergence to the soft labels up to a constant). `weight` (B,) averages over the examples it marks."""
     if smoothing > 0:
@@ -252,6 +282,15 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: fl
 
 
 __all__ = [
-    "FieldNoise", "RestrictedRandAugment", "SpecAugmentHook", "augment_image", "augment_wave", "build_field_noise",
-    "build_image_transform", "joint_mixup", "mixup_tensors", "soft_cross_entropy", "spec_augment",
+    "FieldNoise",
+    "RestrictedRandAugment",
+    "SpecAugmentHook",
+    "augment_image",
+    "augment_wave",
+    "build_field_noise",
+    "build_image_transform",
+    "joint_mixup",
+    "mixup_tensors",
+    "soft_cross_entropy",
+    "spec_augment",
 ]

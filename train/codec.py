@@ -47,8 +47,15 @@ def reencode_h264(frames: np.ndarray, crf: int, *, preset: str = "veryfast") -> 
     return np.stack(out).transpose(0, 3, 1, 2).copy()
 
 
-def codec_augment(image: torch.Tensor, prob: float, crf_range: tuple[int, int], gen: torch.Generator, *,
-                  camera_scale: float = 1.0, roi: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+def codec_augment(
+    image: torch.Tensor,
+    prob: float,
+    crf_range: tuple[int, int],
+    gen: torch.Generator,
+    *,
+    camera_scale: float = 1.0,
+    roi: tuple[float, float, float, float] | None = None,
+) -> torch.Tensor:
     """image (B, 3, H, W) or clips (B, T, 3, H, W) uint8: each example, with probability `prob`, re-encoded at a
     CRF drawn uniformly from `crf_range` (inclusive). Draws from `gen`, so a resumed run repeats.
 
@@ -72,7 +79,10 @@ def codec_augment(image: torch.Tensor, prob: float, crf_range: tuple[int, int], 
     for b in torch.nonzero(pick).flatten().tolist():
         x = image[b]
         clip = (x if x.ndim == 4 else x[None])[..., r0:r1, c0:c1]  # (T, 3, h', w')
-        size = (2 * max(1, round(clip.shape[-2] * camera_scale / 2)), 2 * max(1, round(clip.shape[-1] * camera_scale / 2)))
+        size = (
+            2 * max(1, round(clip.shape[-2] * camera_scale / 2)),
+            2 * max(1, round(clip.shape[-1] * camera_scale / 2)),
+        )
         big = clip if size == tuple(clip.shape[-2:]) else _resize_u8(clip, size)
         y = torch.from_numpy(reencode_h264(big.cpu().numpy(), int(crfs[b])))
         y = y if size == tuple(clip.shape[-2:]) else _resize_u8(y, tuple(clip.shape[-2:]))

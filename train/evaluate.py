@@ -14,10 +14,11 @@ import argparse
 import csv
 import json
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,9 +57,12 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: Iterable[dict[str, torch.Tensor]],
-            mask_override: tuple[float, float] | None, device: torch.device | str = "cpu"
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    model: torch.nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    mask_override: tuple[float, float] | None,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels (N,), fused predictions (N,), probabilities (N, C)) with the modality mask optionally forced to
     `mask_override` ([audio, image], 1 = present) for every example."""
     model.eval()
@@ -94,8 +98,15 @@ def _plot_confusion(cm: np.ndarray, labels: list[str], path: Path, title: str) -
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if cm[i, j] > cm.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black",
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -143,8 +154,13 @@ class EvalSet:
     n: int  # examples
 
 
-def load_eval_set(checkpoint: str | Path, data_path: str | Path, split: str = "test", data: AVDataset | None = None,
-                  batch_size: int = 32) -> EvalSet:
+def load_eval_set(
+    checkpoint: str | Path,
+    data_path: str | Path,
+    split: str = "test",
+    data: AVDataset | None = None,
+    batch_size: int = 32,
+) -> EvalSet:
     """The model of `checkpoint` and a loader over `split` ("train", "val", "test" or "all") of the data set at
     `data_path`. `data`: an already loaded AVDataset of that path."""
     from torch.utils.data import ConcatDataset, DataLoader
@@ -172,9 +188,14 @@ def load_eval_set(checkpoint: str | Path, data_path: str | Path, split: str = "t
     return EvalSet(model, info, loader, n_total)
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: str = "test",
-                        out_dir: str | Path | None = None, data: AVDataset | None = None,
-                        batch_size: int = 32) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_path: str | Path,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    data: AVDataset | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     """Evaluate `checkpoint` on `split` of the data set at `data_path` (cut as the checkpoint's training config
     says); writes report.json, summary.md, confusion.csv/.png and curves.png into `out_dir` (default: beside the
     checkpoint, eval_<split>/). `data`: an already loaded AVDataset of that path (the training loop passes its own)."""
@@ -184,8 +205,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     out = Path(out_dir) if out_dir else ckpt.parent / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    report: dict[str, Any] = {"checkpoint": str(ckpt), "data": str(data_path), "split": split, "labels": labels,
-                              "arch": {k: es.info.arch.get(k) for k in ("name", "audio_backbone", "image_backbone", "head")}}
+    report: dict[str, Any] = {
+        "checkpoint": str(ckpt),
+        "data": str(data_path),
+        "split": split,
+        "labels": labels,
+        "arch": {k: es.info.arch.get(k) for k in ("name", "audio_backbone", "image_backbone", "head")},
+    }
     for name, mask in MASKS.items():
         y, p, _ = predict(model, loader, mask)
         m = classification_metrics(y, p, len(labels))
@@ -207,17 +233,31 @@ def evaluate_checkpoint(checkpoint: str | Path, data_path: str | Path, split: st
     report["summary_md"] = str(out / "summary.md")
     report["report_json"] = str(out / "report.json")
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    md = [f"# Evaluation of `{ckpt.name}` on {split} ({report['both']['n']} examples)", "",
-          "Modality ablation through the mask: the same checkpoint with both inputs, audio only and image only.", "",
-          "| input | accuracy | macro-F1 |", "|---|---|---|"]
+    md = [
+        f"# Evaluation of `{ckpt.name}` on {split} ({report['both']['n']} examples)",
+        "",
+        "Modality ablation through the mask: the same checkpoint with both inputs, audio only and image only.",
+        "",
+        "| input | accuracy | macro-F1 |",
+        "|---|---|---|",
+    ]
     for name in MASKS:
         md.append(f"| {name.replace('_', ' ')} | {report[name]['accuracy']:.3f} | {report[name]['macro_f1']:.3f} |")
     md += ["", "| class | recall (both) | recall (audio only) | recall (image only) |", "|---|---|---|---|"]
-    md += [f"| {lab} | {a:.3f} | {b:.3f} | {c:.3f} |" for lab, a, b, c in zip(
-        labels, report["both"]["per_class_recall"], report["audio_only"]["per_class_recall"],
-        report["image_only"]["per_class_recall"])]
-    md += ["", "Confusion matrix: `confusion.png`, `confusion.csv`" +
-           ("; training curves: `curves.png`." if report["curves_png"] else ".")]
+    md += [
+        f"| {lab} | {a:.3f} | {b:.3f} | {c:.3f} |"
+        for lab, a, b, c in zip(
+            labels,
+            report["both"]["per_class_recall"],
+            report["audio_only"]["per_class_recall"],
+            report["image_only"]["per_class_recall"],
+        )
+    ]
+    md += [
+        "",
+        "Confusion matrix: `confusion.png`, `confusion.csv`"
+        + ("; training curves: `curves.png`." if report["curves_png"] else "."),
+    ]
     (out / "summary.md").write_text("\n".join(md) + "\n")
     return report
 

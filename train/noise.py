@@ -31,7 +31,11 @@ def noise_files(path: str | Path) -> list[Path]:
     p = Path(path).expanduser()
     if not p.exists():
         raise DataError(f"{p}: noise path not found")
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and media.media_type(f) in ("audio", "video"))
+    files = (
+        [p]
+        if p.is_file()
+        else sorted(f for f in p.rglob("*") if f.is_file() and media.media_type(f) in ("audio", "video"))
+    )
     if not files:
         raise DataError(f"{p}: no audio files for noise (looked for audio and video files, recursively)")
     return files
@@ -52,13 +56,20 @@ class NoiseBank:
             except MediaError as e:
                 raise DataError(f"noise: {e}") from None  # MediaError names the file
             if x.size < int(min_duration_s * self.sample_rate_hz):
-                raise DataError(f"noise file {f}: {x.size / self.sample_rate_hz:.2f} s, shorter than {min_duration_s} s")
+                raise DataError(
+                    f"noise file {f}: {x.size / self.sample_rate_hz:.2f} s, shorter than {min_duration_s} s"
+                )
             if not np.any(x):
                 raise DataError(f"noise file {f}: silent (all zeros)")
             self.tracks.append(x)
         self.duration_s = sum(t.size for t in self.tracks) / self.sample_rate_hz
-        log.info("noise bank %s: %d file(s), %.1f s at %d Hz", self.path, len(self.tracks), self.duration_s,
-                 self.sample_rate_hz)
+        log.info(
+            "noise bank %s: %d file(s), %.1f s at %d Hz",
+            self.path,
+            len(self.tracks),
+            self.duration_s,
+            self.sample_rate_hz,
+        )
 
     def segment(self, n_samples: int, rng: np.random.Generator) -> np.ndarray:
         """(n_samples,) float32 noise: a file drawn with probability by duration, from a random offset, looped."""
@@ -77,7 +88,7 @@ def mix_at_snr(clean: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarra
     if clean.shape != noise.shape:
         raise ValueError(f"clean {clean.shape} and noise {noise.shape} differ in shape")
     p_clean = np.mean(clean.astype(np.float64) ** 2, axis=-1, keepdims=True)
-    p_clean = np.where(p_clean > 0, p_clean, SILENT_REFERENCE_RMS ** 2)
+    p_clean = np.where(p_clean > 0, p_clean, SILENT_REFERENCE_RMS**2)
     p_noise = np.maximum(np.mean(noise.astype(np.float64) ** 2, axis=-1, keepdims=True), 1e-20)
     gain = np.sqrt(p_clean / (p_noise * 10.0 ** (float(snr_db) / 10.0)))
     return (clean + noise * gain).astype(np.float32)

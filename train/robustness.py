@@ -20,8 +20,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -60,9 +61,17 @@ def parse_snr_db(text: str | None) -> list[float]:
     return values
 
 
-def robustness_eval(checkpoint: str | Path, data_path: str | Path, noise_path: str | Path,
-                    snr_db: Sequence[float] = DEFAULT_SNR_DB, split: str = "test", out_dir: str | Path | None = None,
-                    seed: int = 0, batch_size: int = 32, data: AVDataset | None = None) -> dict[str, Any]:
+def robustness_eval(
+    checkpoint: str | Path,
+    data_path: str | Path,
+    noise_path: str | Path,
+    snr_db: Sequence[float] = DEFAULT_SNR_DB,
+    split: str = "test",
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    batch_size: int = 32,
+    data: AVDataset | None = None,
+) -> dict[str, Any]:
     """Accuracy and macro-F1 (fused, audio only, image only) of `checkpoint` on `split`, clean and with the noise
     of `noise_path` at each SNR in `snr_db`; writes robustness.json, .md and .png into `out_dir`."""
     snrs = sorted((float(s) for s in snr_db), reverse=True)
@@ -101,18 +110,31 @@ def robustness_eval(checkpoint: str | Path, data_path: str | Path, noise_path: s
         for mode in MASKS:
             m = classification_metrics(y, np.concatenate(preds[k, mode]), len(labels))
             row[mode] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-        row["fused_minus_best_single"] = row["both"]["accuracy"] - max(row["audio_only"]["accuracy"],
-                                                                       row["image_only"]["accuracy"])
+        row["fused_minus_best_single"] = row["both"]["accuracy"] - max(
+            row["audio_only"]["accuracy"], row["image_only"]["accuracy"]
+        )
         rows.append(row)
     out = Path(out_dir) if out_dir else ckpt.parent / f"eval_{split}"
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "checkpoint": str(ckpt), "data": str(data_path), "split": split, "n": int(y.size), "labels": labels,
-        "noise": {"path": str(noise_path), "files": [str(f) for f in bank.files], "duration_s": round(bank.duration_s, 2),
-                  "sample_rate_hz": sample_rate_hz, "seed": seed,
-                  "how": "one segment per clip drawn once, reused at every SNR and mask; picture untouched"},
-        "snr_db": snrs, "rows": rows, "seconds": round(time.monotonic() - t0, 2),
-        "report_json": str(out / "robustness.json"), "table_md": str(out / "robustness.md"),
+        "checkpoint": str(ckpt),
+        "data": str(data_path),
+        "split": split,
+        "n": int(y.size),
+        "labels": labels,
+        "noise": {
+            "path": str(noise_path),
+            "files": [str(f) for f in bank.files],
+            "duration_s": round(bank.duration_s, 2),
+            "sample_rate_hz": sample_rate_hz,
+            "seed": seed,
+            "how": "one segment per clip drawn once, reused at every SNR and mask; picture untouched",
+        },
+        "snr_db": snrs,
+        "rows": rows,
+        "seconds": round(time.monotonic() - t0, 2),
+        "report_json": str(out / "robustness.json"),
+        "table_md": str(out / "robustness.md"),
         "curve_png": str(out / "robustness.png"),
     }
     table = robustness_table(report)
@@ -120,7 +142,8 @@ def robustness_eval(checkpoint: str | Path, data_path: str | Path, noise_path: s
         f"# Robustness of `{ckpt.name}` to background noise ({split}, {report['n']} examples)\n\n"
         f"Noise: `{noise_path}` ({len(bank.files)} file(s), {bank.duration_s:.1f} s), mixed into the sound at each "
         f"SNR; the picture untouched; one noise segment per clip (seed {seed}), the same at every SNR.\n\n"
-        f"{table}\nCurve: `robustness.png`.\n")
+        f"{table}\nCurve: `robustness.png`.\n"
+    )
     plot_robustness(report, out / "robustness.png")
     (out / "robustness.json").write_text(json.dumps(report, indent=2))
     log.info("robustness of %s on %s (%d examples) in %.1f s: %s", ckpt, split, report["n"], report["seconds"], out)
@@ -172,12 +195,21 @@ def cmd_eval_robustness(args: argparse.Namespace) -> CommandResult:
     if getattr(args, "noise", None) is None:
         raise ConfigError("--snr-db needs --noise PATH (a folder or file of noise recordings to mix in)")
     snrs = parse_snr_db(getattr(args, "snr_db", None))
-    report = robustness_eval(args.checkpoint, args.data, args.noise, snrs, args.split, args.out,
-                             seed=getattr(args, "noise_seed", 0))
-    text = (f"{args.checkpoint} on {args.split} ({report['n']} examples), noise {args.noise}:\n\n"
-            f"{robustness_table(report)}\nreport: {report['report_json']}, {report['table_md']}, {report['curve_png']}")
+    report = robustness_eval(
+        args.checkpoint, args.data, args.noise, snrs, args.split, args.out, seed=getattr(args, "noise_seed", 0)
+    )
+    text = (
+        f"{args.checkpoint} on {args.split} ({report['n']} examples), noise {args.noise}:\n\n"
+        f"{robustness_table(report)}\nreport: {report['report_json']}, {report['table_md']}, {report['curve_png']}"
+    )
     return CommandResult(report, text)
 
 
-__all__ = ["DEFAULT_SNR_DB", "cmd_eval_robustness", "parse_snr_db", "plot_robustness", "robustness_eval",
-           "robustness_table"]
+__all__ = [
+    "DEFAULT_SNR_DB",
+    "cmd_eval_robustness",
+    "parse_snr_db",
+    "plot_robustness",
+    "robustness_eval",
+    "robustness_table",
+]

@@ -24,14 +24,23 @@ SYNTHETIC_README = (
     "Tones and coloured shapes, not recordings. Use it to check that the pipeline runs, never to judge a model.\n"
 )
 
-_COLOURS = [(220, 40, 40), (40, 180, 60), (40, 80, 220), (230, 200, 30), (180, 60, 200), (30, 200, 200), (240, 130, 30), (120, 120, 120)]
+_COLOURS = [
+    (220, 40, 40),
+    (40, 180, 60),
+    (40, 80, 220),
+    (230, 200, 30),
+    (180, 60, 200),
+    (30, 200, 200),
+    (240, 130, 30),
+    (120, 120, 120),
+]
 
 
 def synth_audio(class_idx: int, seconds: float, rate_hz: int, rng: np.random.Generator) -> np.ndarray:
     """Mono float32 in [-1, 1]: class-specific tone pattern plus noise; random phase and onset."""
     n = int(round(seconds * rate_hz))
     t = np.arange(n) / rate_hz
-    f0 = 300.0 * (1.5 ** class_idx)
+    f0 = 300.0 * (1.5**class_idx)
     onset = rng.uniform(0, seconds * 0.3)
     env = np.clip((t - onset) * 8, 0, 1) * np.exp(-np.clip(t - onset, 0, None) * 0.8)
     sig = np.sin(2 * np.pi * f0 * t + rng.uniform(0, 2 * np.pi))
@@ -47,13 +56,22 @@ def synth_image(class_idx: int, size_px: int, rng: np.random.Generator) -> np.nd
     yy, xx = np.mgrid[0:size_px, 0:size_px]
     cy, cx = rng.uniform(0.3, 0.7, 2) * size_px
     r = size_px * rng.uniform(0.18, 0.3)
-    shape = ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) if class_idx % 2 == 0 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
+    shape = (
+        ((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) if class_idx % 2 == 0 else ((abs(yy - cy) < r) & (abs(xx - cx) < r))
+    )
     img[shape] = _COLOURS[class_idx % len(_COLOURS)]
     return img
 
 
-def make_paired_set(root: str | Path, n_classes: int = 4, per_class: int = 8, seconds: float = 2.0,
-                    rate_hz: int = 16_000, size_px: int = 64, seed: int = 0) -> Path:
+def make_paired_set(
+    root: str | Path,
+    n_classes: int = 4,
+    per_class: int = 8,
+    seconds: float = 2.0,
+    rate_hz: int = 16_000,
+    size_px: int = 64,
+    seed: int = 0,
+) -> Path:
     """Species-paired layout: images/<class>/*.png, audio/<class>/*.wav and recordings.csv with split and group."""
     import soundfile as sf
     from PIL import Image
@@ -69,7 +87,13 @@ def make_paired_set(root: str | Path, n_classes: int = 4, per_class: int = 8, se
             Image.fromarray(synth_image(c, size_px, rng)).save(root / "images" / name / f"{i + 1}.png")
             rel = f"audio/{name}/synthetic_{c}_{i}.wav"
             sf.write(root / rel, synth_audio(c, seconds, rate_hz, rng), rate_hz, subtype="PCM_16")
-            rows.append({"file": rel, "group": f"rec{c}_{i}", "split": "test" if i >= per_class - max(1, per_class // 4) else "train"})
+            rows.append(
+                {
+                    "file": rel,
+                    "group": f"rec{c}_{i}",
+                    "split": "test" if i >= per_class - max(1, per_class // 4) else "train",
+                }
+            )
     with open(root / "recordings.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "group", "split"])
         w.writeheader()

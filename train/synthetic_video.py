@@ -48,8 +48,9 @@ def motion_axis(class_idx: int) -> str:
     return "open" if class_idx % 2 == 0 else "widen"
 
 
-def draw_mouth(frame: np.ndarray, class_idx: int, t_s: float, phase: float,
-               box: tuple[float, float, float, float] = MOTION_BOX) -> np.ndarray:
+def draw_mouth(
+    frame: np.ndarray, class_idx: int, t_s: float, phase: float, box: tuple[float, float, float, float] = MOTION_BOX
+) -> np.ndarray:
     """Paint the mouth of class `class_idx` at time `t_s` (seconds from the clip's start) into `frame` (H, W, 3) uint8,
     in place: a skin patch over `box` and a dark ellipse whose height (or width) follows
     0.5 - 0.5 cos(2 pi f t + phase). Returns `frame`."""
@@ -100,7 +101,7 @@ def _write_mp4(path: Path, clips: list[tuple[np.ndarray, np.ndarray, int, float]
                     out.mux(packet)
             chunk = 1024
             for start in range(0, len(audio), chunk):
-                piece = audio[start:start + chunk].reshape(1, -1).astype(np.float32)
+                piece = audio[start : start + chunk].reshape(1, -1).astype(np.float32)
                 af = av.AudioFrame.from_ndarray(piece, format="fltp", layout="mono")
                 af.sample_rate = AUDIO_RATE_HZ
                 af.pts = sample_index
@@ -113,8 +114,15 @@ def _write_mp4(path: Path, clips: list[tuple[np.ndarray, np.ndarray, int, float]
                 out.mux(packet)
 
 
-def make_video_set(root: str | Path, n_classes: int = 4, per_class: int = 12, seconds: float = 3.0,
-                   size_px: int = 160, seed: int = 0, stream: bool = True) -> Path:
+def make_video_set(
+    root: str | Path,
+    n_classes: int = 4,
+    per_class: int = 12,
+    seconds: float = 3.0,
+    size_px: int = 160,
+    seed: int = 0,
+    stream: bool = True,
+) -> Path:
     """Write the video set (a quarter of each class's clips are `test`) and, with `stream`, the stream of the test
     clips in a seeded order with its segment CSV. Each clip is `seconds` long at 25 fps (3 s: 75 frames, so a window
     of 40 frames at 25 Hz fits in it). Returns `root`."""
@@ -127,8 +135,12 @@ def make_video_set(root: str | Path, n_classes: int = 4, per_class: int = 12, se
     for c in range(n_classes):
         label = f"synthetic_class_{c}"
         for i in range(per_class):
-            clip = (synth_image(c, size_px, rng), synth_audio(c, seconds, AUDIO_RATE_HZ, rng), c,
-                    float(rng.uniform(0, 2 * np.pi)))
+            clip = (
+                synth_image(c, size_px, rng),
+                synth_audio(c, seconds, AUDIO_RATE_HZ, rng),
+                c,
+                float(rng.uniform(0, 2 * np.pi)),
+            )
             rel = f"{label}/synthetic_{c}_{i}.mp4"
             _write_mp4(videos / rel, [clip], rng)
             split = "test" if i >= per_class - n_test else "train"

@@ -27,12 +27,18 @@ class EdgeAVConfig(Section):
     """The whole configuration. Each stage reads its own section."""
 
     data: DataConfig = Field(default_factory=DataConfig, description="Data set and loading.")
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Model: named model or backbones + fusion head.")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="Model: named model or backbones + fusion head."
+    )
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training: optimizer, schedule, augmentation.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="Export: ONNX, INT8, gate, bundle.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Runtime: sources, alignment, inference.")
-    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="Daemon: detection log, evidence, supervision, metrics, MQTT.")
-    threads: ThreadsConfig = Field(default_factory=ThreadsConfig, description="CPU threads of torch and ONNX Runtime, OpenMP spinning.")
+    daemon: DaemonConfig = Field(
+        default_factory=DaemonConfig, description="Daemon: detection log, evidence, supervision, metrics, MQTT."
+    )
+    threads: ThreadsConfig = Field(
+        default_factory=ThreadsConfig, description="CPU threads of torch and ONNX Runtime, OpenMP spinning."
+    )
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, raw_value: str) -> None:
@@ -110,4 +116,17 @@ def config_schema() -> dict[str, Any]:
     return EdgeAVConfig.model_json_schema()
 
 
-__all__ = ["EdgeAVConfig", "DataConfig", "ModelConfig", "TrainConfig", "ExportConfig", "RuntimeConfig", "DaemonConfig", "ThreadsConfig", "load_config", "config_from_dict", "config_schema", "parse_overrides"]
+__all__ = [
+    "EdgeAVConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "ExportConfig",
+    "RuntimeConfig",
+    "DaemonConfig",
+    "ThreadsConfig",
+    "load_config",
+    "config_from_dict",
+    "config_schema",
+    "parse_overrides",
+]

@@ -35,21 +35,31 @@ class SourceConfig(Section):
         "used in training.",
     )
     decoder_threads: int = Field(
-        1, ge=0, le=64,
+        1,
+        ge=0,
+        le=64,
         description="Threads per software video decoder (libav max-threads) inside uridecodebin/decodebin; 1 keeps "
         "decoding on one core so inference has the others; 0 = the decoder's default (one per core), threads.",
     )
-    appsink_max_buffers: int = Field(8, ge=1, le=1024, description="Buffers an appsink holds before it pushes back, buffers.")
+    appsink_max_buffers: int = Field(
+        8, ge=1, le=1024, description="Buffers an appsink holds before it pushes back, buffers."
+    )
     queue_max_items: int = Field(
-        64, ge=4, le=100_000,
+        64,
+        ge=4,
+        le=100_000,
         description="Python-side capture queue bound (frames + audio buffers; about 4 s of a 5 fps camera and "
         "100 ms audio buffers), items; a live source drops the oldest (counted), a replay waits.",
     )
-    audio_chunk_s: float = Field(0.1, gt=0.0, le=5.0, description="Audio buffer length requested from test/alsa/pulse sources, s.")
+    audio_chunk_s: float = Field(
+        0.1, gt=0.0, le=5.0, description="Audio buffer length requested from test/alsa/pulse sources, s."
+    )
     rtsp_latency_ms: int = Field(200, ge=0, le=10_000, description="rtspsrc jitter buffer, ms.")
     rtsp_tcp: bool = Field(True, description="Force RTSP over TCP (interleaved), robust on lossy links.")
     read_timeout_s: float = Field(0.5, gt=0.0, le=60.0, description="One capture read waits at most this long, s.")
-    stall_timeout_s: float = Field(10.0, gt=0.0, le=3600.0, description="No item at all for this long is a SensorError, s.")
+    stall_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0, description="No item at all for this long is a SensorError, s."
+    )
     start_timeout_s: float = Field(10.0, gt=0.0, le=300.0, description="Pipeline must reach PLAYING within this, s.")
 
 
@@ -67,7 +77,9 @@ class AlignConfig(Section):
         500.0, gt=0.0, le=60_000.0, description="Nearest frame farther than this from its target time = no image, ms."
     )
     min_frames_present_fraction: float = Field(
-        0.75, ge=0.0, le=1.0,
+        0.75,
+        ge=0.0,
+        le=1.0,
         description="With T frames per window: a frame target with no frame within the tolerance is a missing frame "
         "(fed as zeros, flagged in frames_present); fewer present frames than this share of T = no image, fraction.",
     )
@@ -81,7 +93,10 @@ class AlignConfig(Section):
         5.0, ge=0.0, le=600.0, description="Data kept beyond one window + wait for late pairing (bounds memory), s."
     )
     max_backlog_windows: int = Field(
-        120, ge=1, le=100_000, description="After a long stall, windows beyond this many are skipped (counted), windows."
+        120,
+        ge=1,
+        le=100_000,
+        description="After a long stall, windows beyond this many are skipped (counted), windows.",
     )
 
 
@@ -96,7 +111,9 @@ class BackendConfig(Section):
         description="ONNX Runtime execution providers in priority order; one not available is an error, never skipped.",
     )
     intra_op_threads: int = Field(
-        1, ge=0, le=256,
+        1,
+        ge=0,
+        le=256,
         description="ORT intra-op threads: 1 runs the model on the calling thread and leaves the other cores to the "
         "GStreamer decoders (fastest on a shared 2-core unit, no spinning threads); 0 = ORT default (one per "
         "physical core), threads.",
@@ -104,7 +121,9 @@ class BackendConfig(Section):
     inter_op_threads: int = Field(0, ge=0, le=256, description="ORT inter-op threads; 0 = ORT default, threads.")
     device_id: int = Field(0, ge=0, le=64, description="GPU index for CUDA/TensorRT providers.")
     replay_batch_windows: int = Field(
-        8, ge=1, le=256,
+        8,
+        ge=1,
+        le=256,
         description="Windows inferred in one call when replaying a file as fast as possible (a live source always "
         "infers each window as soon as it is complete), windows; capped by the model's batch axis.",
     )
@@ -123,10 +142,12 @@ class PostprocessConfig(Section):
     ignore_labels: list[str] = Field(default_factory=list, description="Labels never reported (e.g. background).")
     confirm_hits: int = Field(1, ge=1, le=1000, description="Hits needed within confirm_window_s to report, windows.")
     confirm_window_s: float = Field(2.0, gt=0.0, le=3600.0, description="Confirmation span, s.")
-    min_gap_s: float = Field(3.0, ge=0.0, le=86_400.0, description="Minimum gap between two detections of one class, s.")
+    min_gap_s: float = Field(
+        3.0, ge=0.0, le=86_400.0, description="Minimum gap between two detections of one class, s."
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "PostprocessConfig":
+    def _check(self) -> PostprocessConfig:
         for k, v in self.class_thresholds.items():
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"class_thresholds[{k!r}]={v} is outside [0, 1]")

@@ -19,6 +19,16 @@ from edgeav.train.data.dataset import LAYOUTS, AVDataset, SampleMedia, detect_ki
 from edgeav.train.data.records import SPLITS, AudioRef, ImageRef, Sample, Skipped, VideoRef
 
 __all__ = [
-    "AVDataset", "AudioRef", "DecodeCache", "ImageRef", "LAYOUTS", "SampleMedia", "SPLITS", "Sample", "Skipped",
-    "VideoRef", "detect_kind", "load_dataset",
+    "AVDataset",
+    "AudioRef",
+    "DecodeCache",
+    "ImageRef",
+    "LAYOUTS",
+    "SampleMedia",
+    "SPLITS",
+    "Sample",
+    "Skipped",
+    "VideoRef",
+    "detect_kind",
+    "load_dataset",
 ]

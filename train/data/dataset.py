@@ -45,8 +45,13 @@ from edgeav.schema.data import DataConfig
 from edgeav.timebase import ns_to_s, s_to_ns, samples_for_ns
 from edgeav.train.data import media
 from edgeav.train.data.cache import DecodeCache
-from edgeav.train.data.layouts import LAYOUTS, Catalog, FileInfo, LayoutContext
-from edgeav.train.data.layouts import detect_kind  # noqa: F401  (re-exported: importable from here as before)
+from edgeav.train.data.layouts import (
+    LAYOUTS,
+    Catalog,
+    FileInfo,
+    LayoutContext,
+    detect_kind,  # noqa: F401  (re-exported: importable from here as before)
+)
 from edgeav.train.data.records import SPLITS, AudioRef, ImageRef, Sample, Skipped, VideoRef
 
 log = logging.getLogger(__name__)
@@ -144,7 +149,7 @@ class AVDataset:
         start = samples_for_ns(ref.start_ns, rate)
         n = samples_for_ns(ref.duration_ns, rate)
         out = np.zeros(n, dtype=np.float32)  # (T,)
-        chunk = np.asarray(full[start:start + n], dtype=np.float32)
+        chunk = np.asarray(full[start : start + n], dtype=np.float32)
         out[: chunk.shape[0]] = chunk
         return out
 
@@ -154,7 +159,9 @@ class AVDataset:
             return None
         size = self.cfg.image_size_px
         try:
-            return np.asarray(self.cache.get("image", ref.file, {"size_px": size}, lambda: media.read_image(ref.file, size)))
+            return np.asarray(
+                self.cache.get("image", ref.file, {"size_px": size}, lambda: media.read_image(ref.file, size))
+            )
         except MediaError as e:
             self._failed(ref.file, e)
             return None
@@ -166,8 +173,11 @@ class AVDataset:
         size = self.cfg.image_size_px
         params = {"size_px": size, "times_ns": list(ref.frame_times_ns)}
         try:
-            return np.asarray(self.cache.get(
-                "frames", ref.file, params, lambda: media.decode_frames(ref.file, ref.frame_times_ns, size)))
+            return np.asarray(
+                self.cache.get(
+                    "frames", ref.file, params, lambda: media.decode_frames(ref.file, ref.frame_times_ns, size)
+                )
+            )
         except MediaError as e:
             self._failed(ref.file, e)
             return None
@@ -236,9 +246,13 @@ class AVDataset:
             "load_failures": dict(self.load_failures),  # files that failed while loading (missing modality)
             "notes": list(self.notes),
             "config": {
-                "sample_rate_hz": self.cfg.sample_rate_hz, "window_s": self.cfg.window_s, "hop_s": self.cfg.hop_s,
-                "image_size_px": self.cfg.image_size_px, "frames_per_clip": self.cfg.frames_per_clip,
-                "frames_per_window": self.cfg.frames_per_window, "frame_rate_hz": self.cfg.frame_rate_hz,
+                "sample_rate_hz": self.cfg.sample_rate_hz,
+                "window_s": self.cfg.window_s,
+                "hop_s": self.cfg.hop_s,
+                "image_size_px": self.cfg.image_size_px,
+                "frames_per_clip": self.cfg.frames_per_clip,
+                "frames_per_window": self.cfg.frames_per_window,
+                "frame_rate_hz": self.cfg.frame_rate_hz,
                 "seed": self.cfg.seed,
             },
         }
@@ -259,6 +273,13 @@ def load_dataset(cfg: DataConfig, path: str | Path | None = None, cache: DecodeC
     if cache is None:
         cache = DecodeCache(cfg.cache_dir, enabled=cfg.cache)
     ds = AVDataset(cfg, catalog, cache)
-    log.info("%s: %s data set, %d classes, %d samples (%s), %d skipped", root, kind, len(ds.classes),
-             len(ds.samples()), ", ".join(f"{s} {len(ds.samples(s))}" for s in SPLITS), len(ds.skipped))
+    log.info(
+        "%s: %s data set, %d classes, %d samples (%s), %d skipped",
+        root,
+        kind,
+        len(ds.classes),
+        len(ds.samples()),
+        ", ".join(f"{s} {len(ds.samples(s))}" for s in SPLITS),
+        len(ds.skipped),
+    )
     return ds

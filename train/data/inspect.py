@@ -24,8 +24,16 @@ from edgeav.train.data.records import SPLITS, Sample
 log = logging.getLogger(__name__)
 
 
-def log_mel_db(audio: np.ndarray, rate_hz: int, n_fft: int = 512, hop: int = 160, n_mels: int = 64,
-               fmin_hz: float = 50.0, fmax_hz: float | None = None, floor: float = 1e-10) -> np.ndarray:
+def log_mel_db(
+    audio: np.ndarray,
+    rate_hz: int,
+    n_fft: int = 512,
+    hop: int = 160,
+    n_mels: int = 64,
+    fmin_hz: float = 50.0,
+    fmax_hz: float | None = None,
+    floor: float = 1e-10,
+) -> np.ndarray:
     """Log-mel power spectrogram in dB, (n_mels, frames), for display only (HTK mel scale, Hann window, centred)."""
     fmax_hz = fmax_hz or rate_hz / 2
     x = np.pad(audio.astype(np.float32), n_fft // 2, mode="reflect" if audio.shape[0] > n_fft // 2 else "constant")
@@ -63,8 +71,9 @@ def write_sheet(ds: AVDataset, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     cfg = ds.cfg
-    contract = AudioContract(sample_rate_hz=cfg.sample_rate_hz, window_s=cfg.window_s,
-                             fmax_hz=min(8000.0, cfg.sample_rate_hz / 2))
+    contract = AudioContract(
+        sample_rate_hz=cfg.sample_rate_hz, window_s=cfg.window_s, fmax_hz=min(8000.0, cfg.sample_rate_hz / 2)
+    )
     by_class: dict[int, list[Sample]] = {i: [] for i in range(len(ds.classes))}
     for split in ("train", "val", "test"):
         for s in ds.samples(split):
@@ -72,8 +81,13 @@ def write_sheet(ds: AVDataset, out: Path) -> Path:
     n = len(ds.classes)
     ncols = min(4, n)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, 2 * ncols, figsize=(4.4 * ncols, 2.3 * nrows), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.6] * ncols})
+    fig, axes = plt.subplots(
+        nrows,
+        2 * ncols,
+        figsize=(4.4 * ncols, 2.3 * nrows),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1.6] * ncols},
+    )
     for ax in axes.ravel():
         ax.axis("off")
     for label, name in enumerate(ds.classes):
@@ -98,24 +112,42 @@ def write_sheet(ds: AVDataset, out: Path) -> Path:
             ax_spec.text(0.5, 0.5, "no audio", ha="center", va="center", transform=ax_spec.transAxes)
             continue
         try:
-            wave = media.decode_audio(aud.audio.file, cfg.sample_rate_hz,
-                                      max_duration_ns=aud.audio.start_ns + aud.audio.duration_ns)
+            wave = media.decode_audio(
+                aud.audio.file, cfg.sample_rate_hz, max_duration_ns=aud.audio.start_ns + aud.audio.duration_ns
+            )
         except MediaError as e:
             log.warning("sheet: %s", e)
             ax_spec.text(0.5, 0.5, "unreadable", ha="center", va="center", transform=ax_spec.transAxes)
             continue
         window = np.zeros(ds.window_samples, dtype=np.float32)
         window[: min(wave.shape[0], ds.window_samples)] = wave[: ds.window_samples]
-        mel = log_mel_db(window, cfg.sample_rate_hz, contract.n_fft, contract.hop_length, contract.n_mels,
-                         contract.fmin_hz, contract.fmax_hz)
+        mel = log_mel_db(
+            window,
+            cfg.sample_rate_hz,
+            contract.n_fft,
+            contract.hop_length,
+            contract.n_mels,
+            contract.fmin_hz,
+            contract.fmax_hz,
+        )
         ax_spec.axis("on")
-        ax_spec.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=mel.max() - 80, vmax=mel.max(),
-                       extent=(0, cfg.window_s, 0, contract.n_mels))
+        ax_spec.imshow(
+            mel,
+            origin="lower",
+            aspect="auto",
+            cmap="magma",
+            vmin=mel.max() - 80,
+            vmax=mel.max(),
+            extent=(0, cfg.window_s, 0, contract.n_mels),
+        )
         ax_spec.set_yticks([])
         ax_spec.tick_params(labelsize=6)
         ax_spec.set_title(Path(aud.audio.file).name, fontsize=7, loc="right")
-    fig.suptitle(f"{ds.root.name}: {ds.kind}, {n} classes; log-mel of the first {cfg.window_s:g} s window "
-                 f"at {cfg.sample_rate_hz} Hz", fontsize=10)
+    fig.suptitle(
+        f"{ds.root.name}: {ds.kind}, {n} classes; log-mel of the first {cfg.window_s:g} s window "
+        f"at {cfg.sample_rate_hz} Hz",
+        fontsize=10,
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
@@ -124,16 +156,22 @@ def write_sheet(ds: AVDataset, out: Path) -> Path:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"{s['root']}: {s['kind']} data set, {s['n_classes']} classes"
-             + (f" (index: {Path(s['index_file']).name})" if s.get("index_file") else "")]
+    lines = [
+        f"{s['root']}: {s['kind']} data set, {s['n_classes']} classes"
+        + (f" (index: {Path(s['index_file']).name})" if s.get("index_file") else "")
+    ]
     d = s["durations_s"]
     if d["min"] is not None:
-        lines.append(f"audio: {d['total']:.1f} s in {sum(s['files'].get(k, 0) for k in ('audio', 'video'))} files "
-                     f"(min {d['min']:.2f} s, max {d['max']:.2f} s, mean {d['mean']:.2f} s); sample rates: "
-                     + ", ".join(f"{r} Hz x{n}" for r, n in s["sample_rates_hz"].items()))
+        lines.append(
+            f"audio: {d['total']:.1f} s in {sum(s['files'].get(k, 0) for k in ('audio', 'video'))} files "
+            f"(min {d['min']:.2f} s, max {d['max']:.2f} s, mean {d['mean']:.2f} s); sample rates: "
+            + ", ".join(f"{r} Hz x{n}" for r, n in s["sample_rates_hz"].items())
+        )
     c = s["config"]
-    lines.append(f"windows: {c['window_s']:g} s every {c['hop_s']:g} s at {c['sample_rate_hz']} Hz; "
-                 f"images {c['image_size_px']} px; split seed {c['seed']}")
+    lines.append(
+        f"windows: {c['window_s']:g} s every {c['hop_s']:g} s at {c['sample_rate_hz']} Hz; "
+        f"images {c['image_size_px']} px; split seed {c['seed']}"
+    )
     lines.append("")
     head = f"{'class':<28}" + "".join(f"{sp:>8}" for sp in SPLITS)
     lines.append(head)
@@ -173,7 +211,11 @@ def cmd_inspect(args: argparse.Namespace) -> CommandResult:
         raise DataError(f"{path}: data set not found")
     ds = load_dataset(data_cfg, path)
     summary = ds.summary()
-    sheet = Path(args.sheet) if getattr(args, "sheet", None) else Path.cwd() / f"{(path.stem if path.is_file() else path.resolve().name)}_sheet.png"
+    sheet = (
+        Path(args.sheet)
+        if getattr(args, "sheet", None)
+        else Path.cwd() / f"{(path.stem if path.is_file() else path.resolve().name)}_sheet.png"
+    )
     summary["sheet"] = str(write_sheet(ds, sheet))
     return CommandResult(summary, format_summary(summary))
 

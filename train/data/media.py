@@ -145,9 +145,7 @@ def decode_audio(path: str | Path, rate_hz: int, max_duration_ns: int | None = N
         return audio[:limit]
     expected = samples_for_ns(header_ns, rate_hz)
     if expected and n < _TRUNCATED_SHARE * expected:
-        raise MediaError(
-            f"{p}: truncated: header says {header_ns / NS_PER_S:.2f} s, decoded {n / rate_hz:.2f} s"
-        )
+        raise MediaError(f"{p}: truncated: header says {header_ns / NS_PER_S:.2f} s, decoded {n / rate_hz:.2f} s")
     return audio
 
 

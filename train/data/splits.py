@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 
 def group_rank(seed: int, group: str) -> str:
@@ -38,7 +38,7 @@ def pick_groups(group_classes: Mapping[str, Iterable[str]], fraction: float, see
     for g, cs in classes_of.items():
         per_class[cs[0] if cs else ""].append(g)
     order: list[tuple[int, str, str]] = []
-    for cls, gs in per_class.items():
+    for gs in per_class.values():
         for rank, g in enumerate(sorted(gs, key=lambda g: group_rank(seed, g))):
             order.append((rank, group_rank(seed, g), g))
     order.sort()

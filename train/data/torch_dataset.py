@@ -43,8 +43,15 @@ def model_image(visual: np.ndarray, clip_frames: int, frame: str = "middle") -> 
 
 
 class TorchAVDataset(Dataset):
-    def __init__(self, data: AVDataset, split: str, epoch: int = 0, seed: int | None = None,
-                 frame: str = "middle", with_frames: bool = False) -> None:
+    def __init__(
+        self,
+        data: AVDataset,
+        split: str,
+        epoch: int = 0,
+        seed: int | None = None,
+        frame: str = "middle",
+        with_frames: bool = False,
+    ) -> None:
         if frame not in ("middle", "first", "last"):
             raise DataError(f"frame must be 'middle', 'first' or 'last', got {frame!r}")
         self.data = data
@@ -97,5 +104,7 @@ class TorchAVDataset(Dataset):
         }
         if self.with_frames:
             n = self.data.cfg.frames_per_clip if (v_sample is not None and v_sample.video is not None) else 1
-            item["frames"] = torch.from_numpy(np.array(frames if frames is not None else np.stack([self._zero_image] * n)))
+            item["frames"] = torch.from_numpy(
+                np.array(frames if frames is not None else np.stack([self._zero_image] * n))
+            )
         return item

@@ -24,8 +24,9 @@ the network or a filled cache; `weights_path` loads a local state dict of the *l
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ from edgeav.registry import Registry
 
 log = logging.getLogger(__name__)
 
-BACKBONES: Registry["Backbone"] = Registry("backbone")
+BACKBONES: Registry[Backbone] = Registry("backbone")
 
 TRANSFORMERS_EXTRA = "transformers"
 """The pip extra that provides `transformers` for the wav2vec2 / AST entries: pip install 'edgeav[transformers]'."""
@@ -103,8 +104,9 @@ def _torchvision_model(name: str, pretrained: bool, weights_path: str | Path | N
     return build_torchvision(name, "torchvision.models", _TORCHVISION[name][0], pretrained, weights_path)
 
 
-def build_torchvision(name: str, module: str, builder_name: str, pretrained: bool,
-                      weights_path: str | Path | None) -> nn.Module:
+def build_torchvision(
+    name: str, module: str, builder_name: str, pretrained: bool, weights_path: str | Path | None
+) -> nn.Module:
     """torchvision's `module.builder_name` (e.g. torchvision.models.video.r3d_18) with its DEFAULT weights, none, or
     a local state dict of that library model; a failed download is a one-line `ModelError`."""
     import importlib
@@ -132,8 +134,16 @@ def _adapt_first_conv_to_mono(net: nn.Module) -> None:
     for parent in net.modules():
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                mono = nn.Conv2d(1, child.out_channels, child.kernel_size, child.stride, child.padding,
-                                 child.dilation, child.groups, child.bias is not None)
+                mono = nn.Conv2d(
+                    1,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    child.dilation,
+                    child.groups,
+                    child.bias is not None,
+                )
                 with torch.no_grad():
                     mono.weight.copy_(child.weight.sum(dim=1, keepdim=True))
                     if child.bias is not None:
@@ -146,8 +156,9 @@ def _adapt_first_conv_to_mono(net: nn.Module) -> None:
 class TorchvisionBackbone(Backbone):
     """A torchvision classifier cut before its pooling; `mono=True` takes a 1-channel log-mel instead of RGB."""
 
-    def __init__(self, name: str, pretrained: bool = False, weights_path: str | Path | None = None,
-                 mono: bool = False) -> None:
+    def __init__(
+        self, name: str, pretrained: bool = False, weights_path: str | Path | None = None, mono: bool = False
+    ) -> None:
         super().__init__()
         net = _torchvision_model(name, pretrained, weights_path)
         if mono:
@@ -159,8 +170,9 @@ class TorchvisionBackbone(Backbone):
         self.input_norm = nn.BatchNorm2d(1) if mono else nn.Identity()
         self.norm: nn.Module = nn.Identity()
         if name.startswith("resnet"):
-            self.features = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool,
-                                          net.layer1, net.layer2, net.layer3, net.layer4)
+            self.features = nn.Sequential(
+                net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+            )
         else:
             self.features = net.features
             if name.startswith("convnext"):
@@ -183,8 +195,13 @@ def _register_torchvision(name: str) -> None:
 
     dim = _TORCHVISION[name][1]
     BACKBONES.register(name, modality="image", input_kind="image", embed_dim=dim, source="torchvision")(image_factory)
-    BACKBONES.register(f"audio_{name}", modality="audio", input_kind="logmel", embed_dim=dim,
-                       source="torchvision, first conv summed to 1 channel")(audio_factory)
+    BACKBONES.register(
+        f"audio_{name}",
+        modality="audio",
+        input_kind="logmel",
+        embed_dim=dim,
+        source="torchvision, first conv summed to 1 channel",
+    )(audio_factory)
 
 
 for _name in _TORCHVISION:
@@ -212,7 +229,9 @@ class SqueezeExcite(nn.Module):
 
 
 def _conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class ConvSEBlock(nn.Module):
@@ -237,12 +256,20 @@ class AudioCNN(Backbone):
     modality = "audio"
     input_kind = "logmel"
 
-    def __init__(self, channels: tuple[int, ...] = (24, 48, 96), stem_channels: int = 16, embed_dim: int = 256,
-                 pretrained: bool = False, weights_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        channels: tuple[int, ...] = (24, 48, 96),
+        stem_channels: int = 16,
+        embed_dim: int = 256,
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+    ) -> None:
         super().__init__()
         if pretrained:
-            raise ModelError("backbone 'audio_cnn' is trained from scratch: there are no library weights "
-                             "(pretrained=False; weights_path= loads your own)")
+            raise ModelError(
+                "backbone 'audio_cnn' is trained from scratch: there are no library weights "
+                "(pretrained=False; weights_path= loads your own)"
+            )
         self.embed_dim = int(embed_dim)
         self.input_norm = nn.BatchNorm2d(1)
         self.stem = nn.Sequential(_conv_bn_relu(1, stem_channels, 3, stride=2), nn.AvgPool2d(2))
@@ -267,8 +294,9 @@ def audio_cnn(pretrained: bool = False, weights_path: str | Path | None = None, 
     return AudioCNN(pretrained=pretrained, weights_path=weights_path, **kwargs)
 
 
-@BACKBONES.register("audio_cnn_large", modality="audio", input_kind="logmel", embed_dim=512,
-                    source="edgeav (from scratch)")
+@BACKBONES.register(
+    "audio_cnn_large", modality="audio", input_kind="logmel", embed_dim=512, source="edgeav (from scratch)"
+)
 def audio_cnn_large(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     kw: dict[str, Any] = dict(channels=(64, 128, 256), stem_channels=32, embed_dim=512)
     kw.update(kwargs)
@@ -301,8 +329,9 @@ class Wav2Vec2Backbone(Backbone):
     modality = "audio"
     input_kind = "waveform"
 
-    def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None,
-                 hub_id: str = "facebook/wav2vec2-base") -> None:
+    def __init__(
+        self, pretrained: bool = False, weights_path: str | Path | None = None, hub_id: str = "facebook/wav2vec2-base"
+    ) -> None:
         super().__init__()
         tf = _require_transformers("wav2vec2_base")
         _check_weights_args("wav2vec2_base", pretrained, weights_path)
@@ -331,15 +360,22 @@ class ASTBackbone(Backbone):
     input_kind = "logmel"
     PRETRAINED_SHAPE = (128, 1024)
 
-    def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None,
-                 hub_id: str = "MIT/ast-finetuned-audioset-10-10-0.4593", n_mels: int = 128,
-                 max_frames: int = 1024) -> None:
+    def __init__(
+        self,
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        hub_id: str = "MIT/ast-finetuned-audioset-10-10-0.4593",
+        n_mels: int = 128,
+        max_frames: int = 1024,
+    ) -> None:
         super().__init__()
         tf = _require_transformers("ast")
         _check_weights_args("ast", pretrained, weights_path)
         if pretrained and (n_mels, max_frames) != self.PRETRAINED_SHAPE:
-            raise ModelError(f"backbone 'ast': the pretrained model takes {self.PRETRAINED_SHAPE[0]} mel bands x "
-                             f"{self.PRETRAINED_SHAPE[1]} frames, the contract gives {n_mels} x {max_frames}")
+            raise ModelError(
+                f"backbone 'ast': the pretrained model takes {self.PRETRAINED_SHAPE[0]} mel bands x "
+                f"{self.PRETRAINED_SHAPE[1]} frames, the contract gives {n_mels} x {max_frames}"
+            )
         if pretrained:
             self.encoder = tf.ASTModel.from_pretrained(hub_id)
         else:
@@ -353,14 +389,27 @@ class ASTBackbone(Backbone):
         return h[:, 2:].transpose(1, 2).unsqueeze(2)  # (B, D, 1, N) patch tokens
 
 
-@BACKBONES.register("wav2vec2_base", modality="audio", input_kind="waveform", embed_dim=768,
-                    source="transformers (optional extra)", extra=TRANSFORMERS_EXTRA)
+@BACKBONES.register(
+    "wav2vec2_base",
+    modality="audio",
+    input_kind="waveform",
+    embed_dim=768,
+    source="transformers (optional extra)",
+    extra=TRANSFORMERS_EXTRA,
+)
 def wav2vec2_base(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return Wav2Vec2Backbone(pretrained, weights_path, **kwargs)
 
 
-@BACKBONES.register("ast", modality="audio", input_kind="logmel", embed_dim=768,
-                    source="transformers (optional extra)", extra=TRANSFORMERS_EXTRA, logmel_shape_kwargs=True)
+@BACKBONES.register(
+    "ast",
+    modality="audio",
+    input_kind="logmel",
+    embed_dim=768,
+    source="transformers (optional extra)",
+    extra=TRANSFORMERS_EXTRA,
+    logmel_shape_kwargs=True,
+)
 def ast(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return ASTBackbone(pretrained, weights_path, **kwargs)
 

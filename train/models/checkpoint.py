@@ -33,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -89,7 +90,9 @@ def _plain(value: Any, what: str) -> Any:
     try:
         return json.loads(json.dumps(value, default=_json_default))
     except (TypeError, ValueError) as e:
-        raise ModelError(f"checkpoint: {what} must be JSON-like (dicts, lists, str, numbers, bool, None): {e}") from None
+        raise ModelError(
+            f"checkpoint: {what} must be JSON-like (dicts, lists, str, numbers, bool, None): {e}"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:
@@ -104,10 +107,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON-like")
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, labels: Sequence[str], arch: dict[str, Any] | BaseModel,
-                    contract: InputContract | dict[str, Any], train_config: dict[str, Any] | BaseModel,
-                    metrics: dict[str, Any], optimizer_state: dict[str, Any] | None = None,
-                    extra: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    labels: Sequence[str],
+    arch: dict[str, Any] | BaseModel,
+    contract: InputContract | dict[str, Any],
+    train_config: dict[str, Any] | BaseModel,
+    metrics: dict[str, Any],
+    optimizer_state: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write a self-describing checkpoint atomically; returns the path written."""
     path = Path(path)
     contract_obj = contract if isinstance(contract, InputContract) else InputContract.model_validate(contract)
@@ -121,8 +131,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, labels: Sequence[str], a
     refs = _by_reference(model, arch_d, state)
     summary = {b: {k: v for k, v in r.items() if k != "keys"} for b, r in refs.items()}
     man_extra = {**extra_d, **({"file_weights": summary} if refs else {})}
-    manifest = ArtifactManifest(kind="checkpoint", labels=labels_l, contract=contract_obj, arch=arch_d,
-                                precision="fp32", metrics=metrics_d, extra=man_extra)
+    manifest = ArtifactManifest(
+        kind="checkpoint",
+        labels=labels_l,
+        contract=contract_obj,
+        arch=arch_d,
+        precision="fp32",
+        metrics=metrics_d,
+        extra=man_extra,
+    )
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -168,12 +185,25 @@ def _by_reference(model: nn.Module, arch: dict[str, Any], state: dict[str, torch
         keys = [f"{branch}.{k}" for k in keys_of()]
         sha, n_bytes = _tensors_sha256(state, keys)
         meta = BACKBONES.meta(arch[branch])
-        refs[branch] = {"backbone": arch[branch], "keys": keys, "sha256": sha, "tensors": len(keys), "bytes": n_bytes,
-                        "source": str(meta.get("source", "")), "licence": str(meta.get("licence", ""))}
+        refs[branch] = {
+            "backbone": arch[branch],
+            "keys": keys,
+            "sha256": sha,
+            "tensors": len(keys),
+            "bytes": n_bytes,
+            "source": str(meta.get("source", "")),
+            "licence": str(meta.get("licence", "")),
+        }
         for k in keys:
             del state[k]
-        log.info("checkpoint: %s's %d file tensors (%.1f MiB, %s) stored by reference (sha256 %s...)", arch[branch],
-                 len(keys), n_bytes / 2**20, meta.get("licence", "no licence stated"), sha[:12])
+        log.info(
+            "checkpoint: %s's %d file tensors (%.1f MiB, %s) stored by reference (sha256 %s...)",
+            arch[branch],
+            len(keys),
+            n_bytes / 2**20,
+            meta.get("licence", "no licence stated"),
+            sha[:12],
+        )
     return refs
 
 
@@ -191,18 +221,23 @@ def _fill_by_reference(payload: dict[str, Any], p: Path, model: nn.Module | None
             try:
                 bb = BACKBONES.create(ref["backbone"], **dict(payload["arch"].get(BRANCH_KWARGS[branch]) or {}))
             except (ModelError, UnknownNameError) as e:
-                raise type(e)(f"{p}: cannot rebuild {ref['backbone']} for its weights stored by reference: "
-                              f"{e}") from None
+                raise type(e)(
+                    f"{p}: cannot rebuild {ref['backbone']} for its weights stored by reference: {e}"
+                ) from None
             source = {f"{branch}.{k}": v for k, v in bb.state_dict().items()}
         missing = [k for k in ref["keys"] if k not in source]
         if missing:
-            raise ModelError(f"{p}: {ref['backbone']} built here lacks {len(missing)} tensor(s) the checkpoint refers "
-                             f"to, e.g. {missing[0]!r}")
+            raise ModelError(
+                f"{p}: {ref['backbone']} built here lacks {len(missing)} tensor(s) the checkpoint refers "
+                f"to, e.g. {missing[0]!r}"
+            )
         sha, _ = _tensors_sha256(source, ref["keys"])
         if sha != ref["sha256"]:
-            raise ModelError(f"{p}: {ref['backbone']}'s weights on this machine (sha256 {sha[:12]}...) are not the ones "
-                             f"the checkpoint was trained with ({ref['sha256'][:12]}...): convert the same model "
-                             f"({ref['source']})")
+            raise ModelError(
+                f"{p}: {ref['backbone']}'s weights on this machine (sha256 {sha[:12]}...) are not the ones "
+                f"the checkpoint was trained with ({ref['sha256'][:12]}...): convert the same model "
+                f"({ref['source']})"
+            )
         payload["state_dict"].update({k: source[k].detach().cpu().clone() for k in ref["keys"]})
 
 
@@ -216,15 +251,19 @@ def read_checkpoint(path: str | Path, *, fill_references: bool = True) -> dict[s
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelError(f"{p}: not a loadable edgeav checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise ModelError(
+            f"{p}: not a loadable edgeav checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(f"{p}: not an edgeav checkpoint (no format={CHECKPOINT_FORMAT!r} key)")
     version = payload.get("format_version")
     if not isinstance(version, int) or version < 1:
         raise ModelError(f"{p}: bad checkpoint format_version {version!r}")
     if version > CHECKPOINT_FORMAT_VERSION:
-        raise ModelError(f"{p}: checkpoint format version {version} is newer than this edgeav reads "
-                         f"({CHECKPOINT_FORMAT_VERSION}); upgrade edgeav")
+        raise ModelError(
+            f"{p}: checkpoint format version {version} is newer than this edgeav reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade edgeav"
+        )
     for key in ("arch", "labels", "contract", "state_dict"):
         if key not in payload:
             raise ModelError(f"{p}: checkpoint lacks {key!r}")
@@ -251,10 +290,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except RuntimeError as e:
         raise ModelError(f"{p}: weights do not fit the architecture: {str(e).splitlines()[0]}") from None
     model.to(map_location).eval()
-    manifest = ArtifactManifest(kind="checkpoint", labels=list(payload["labels"]), contract=contract,
-                                arch=dict(payload["arch"]), precision="fp32", metrics=dict(payload.get("metrics") or {}),
-                                extra=dict(payload.get("extra") or {}))
-    info = CheckpointInfo(path=str(p), format_version=int(payload["format_version"]), manifest=manifest,
-                          train_config=dict(payload.get("train_config") or {}),
-                          optimizer_state=payload.get("optimizer_state"), extra=dict(payload.get("extra") or {}))
+    manifest = ArtifactManifest(
+        kind="checkpoint",
+        labels=list(payload["labels"]),
+        contract=contract,
+        arch=dict(payload["arch"]),
+        precision="fp32",
+        metrics=dict(payload.get("metrics") or {}),
+        extra=dict(payload.get("extra") or {}),
+    )
+    info = CheckpointInfo(
+        path=str(p),
+        format_version=int(payload["format_version"]),
+        manifest=manifest,
+        train_config=dict(payload.get("train_config") or {}),
+        optimizer_state=payload.get("optimizer_state"),
+        extra=dict(payload.get("extra") or {}),
+    )
     return model, info

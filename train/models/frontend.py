@@ -104,7 +104,9 @@ class LogMel(nn.Module):
         self.win_length = contract.win_length
         self.hop_length = contract.hop_length
         self.register_buffer("dft", torch.from_numpy(kernels), persistent=False)  # (2F, 1, W)
-        fb = mel_filterbank(contract.sample_rate_hz, contract.n_fft, contract.n_mels, contract.fmin_hz, contract.fmax_hz)
+        fb = mel_filterbank(
+            contract.sample_rate_hz, contract.n_fft, contract.n_mels, contract.fmin_hz, contract.fmax_hz
+        )
         self.register_buffer("mel_fb", torch.from_numpy(fb), persistent=False)  # (M, F)
         self.log_floor = float(contract.log_floor)
         self.top_db = contract.top_db
@@ -145,7 +147,7 @@ class ImageNormalize(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if not self.full:
-            image = image[..., self.rows[0]:self.rows[1], self.cols[0]:self.cols[1]]  # (..., 3, h, w) the ROI
+            image = image[..., self.rows[0] : self.rows[1], self.cols[0] : self.cols[1]]  # (..., 3, h, w) the ROI
         return image.float() * self.scale + self.shift  # (B, 3, h, w) or (B, T, 3, h, w)
 
 

@@ -49,14 +49,27 @@ class Branches(NamedTuple):
     mask: torch.Tensor  # (B, 2)
 
     @classmethod
-    def masked(cls, audio_map: torch.Tensor, image_map: torch.Tensor, audio_emb: torch.Tensor,
-               image_emb: torch.Tensor, mask: torch.Tensor) -> Branches:
+    def masked(
+        cls,
+        audio_map: torch.Tensor,
+        image_map: torch.Tensor,
+        audio_emb: torch.Tensor,
+        image_emb: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> Branches:
         """The branches with a missing modality's maps and embedding zeroed (mask (B, 2): audio, image present),
         logits left empty (B, 0): what `forward_head` takes, from the backbones or from cached features."""
         m_a, m_i = mask[:, 0:1], mask[:, 1:2]  # (B, 1) each
         empty = mask[:, :0]  # (B, 0)
-        return cls(audio_map * m_a.view(-1, 1, 1, 1), image_map * m_i.view(-1, 1, 1, 1), audio_emb * m_a,
-                   image_emb * m_i, empty, empty, mask)
+        return cls(
+            audio_map * m_a.view(-1, 1, 1, 1),
+            image_map * m_i.view(-1, 1, 1, 1),
+            audio_emb * m_a,
+            image_emb * m_i,
+            empty,
+            empty,
+            mask,
+        )
 
 
 def create_head(name: str, audio_dim: int, image_dim: int, num_classes: int, **kwargs: Any) -> nn.Module:
@@ -82,8 +95,14 @@ class ConcatHead(nn.Module):
     MobileNetV3 trained from scratch vs |z_a| 0.36 for the audio CNN, ~70x), and without them the larger one drowns
     the other."""
 
-    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, hidden: tuple[int, ...] = (512, 128, 64),
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        audio_dim: int,
+        image_dim: int,
+        num_classes: int,
+        hidden: tuple[int, ...] = (512, 128, 64),
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self.norm_audio = nn.LayerNorm(audio_dim)
         self.norm_image = nn.LayerNorm(image_dim)
@@ -103,7 +122,7 @@ class ConcatHead(nn.Module):
 class LateAverageHead(nn.Module):
     """Late fusion baseline, the mean of the unimodal class probabilities, as log-probabilities (no parameters):
 
-        y = log((softmax(l_a) + softmax(l_i)) / 2)          (B, C), l_a, l_i the auxiliary logits (B, C)"""
+    y = log((softmax(l_a) + softmax(l_i)) / 2)          (B, C), l_a, l_i the auxiliary logits (B, C)"""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, **_: Any) -> None:
         super().__init__()
@@ -116,7 +135,7 @@ class LateAverageHead(nn.Module):
 class LateProductHead(nn.Module):
     """Late fusion baseline, the product of the unimodal probabilities (no parameters):
 
-        y = log softmax(l_a) + log softmax(l_i)             (B, C)"""
+    y = log softmax(l_a) + log softmax(l_i)             (B, C)"""
 
     def __init__(self, audio_dim: int, image_dim: int, num_classes: int, **_: Any) -> None:
         super().__init__()
@@ -171,7 +190,9 @@ class FBFM(nn.Module):
         z = sign(z) sqrt(|z| + eps);  z = z / ||z||_2       (B, o)     power and L2 normalization (MFB)
     U: (Da, o*k), V: (Di, o*k), with dropout on j."""
 
-    def __init__(self, audio_dim: int, image_dim: int, out_dim: int = 256, factors: int = 5, dropout: float = 0.1) -> None:
+    def __init__(
+        self, audio_dim: int, image_dim: int, out_dim: int = 256, factors: int = 5, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.out_dim, self.factors = out_dim, factors
         self.u = nn.Linear(audio_dim, out_dim * factors)
@@ -188,7 +209,9 @@ class FBFM(nn.Module):
 class CSIMHead(nn.Module):
     """HD-MF ablation, CSIM alone: y = W_c GAP(CSIM(F_img, F_aud))     (B, Di) -> (B, C)."""
 
-    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, attn_dim: int = 64, dropout: float = 0.2) -> None:
+    def __init__(
+        self, audio_dim: int, image_dim: int, num_classes: int, attn_dim: int = 64, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         self.csim = CSIM(audio_dim, image_dim, attn_dim)
         self.classifier = _classifier(image_dim, num_classes, dropout)
@@ -201,8 +224,15 @@ class CSIMHead(nn.Module):
 class FBFMHead(nn.Module):
     """HD-MF ablation, FBFM alone: y = W_c MFB(GAP F_aud, GAP F_img)   (B, o) -> (B, C)."""
 
-    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, fusion_dim: int = 256, factors: int = 5,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        audio_dim: int,
+        image_dim: int,
+        num_classes: int,
+        fusion_dim: int = 256,
+        factors: int = 5,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self.fbfm = FBFM(audio_dim, image_dim, fusion_dim, factors)
         self.classifier = _classifier(fusion_dim, num_classes, dropout)
@@ -225,8 +255,17 @@ class HDMFHead(nn.Module):
     The LayerNorms put the unnormalized spatial feature and the L2-normalized MFB on one scale before the gate.
     """
 
-    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, fusion_dim: int = 256, factors: int = 5,
-                 attn_dim: int = 64, dropout: float = 0.2, gated: bool = True) -> None:
+    def __init__(
+        self,
+        audio_dim: int,
+        image_dim: int,
+        num_classes: int,
+        fusion_dim: int = 256,
+        factors: int = 5,
+        attn_dim: int = 64,
+        dropout: float = 0.2,
+        gated: bool = True,
+    ) -> None:
         super().__init__()
         self.gated = gated
         self.csim = CSIM(audio_dim, image_dim, attn_dim)
@@ -293,8 +332,16 @@ class CFNSRHead(nn.Module):
     Classifier: y = W_c [x_o ; x_a]                   (B, Di + d) -> (B, C)
     """
 
-    def __init__(self, audio_dim: int, image_dim: int, num_classes: int, dim: int = 128, depth: int = 2,
-                 heads: int = 4, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        audio_dim: int,
+        image_dim: int,
+        num_classes: int,
+        dim: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self.audio_in = nn.Linear(audio_dim, dim)  # W_in
         self.audio_blocks = nn.Sequential(*[SelfAttentionBlock(dim, heads) for _ in range(depth)])
@@ -436,8 +483,16 @@ def _register_two_phase(index: int, mode: str, on: str) -> None:
 
 
 for _i, (_mode, _on) in enumerate(
-    [("elementwise", "embeddings"), ("modality", "embeddings"), ("concat", "embeddings"),
-     ("elementwise", "logits"), ("modality", "logits"), ("concat", "logits")], start=1):
+    [
+        ("elementwise", "embeddings"),
+        ("modality", "embeddings"),
+        ("concat", "embeddings"),
+        ("elementwise", "logits"),
+        ("modality", "logits"),
+        ("concat", "logits"),
+    ],
+    start=1,
+):
     _register_two_phase(_i, _mode, _on)
 
 

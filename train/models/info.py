@@ -61,13 +61,19 @@ def model_info(name: str, overrides: list[str] | None = None) -> dict[str, Any]:
             budget = {"target": meta.get("target"), "params": meta["budget_params"], "flops": meta["budget_flops"]}
     stats = model_stats(model)
     if budget is not None:
-        budget["within"] = (stats["params"]["total"] <= budget["params"]
-                            and stats["flops"]["total"] <= budget["flops"])
-    return {"name": name, **source, "arch": {k: v for k, v in model.arch.items() if k != "contract"},
-            "num_classes": model.num_classes, "contract": model.contract.model_dump(mode="json"),
-            "input_shapes": {k: list(v) for k, v in model.contract.shapes(1).items()},
-            "outputs": ["logits", "logits_audio", "logits_image"], **stats, "budget": budget,
-            "licences": _licences(model.arch)}
+        budget["within"] = stats["params"]["total"] <= budget["params"] and stats["flops"]["total"] <= budget["flops"]
+    return {
+        "name": name,
+        **source,
+        "arch": {k: v for k, v in model.arch.items() if k != "contract"},
+        "num_classes": model.num_classes,
+        "contract": model.contract.model_dump(mode="json"),
+        "input_shapes": {k: list(v) for k, v in model.contract.shapes(1).items()},
+        "outputs": ["logits", "logits_audio", "logits_image"],
+        **stats,
+        "budget": budget,
+        "licences": _licences(model.arch),
+    }
 
 
 def _raw_audio(arch: dict[str, Any]) -> bool:
@@ -102,44 +108,59 @@ def cmd_model_info(args: argparse.Namespace) -> CommandResult:
     ]
     if d["budget"] is not None:
         bd = d["budget"]
-        lines.append(f"budget ({bd['target']}): <= {_fmt_params(bd['params'])} params, <= {_fmt_flops(bd['flops'])}"
-                     f"FLOPs per window: {'within' if bd['within'] else 'OVER BUDGET'}")
+        lines.append(
+            f"budget ({bd['target']}): <= {_fmt_params(bd['params'])} params, <= {_fmt_flops(bd['flops'])}"
+            f"FLOPs per window: {'within' if bd['within'] else 'OVER BUDGET'}"
+        )
     lines += [
         "",
         "input contract:",
         f"  audio  (B, {d['input_shapes']['audio'][1]}) float32 mono, {a['sample_rate_hz']} Hz, {a['window_s']} s;"
-        + (" raw waveform into the audio backbone (its own front end)" if _raw_audio(arch) else
-           f" log-mel in model: n_fft {a['n_fft']}, hop {a['hop_length']}, win {a['win_length']} (hann),"
-           f" {a['n_mels']} mels {a['fmin_hz']:g}-{a['fmax_hz']:g} Hz, floor {a['log_floor']:g}"),
+        + (
+            " raw waveform into the audio backbone (its own front end)"
+            if _raw_audio(arch)
+            else f" log-mel in model: n_fft {a['n_fft']}, hop {a['hop_length']}, win {a['win_length']} (hann),"
+            f" {a['n_mels']} mels {a['fmin_hz']:g}-{a['fmax_hz']:g} Hz, floor {a['log_floor']:g}"
+        ),
         f"  image  (B, {', '.join(map(str, d['input_shapes']['image'][1:]))}) uint8 RGB {im['layout']}"
-        + (f", {im['n_frames']} frames at {im['frame_rate_hz']:g} Hz from the window's start"
-           if im["n_frames"] > 1 else "")
+        + (
+            f", {im['n_frames']} frames at {im['frame_rate_hz']:g} Hz from the window's start"
+            if im["n_frames"] > 1
+            else ""
+        )
         + f"; normalized in model mean {tuple(im['mean'])} std {tuple(im['std'])}"
         + (f"; cropped in model to roi (x0, y0, x1, y1) {tuple(im['roi'])}" if im.get("roi") else ""),
         "  mask   (B, 2) float32 [audio_present, image_present]",
         "outputs: logits, logits_audio, logits_image (B, C)",
     ]
     for backbone, licence in d["licences"].items():
-        lines.append(f"licence: {backbone} carries weights under {licence}; so does any checkpoint, ONNX file or "
-                     f"bundle of this model")
+        lines.append(
+            f"licence: {backbone} carries weights under {licence}; so does any checkpoint, ONNX file or "
+            f"bundle of this model"
+        )
     return CommandResult(d, "\n".join(lines))
 
 
 def cmd_model_list(args: argparse.Namespace) -> CommandResult:
-    named = [{"name": n, **NAMED_MODELS.meta(n), **{k: v for k, v in NAMED_MODELS.create(n).items() if k != "contract"}}
-             for n in NAMED_MODELS.names()]
+    named = [
+        {"name": n, **NAMED_MODELS.meta(n), **{k: v for k, v in NAMED_MODELS.create(n).items() if k != "contract"}}
+        for n in NAMED_MODELS.names()
+    ]
     backbones = [{"name": n, **BACKBONES.meta(n)} for n in BACKBONES.names()]
     heads = [{"name": n, **HEADS.meta(n)} for n in HEADS.names()]
     lines = ["named models:"]
     for m in named:
-        lines.append(f"  {m['name']:<18} {m.get('audio_backbone') or '-':<17} {m['image_backbone']:<18} "
-                     f"{m['head']:<10} {m['summary']}")
+        lines.append(
+            f"  {m['name']:<18} {m.get('audio_backbone') or '-':<17} {m['image_backbone']:<18} "
+            f"{m['head']:<10} {m['summary']}"
+        )
     lines.append("backbones:")
     for b in backbones:
         extra = f" [needs edgeav[{b['extra']}]]" if b.get("extra") else ""
         extra += f" [licence: {b['licence']}]" if b.get("licence") else ""
-        lines.append(f"  {b['name']:<26} {b['modality']:<6} in={b['input_kind']:<9} dim={b['embed_dim']:<5} "
-                     f"{b['source']}{extra}")
+        lines.append(
+            f"  {b['name']:<26} {b['modality']:<6} in={b['input_kind']:<9} dim={b['embed_dim']:<5} {b['source']}{extra}"
+        )
     lines.append("fusion heads:")
     for h in heads:
         lines.append(f"  {h['name']:<12} uses {h['uses']:<11} {h['paper']}")

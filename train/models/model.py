@@ -23,8 +23,9 @@ Submodule names are part of the export contract: `frontend` (kept out of INT8, O
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,8 +62,12 @@ class Arch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, description="Named model this came from (informational).")
-    audio_backbone: str | None = Field(DEFAULT_AUDIO_BACKBONE, description="Audio backbone; null for a shared-encoder head.")
-    image_backbone: str = Field(DEFAULT_IMAGE_BACKBONE, description="Image backbone (the shared encoder for shared_2d).")
+    audio_backbone: str | None = Field(
+        DEFAULT_AUDIO_BACKBONE, description="Audio backbone; null for a shared-encoder head."
+    )
+    image_backbone: str = Field(
+        DEFAULT_IMAGE_BACKBONE, description="Image backbone (the shared encoder for shared_2d)."
+    )
     head: str = Field(DEFAULT_HEAD, description="Fusion head.")
     audio_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the audio backbone.")
     image_kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra arguments of the image backbone.")
@@ -80,23 +85,32 @@ def parse_arch(arch: dict[str, Any] | Arch) -> Arch:
     except ValidationError as e:
         first = e.errors()[0]
         raise ModelError(f"bad architecture keys: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
     def known(kind: str) -> list[str]:  # the names that fit this key, not every registry entry
         return HEADS.names() if kind == "fusion head" else backbone_names(kind.split()[0])
 
-    for kind, reg, value in (("audio backbone", BACKBONES, spec.audio_backbone),
-                             ("image backbone", BACKBONES, spec.image_backbone), ("fusion head", HEADS, spec.head)):
+    for kind, reg, value in (
+        ("audio backbone", BACKBONES, spec.audio_backbone),
+        ("image backbone", BACKBONES, spec.image_backbone),
+        ("fusion head", HEADS, spec.head),
+    ):
         if value is not None and value not in reg:
-            raise UnknownNameError(f"unknown {kind} {value!r} in the architecture keys; this edgeav knows: "
-                                   f"{', '.join(known(kind))}")
+            raise UnknownNameError(
+                f"unknown {kind} {value!r} in the architecture keys; this edgeav knows: {', '.join(known(kind))}"
+            )
     shared = bool(HEADS.meta(spec.head).get("shared_encoder"))
     if shared and spec.audio_backbone is not None:
-        raise ModelError(f"head {spec.head!r} runs one shared encoder (image_backbone={spec.image_backbone!r}) over "
-                         f"both modalities; set audio_backbone to null")
+        raise ModelError(
+            f"head {spec.head!r} runs one shared encoder (image_backbone={spec.image_backbone!r}) over "
+            f"both modalities; set audio_backbone to null"
+        )
     if not shared and spec.audio_backbone is None:
         raise ModelError(f"head {spec.head!r} needs an audio backbone")
     if spec.audio_backbone is not None and BACKBONES.meta(spec.audio_backbone)["modality"] != "audio":
-        raise ModelError(f"audio_backbone {spec.audio_backbone!r} is an image backbone; audio ones: "
-                         f"{', '.join(n for n in BACKBONES.names() if BACKBONES.meta(n)['modality'] == 'audio')}")
+        raise ModelError(
+            f"audio_backbone {spec.audio_backbone!r} is an image backbone; audio ones: "
+            f"{', '.join(n for n in BACKBONES.names() if BACKBONES.meta(n)['modality'] == 'audio')}"
+        )
     if BACKBONES.meta(spec.image_backbone)["modality"] != "image":
         raise ModelError(f"image_backbone {spec.image_backbone!r} is an audio backbone")
     _check_clip(spec, shared)
@@ -110,24 +124,32 @@ def check_audio_frontend(spec: Arch) -> None:
     fixed = BACKBONES.meta(spec.audio_backbone).get("audio_frontend") if spec.audio_backbone is not None else None
     a = spec.contract.audio
     if fixed and (a.sample_rate_hz, a.window_s) != (fixed["sample_rate_hz"], fixed["window_s"]):
-        raise ModelError(f"audio_backbone {spec.audio_backbone!r} takes {fixed['sample_rate_hz']} Hz mono in "
-                         f"{fixed['window_s']:g} s windows (its own front end), the contract gives {a.sample_rate_hz} "
-                         f"Hz, {a.window_s:g} s: set data.sample_rate_hz: {fixed['sample_rate_hz']} and data.window_s: "
-                         f"{fixed['window_s']:g}")
+        raise ModelError(
+            f"audio_backbone {spec.audio_backbone!r} takes {fixed['sample_rate_hz']} Hz mono in "
+            f"{fixed['window_s']:g} s windows (its own front end), the contract gives {a.sample_rate_hz} "
+            f"Hz, {a.window_s:g} s: set data.sample_rate_hz: {fixed['sample_rate_hz']} and data.window_s: "
+            f"{fixed['window_s']:g}"
+        )
 
 
 def _check_clip(spec: Arch, shared: bool) -> None:
     """A temporal image backbone needs T >= 2 frames per window, a still one exactly 1."""
     temporal, T = is_temporal(spec.image_backbone), spec.contract.image.n_frames
     if shared and temporal:
-        raise ModelError(f"head {spec.head!r} runs one 2D encoder over a canvas; {spec.image_backbone!r} is a "
-                         f"temporal backbone (clips of frames): give a still-image backbone")
+        raise ModelError(
+            f"head {spec.head!r} runs one 2D encoder over a canvas; {spec.image_backbone!r} is a "
+            f"temporal backbone (clips of frames): give a still-image backbone"
+        )
     if temporal and T < 2:
-        raise ModelError(f"image_backbone {spec.image_backbone!r} reads motion over a window's frames, the contract "
-                         f"gives {T}: set data.frames_per_window >= 2 and data.frame_rate_hz")
+        raise ModelError(
+            f"image_backbone {spec.image_backbone!r} reads motion over a window's frames, the contract "
+            f"gives {T}: set data.frames_per_window >= 2 and data.frame_rate_hz"
+        )
     if not temporal and T > 1:
-        raise ModelError(f"image_backbone {spec.image_backbone!r} takes one frame, the contract gives {T} per window; "
-                         f"temporal backbones: {', '.join(temporal_backbone_names())}")
+        raise ModelError(
+            f"image_backbone {spec.image_backbone!r} takes one frame, the contract gives {T} per window; "
+            f"temporal backbones: {', '.join(temporal_backbone_names())}"
+        )
 
 
 def is_temporal(image_backbone: str) -> bool:
@@ -185,8 +207,15 @@ class AVClassifier(nn.Module):
     forward hooks and the per-branch FLOP count all rely on it.
     """
 
-    def __init__(self, audio_backbone: Backbone | None, image_backbone: Backbone, fusion: nn.Module, num_classes: int,
-                 contract: InputContract, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        audio_backbone: Backbone | None,
+        image_backbone: Backbone,
+        fusion: nn.Module,
+        num_classes: int,
+        contract: InputContract,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         audio_dim = (audio_backbone if audio_backbone is not None else image_backbone).embed_dim
         audio_input = "waveform" if audio_backbone is not None and audio_backbone.input_kind == "waveform" else "logmel"
@@ -229,8 +258,9 @@ class SharedAVClassifier(AVClassifier):
     halves, the fused head the whole. A missing modality's half of the canvas is zero, so it cannot leak. With both
     present, the halves meet at the seam, so `logits_audio` sees a little of the image through the receptive field."""
 
-    def __init__(self, encoder: Backbone, fusion: nn.Module, num_classes: int, contract: InputContract,
-                 dropout: float = 0.2) -> None:
+    def __init__(
+        self, encoder: Backbone, fusion: nn.Module, num_classes: int, contract: InputContract, dropout: float = 0.2
+    ) -> None:
         super().__init__(None, encoder, fusion, num_classes, contract, dropout)
         self.spec_norm = nn.BatchNorm2d(1)
 
@@ -256,9 +286,15 @@ class SharedAVClassifier(AVClassifier):
         return [self.image_backbone, self.spec_norm]  # the spectrogram's input norm belongs to the encoder's input
 
 
-def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, contract: InputContract | None = None,
-                pretrained: bool | str | Path | None = None, audio_weights_path: str | Path | None = None,
-                image_weights_path: str | Path | None = None) -> AVClassifier:
+def build_model(
+    arch: dict[str, Any] | Arch,
+    labels: Sequence[str] | int,
+    *,
+    contract: InputContract | None = None,
+    pretrained: bool | str | Path | None = None,
+    audio_weights_path: str | Path | None = None,
+    image_weights_path: str | Path | None = None,
+) -> AVClassifier:
     """Build a model from architecture keys (the dict a checkpoint stores) and labels (or a class count).
 
     `contract` overrides arch["contract"]; `pretrained` overrides arch["pretrained"] (a checkpoint rebuild passes
@@ -275,8 +311,12 @@ def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, con
     if not label_list:
         raise ModelError("a model needs at least one label")
     C = len(label_list)
-    plan = plan_weights(use_pretrained, ["image"] if spec.audio_backbone is None else ["audio", "image"],
-                        audio_weights_path, image_weights_path)
+    plan = plan_weights(
+        use_pretrained,
+        ["image"] if spec.audio_backbone is None else ["audio", "image"],
+        audio_weights_path,
+        image_weights_path,
+    )
     try:
         image = create_branch(spec.image_backbone, "image", plan["image"], **spec.image_kwargs)
         if spec.audio_backbone is None:
@@ -294,17 +334,26 @@ def build_model(arch: dict[str, Any] | Arch, labels: Sequence[str] | int, *, con
         raise ModelError(f"bad architecture arguments: {e}") from None
     model.arch = spec.model_dump(mode="json")
     model.labels = label_list
-    log.debug("built %s (%s + %s -> %s, %d classes)", spec.name or "model", spec.audio_backbone,
-              spec.image_backbone, spec.head, C)
+    log.debug(
+        "built %s (%s + %s -> %s, %d classes)",
+        spec.name or "model",
+        spec.audio_backbone,
+        spec.image_backbone,
+        spec.head,
+        C,
+    )
     return model
 
 
-def modality_dropout(mask: torch.Tensor, p_audio: float = 0.15, p_image: float = 0.15,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def modality_dropout(
+    mask: torch.Tensor, p_audio: float = 0.15, p_image: float = 0.15, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Training augmentation: drop the audio of a sample with probability p_audio, else its image with probability
     p_image (never both; samples already missing a modality keep their other one). Returns a new (B, 2) mask."""
     if p_audio < 0 or p_image < 0 or p_audio + p_image > 1:
-        raise ModelError(f"modality dropout: need p_audio, p_image >= 0 and p_audio + p_image <= 1, got {p_audio}, {p_image}")
+        raise ModelError(
+            f"modality dropout: need p_audio, p_image >= 0 and p_audio + p_image <= 1, got {p_audio}, {p_image}"
+        )
     u = torch.rand(mask.shape[0], generator=generator, device="cpu").to(mask.device)  # (B,)
     both = (mask[:, 0] > 0) & (mask[:, 1] > 0)  # (B,) only fully present samples can lose one
     out = mask.clone()
@@ -333,7 +382,9 @@ class ExportWrapper(nn.Module):
         return out.logits, out.logits_audio, out.logits_image
 
 
-def example_inputs(contract: InputContract, batch: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def example_inputs(
+    contract: InputContract, batch: int = 1, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Random inputs of the contract's shapes: audio (B, T) float32 in [-0.5, 0.5], image (B, 3, H, W) uint8, mask ones."""
     g = torch.Generator().manual_seed(seed)
     shapes = contract.shapes(batch)
@@ -342,13 +393,17 @@ def example_inputs(contract: InputContract, batch: int = 1, seed: int = 0) -> tu
     return audio, image, torch.ones(shapes["mask"])  # mask (B, 2)
 
 
-def param_groups(model: AVClassifier, backbone_lr: float, head_lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+def param_groups(
+    model: AVClassifier, backbone_lr: float, head_lr: float, weight_decay: float = 0.0
+) -> list[dict[str, Any]]:
     """Differential learning rates (HD-MF): backbones at `backbone_lr`, fusion + auxiliary heads at `head_lr`."""
     backbone_ids = {id(p) for m in model.backbones() for p in m.parameters()}
     bb = [p for p in model.parameters() if id(p) in backbone_ids and p.requires_grad]
     rest = [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad]
-    return [{"params": bb, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbones"},
-            {"params": rest, "lr": head_lr, "weight_decay": weight_decay, "name": "fusion"}]
+    return [
+        {"params": bb, "lr": backbone_lr, "weight_decay": weight_decay, "name": "backbones"},
+        {"params": rest, "lr": head_lr, "weight_decay": weight_decay, "name": "fusion"},
+    ]
 
 
 def freeze_backbones(model: AVClassifier, frozen: bool = True) -> None:

@@ -25,12 +25,17 @@ from edgeav.train.models.backbones import BACKBONES, Backbone, _load_state_dict
 
 
 def _frame_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 def _time_block(cin: int, cout: int, k: int, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-                         nn.BatchNorm1d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv1d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
+        nn.BatchNorm1d(cout),
+        nn.ReLU(inplace=True),
+    )
 
 
 def frame_differences(x: torch.Tensor) -> torch.Tensor:
@@ -46,16 +51,27 @@ class VideoTCN(Backbone):
     modality = "image"
     input_kind = "video"
 
-    def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None, stem: str = "diff",
-                 channels: tuple[int, ...] = (24, 48, 64), pool_px: int = 2, embed_dim: int = 128,
-                 temporal_layers: int = 2, temporal_kernel: int = 5, temporal_dilation_growth: int = 1) -> None:
+    def __init__(
+        self,
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        stem: str = "diff",
+        channels: tuple[int, ...] = (24, 48, 64),
+        pool_px: int = 2,
+        embed_dim: int = 128,
+        temporal_layers: int = 2,
+        temporal_kernel: int = 5,
+        temporal_dilation_growth: int = 1,
+    ) -> None:
         super().__init__()
         if pretrained:
             raise ModelError("video_tcn has no library weights (it is trained from scratch); set pretrained: false")
         if stem not in ("diff", "raw"):
             raise ModelError(f"video_tcn stem must be 'diff' or 'raw', got {stem!r}")
         if temporal_layers < 1 or temporal_kernel < 1 or temporal_kernel % 2 == 0 or temporal_dilation_growth < 1:
-            raise ModelError("video_tcn needs temporal_layers >= 1, an odd temporal_kernel and temporal_dilation_growth >= 1")
+            raise ModelError(
+                "video_tcn needs temporal_layers >= 1, an odd temporal_kernel and temporal_dilation_growth >= 1"
+            )
         self.stem = stem
         self.embed_dim = int(embed_dim)
         blocks, cin = [], 3

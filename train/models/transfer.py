@@ -45,8 +45,9 @@ def init_from_checkpoint(model: AVClassifier, path: str | Path) -> dict[str, Any
     mine = parse_arch(model.arch).model_dump(mode="json")
     for key in ARCH_KEYS:
         if base.get(key) != mine.get(key):
-            raise ModelError(f"{where}: the architecture differs: {key} is {base.get(key)!r} there, "
-                             f"{mine.get(key)!r} in this run")
+            raise ModelError(
+                f"{where}: the architecture differs: {key} is {base.get(key)!r} there, {mine.get(key)!r} in this run"
+            )
     same_labels = list(payload["labels"]) == list(model.labels)
     new = [] if same_labels else class_dependent_keys(model)
     state, theirs = model.state_dict(), payload["state_dict"]
@@ -56,8 +57,10 @@ def init_from_checkpoint(model: AVClassifier, path: str | Path) -> dict[str, Any
         if k not in theirs:
             raise ModelError(f"{where}: the architecture differs: key {k!r} is not in the checkpoint")
         if tuple(theirs[k].shape) != tuple(v.shape):
-            raise ModelError(f"{where}: the architecture differs: key {k!r} has shape {tuple(theirs[k].shape)} "
-                             f"there, {tuple(v.shape)} in this run")
+            raise ModelError(
+                f"{where}: the architecture differs: key {k!r} has shape {tuple(theirs[k].shape)} "
+                f"there, {tuple(v.shape)} in this run"
+            )
     extra = next((k for k in theirs if k not in state), None)
     if extra is not None:
         raise ModelError(f"{where}: the architecture differs: key {extra!r} of the checkpoint is not in this model")
@@ -67,12 +70,28 @@ def init_from_checkpoint(model: AVClassifier, path: str | Path) -> dict[str, Any
     new_modules = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in new))
     loaded_parts = list(dict.fromkeys(k.split(".", 1)[0] for k in loaded))
     sha = file_sha256(p)
-    record = {"path": str(p.resolve()), "sha256": sha, "labels_there": len(payload["labels"]),
-              "labels_here": len(model.labels), "loaded_tensors": len(loaded), "loaded_modules": loaded_parts,
-              "new_tensors": len(new), "new_modules": new_modules}
-    log.info("%s (sha256 %s): loaded %d tensors (%s); new for %d labels (%d there): %d tensors in %d modules: %s",
-             where, sha[:12], len(loaded), ", ".join(loaded_parts), len(model.labels), len(payload["labels"]),
-             len(new), len(new_modules), ", ".join(new_modules) if new_modules else "none (same labels)")
+    record = {
+        "path": str(p.resolve()),
+        "sha256": sha,
+        "labels_there": len(payload["labels"]),
+        "labels_here": len(model.labels),
+        "loaded_tensors": len(loaded),
+        "loaded_modules": loaded_parts,
+        "new_tensors": len(new),
+        "new_modules": new_modules,
+    }
+    log.info(
+        "%s (sha256 %s): loaded %d tensors (%s); new for %d labels (%d there): %d tensors in %d modules: %s",
+        where,
+        sha[:12],
+        len(loaded),
+        ", ".join(loaded_parts),
+        len(model.labels),
+        len(payload["labels"]),
+        len(new),
+        len(new_modules),
+        ", ".join(new_modules) if new_modules else "none (same labels)",
+    )
     return record
 
 
@@ -82,13 +101,17 @@ def audio_head_from_backbone(model: AVClassifier, labels: list[str]) -> dict[str
     backbone = model.audio_backbone
     fn = getattr(backbone, "classifier_for", None)
     if fn is None:
-        raise ModelError(f"model.audio_head_from_backbone: audio backbone {type(backbone).__name__} has no classifier "
-                         f"of its own (birdnet_v24 has)")
+        raise ModelError(
+            f"model.audio_head_from_backbone: audio backbone {type(backbone).__name__} has no classifier "
+            f"of its own (birdnet_v24 has)"
+        )
     weight, bias = fn(labels)  # (C, D), (C,)
     linear = model.aux_audio[-1]
     if tuple(linear.weight.shape) != tuple(weight.shape):
-        raise ModelError(f"model.audio_head_from_backbone: head {tuple(linear.weight.shape)} vs the backbone's "
-                         f"classifier {tuple(weight.shape)}")
+        raise ModelError(
+            f"model.audio_head_from_backbone: head {tuple(linear.weight.shape)} vs the backbone's "
+            f"classifier {tuple(weight.shape)}"
+        )
     with torch.no_grad():
         linear.weight.copy_(weight)
         linear.bias.copy_(bias)

@@ -35,12 +35,12 @@ from torch import nn
 
 from edgeav.errors import ModelError
 from edgeav.train.models.backbones import (
-    build_torchvision,
     BACKBONES,
     Backbone,
     TorchvisionBackbone,
     _check_weights_args,
     _load_state_dict,
+    build_torchvision,
 )
 from edgeav.train.models.temporal import _frame_block, _time_block, frame_differences
 
@@ -93,8 +93,10 @@ class TorchvisionVideoBackbone(Backbone):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if int(x.shape[1]) < self.min_frames:
-            raise ModelError(f"backbone {self.name!r} needs >= {self.min_frames} frames per window, got "
-                             f"{int(x.shape[1])}: raise data.frames_per_window")
+            raise ModelError(
+                f"backbone {self.name!r} needs >= {self.min_frames} frames per window, got "
+                f"{int(x.shape[1])}: raise data.frames_per_window"
+            )
         x = x.permute(0, 2, 1, 3, 4)  # (B, T, 3, h, w) -> (B, 3, T, h, w)
         return self.features(x).mean(dim=2)  # (B, D, t, h', w') -> (B, D, h', w')
 
@@ -104,8 +106,14 @@ def _register_torchvision_video(name: str) -> None:
         return TorchvisionVideoBackbone(name, pretrained, weights_path)
 
     _, dim, min_frames = _TORCHVISION_VIDEO[name]
-    BACKBONES.register(name, modality="image", input_kind="video", embed_dim=dim, min_frames=min_frames,
-                       source="torchvision.models.video")(factory)
+    BACKBONES.register(
+        name,
+        modality="image",
+        input_kind="video",
+        embed_dim=dim,
+        min_frames=min_frames,
+        source="torchvision.models.video",
+    )(factory)
 
 
 for _name in _TORCHVISION_VIDEO:
@@ -133,8 +141,8 @@ class TemporalShift(nn.Module):
             return x
         v = x.reshape(-1, T, *x.shape[1:])  # (B, T, C, h, w)
         back = torch.cat([v[:, 1:, :f], torch.zeros_like(v[:, :1, :f])], dim=1)  # frame t <- t+1
-        fwd = torch.cat([torch.zeros_like(v[:, :1, f:2 * f]), v[:, :-1, f:2 * f]], dim=1)  # frame t <- t-1
-        out = torch.cat([back, fwd, v[:, :, 2 * f:]], dim=2)  # (B, T, C, h, w)
+        fwd = torch.cat([torch.zeros_like(v[:, :1, f : 2 * f]), v[:, :-1, f : 2 * f]], dim=1)  # frame t <- t-1
+        out = torch.cat([back, fwd, v[:, :, 2 * f :]], dim=2)  # (B, T, C, h, w)
         return out.reshape(x.shape)  # (B*T, C, h, w)
 
 
@@ -167,8 +175,9 @@ class TSMBackbone(Backbone):
     modality = "image"
     input_kind = "video"
 
-    def __init__(self, name: str, pretrained: bool = False, weights_path: str | Path | None = None,
-                 stem: str = "raw") -> None:
+    def __init__(
+        self, name: str, pretrained: bool = False, weights_path: str | Path | None = None, stem: str = "raw"
+    ) -> None:
         super().__init__()
         _check_stem(f"tsm_{name}", stem)
         self.stem = stem
@@ -188,15 +197,20 @@ class TSMBackbone(Backbone):
         return self.frames.forward_head(fmap)  # (B, D)
 
 
-@BACKBONES.register("tsm_mobilenetv3_small", modality="image", input_kind="video", embed_dim=576,
-                    source="torchvision MobileNetV3-small + temporal shift")
-def tsm_mobilenetv3_small(pretrained: bool = False, weights_path: str | Path | None = None,
-                          **kwargs: Any) -> Backbone:
+@BACKBONES.register(
+    "tsm_mobilenetv3_small",
+    modality="image",
+    input_kind="video",
+    embed_dim=576,
+    source="torchvision MobileNetV3-small + temporal shift",
+)
+def tsm_mobilenetv3_small(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return TSMBackbone("mobilenetv3_small", pretrained, weights_path, **kwargs)
 
 
-@BACKBONES.register("tsm_resnet18", modality="image", input_kind="video", embed_dim=512,
-                    source="torchvision ResNet-18 + temporal shift")
+@BACKBONES.register(
+    "tsm_resnet18", modality="image", input_kind="video", embed_dim=512, source="torchvision ResNet-18 + temporal shift"
+)
 def tsm_resnet18(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return TSMBackbone("resnet18", pretrained, weights_path, **kwargs)
 
@@ -239,8 +253,10 @@ def _frame_encoder(name: str, frame: str, pretrained: bool, weights_path: str | 
         return _FrameMobileNet(pretrained, weights_path)
     if frame == "cnn":
         if pretrained:
-            raise ModelError(f"backbone {name!r}: frame='cnn' is trained from scratch (no library weights); set "
-                             f"pretrained: false or frame='mobilenetv3_small'")
+            raise ModelError(
+                f"backbone {name!r}: frame='cnn' is trained from scratch (no library weights); set "
+                f"pretrained: false or frame='mobilenetv3_small'"
+            )
         return _FrameCNN()
     raise ModelError(f"backbone {name!r}: frame must be 'cnn' or 'mobilenetv3_small', got {frame!r}")
 
@@ -259,8 +275,15 @@ class VideoGRU(Backbone):
     modality = "image"
     input_kind = "video"
 
-    def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None, frame: str = "cnn",
-                 stem: str = "raw", hidden: int = 128, layers: int = 1) -> None:
+    def __init__(
+        self,
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        frame: str = "cnn",
+        stem: str = "raw",
+        hidden: int = 128,
+        layers: int = 1,
+    ) -> None:
         super().__init__()
         _check_stem("video_gru", stem)
         _check_weights_args("video_gru", pretrained, weights_path)
@@ -287,14 +310,20 @@ class FrameTConv(Backbone):
     modality = "image"
     input_kind = "video"
 
-    def __init__(self, pretrained: bool = False, weights_path: str | Path | None = None, stem: str = "raw",
-                 embed_dim: int = 256, temporal_layers: int = 2, temporal_kernel: int = 3) -> None:
+    def __init__(
+        self,
+        pretrained: bool = False,
+        weights_path: str | Path | None = None,
+        stem: str = "raw",
+        embed_dim: int = 256,
+        temporal_layers: int = 2,
+        temporal_kernel: int = 3,
+    ) -> None:
         super().__init__()
         _check_stem("mobilenetv3_small_tconv", stem)
         _check_weights_args("mobilenetv3_small_tconv", pretrained, weights_path)
         if temporal_layers < 1 or temporal_kernel < 1 or temporal_kernel % 2 == 0:
-            raise ModelError("backbone 'mobilenetv3_small_tconv' needs temporal_layers >= 1 and an odd "
-                             "temporal_kernel")
+            raise ModelError("backbone 'mobilenetv3_small_tconv' needs temporal_layers >= 1 and an odd temporal_kernel")
         self.stem = stem
         self.frames = _FrameMobileNet(pretrained, None)
         self.embed_dim = int(embed_dim)
@@ -311,16 +340,27 @@ class FrameTConv(Backbone):
         return self.temporal(f.transpose(1, 2)).unsqueeze(2)  # (B, 576, T') -> (B, D, T') -> (B, D, 1, T')
 
 
-@BACKBONES.register("video_gru", modality="image", input_kind="video", embed_dim=128,
-                    source="edgeav (per-frame CNN + GRU; frame='mobilenetv3_small' from torchvision)")
+@BACKBONES.register(
+    "video_gru",
+    modality="image",
+    input_kind="video",
+    embed_dim=128,
+    source="edgeav (per-frame CNN + GRU; frame='mobilenetv3_small' from torchvision)",
+)
 def video_gru(pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any) -> Backbone:
     return VideoGRU(pretrained=pretrained, weights_path=weights_path, **kwargs)
 
 
-@BACKBONES.register("mobilenetv3_small_tconv", modality="image", input_kind="video", embed_dim=256,
-                    source="torchvision MobileNetV3-small per frame + temporal convolutions")
-def mobilenetv3_small_tconv(pretrained: bool = False, weights_path: str | Path | None = None,
-                            **kwargs: Any) -> Backbone:
+@BACKBONES.register(
+    "mobilenetv3_small_tconv",
+    modality="image",
+    input_kind="video",
+    embed_dim=256,
+    source="torchvision MobileNetV3-small per frame + temporal convolutions",
+)
+def mobilenetv3_small_tconv(
+    pretrained: bool = False, weights_path: str | Path | None = None, **kwargs: Any
+) -> Backbone:
     return FrameTConv(pretrained=pretrained, weights_path=weights_path, **kwargs)
 
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,7 +59,9 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickled objects
-        raise ModelError(f"{what}: cannot read weights from {p}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        raise ModelError(
+            f"{what}: cannot read weights from {p}: {type(e).__name__}: {str(e).splitlines()[0]}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -113,12 +116,18 @@ def hub_dir_of(folder: Path) -> Path:
     for cand in (folder / "hub", folder, folder.parent if folder.name == "checkpoints" else None):
         if cand is not None and (cand / "checkpoints").is_dir():
             return cand
-    raise ModelError(f"model.pretrained: {folder} is not a torch hub cache (no checkpoints/ folder in it, its hub/, "
-                     f"or itself): copy ~/.cache/torch from a machine that has the weights")
+    raise ModelError(
+        f"model.pretrained: {folder} is not a torch hub cache (no checkpoints/ folder in it, its hub/, "
+        f"or itself): copy ~/.cache/torch from a machine that has the weights"
+    )
 
 
-def plan_weights(pretrained: bool | str | Path, branches: list[str], audio_weights_path: str | Path | None = None,
-                 image_weights_path: str | Path | None = None) -> dict[str, BranchWeights]:
+def plan_weights(
+    pretrained: bool | str | Path,
+    branches: list[str],
+    audio_weights_path: str | Path | None = None,
+    image_weights_path: str | Path | None = None,
+) -> dict[str, BranchWeights]:
     """What each branch ("audio", "image") starts from, by the rule in the module docstring."""
     per_branch = {"audio": audio_weights_path, "image": image_weights_path}
     common = BranchWeights()
@@ -127,8 +136,9 @@ def plan_weights(pretrained: bool | str | Path, branches: list[str], audio_weigh
         if p.is_dir():
             common = BranchWeights(hub_dir=hub_dir_of(p))
         elif not p.is_file():
-            raise ModelError(f"model.pretrained: {p} not found (give true, false, a torch hub cache folder or a "
-                             f"state dict file)")
+            raise ModelError(
+                f"model.pretrained: {p} not found (give true, false, a torch hub cache folder or a state dict file)"
+            )
     elif pretrained:
         common = BranchWeights(library=True)
     whole: dict[str, torch.Tensor] | None = None
@@ -137,17 +147,23 @@ def plan_weights(pretrained: bool | str | Path, branches: list[str], audio_weigh
         if per_branch.get(b) is not None:
             plan[b] = BranchWeights(file=Path(per_branch[b]).expanduser())
             if pretrained is not False:
-                log.info("%s backbone: weights from model.%s_weights_path %s (model.pretrained does not apply to it)",
-                         b, b, plan[b].file)
+                log.info(
+                    "%s backbone: weights from model.%s_weights_path %s (model.pretrained does not apply to it)",
+                    b,
+                    b,
+                    plan[b].file,
+                )
             continue
         if isinstance(pretrained, (str, Path)) and Path(pretrained).expanduser().is_file():
             p = Path(pretrained).expanduser()
             whole = whole if whole is not None else read_state_dict(p, "model.pretrained")
             prefix = BRANCH_PREFIX[b]
-            part = {k[len(prefix):]: v for k, v in whole.items() if k.startswith(prefix)}
+            part = {k[len(prefix) :]: v for k, v in whole.items() if k.startswith(prefix)}
             if not part:
-                raise ModelError(f"model.pretrained: {p} has no {prefix}* keys (the {b} backbone); it needs those of "
-                                 f"every backbone, or give model.{b}_weights_path for that branch")
+                raise ModelError(
+                    f"model.pretrained: {p} has no {prefix}* keys (the {b} backbone); it needs those of "
+                    f"every backbone, or give model.{b}_weights_path for that branch"
+                )
             plan[b] = BranchWeights(state=part, state_file=p)
         else:
             plan[b] = common
@@ -161,8 +177,10 @@ def offline_hub(hub_dir: Path) -> Iterator[None]:
 
     def refuse(url: str, dst: str, *args: Any, **kwargs: Any) -> None:
         name = Path(url).name
-        raise ModelError(f"{name} is not in {hub_dir / 'checkpoints'} (model.pretrained is a local folder: nothing is "
-                         f"downloaded); copy it from ~/.cache/torch/hub/checkpoints/ of a machine that has it")
+        raise ModelError(
+            f"{name} is not in {hub_dir / 'checkpoints'} (model.pretrained is a local folder: nothing is "
+            f"downloaded); copy it from ~/.cache/torch/hub/checkpoints/ of a machine that has it"
+        )
 
     torch.hub.set_dir(str(hub_dir))
     torch.hub.download_url_to_file = refuse  # type: ignore[assignment]
@@ -186,9 +204,11 @@ def create_branch(name: str, branch: str, plan: BranchWeights, **kwargs: Any) ->
         if plan.hub_dir is None:
             return create_backbone(name, pretrained=True, **kwargs)
         if source.startswith("transformers"):
-            raise ModelError(f"{what}: model.pretrained is a folder, read as a torch hub cache (torchvision weights); "
-                             f"this backbone's weights come from transformers: give model.{branch}_weights_path "
-                             f"(a state dict of it)")
+            raise ModelError(
+                f"{what}: model.pretrained is a folder, read as a torch hub cache (torchvision weights); "
+                f"this backbone's weights come from transformers: give model.{branch}_weights_path "
+                f"(a state dict of it)"
+            )
         with offline_hub(plan.hub_dir):
             bb = create_backbone(name, pretrained=True, **kwargs)
         log.info("%s: %s", what, plan.describe())
@@ -203,7 +223,7 @@ def create_branch(name: str, branch: str, plan: BranchWeights, **kwargs: Any) ->
     state = read_state_dict(plan.file, f"model.{branch}_weights_path")
     prefix = BRANCH_PREFIX[branch]
     if any(k.startswith(prefix) for k in state):  # an edgeav model's state or checkpoint: this branch's backbone
-        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     own = first_mismatch(bb.state_dict(), state)
     if own is None:
         bb.load_state_dict(state, strict=True)
@@ -211,18 +231,21 @@ def create_branch(name: str, branch: str, plan: BranchWeights, **kwargs: Any) ->
         try:  # the library model's own state dict (the factory loads it before cutting the model)
             bb = create_backbone(name, pretrained=False, weights_path=plan.file, **kwargs)
         except ModelError as e:
-            raise ModelError(f"model.{branch}_weights_path: weights in {plan.file} do not fit {what}, as its own "
-                             f"state dict ({own}) nor as its library model's ({str(e).split(' do not fit: ')[-1]})"
-                             ) from None
+            raise ModelError(
+                f"model.{branch}_weights_path: weights in {plan.file} do not fit {what}, as its own "
+                f"state dict ({own}) nor as its library model's ({str(e).split(' do not fit: ')[-1]})"
+            ) from None
     else:
         raise ModelError(f"model.{branch}_weights_path: weights in {plan.file} do not fit {what}: {own}")
     log.info("%s: %s", what, plan.describe())
     return bb
 
 
-def weights_record(pretrained: bool | str | Path, audio_weights_path: str | Path | None,
-                   image_weights_path: str | Path | None) -> dict[str, Any]:
+def weights_record(
+    pretrained: bool | str | Path, audio_weights_path: str | Path | None, image_weights_path: str | Path | None
+) -> dict[str, Any]:
     """What the run started from, for checkpoints and reports: each local file or folder with its sha256."""
+
     def entry(p: str | Path) -> dict[str, Any]:
         q = Path(p).expanduser()
         return {"path": str(q.resolve()), "sha256": file_sha256(q) if q.is_file() else None}

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from edgeav.errors import DataError
 from edgeav.schema.data import DataConfig
+from edgeav.train.data.layouts import images, manifest, paired, video  # noqa: F401  (register the layouts)
 from edgeav.train.data.layouts.base import (
     AUDIO_DIR_NAMES,
     IMAGE_DIR_NAME,
@@ -25,11 +26,16 @@ from edgeav.train.data.layouts.base import (
     LayoutContext,
     media_files,
 )
-from edgeav.train.data.layouts import images, manifest, paired, video  # noqa: F401  (register the layouts)
 from edgeav.train.data.tables import find_index, read_index
 
 __all__ = [
-    "AUDIO_DIR_NAMES", "Catalog", "FileInfo", "IMAGE_DIR_NAME", "LAYOUTS", "LayoutBuilder", "LayoutContext",
+    "AUDIO_DIR_NAMES",
+    "Catalog",
+    "FileInfo",
+    "IMAGE_DIR_NAME",
+    "LAYOUTS",
+    "LayoutBuilder",
+    "LayoutContext",
     "detect_kind",
 ]
 

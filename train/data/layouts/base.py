@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from edgeav.errors import DataError, MediaError
 from edgeav.registry import Registry
@@ -77,7 +77,7 @@ class Problems:
     def media_error(self, file: str | Path, e: MediaError) -> None:
         msg = str(e)
         prefix = f"{file}: "
-        reason = msg[len(prefix):] if msg.startswith(prefix) else msg
+        reason = msg[len(prefix) :] if msg.startswith(prefix) else msg
         self.skip(file, reason)
 
 
@@ -116,8 +116,9 @@ class LayoutContext:
     def frame_times(self, start_ns: int, duration_ns: int) -> tuple[int, ...]:
         if self.cfg.frames_per_window > 1:  # a clip: T consecutive frames at the frame rate from the window's start
             assert self.cfg.frame_rate_hz is not None
-            return tuple(start_ns + int(round(k * NS_PER_S / self.cfg.frame_rate_hz))
-                         for k in range(self.cfg.frames_per_window))
+            return tuple(
+                start_ns + int(round(k * NS_PER_S / self.cfg.frame_rate_hz)) for k in range(self.cfg.frames_per_window)
+            )
         span = max(1, min(self.window_ns, duration_ns - start_ns))
         n = self.cfg.frames_per_clip
         return tuple(start_ns + span * (2 * i + 1) // (2 * n) for i in range(n))
@@ -153,8 +154,13 @@ class LayoutContext:
             m = self.group_rx.search(p.stem)
             if m:
                 return m.group(1)
-            warn_once(f"{self.root}|group_regex", "%s: group_regex %r does not match %s (and maybe others): such a "
-                      "file is its own group", self.root, self.cfg.group_regex, p.name)
+            warn_once(
+                f"{self.root}|group_regex",
+                "%s: group_regex %r does not match %s (and maybe others): such a file is its own group",
+                self.root,
+                self.cfg.group_regex,
+                p.name,
+            )
         return self.rel(p)
 
 

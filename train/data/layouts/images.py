@@ -44,6 +44,14 @@ def build_images(ctx: LayoutContext) -> Catalog:
         for p in files[c]:
             r = ctx.rel(p)
             ctx.files.append(FileInfo(str(p), "image"))
-            samples.append(Sample(id=f"{r}@0", label=label_of[c], class_name=c, group=r,
-                                  split=split.get(r, "val" if r in val else "train"), image=ImageRef(str(p.resolve()))))
+            samples.append(
+                Sample(
+                    id=f"{r}@0",
+                    label=label_of[c],
+                    class_name=c,
+                    group=r,
+                    split=split.get(r, "val" if r in val else "train"),
+                    image=ImageRef(str(p.resolve())),
+                )
+            )
     return Catalog("images", root, classes, samples, ctx.files, ctx.problems.items, ctx.notes, None)

@@ -18,7 +18,9 @@ def build_manifest(ctx: LayoutContext) -> Catalog:
     table = read_index(index_path, ctx.cfg.info_columns)
     check_unknown_columns(ctx, table)
     if not any(table.has(r) for r in ("image", "video", "audio", "file")):
-        raise DataError(f"{index_path}: a manifest needs at least one of the columns image, video, audio; has {table.columns}")
+        raise DataError(
+            f"{index_path}: a manifest needs at least one of the columns image, video, audio; has {table.columns}"
+        )
     if not table.has("label") and ctx.label_rx is None:
         raise DataError(f"{index_path}: no label column; add one or set data.label_regex")
     rows = rows_from_index(ctx, table)

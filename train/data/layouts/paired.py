@@ -38,7 +38,9 @@ def build_paired(ctx: LayoutContext) -> Catalog:
     img_dir = root / IMAGE_DIR_NAME
     audio_dirs = [root / n for n in AUDIO_DIR_NAMES if (root / n).is_dir()]
     if not img_dir.is_dir() or not audio_dirs:
-        raise DataError(f"{root}: a species-paired data set needs images/<class>/ and audio/<class>/ (or recordings/<class>/)")
+        raise DataError(
+            f"{root}: a species-paired data set needs images/<class>/ and audio/<class>/ (or recordings/<class>/)"
+        )
     if len(audio_dirs) > 1:
         raise DataError(f"{root}: both audio/ and recordings/ exist; keep one")
     aud_dir = audio_dirs[0]
@@ -57,7 +59,9 @@ def build_paired(ctx: LayoutContext) -> Catalog:
                 ctx.problems.skip(index_path, f"row {i}: empty {table.roles[path_role]!r}", DataError)
                 continue
             if row.get("split") and row["split"] not in SPLIT_VALUES:
-                ctx.problems.skip(index_path, f"row {i}: split {row['split']!r} is not one of {SPLIT_VALUES}", DataError)
+                ctx.problems.skip(
+                    index_path, f"row {i}: split {row['split']!r} is not one of {SPLIT_VALUES}", DataError
+                )
                 continue
             listed[(root / rel).resolve().as_posix()] = row
         log.info("%s: split and group from %s (%d rows)", root, index_path.name, len(listed))
@@ -72,10 +76,14 @@ def build_paired(ctx: LayoutContext) -> Catalog:
         imgs = media_files(img_classes[name], "image")[0] if name in img_classes else []
         auds = media_files(aud_classes[name], "audio")[0] if name in aud_classes else []
         if not auds:
-            ctx.problems.skip(aud_dir / name, f"class {name!r} has {len(imgs)} images but no audio; class left out", DataError)
+            ctx.problems.skip(
+                aud_dir / name, f"class {name!r} has {len(imgs)} images but no audio; class left out", DataError
+            )
             continue
         if not imgs:
-            ctx.problems.skip(img_dir / name, f"class {name!r} has {len(auds)} recordings but no images; class left out", DataError)
+            ctx.problems.skip(
+                img_dir / name, f"class {name!r} has {len(auds)} recordings but no images; class left out", DataError
+            )
             continue
         class_files[name] = (imgs, auds)
     classes = sorted(class_files)
@@ -96,7 +104,9 @@ def build_paired(ctx: LayoutContext) -> Catalog:
                     continue
                 seen_listed.add(key)
                 if row.get("label") and row["label"] != cls:
-                    ctx.problems.skip(p, f"{index_path.name} says class {row['label']!r}, folder says {cls!r}", DataError)
+                    ctx.problems.skip(
+                        p, f"{index_path.name} says class {row['label']!r}, folder says {cls!r}", DataError
+                    )
                     continue
             info = ctx.probe_sound(p, "audio")
             if info is None:
@@ -104,13 +114,13 @@ def build_paired(ctx: LayoutContext) -> Catalog:
             group = ctx.group_for(p, (row or {}).get("group", ""))
             rec_rows.append((cls, p, info, group, (row or {}).get("split", "")))
     if index_path is not None:
-        for key, row in listed.items():
+        for key in listed:
             if key not in seen_listed and media.media_type(key) == "audio" and not Path(key).is_file():
                 ctx.problems.skip(key, f"listed in {index_path.name} but missing on disk", DataError)
 
     # splits of recordings: the index's column, else a seeded group split
     group_split: dict[str, str] = {}
-    for cls, p, info, group, split in rec_rows:
+    for _cls, _path, _info, group, split in rec_rows:
         if split:
             prev = group_split.setdefault(group, split)
             if prev != split:
@@ -138,10 +148,16 @@ def build_paired(ctx: LayoutContext) -> Catalog:
     for cls, p, info, group, _ in rec_rows:
         rel = ctx.rel(p)
         for start in ctx.window_starts(info.duration_ns):
-            samples.append(Sample(
-                id=f"{rel}@{start}", label=label_of[cls], class_name=cls, group=group, split=group_split[group],
-                audio=AudioRef(str(p.resolve()), start, ctx.window_ns),
-            ))
+            samples.append(
+                Sample(
+                    id=f"{rel}@{start}",
+                    label=label_of[cls],
+                    class_name=cls,
+                    group=group,
+                    split=group_split[group],
+                    audio=AudioRef(str(p.resolve()), start, ctx.window_ns),
+                )
+            )
 
     # --- images: test by name, else the index, else a seeded split by file; val follows the classes with val audio
     test_names = set(cfg.test_image_names)
@@ -178,9 +194,23 @@ def build_paired(ctx: LayoutContext) -> Catalog:
         for p in class_files[cls][0]:
             rel = ctx.rel(p)
             ctx.files.append(FileInfo(str(p), "image"))
-            samples.append(Sample(
-                id=f"{rel}@0", label=label_of[cls], class_name=cls, group=rel, split=img_split[p],
-                image=ImageRef(str(p.resolve())),
-            ))
-    return Catalog("paired", root, classes, samples, ctx.files, ctx.problems.items, ctx.notes,
-                   str(index_path) if index_path else None)
+            samples.append(
+                Sample(
+                    id=f"{rel}@0",
+                    label=label_of[cls],
+                    class_name=cls,
+                    group=rel,
+                    split=img_split[p],
+                    image=ImageRef(str(p.resolve())),
+                )
+            )
+    return Catalog(
+        "paired",
+        root,
+        classes,
+        samples,
+        ctx.files,
+        ctx.problems.items,
+        ctx.notes,
+        str(index_path) if index_path else None,
+    )

@@ -17,7 +17,6 @@ from edgeav.train.data.splits import pick_groups
 from edgeav.train.data.tables import SPLIT_VALUES, IndexTable
 
 
-
 # ---------------------------------------------------------------------------------------- videos and manifests
 @dataclass
 class MediaRow:
@@ -59,14 +58,25 @@ def rows_from_index(ctx: LayoutContext, table: IndexTable) -> list[MediaRow]:
         if not label and ctx.label_rx is not None:
             label = ctx.label_from_stem(primary) or ""
         if not label:
-            ctx.problems.skip(primary, f"{where}: no label (no label column value, label_regex does not match)", DataError)
+            ctx.problems.skip(
+                primary, f"{where}: no label (no label column value, label_regex does not match)", DataError
+            )
             continue
         split = r.get("split", "")
         if split and split not in SPLIT_VALUES:
             ctx.problems.skip(table.path, f"{where}: split {split!r} is not one of {SPLIT_VALUES}", DataError)
             continue
-        out.append(MediaRow(label, ctx.group_for(primary, r.get("group", "")), split,
-                        paths.get("audio"), paths.get("image"), paths.get("video"), where))
+        out.append(
+            MediaRow(
+                label,
+                ctx.group_for(primary, r.get("group", "")),
+                split,
+                paths.get("audio"),
+                paths.get("image"),
+                paths.get("video"),
+                where,
+            )
+        )
     return out
 
 
@@ -148,16 +158,26 @@ def samples_from_rows(ctx: LayoutContext, rows: list[MediaRow]) -> tuple[list[st
         primary = r.video or r.audio or r.image
         assert primary is not None
         rel = ctx.rel(primary)
-        common = dict(label=label_of[r.label], class_name=r.label, group=r.group, split=r.split,
-                      image=ImageRef(str(r.image.resolve())) if r.image else None)
+        common = dict(
+            label=label_of[r.label],
+            class_name=r.label,
+            group=r.group,
+            split=r.split,
+            image=ImageRef(str(r.image.resolve())) if r.image else None,
+        )
         if info is None:  # image only
             samples.append(Sample(id=f"{rel}@0", **common))
             continue
         sound = (r.audio or r.video).resolve()  # type: ignore[union-attr]
         for start in ctx.window_starts(info.duration_ns):
-            samples.append(Sample(
-                id=f"{rel}@{start}", audio=AudioRef(str(sound), start, ctx.window_ns),
-                video=VideoRef(str(r.video.resolve()), ctx.frame_times(start, info.duration_ns)) if r.video else None,
-                **common,
-            ))
+            samples.append(
+                Sample(
+                    id=f"{rel}@{start}",
+                    audio=AudioRef(str(sound), start, ctx.window_ns),
+                    video=VideoRef(str(r.video.resolve()), ctx.frame_times(start, info.duration_ns))
+                    if r.video
+                    else None,
+                    **common,
+                )
+            )
     return classes, samples
