@@ -150,10 +150,10 @@ def one_line(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.environ.get("EDGEAV_DATA", str(REPO.parent / "shared" / "data")) + "/grid")
-    p.add_argument("--audio-epochs", type=int, default=3, help="phase I audio epochs")
+    p.add_argument("--audio-epochs", type=int, default=2, help="phase I audio epochs")
     p.add_argument("--image-epochs", type=int, default=1, help="phase I picture epochs")
-    p.add_argument("--fusion-epochs", type=int, default=3, help="phase II (fusion) epochs")
-    p.add_argument("--cap-s", type=float, default=240.0, help="stop a run beside the hog after this long, s")
+    p.add_argument("--fusion-epochs", type=int, default=2, help="phase II (fusion) epochs")
+    p.add_argument("--cap-s", type=float, default=180.0, help="stop a run beside the hog after this long, s")
     p.add_argument("--max-load", type=float, default=2.5, help="refuse to start at or above this 1-minute load")
     p.add_argument("--note", default="", help="what else ran on the machine, recorded with the figures")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
