@@ -212,3 +212,17 @@ def test_wheel_installs_one_namespace(tmp_path: Path) -> None:
     r = subprocess.run([str(vpy), "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path), env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().endswith("ok")
+
+
+MAX_FILE_LINES = 500
+
+
+def test_no_package_file_is_longer_than_a_sitting() -> None:
+    """Rooms small enough to read in one sitting: no Python file of the package over 500 lines."""
+    long = {}
+    for top in ("edgeav", *STAGE_DIRS):
+        for path in sorted((REPO / top).rglob("*.py")):
+            n = len(path.read_text(encoding="utf-8").splitlines())
+            if n > MAX_FILE_LINES:
+                long[str(path.relative_to(REPO))] = n
+    assert not long, f"over {MAX_FILE_LINES} lines: {long}"

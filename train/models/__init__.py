@@ -10,6 +10,7 @@ The in-model front end's ONNX nodes are named /frontend/... (`FRONTEND_NODE_PREF
 
 from edgeav.train.models import (
     birdnet,  # noqa: F401  (registers birdnet_v24: BirdNET V2.4, converted locally)
+    cfnsr,  # noqa: F401  (registers the cfnsr fusion head)
     temporal,  # noqa: F401  (registers the temporal picture backbones: video_tcn)
     video,  # noqa: F401  (torchvision video CNNs, temporal shift, per-frame + GRU / tconv)
 )
