@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 from edgeav.errors import ConfigError, SensorError, StorageError
 from edgeav.result import CommandResult
 from edgeav.runtime.daemon_evidence import DaemonEvidence
+from edgeav.runtime.daemon_health import DaemonHealth
+from edgeav.runtime.daemon_sensors import DaemonSensors
 from edgeav.runtime.systemd import sd_notify, systemd_watchdog_s
 
 if TYPE_CHECKING:
-    from edgeav.runtime.capture import CaptureItem
     from edgeav.runtime.wallclock import TimeSource
     from edgeav.schema import EdgeAVConfig
 
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 # -- the daemon ----------------------------------------------------------------------------------------------------
 
 
-class Daemon(DaemonEvidence):
+class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
     def __init__(
         self,
         cfg: EdgeAVConfig,
@@ -86,21 +87,6 @@ class Daemon(DaemonEvidence):
         self.op_clock = None  # evidence ages by it (runtime/wallclock.OperatingClock), with evidence on
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def _streams(self) -> tuple[str, ...]:
-        if self.src_cfg.streams is not None:
-            return tuple(self.src_cfg.streams)
-        if self.src.scheme == "file":
-            from edgeav.runtime.capture import probe_streams, warn_missing_modality
-
-            have = probe_streams(self.src_cfg.uri)
-        else:
-            have = self.src.default_streams
-        if self.audio_src is not None and "audio" not in have:
-            have = tuple(have) + ("audio",)
-        if self.src.scheme == "file":
-            warn_missing_modality(self.src_cfg.uri, have)  # after audio_uri: a camera file needs no sound track
-        return tuple(s for s in ("video", "audio") if s in have)
-
     def _utc_for(self, pts_ns: int) -> int | None:
         """UTC of a time on the daemon's timeline (clock "wall": monotonic ns since t0_ns): the capture's monotonic
         time mapped with the wall clock as read at this window (`WallClock.sample`), so an NTP step is followed
@@ -117,41 +103,6 @@ class Daemon(DaemonEvidence):
             " ".join(ids),
             extra={"fields": {"event": "committed", "ids": ids}},
         )
-
-    def health(self) -> tuple[bool, dict[str, Any]]:
-        now = time.monotonic()
-        age = None if self.last_window_monotonic is None else now - self.last_window_monotonic
-        max_age = self.daemon_cfg.metrics.health_max_age_s
-        sensors = {
-            w.sensor: {"state": w.state, "restarts": w.restarts, "epoch": w.epoch, "last_error": w.last_error}
-            for w in self.workers
-        }
-        fresh = (age is not None and age <= max_age) or (age is None and now - self.started_monotonic <= max_age)
-        store_problem = self.store.problem() if self.store is not None else None  # e.g. disk full: commits fail
-        ok = fresh and self.fatal is None and not self.stop_event.is_set() and store_problem is None
-        detail = {
-            # a heartbeat or probe during shutdown says so, instead of reading as a failure
-            "status": "ok" if ok else ("stopping" if self.stop_event.is_set() and self.fatal is None else "unhealthy"),
-            "reason": store_problem or self.fatal or (None if fresh else f"no window for over {max_age:g} s"),
-            "uptime_s": round(now - self.started_monotonic, 1),
-            "last_window_age_s": None if age is None else round(age, 2),
-            "windows": self.windows,
-            "detections": self.detections,
-            "committed": self.committed,
-            "sensors": sensors,
-            "store": None
-            if self.store is None
-            else {
-                "waiting": self.store.pending,
-                "rows": self.store.count(),
-                "dropped_detections": self.store.dropped_detections,
-                "dropped_evidence": self.store.dropped_evidence,
-            },
-            "evidence_paused": bool(self.evidence is not None and self.evidence.disk_low),
-            "queues": self._queue_stats(),
-            "mqtt_connected": bool(self.mqtt is not None and self.mqtt.connected.is_set()),
-        }
-        return ok, detail
 
     # -- components ----------------------------------------------------------------------------------------------
     def _start_bundle(self) -> None:
@@ -260,88 +211,6 @@ class Daemon(DaemonEvidence):
     def _stop_mqtt(self) -> None:
         if self.mqtt is not None:
             self.mqtt.stop(timeout_s=min(1.5, max(0.2, self._stop_deadline - time.monotonic() - 1.0)))
-
-    def _start_sensors(self) -> None:
-        from edgeav.runtime.capture import Capture
-        from edgeav.runtime.queues import QueueGroup
-        from edgeav.runtime.sources import parse_source_uri
-        from edgeav.runtime.supervisor import Backoff, RestartBudget, SensorWorker, stream_sets
-
-        streams = self._streams()
-        self.streams = streams
-        self.queue = QueueGroup()  # one bounded queue per sensor: a fast camera cannot push audio out
-        qc = self.daemon_cfg.queues
-        sup = self.daemon_cfg.supervisor
-        t0 = time.monotonic_ns()
-        self.t0_ns = t0
-        for name, sensor_stream_set in stream_sets(self.daemon_cfg.sensors, streams):
-            uri = self.src_cfg.uri
-            if sensor_stream_set == ("audio",) and self.audio_src is not None:
-                uri = self.src_cfg.audio_uri
-            elif self.audio_src is not None and "audio" in sensor_stream_set and "video" in sensor_stream_set:
-                raise ConfigError("runtime.source.audio_uri needs daemon.sensors=split (two pipelines)")
-            scfg = self.src_cfg.model_copy(update={"uri": uri, "audio_uri": None, "streams": list(sensor_stream_set)})
-
-            def opener(scfg=scfg, sensor_stream_set=sensor_stream_set):
-                # a live sensor runs on the one monotonic GstSystemClock with base time t0 (running time = the
-                # daemon's timeline), never a sound card's own clock; its audio is re-based continuously. A file
-                # (even at real time) keeps its own base time: its PTS start at 0 on every (re)start.
-                return Capture(
-                    scfg,
-                    self.contract,
-                    realtime=self.realtime,
-                    streams=sensor_stream_set,
-                    clock_base_ns=t0 if parse_source_uri(scfg.uri).is_live else None,
-                )
-
-            def on_restart(sensor: str, reason: str) -> None:
-                self.restarts[sensor] += 1
-                if self.metrics is not None:
-                    self.metrics.restarts.labels(sensor).inc()
-
-            def on_item(sensor: str, item: CaptureItem) -> None:
-                if self.metrics is not None:
-                    self.metrics.items.labels(sensor, item.kind).inc()
-
-            size = {"camera": qc.camera_max_items, "microphone": qc.microphone_max_items}.get(
-                name, qc.camera_max_items + qc.microphone_max_items
-            )  # "av": one pipeline carries both
-            w = SensorWorker(
-                name,
-                opener,
-                self.queue.add(name, size, "drop_oldest" if self.live else "block"),
-                uri=uri,
-                clock=self.clock,
-                t0_monotonic_ns=t0,
-                stall_timeout_s=self.src_cfg.stall_timeout_s,
-                read_timeout_s=min(self.src_cfg.read_timeout_s, 0.2),
-                backoff=Backoff(sup.backoff_initial_s, sup.backoff_max_s, sup.backoff_factor, sup.backoff_jitter),
-                budget=RestartBudget(sup.restart_budget, sup.restart_window_s),
-                healthy_after_s=sup.healthy_after_s,
-                loop=self.daemon_cfg.loop,
-                stop_event=self.stop_event,
-                on_restart=on_restart,
-                on_item=on_item,
-            )
-            self.workers.append(w)
-            self.sensor_streams[name] = sensor_stream_set
-        for w in self.workers:
-            w.start()
-        log.info(
-            "sensors: %s (%s clock)",
-            ", ".join(
-                f"{w.sensor}={'+'.join(s)}"
-                for w, (_, s) in zip(self.workers, stream_sets(self.daemon_cfg.sensors, streams))
-            ),
-            self.clock,
-        )
-
-    def _stop_sensors(self) -> None:
-        self.stop_event.set()
-        if getattr(self, "queue", None) is not None:
-            self.queue.close()
-        for w in self.workers:
-            w.stop(timeout_s=1.0)
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def _process(self, w, infer_windows, post, context) -> None:
