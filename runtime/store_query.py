@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeav.errors import StorageError
-from edgeav.runtime.store import COLUMNS, connect, schema_version
+from edgeav.runtime.store_schema import COLUMNS, connect, schema_version
 
 
 def query_detections(
