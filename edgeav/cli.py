@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeav import __version__
 from edgeav.errors import ConfigError, EdgeAVError
@@ -46,6 +46,7 @@ HANDLERS: dict[str, str] = {
 
 # commands whose threads are set from the `threads:` config (edgeav.threads) before their stage is imported
 THREADED_COMMANDS = ("train", "eval", "bench")
+TORCH_THREADS = "edgeav.train.threads:apply_torch_threads"  # sets torch's counts of the plan (the core has no torch)
 
 # extra that provides each stage, for the message when it is not installed
 _EXTRA_FOR = {"edgeav.train": "train", "edgeav.export": "export", "edgeav.runtime": "runtime"}
@@ -240,7 +241,12 @@ def _threads_config(args: argparse.Namespace) -> ThreadsConfig:
 
 
 def _resolve(key: str) -> Callable[[argparse.Namespace], CommandResult]:
-    target = HANDLERS[key]
+    return _import_target(HANDLERS[key], key)
+
+
+def _import_target(target: str, key: str | None = None) -> Callable[..., Any]:
+    """ "module:function" of a stage, imported now; a missing package is a one-line error naming the extra."""
+    key = key or target
     mod_name, fn_name = target.split(":")
     try:
         mod = importlib.import_module(mod_name)
@@ -287,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in THREADED_COMMANDS:  # before the stage (and torch, its OpenMP) is imported
             # the plan line: in train's log; for eval and bench with --debug (their error stays one line)
-            apply_threads(
+            plan = apply_threads(
                 plan_threads(_threads_config(args)), level=logging.INFO if args.command == "train" else logging.DEBUG
             )
+            _import_target(TORCH_THREADS)(plan)  # torch's counts: train's, named here only as a string
         handler = _resolve(key)
         result = handler(args)
         _emit(result, getattr(args, "json", False))

@@ -1,7 +1,8 @@
 """CPU threads of the process: torch intra-/inter-op threads, ONNX Runtime's, and OpenMP's idle threads.
 
     plan = plan_threads(cfg.threads)          # pure given cores, load and environment
-    apply_threads(plan)                       # environment first, then torch; logs one line
+    apply_threads(plan)                       # environment (before torch loads); logs one line
+    edgeav.train.threads.apply_torch_threads(plan)   # then torch's counts (the CLI does both)
 
 Left to the libraries' defaults, every torch process runs one OpenMP thread per core and GNU OpenMP's idle threads
 spin (busy-wait) for a while after each parallel region. Two such processes on two cores keep descheduling each
@@ -11,8 +12,9 @@ count defaults to the cores free at start and idle OpenMP threads sleep at once 
 
 GNU OpenMP (torch's bundled libgomp) reads its environment once, when torch loads it: `apply_threads` must run
 before `import torch` to change the wait policy, which is why the CLI calls it before it imports a stage.
-KMP_BLOCKTIME does nothing to libgomp; it is set for builds that use Intel's OpenMP. This module imports torch only
-inside `apply_threads`.
+KMP_BLOCKTIME does nothing to libgomp; it is set for builds that use Intel's OpenMP. This module never imports torch
+(the core imports no stage and no torch): torch's counts are set by `edgeav.train.threads.apply_torch_threads`,
+which the CLI calls right after `apply_threads` through its dispatch table.
 """
 
 from __future__ import annotations
@@ -102,8 +104,9 @@ _applied: ThreadPlan | None = None
 def apply_threads(
     plan: ThreadPlan, environ: MutableMapping[str, str] | None = None, level: int = logging.INFO
 ) -> ThreadPlan:
-    """Set the OpenMP environment (effective only if torch is not loaded yet), then torch's thread counts, and
-    remember the plan for ONNX Runtime sessions (`onnxruntime_threads`). Logs the plan once, at `level`."""
+    """Set the OpenMP environment (effective only if torch is not loaded yet) and remember the plan for ONNX
+    Runtime sessions (`onnxruntime_threads`); torch's counts are `edgeav.train.threads.apply_torch_threads`'s. Logs
+    the plan once, at `level`."""
     global _applied
     env = os.environ if environ is None else environ
     late = "torch" in sys.modules
@@ -111,27 +114,9 @@ def apply_threads(
     env.update(added)
     if added and late:
         log.debug("threads: torch was loaded before %s was set; its OpenMP keeps its wait policy", ", ".join(added))
-    if plan.torch_intra is not None:
-        _set_torch(plan)
     _applied = plan
     log.log(level, "%s", plan.describe())
     return plan
-
-
-def _set_torch(plan: ThreadPlan) -> None:
-    try:
-        import torch
-    except ImportError:  # a field unit runs ONNX Runtime only
-        return
-    torch.set_num_threads(int(plan.torch_intra or 1))
-    if plan.torch_inter is not None and torch.get_num_interop_threads() != plan.torch_inter:
-        try:
-            torch.set_num_interop_threads(int(plan.torch_inter))
-        except RuntimeError:  # settable once, before any inter-op work: a second command in the same process
-            log.warning(
-                "threads: torch's inter-op pool was already started with %d threads; it keeps them",
-                torch.get_num_interop_threads(),
-            )
 
 
 def onnxruntime_threads() -> int | None:
