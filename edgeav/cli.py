@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from edgeav import __version__
 from edgeav.errors import ConfigError, EdgeAVError
 from edgeav.log import setup_logging
+from edgeav.providers import import_provider
 from edgeav.result import CommandResult
 from edgeav.threads import apply_threads, plan_threads
 
@@ -46,7 +47,6 @@ HANDLERS: dict[str, str] = {
 
 # commands whose threads are set from the `threads:` config (edgeav.threads) before their stage is imported
 THREADED_COMMANDS = ("train", "eval", "bench")
-TORCH_THREADS = "edgeav.train.threads:apply_torch_threads"  # sets torch's counts of the plan (the core has no torch)
 
 # extra that provides each stage, for the message when it is not installed
 _EXTRA_FOR = {"edgeav.train": "train", "edgeav.export": "export", "edgeav.runtime": "runtime"}
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = apply_threads(
                 plan_threads(_threads_config(args)), level=logging.INFO if args.command == "train" else logging.DEBUG
             )
-            _import_target(TORCH_THREADS)(plan)  # torch's counts: train's, named here only as a string
+            import_provider("threads.torch")(plan)  # torch's counts: train's (edgeav.providers)
         handler = _resolve(key)
         result = handler(args)
         _emit(result, getattr(args, "json", False))

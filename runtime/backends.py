@@ -25,6 +25,7 @@ import numpy as np
 from edgeav.contract import InputContract
 from edgeav.errors import DeviceError, ModelError
 from edgeav.onnx_session import OnnxRunner, SessionSettings, create_session
+from edgeav.providers import import_provider
 from edgeav.registry import Registry
 
 if TYPE_CHECKING:
@@ -165,22 +166,20 @@ def _create_tensorrt(model_path: str | Path, contract: InputContract, **options:
     return factory(model_path, contract, **options)
 
 
-TORCH_BACKEND_MODULE = "edgeav.export.torch_backend"
-
-
 @BACKENDS.register("pytorch", artifact=".pt", dev_only=True)
 def _create_pytorch(model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
-    """Development only: a training checkpoint run by PyTorch (`edgeav.export.torch_backend`, imported lazily; the
-    runtime itself never imports torch). On a unit without torch this is a DeviceError that says so."""
+    """Development only: a training checkpoint run by PyTorch (export's, reached through the core's
+    `edgeav.providers`, imported lazily; the runtime itself never imports torch). On a unit without torch this is a
+    DeviceError that says so."""
     try:
-        mod = importlib.import_module(TORCH_BACKEND_MODULE)
+        create = import_provider("backend.pytorch")
     except ImportError as e:
         raise DeviceError(
             f"the pytorch backend is for development and needs torch + edgeav[train] ({e}); "
             "a field unit runs onnxruntime or tensorrt"
         ) from None
     log.warning("pytorch backend: development only, not for a field unit")
-    return mod.create_backend(model_path, contract, **options)
+    return create(model_path, contract, **options)
 
 
 def create_backend(name: str, model_path: str | Path, contract: InputContract, **options: Any) -> Backend:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -226,3 +227,44 @@ def test_no_package_file_is_longer_than_a_sitting() -> None:
             if n > MAX_FILE_LINES:
                 long[str(path.relative_to(REPO))] = n
     assert not long, f"over {MAX_FILE_LINES} lines: {long}"
+
+
+_MODULE_STRING = re.compile(r"^(edgeav\.(?:train|export|runtime|devices)(?:\.\w+)*)(?::\w+)?$")
+
+
+def _module_strings(path: Path) -> set[str]:
+    """Every string constant of a file that is a module path of a stage ("edgeav.export.x" or "edgeav.export.x:f"):
+    what importlib.import_module would be handed."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            m = _MODULE_STRING.match(node.value)
+            if m:
+                out.add(m.group(1))
+    return out
+
+
+@pytest.mark.parametrize("path", _py_files("runtime") + _py_files("train"), ids=lambda p: str(p.relative_to(REPO)))
+def test_no_stage_names_a_forbidden_stage_in_a_string(path: Path) -> None:
+    """A string import is an import: runtime names neither train nor export, train neither export nor runtime, as
+    module strings too; a stage reaches another only through the core (edgeav.providers, the CLI's table)."""
+    forbidden = (
+        ("edgeav.train", "edgeav.export")
+        if path.parts[len(REPO.parts)] == "runtime"
+        else ("edgeav.export", "edgeav.runtime")
+    )
+    bad = _bad(_module_strings(path), forbidden)
+    assert not bad, f"{path.name} names {bad} in a string"
+
+
+def test_module_strings_are_seen() -> None:
+    """The check above sees the form a string import takes (so it cannot pass by reading nothing)."""
+    probe = REPO / "runtime" / "backends.py"
+    src = 'import importlib\nM = "edgeav.export.torch_backend"\nimportlib.import_module(M)\nX = "edgeav.export.a:f"\n'
+    tree_strings = {
+        _MODULE_STRING.match(n.value).group(1)
+        for n in ast.walk(ast.parse(src))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and _MODULE_STRING.match(n.value)
+    }
+    assert tree_strings == {"edgeav.export.torch_backend", "edgeav.export.a"}
+    assert "edgeav.runtime.trt_runner" in _module_strings(probe)  # a same-stage string is seen, and allowed
