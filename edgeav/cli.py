@@ -292,10 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     key = args.command + (f".{args.subcommand}" if getattr(args, "subcommand", None) else "")
     try:
         if args.command in THREADED_COMMANDS:  # before the stage (and torch, its OpenMP) is imported
-            # the plan line: in train's log; for eval and bench with --debug (their error stays one line)
-            plan = apply_threads(
-                plan_threads(_threads_config(args)), level=logging.INFO if args.command == "train" else logging.DEBUG
-            )
+            # the plan line at DEBUG here, so a command's error stays one line; train logs it at INFO once it starts
+            plan = apply_threads(plan_threads(_threads_config(args)), level=logging.DEBUG)
             import_provider("threads.torch")(plan)  # torch's counts: train's (edgeav.providers)
         handler = _resolve(key)
         result = handler(args)

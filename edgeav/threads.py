@@ -119,6 +119,11 @@ def apply_threads(
     return plan
 
 
+def applied_plan() -> ThreadPlan | None:
+    """The plan `apply_threads` set in this process, or None."""
+    return _applied
+
+
 def onnxruntime_threads() -> int | None:
     """Intra-op threads for an ONNX Runtime session that does not choose its own: the process plan's (0 = ONNX
     Runtime's default), or None when no plan was applied in this process."""

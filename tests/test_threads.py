@@ -123,6 +123,7 @@ def test_explicit_threads_are_honoured(tmp_path: Path) -> None:
     recipe = str(REPO / "train" / "grid.yaml")
     got = _probe(
         tmp_path,
+        "--debug",  # the data is missing: train fails before it starts, where it would log the plan at INFO
         "train",
         "--config",
         recipe,

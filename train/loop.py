@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from edgeav.errors import ConfigError
 from edgeav.result import CommandResult
 from edgeav.schema import EdgeAVConfig, load_config
+from edgeav.threads import applied_plan
 from edgeav.train.augment import SpecAugmentHook, build_field_noise
 from edgeav.train.checkpointing import RunCheckpoints, TrainState, finite
 from edgeav.train.distributed import (
@@ -297,6 +298,8 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
         tc = self.cfg.train
+        if (plan := applied_plan()) is not None:
+            log.info("%s", plan.describe())
         phases = (
             [("joint", tc.epochs)]
             if tc.mode == "joint"
