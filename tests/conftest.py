@@ -78,3 +78,17 @@ def shared_data() -> Path:
     if p is None:
         pytest.skip("real data not found: set EDGEAV_DATA or put it at ../shared/data beside the repository")
     return p
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> object:
+    """A test that runs `edgeav train/eval/bench` in this process applies the thread plan (edgeav.threads) to torch;
+    put torch's intra-op count back afterwards, so later tests compute as they would alone."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and before is not None and torch.get_num_threads() != before:
+        torch.set_num_threads(before)
