@@ -40,13 +40,18 @@ class DaemonEvidence:
         ).start()  # live: drops as the sensor queues do
 
     def _check_evidence(self) -> None:
-        """After a crash: no half-written temp file stays, and no committed row names a file that is not whole."""
+        """After a crash: no half-written temp file stays, and no committed row names a file that is not whole.
+
+        Only rows still `pending` are checked: every evidence file is written atomically (temp name, fsync, rename),
+        so a settled row's file is whole or was never linked, and a start costs one filtered query and a stat per
+        interrupted write, not a stat per file of months of evidence."""
+        from edgeav.runtime.evidence import PENDING_NOTE
         from edgeav.runtime.evidence_worker import check_committed, remove_temp_files
 
         remove_temp_files(self.evidence.root)
         rows = self.store.con.execute(
-            "SELECT id, audio_path, image_path, clip_path, evidence_note FROM detections WHERE audio_path IS NOT NULL "
-            "OR image_path IS NOT NULL OR clip_path IS NOT NULL"
+            "SELECT id, audio_path, image_path, clip_path, evidence_note FROM detections WHERE evidence_note = ?",
+            (PENDING_NOTE,),
         ).fetchall()
         self.evidence_check = check_committed(rows, self.store.update_evidence)
         if any(self.evidence_check.values()):
