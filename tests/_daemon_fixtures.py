@@ -7,7 +7,9 @@ imports it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -147,6 +149,46 @@ def env() -> dict[str, str]:
     e["PYTHONPATH"] = str(REPO / "tests") + os.pathsep + e.get("PYTHONPATH", "")
     e.setdefault("OMP_NUM_THREADS", "1")
     return e
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (for /health, a broker)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def real_tmpfs(path: Path, size_kb: int):
+    """A real tmpfs of `size_kb` mounted at `path` for the block (root; skips with the reason elsewhere): a file
+    system that really says ENOSPC. Unmounted after."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs for the full-disk tests needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Write a ballast file until the file system says ENOSPC; returns it (delete it to give the space back)."""
+    ballast = folder / "ballast"
+    with open(ballast, "wb", buffering=0) as f:
+        for chunk in (1 << 16, 4096, 512, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    return ballast
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ once."""
 from __future__ import annotations
 
 import collections
-import errno
 import json
 import os
 import shutil
@@ -26,7 +25,18 @@ import pytest
 pytest.importorskip("torch", reason="the test bundle's model is built with torch")
 pytest.importorskip("gi", reason="the daemon captures through GStreamer")
 
-from _daemon_fixtures import EDGEAV, daemon_tree, env, make_bundle, scaled, write_config, write_media  # noqa: E402
+from _daemon_fixtures import (  # noqa: E402
+    EDGEAV,
+    daemon_tree,
+    env,
+    fill,
+    free_port,
+    make_bundle,
+    real_tmpfs,
+    scaled,
+    write_config,
+    write_media,
+)
 
 pytestmark = pytest.mark.gstreamer
 
@@ -39,33 +49,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a 4 MB tmpfs for the full-disk test needs root")
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(fs)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    yield fs
-    subprocess.run(["umount", "-l", str(fs)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    ballast = folder / "ballast"
-    with open(ballast, "wb", buffering=0) as f:
-        for chunk in (1 << 16, 4096, 512, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-    return ballast
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with real_tmpfs(tmp_path / "fs", 4096) as fs:
+        yield fs
 
 
 def health(port: int) -> dict:

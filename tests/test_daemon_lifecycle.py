@@ -21,7 +21,7 @@ pytest.importorskip("torch", reason="the test bundle's model is built with torch
 pytest.importorskip("prometheus_client")
 pytest.importorskip("gi", reason="the daemon captures through GStreamer")
 
-from _daemon_fixtures import EDGEAV, daemon_tree, env, make_bundle, scaled, write_config  # noqa: E402
+from _daemon_fixtures import EDGEAV, daemon_tree, env, free_port, make_bundle, scaled, write_config  # noqa: E402
 
 pytestmark = pytest.mark.gstreamer
 
@@ -31,12 +31,6 @@ LIVE = "test://?live=1&pattern=ball&wave=ticks"
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("lc") / "bundle")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(cfg: Path, extra_env: dict | None = None, args: list[str] | None = None) -> subprocess.Popen:

@@ -23,7 +23,7 @@ pytest.importorskip("torch", reason="the test bundle's model is built with torch
 pytest.importorskip("gi", reason="the daemon captures through GStreamer")
 mqtt = pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
 
-from _daemon_fixtures import EDGEAV, daemon_tree, env, make_bundle, scaled, write_config  # noqa: E402
+from _daemon_fixtures import EDGEAV, daemon_tree, env, free_port, make_bundle, scaled, write_config  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 pytestmark = [
@@ -37,12 +37,6 @@ LIVE = "test://?live=1&pattern=ball&wave=ticks"
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bundle(tmp_path_factory.mktemp("mq") / "bundle")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Broker:

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from _daemon_fixtures import fill, real_tmpfs
 
 from edgeav.errors import ConfigError, StorageError
 from edgeav.runtime.postprocess import Detection
@@ -131,48 +132,10 @@ def test_query_filters(tmp_path: Path) -> None:
 # -- full disk, bounded growth (issue 13) --------------------------------------------------------------------------
 
 
-def _mount_small_fs(path: Path, size_kb: int = 4096) -> None:
-    """A real tmpfs of `size_kb` (needs root); the caller unmounts it."""
-    import os
-    import subprocess
-
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs for the full-disk tests needs root")
-    path.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)], capture_output=True, text=True
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-
-
-def _umount(path: Path) -> None:
-    import subprocess
-
-    subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Write a ballast file until the file system says ENOSPC; returns it (delete it to give the space back)."""
-    import errno
-
-    ballast = folder / "ballast"
-    with open(ballast, "wb", buffering=0) as f:
-        for chunk in (1 << 16, 4096, 512, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError as e:
-                assert e.errno == errno.ENOSPC
-    return ballast
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path):
-    fs = tmp_path / "fs"
-    _mount_small_fs(fs)
-    yield fs
-    _umount(fs)
+    with real_tmpfs(tmp_path / "fs", 4096) as fs:
+        yield fs
 
 
 def test_full_disk_keeps_detections_bounded_drops_evidence_first_and_recovers(small_fs: Path, tmp_path: Path) -> None:
