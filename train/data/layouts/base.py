@@ -18,7 +18,7 @@ from edgeav.registry import Registry
 from edgeav.schema.data import DataConfig
 from edgeav.timebase import NS_PER_S, s_to_ns
 from edgeav.train.data import media
-from edgeav.train.data.records import Sample, Skipped
+from edgeav.train.data.records import ImageRef, Sample, Skipped
 from edgeav.train.data.tables import IndexTable
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,20 @@ class LayoutContext:
                 p.name,
             )
         return self.rel(p)
+
+
+def photo_sample(ctx: LayoutContext, path: Path, label: int, class_name: str, split: str) -> Sample:
+    """One photo as an image-only example (its own group; id `<relative path>@0`), listed among the files read."""
+    rel = ctx.rel(path)
+    ctx.files.append(FileInfo(str(path), "image"))
+    return Sample(
+        id=f"{rel}@0",
+        label=label,
+        class_name=class_name,
+        group=rel,
+        split=split,
+        image=ImageRef(str(path.resolve())),
+    )
 
 
 def check_unknown_columns(ctx: LayoutContext, table: IndexTable) -> None:

@@ -10,8 +10,15 @@ seeded split with `data.test_fraction` (0 = no test split); validation is carved
 from __future__ import annotations
 
 from edgeav.errors import DataError
-from edgeav.train.data.layouts.base import IMAGE_DIR_NAME, LAYOUTS, Catalog, FileInfo, LayoutContext, media_files
-from edgeav.train.data.records import ImageRef, Sample
+from edgeav.train.data.layouts.base import (
+    IMAGE_DIR_NAME,
+    LAYOUTS,
+    Catalog,
+    LayoutContext,
+    media_files,
+    photo_sample,
+)
+from edgeav.train.data.records import Sample
 from edgeav.train.data.splits import pick_groups
 
 
@@ -43,15 +50,5 @@ def build_images(ctx: LayoutContext) -> Catalog:
     for c in classes:
         for p in files[c]:
             r = ctx.rel(p)
-            ctx.files.append(FileInfo(str(p), "image"))
-            samples.append(
-                Sample(
-                    id=f"{r}@0",
-                    label=label_of[c],
-                    class_name=c,
-                    group=r,
-                    split=split.get(r, "val" if r in val else "train"),
-                    image=ImageRef(str(p.resolve())),
-                )
-            )
+            samples.append(photo_sample(ctx, p, label_of[c], c, split.get(r, "val" if r in val else "train")))
     return Catalog("images", root, classes, samples, ctx.files, ctx.problems.items, ctx.notes, None)

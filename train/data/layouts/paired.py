@@ -20,12 +20,12 @@ from edgeav.train.data.layouts.base import (
     IMAGE_DIR_NAME,
     LAYOUTS,
     Catalog,
-    FileInfo,
     LayoutContext,
     check_unknown_columns,
     media_files,
+    photo_sample,
 )
-from edgeav.train.data.records import AudioRef, ImageRef, Sample
+from edgeav.train.data.records import AudioRef, Sample
 from edgeav.train.data.splits import pick_groups
 from edgeav.train.data.tables import SPLIT_VALUES, find_index, read_index
 
@@ -192,18 +192,7 @@ def build_paired(ctx: LayoutContext) -> Catalog:
                     img_split[p] = "val"
     for cls in classes:
         for p in class_files[cls][0]:
-            rel = ctx.rel(p)
-            ctx.files.append(FileInfo(str(p), "image"))
-            samples.append(
-                Sample(
-                    id=f"{rel}@0",
-                    label=label_of[cls],
-                    class_name=cls,
-                    group=rel,
-                    split=img_split[p],
-                    image=ImageRef(str(p.resolve())),
-                )
-            )
+            samples.append(photo_sample(ctx, p, label_of[cls], cls, img_split[p]))
     return Catalog(
         "paired",
         root,
