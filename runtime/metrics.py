@@ -78,6 +78,27 @@ class DaemonMetrics:
             "edgeav_mqtt_outbox_pending", "Detection messages waiting for the broker", registry=r
         )
         self.up_since = p.Gauge("edgeav_start_time_seconds", "Unix time the daemon started", registry=r)
+        self.class_rule_dropped = p.Counter(
+            "edgeav_class_rule_dropped_total",
+            "Detections dropped by a class rule (include, exclude, min_interval)",
+            ["label", "rule"],
+            registry=r,
+        )
+        self.class_threshold = p.Gauge(
+            "edgeav_class_threshold", "Score threshold in force per class", ["label"], registry=r
+        )
+        self.privacy = p.Counter(
+            "edgeav_privacy_detections_total",
+            "Detections the speech filter looked at, by outcome (clear, audio_dropped, dropped)",
+            ["outcome"],
+            registry=r,
+        )
+        self.notifications = p.Counter(
+            "edgeav_notifications_total",
+            "Notifications by outcome (sent, failed, dropped: queue full, suppressed: a rule said no)",
+            ["outcome"],
+            registry=r,
+        )
         self._lock = threading.Lock()
 
     def render(self) -> tuple[bytes, str]:

@@ -98,9 +98,11 @@ class PostProcessor:
         unknown = (set(self.cfg.class_thresholds) | set(self.cfg.ignore_labels)) - set(self.labels)
         if unknown:
             raise ConfigError(f"postprocess names unknown label(s) {sorted(unknown)}; labels: {self.labels}")
-        self.thresholds = np.array(
-            [self.cfg.class_thresholds.get(lb, self.cfg.threshold) for lb in self.labels], dtype=np.float32
-        )
+        from edgeav.runtime.class_rules import ClassRules
+
+        self.class_rules = ClassRules(self.labels, self.cfg.classes)  # include/exclude, per-class interval
+        own = {**self.class_rules.thresholds, **self.cfg.class_thresholds}
+        self.thresholds = np.array([own.get(lb, self.cfg.threshold) for lb in self.labels], dtype=np.float32)
         self.ignored = {self.labels.index(lb) for lb in self.cfg.ignore_labels}
         self.model_sha256 = model_sha256
         self.utc_ns_for = utc_ns_for
@@ -175,6 +177,8 @@ class PostProcessor:
                 model_sha256=self.model_sha256,
                 hits=n_hits,
             )
+            if not self.class_rules.keep(det):
+                continue
             self.n_detections += 1
             log.info(
                 "detection %s %.3f [%s] %.2f-%.2f s",

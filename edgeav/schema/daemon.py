@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edgeav.schema.base import Section
+from edgeav.schema.integrations import NotifyConfig, PrivacyConfig
 
 
 class StoreConfig(Section):
@@ -197,6 +198,12 @@ class MqttConfig(Section):
     reconnect_min_s: float = Field(1.0, gt=0.0, le=600.0, description="Reconnect delay after a lost connection, s.")
     reconnect_max_s: float = Field(30.0, gt=0.0, le=3600.0, description="Longest reconnect delay, s.")
     inflight_max: int = Field(20, ge=1, le=10_000, description="Unacknowledged detection messages at a time, messages.")
+    homeassistant: bool = Field(
+        False,
+        description="Home Assistant MQTT discovery: retained configs of one device per unit with its sensors "
+        "(edgeav.runtime.homeassistant); false removes configs a previous run left.",
+    )
+    homeassistant_prefix: str = Field("homeassistant", description="Home Assistant's discovery topic prefix.")
 
     @model_validator(mode="after")
     def _check(self) -> MqttConfig:
@@ -235,6 +242,8 @@ class DaemonConfig(Section):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Sensor restarts.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics and /health.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
+    notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Notifications with rules (Apprise).")
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Speech filter (Silero VAD).")
 
     @model_validator(mode="after")
     def _check(self) -> DaemonConfig:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edgeav.schema.base import Section
+from edgeav.schema.integrations import ClassRulesConfig
 
 
 class SourceConfig(Section):
@@ -145,12 +146,20 @@ class PostprocessConfig(Section):
     min_gap_s: float = Field(
         3.0, ge=0.0, le=86_400.0, description="Minimum gap between two detections of one class, s."
     )
+    classes: ClassRulesConfig = Field(
+        default_factory=ClassRulesConfig, description="Include/exclude lists, per-class threshold and interval."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PostprocessConfig:
         for k, v in self.class_thresholds.items():
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"class_thresholds[{k!r}]={v} is outside [0, 1]")
+        twice = sorted(
+            k for k, r in self.classes.rules.items() if r.threshold is not None and k in self.class_thresholds
+        )
+        if twice:
+            raise ValueError(f"class_thresholds and classes.rules both set a threshold for {twice}")
         return self
 
 
