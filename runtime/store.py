@@ -14,6 +14,8 @@ Schema versions (PRAGMA user_version):
   3  clip_path (the evidence MP4 of a T-frame window)
   4  clock (`synced` / `unsynced`: was utc_ns from an NTP-disciplined clock) and written_op_ns (the
      evidence's write time on the operating clock, edgeav.runtime.wallclock: what retention ages by)
+  5  reviews (a person's verdict on a detection: confirmed / false_positive / ignore_class, with time and
+     reason; edgeav.runtime.store_reviews); a confirmed detection's evidence is never deleted by retention
 """
 
 from __future__ import annotations
@@ -369,12 +371,15 @@ class DetectionStore:
 
     # -- evidence bookkeeping ------------------------------------------------------------------------------------
     def evidence_rows(self, page_rows: int = 500) -> Iterator[sqlite3.Row]:
-        """Detections that still link evidence, oldest first, read `page_rows` at a time (keyset on (utc_ns, id))."""
+        """Detections that still link evidence and that no one confirmed (retention's candidates), oldest first, read
+        `page_rows` at a time (keyset on (utc_ns, id))."""
         after: tuple[int, str] = (-(2**63), "")
         while True:
             page = self.con.execute(
                 "SELECT id, label, utc_ns, audio_path, image_path, clip_path, written_op_ns FROM detections WHERE "
                 "(audio_path IS NOT NULL OR image_path IS NOT NULL OR clip_path IS NOT NULL) AND (utc_ns, id) > (?, ?) "
+                # a detection a person confirmed keeps its evidence (schema 5: reviews)
+                "AND id NOT IN (SELECT detection_id FROM reviews WHERE verdict = 'confirmed') "
                 "ORDER BY utc_ns, id LIMIT ?",
                 (*after, int(page_rows)),
             ).fetchall()

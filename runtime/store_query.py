@@ -14,6 +14,9 @@ from typing import Any
 from edgeav.errors import StorageError
 from edgeav.runtime.store_schema import COLUMNS, connect, schema_version
 
+# what each detection of `query_detections` carries of its review (schema 5); None where it has none
+REVIEW_COLUMNS = ("review", "review_reason", "reviewed_utc_ns")
+
 
 def query_detections(
     path: str | Path,
@@ -30,17 +33,24 @@ def query_detections(
             raise StorageError(f"{path}: not an edgeav detection log (schema version 0)")
         have = {r[1] for r in con.execute("PRAGMA table_info(detections)")}
         cols = [c for c in COLUMNS if c in have]
-        where, params = ["confidence >= ?"], [float(min_confidence)]
+        where, params = ["d.confidence >= ?"], [float(min_confidence)]
         if since_utc_ns is not None:
-            where.append("utc_ns >= ?")
+            where.append("d.utc_ns >= ?")
             params.append(int(since_utc_ns))
         if until_utc_ns is not None:
-            where.append("utc_ns < ?")
+            where.append("d.utc_ns < ?")
             params.append(int(until_utc_ns))
         if labels:
-            where.append(f"label IN ({', '.join('?' * len(labels))})")
+            where.append(f"d.label IN ({', '.join('?' * len(labels))})")
             params.extend(labels)
-        sql = f"SELECT {', '.join(cols)} FROM detections WHERE {' AND '.join(where)} ORDER BY utc_ns, id"
+        # schema 5: each detection's review (verdict, reason, time) comes along; None where none (or an older log)
+        reviewed = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='reviews'").fetchone()
+        review_cols = REVIEW_COLUMNS if reviewed else ()
+        picked = ", ".join(
+            [f"d.{c}" for c in cols] + (["r.verdict", "r.reason", "r.reviewed_utc_ns"] if reviewed else [])
+        )
+        src = "detections d LEFT JOIN reviews r ON r.detection_id = d.id" if reviewed else "detections d"
+        sql = f"SELECT {picked} FROM {src} WHERE {' AND '.join(where)} ORDER BY d.utc_ns, d.id"
         if limit is not None and limit > 0:
             sql += f" LIMIT {int(limit)}"
         try:
@@ -50,6 +60,7 @@ def query_detections(
         out = []
         for r in rows:
             d = dict(zip(cols, r))
+            d.update(dict.fromkeys(REVIEW_COLUMNS), **dict(zip(review_cols, r[len(cols) :])))
             d["modalities"] = [m for m in (d.get("modalities") or "").split(",") if m]
             out.append(d)
         return out
@@ -65,4 +76,4 @@ def integrity_check(path: str | Path) -> str:
         con.close()
 
 
-__all__ = ["query_detections", "integrity_check"]
+__all__ = ["query_detections", "integrity_check", "REVIEW_COLUMNS"]

@@ -16,7 +16,7 @@ from edgeav.errors import StorageError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # version reached -> statements that take the previous version to it (each applied in its own transaction)
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -65,6 +65,17 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     3: ("ALTER TABLE detections ADD COLUMN clip_path TEXT",),
     4: ("ALTER TABLE detections ADD COLUMN clock TEXT", "ALTER TABLE detections ADD COLUMN written_op_ns INTEGER"),
+    # a person's verdict on a detection (the web view, edgeav.runtime.store_reviews): one row per detection
+    5: (
+        """CREATE TABLE reviews (
+            detection_id TEXT PRIMARY KEY,
+            verdict TEXT NOT NULL CHECK (verdict IN ('confirmed', 'false_positive', 'ignore_class')),
+            label TEXT NOT NULL,
+            reason TEXT,
+            reviewed_utc_ns INTEGER NOT NULL
+        )""",
+        "CREATE INDEX idx_reviews_verdict ON reviews(verdict, label)",
+    ),
 }
 
 COLUMNS = (
