@@ -26,6 +26,7 @@ from edgeav.errors import ConfigError, SensorError, StorageError
 from edgeav.result import CommandResult
 from edgeav.runtime.daemon_evidence import DaemonEvidence
 from edgeav.runtime.daemon_health import DaemonHealth
+from edgeav.runtime.daemon_integrations import DaemonIntegrations
 from edgeav.runtime.daemon_sensors import DaemonSensors
 from edgeav.runtime.systemd import sd_notify, systemd_watchdog_s
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 # -- the daemon ----------------------------------------------------------------------------------------------------
 
 
-class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
+class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence, DaemonIntegrations):
     def __init__(
         self,
         cfg: EdgeAVConfig,
@@ -195,7 +196,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
             self.metrics_server.stop()
 
     def _start_mqtt(self) -> None:
-        from edgeav.runtime.mqtt import MqttPublisher
+        from edgeav.runtime.mqtt import MqttPublisher, topics
 
         if not self.daemon_cfg.mqtt.enabled:
             return
@@ -206,6 +207,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
             heartbeat=lambda: self.health()[1],
             metrics=self.metrics,
             outbox_added=lambda: store.outbox_added,
+            homeassistant=self._homeassistant(topics(self.daemon_cfg.mqtt)),
         ).start()
 
     def _stop_mqtt(self) -> None:
@@ -231,7 +233,11 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
             self.metrics.windows.labels(mods).inc()
         frame = w.frames[len(w.frames) // 2] if w.frames is not None else None  # (H, W, 3): the middle frame
         context.append(WindowContext(w.start_ns, w.end_ns, w.audio, frame, w.frames))  # frames (T, H, W, 3)
+        self._privacy_window(w.audio, w.start_ns)  # the speech filter hears every window (daemon_integrations)
         for det in res.detections:
+            privacy = self._privacy_verdict(det)
+            if privacy == "drop_detection":
+                continue
             from edgeav.runtime.store import new_detection_id
 
             utc = self._utc_for(det.end_ns) or self.wallclock.now_utc_ns()
@@ -239,7 +245,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
             audio_path = image_path = clip_path = note = None
             if self.evidence is not None:
                 try:
-                    ev = self._evidence_for(did, utc, det, context, frame, w.frames)
+                    ev = self._evidence_for(did, utc, det, context, frame, w.frames, drop_audio=privacy == "drop_audio")
                     audio_path, image_path, clip_path, note, outcome = (
                         ev.audio_path,
                         ev.image_path,
@@ -267,6 +273,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
                 clock=self.wallclock.state,
                 written_op_ns=self.op_clock.now_ns() if self.op_clock is not None else None,
             )
+            self._after_detection(det, did, utc)  # Home Assistant counters, the notification queue
             self.detections += 1
             dm = "+".join(det.modalities) or "none"
             self.detections_by_modality[dm] += 1
@@ -307,6 +314,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
         live = self.clock == "wall" or len(self.workers) > 1
         aligner = Aligner(self.contract, self.cfg.runtime.align, streams=self.streams, live=live)
         post = PostProcessor(self.labels, self.cfg.runtime.postprocess, model_sha256=self.sha, utc_ns_for=self._utc_for)
+        self._wire_class_rules(post)
         context: collections.deque = collections.deque(maxlen=self.daemon_cfg.evidence.context_windows)
         wd = self.daemon_cfg.watchdog_interval_s
         sys_wd = systemd_watchdog_s()
@@ -380,6 +388,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
                 Component("evidence", self._start_evidence, self._stop_evidence, 1.0),
                 Component("metrics", self._start_metrics, self._stop_metrics, 0.5),
                 Component("mqtt", self._start_mqtt, self._stop_mqtt, 2.0),
+                Component("integrations", self._start_integrations, self._stop_integrations, 1.5),
                 Component("sensors", self._start_sensors, self._stop_sensors, 2.0),
             ):
                 if self.stop_event.is_set():
@@ -430,6 +439,8 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence):
             "queues": self._queue_stats(),
             "evidence_check": self.evidence_check,
             "mqtt_sent": self.mqtt.sent if self.mqtt is not None else None,
+            "notifications": dict(self.notifier.counts) if self.notifier is not None else None,
+            "privacy": dict(self.privacy.counts) if self.privacy is not None else None,
             "db": str(self.db_path),
             "run_id": self.run_id,
             "clock": self.wallclock.state,

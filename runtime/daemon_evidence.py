@@ -101,13 +101,17 @@ class DaemonEvidence:
         context: Sequence[WindowContext],
         frame: np.ndarray | None,
         frames: np.ndarray | None,
+        drop_audio: bool = False,
     ) -> EvidenceResult:
         """Decide on the main loop (free-space floor, file names) and hand the encoding to the evidence thread:
         the row links the planned files now (note pending); a full evidence queue skips the set."""
         from edgeav.runtime.evidence import EvidenceResult, WindowContext, stitch_audio
         from edgeav.runtime.evidence_worker import EvidenceJob
 
-        audio = stitch_audio(context, det.start_ns, det.end_ns, self.contract.audio.sample_rate_hz)
+        # drop_audio: the privacy filter heard speech in the span; no audio of it leaves the main loop
+        audio = (
+            None if drop_audio else stitch_audio(context, det.start_ns, det.end_ns, self.contract.audio.sample_rate_hz)
+        )
         ev = self.evidence.admit() or self.evidence.plan(did, utc, audio, frame, frames)
         media = WindowContext(det.start_ns, det.end_ns, audio, frame, frames)
         if ev.outcome == "pending" and not self.evidence_worker.submit(EvidenceJob(did, utc, media)):

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from edgeav.errors import ConfigError
 
 if TYPE_CHECKING:
+    from edgeav.runtime.homeassistant import HomeAssistant
     from edgeav.runtime.metrics import DaemonMetrics
     from edgeav.schema.daemon import MqttConfig
 
@@ -55,12 +56,14 @@ class MqttPublisher:
         heartbeat: Callable[[], dict[str, Any]] | None = None,
         metrics: DaemonMetrics | None = None,
         outbox_added: Callable[[], int] | None = None,
+        homeassistant: HomeAssistant | None = None,
     ) -> None:
         self.cfg = cfg
         self.db_path = Path(db_path)
         self.heartbeat = heartbeat
         self.metrics = metrics
         self.topics = topics(cfg)
+        self.homeassistant = homeassistant  # discovery configs on connect, its state topic from the outbox thread
         self.connected = threading.Event()
         self._stop = threading.Event()
         self._unacked: dict[int, Any] = {}  # outbox seq -> paho MQTTMessageInfo, until acknowledged
@@ -194,6 +197,8 @@ class MqttPublisher:
         if self.metrics is not None:
             self.metrics.mqtt_connected.set(1)
         client.publish(self.topics["status"], "online", qos=1, retain=True)
+        if self.homeassistant is not None:
+            self.homeassistant.on_connect(client)
         log.info(
             "MQTT: connected to %s:%d (connection %d)",
             self.cfg.host,
@@ -275,6 +280,8 @@ class MqttPublisher:
                 self._collect_acks()
                 if self.connected.is_set():
                     self._publish_pending()
+                    if self.homeassistant is not None:
+                        self.homeassistant.tick(self._client)
                     now = time.monotonic()
                     if self.heartbeat is not None and now - last_hb >= self.cfg.heartbeat_interval_s:
                         last_hb = now
