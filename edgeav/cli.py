@@ -43,6 +43,7 @@ HANDLERS: dict[str, str] = {
     "config.check": "edgeav.cli:cmd_config_check",
     "config.schema": "edgeav.cli:cmd_config_schema",
     "detections": "edgeav.runtime.cli:cmd_detections",
+    "analyze": "edgeav.runtime.analyze:cmd_analyze",
 }
 
 # commands whose threads are set from the `threads:` config (edgeav.threads) before their stage is imported
@@ -205,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(cc)
     cs = csub.add_parser("schema", help="print the JSON schema of the configuration")
     _add_common(cs, json_flag=False)
+
+    # analyze
+    an = sub.add_parser("analyze", help="a bundle over an archive of recordings, photos and videos (resumable)")
+    an.add_argument("inputs", nargs="+", metavar="INPUT", help="files and folders (recursive; deployment folders)")
+    an.add_argument("--bundle", required=True, help="bundle folder")
+    an.add_argument("--out", required=True, help="output folder (results, tables, summary, run manifest)")
+    an.add_argument("--format", default="csv", help="comma-separated: csv, raven, audacity, json (default csv)")
+    an.add_argument("--workers", type=int, help="worker processes / Ray actors (default: the cores free / cluster)")
+    an.add_argument("--min-confidence", type=float, default=0.5, help="lowest fused probability reported")
+    an.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished files")
+    an.add_argument("--engine", choices=["local", "ray"], default="local", help="worker processes or a Ray cluster")
+    an.add_argument("--address", help="Ray cluster address (host:port) for --engine ray (default: auto)")
+    _add_common(an)
 
     # detections
     dt = sub.add_parser("detections", help="query the detection log")
