@@ -96,7 +96,7 @@ def parse_stream_args(
 
 
 def open_model(args: argparse.Namespace) -> Model:
-    from edgeav.runtime.bundle import verify_bundle
+    from edgeav.bundle import verify_bundle
 
     info = verify_bundle(args.bundle)
     path = info.model(args.role)

@@ -16,6 +16,8 @@ from edgeav.errors import UnknownNameError
 PROVIDERS: dict[str, str] = {
     # a training checkpoint run by PyTorch behind the runtime's Backend interface (development only)
     "backend.pytorch": "edgeav.export.torch_backend:create_backend",
+    # the TensorRT engine runner behind the same interface (the runtime's backend registry; export's post-build check)
+    "backend.tensorrt": "edgeav.runtime.trt_runner:create_backend",
     # torch's intra-/inter-op thread counts of the process plan (edgeav.threads), set by the CLI
     "threads.torch": "edgeav.train.threads:apply_torch_threads",
 }

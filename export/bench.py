@@ -232,7 +232,7 @@ def _memory(kind: str, path: Path, contract: InputContract, threads: int, timeou
 
 
 def run_bench(bundle: str | Path, settings: BenchSettings | None = None) -> dict[str, Any]:
-    from edgeav.runtime.bundle import verify_bundle
+    from edgeav.bundle import verify_bundle
 
     s = settings or BenchSettings()
     info = verify_bundle(bundle)

@@ -3,7 +3,7 @@
 The directory holds the model files (named by role: `model_fp32.onnx`, `model_int8.onnx`, ...), labels.txt and
 manifest.json (input contract, metrics, sha256 of every file, target profile, tool versions). It is written into
 a temporary directory next to `out_dir` and renamed into place, so a failure leaves nothing at `out_dir`.
-The reading side (verify_bundle) lives in edgeav.runtime.bundle, which the field unit imports without torch.
+The reading side (verify_bundle) lives in edgeav.bundle, which the field unit imports without torch.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from edgeav.bundle import LABELS_NAME, MANIFEST_NAME, verify_bundle
 from edgeav.errors import BundleError
 from edgeav.manifest import ArtifactManifest, sha256_file
-from edgeav.runtime.bundle import LABELS_NAME, MANIFEST_NAME, verify_bundle
 
 log = logging.getLogger(__name__)
 

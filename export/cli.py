@@ -372,7 +372,7 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
                 "model_int8" if "model_int8" in files else ("model_fp16" if "model_fp16" in files else "model_fp32")
             )
             prec = src_role.split("_")[1]
-            from edgeav.runtime.trt_runner import sidecar_path
+            from edgeav.trt_cache import sidecar_path
 
             # built, then compared with ONNX Runtime on the parity windows (int8: and the accuracy gate on test)
             int8_gate = (
@@ -399,7 +399,7 @@ def run_export(args: argparse.Namespace, cfg: ExportConfig | None = None) -> dic
         bundle_manifest = base.model_copy(update={"precision": precisions[0], "extra": {**extra}})
         write_bundle(out, files, bundle_manifest, profile.name, tool_versions())
 
-    from edgeav.runtime.bundle import verify_bundle
+    from edgeav.bundle import verify_bundle
 
     binfo = verify_bundle(out)
     sizes = {role: p.stat().st_size for role, p in binfo.files.items()}

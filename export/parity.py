@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeav.backend import OUTPUT_NAMES
 from edgeav.errors import ExportError
 from edgeav.onnx_session import OnnxRunner, run_all
-from edgeav.runtime.backends import OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 

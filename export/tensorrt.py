@@ -3,7 +3,7 @@
     built, check = build_checked_engine("bundle/model_int8.onnx", load_profile("jetson-orin-nx"), "int8",
                                         feeds=parity_feeds, cfg=ExportConfig())
 
-The build is edgeav.runtime.trt_builder's (precision is what the engine computes in: a strongly typed network from
+The build is edgeav.export.trt_builder's (precision is what the engine computes in: a strongly typed network from
 the ONNX, or TensorRT 10's FP16 flag for fp16 from an fp32 model; anything else is refused with what can be built).
 After every build - and on a cache hit too - `check_engine_outputs` runs the engine and ONNX Runtime (the same ONNX
 file, Q/DQ simulated in float for int8: the values the Q/DQ model stands for) on the same windows and applies the
@@ -41,10 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeav.errors import EdgeAVError, ExportError
-from edgeav.runtime.trt_runner import (
+from edgeav.export.trt_builder import (
     MIN_TRT_MAJOR,
     BuiltEngine,
-    EngineCache,
     build_engine,
     check_dla_support,
     check_trt_version,
@@ -52,6 +51,8 @@ from edgeav.runtime.trt_runner import (
     require_tensorrt,
     trt_major,
 )
+from edgeav.providers import import_provider
+from edgeav.trt_cache import EngineCache
 
 if TYPE_CHECKING:
     from edgeav.contract import InputContract
@@ -104,10 +105,9 @@ def engine_gate(precision: str, cfg: ExportConfig) -> dict[str, float]:
 def run_engine_outputs(
     engine_path: Path, contract: InputContract, feeds: Sequence[Feeds]
 ) -> list[dict[str, np.ndarray]]:
-    """The engine's three outputs on each feed, through the runtime's TensorRT backend."""
-    from edgeav.runtime.trt_runner import create_backend
-
-    with create_backend(engine_path, contract) as backend:
+    """The engine's three outputs on each feed, through the TensorRT runner (the runtime's, reached through the core's
+    `edgeav.providers`: export and runtime never import each other)."""
+    with import_provider("backend.tensorrt")(engine_path, contract) as backend:
         return [backend.infer(f["audio"], f["image"], f["mask"]) for f in feeds]
 
 

@@ -1,7 +1,8 @@
 """PyTorch as an inference backend, for development only (a field unit has no torch): it runs a training
 checkpoint behind the runtime's `Backend` interface, so a replay or a cross-backend comparison can use the very
 model that training wrote. The runtime reaches it by name (`create_backend("pytorch", ...)`) through a lazy import;
-it lives here because the export stage may import both `edgeav.train` and `edgeav.runtime`.
+it lives here because the export stage may import `edgeav.train` (the runtime reaches it through the core's
+`edgeav.providers`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeav.backend import OUTPUT_NAMES, Backend
 from edgeav.contract import InputContract
 from edgeav.errors import ModelError
-from edgeav.runtime.backends import OUTPUT_NAMES, Backend
 
 
 class TorchBackend(Backend):

@@ -13,15 +13,14 @@ provider asked for but not available is an error, never a silent fallback), `ten
 
 from __future__ import annotations
 
-import abc
-import importlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeav.backend import OUTPUT_NAMES, Backend
 from edgeav.contract import InputContract
 from edgeav.errors import DeviceError, ModelError
 from edgeav.onnx_session import OnnxRunner, SessionSettings, create_session
@@ -32,54 +31,6 @@ if TYPE_CHECKING:
     from edgeav.schema.runtime import BackendConfig
 
 log = logging.getLogger(__name__)
-
-OUTPUT_NAMES = ("logits", "logits_audio", "logits_image")
-
-
-class Backend(abc.ABC):
-    """What the runtime needs of an inference engine."""
-
-    name: str = "?"
-
-    @property
-    @abc.abstractmethod
-    def input_contract(self) -> InputContract: ...
-
-    @abc.abstractmethod
-    def infer(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        """audio (B, S) float32, image (B, [T,] 3, H, W) uint8, mask (B, 2) float32 -> the three (B, C) logits."""
-
-    @property
-    def max_batch(self) -> int | None:
-        """Most windows one `infer` call takes; None = any (dynamic batch axis). The safe default is 1."""
-        return 1
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`infer` on feeds by input name (`edgeav.onnx_session.Runner`, what export's parity and gate call)."""
-        missing = [n for n in self.input_contract.input_names if n not in feeds]
-        if missing:
-            raise ModelError(f"{self.name}: feeds lack input(s) {missing}; they have {sorted(feeds)}")
-        return self.infer(*(feeds[n] for n in self.input_contract.input_names))
-
-    def close(self) -> None:  # noqa: B027 - optional
-        """Release the session / engine."""
-
-    def __enter__(self) -> Backend:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def check_inputs(self, audio: np.ndarray, image: np.ndarray, mask: np.ndarray) -> None:
-        """Raise ModelError unless the arrays match the contract (dtype and shape)."""
-        shapes = self.input_contract.shapes(batch=audio.shape[0] if audio.ndim else 1)
-        for name, arr, dtype in (("audio", audio, np.float32), ("image", image, np.uint8), ("mask", mask, np.float32)):
-            if arr.dtype != dtype or tuple(arr.shape) != shapes[name]:
-                raise ModelError(
-                    f"{self.name}: input {name!r} is {arr.dtype}{tuple(arr.shape)}, the contract says "
-                    f"{np.dtype(dtype)}{shapes[name]}"
-                )
-
 
 BACKENDS: Registry[Backend] = Registry("inference backend")
 
@@ -149,21 +100,15 @@ def _create_onnxruntime(model_path: str | Path, contract: InputContract, **optio
     return OrtBackend(model_path, contract, **options)
 
 
-TRT_RUNNER_MODULE = "edgeav.runtime.trt_runner"
-
-
 @BACKENDS.register("tensorrt", artifact=".engine")
 def _create_tensorrt(model_path: str | Path, contract: InputContract, **options: Any) -> Backend:
-    """Lazily imports `edgeav.runtime.trt_runner`, which provides `create_backend(model_path, contract, **options)`
-    (or a `TrtBackend` class with that signature) returning a `Backend`."""
+    """The TensorRT runner (`edgeav.runtime.trt_runner.create_backend`, through the core's `edgeav.providers`,
+    imported on first use: TensorRT and cuda-python are imported only when an engine is loaded)."""
     try:
-        mod = importlib.import_module(TRT_RUNNER_MODULE)
+        create = import_provider("backend.tensorrt")
     except ImportError as e:
         raise DeviceError(f"TensorRT is not available here ({e}); use the onnxruntime backend") from None
-    factory = getattr(mod, "create_backend", None) or getattr(mod, "TrtBackend", None)
-    if factory is None:
-        raise DeviceError(f"{TRT_RUNNER_MODULE} has neither create_backend nor TrtBackend")
-    return factory(model_path, contract, **options)
+    return create(model_path, contract, **options)
 
 
 @BACKENDS.register("pytorch", artifact=".pt", dev_only=True)

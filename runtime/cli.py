@@ -23,8 +23,8 @@ from edgeav.errors import ConfigError
 from edgeav.result import CommandResult
 
 if TYPE_CHECKING:
+    from edgeav.bundle import BundleInfo
     from edgeav.runtime.backends import Backend
-    from edgeav.runtime.bundle import BundleInfo
     from edgeav.schema import EdgeAVConfig
 
 log = logging.getLogger(__name__)
@@ -63,9 +63,9 @@ def pick_model_role(info: BundleInfo, backend_name: str, role: str | None) -> st
 
 def open_bundle(bundle_path: str, cfg: EdgeAVConfig) -> tuple[BundleInfo, Backend, str, str]:
     """Verify the bundle (BundleError, exit 2, on any mismatch), open its model: (info, backend, role, sha256)."""
+    from edgeav.bundle import verify_bundle
     from edgeav.manifest import sha256_file
     from edgeav.runtime.backends import backend_from_config
-    from edgeav.runtime.bundle import verify_bundle
 
     info = verify_bundle(bundle_path)
     role = pick_model_role(info, cfg.runtime.backend.name, cfg.daemon.model_role)
@@ -234,6 +234,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def cmd_detections(args: argparse.Namespace) -> CommandResult:
     from edgeav.runtime.store import COLUMNS, parse_iso_utc, query_detections
+    from edgeav.runtime.store_query import REVIEW_COLUMNS
 
     since = parse_iso_utc(args.since) if args.since else None
     until = parse_iso_utc(args.until) if args.until else None
@@ -247,7 +248,9 @@ def cmd_detections(args: argparse.Namespace) -> CommandResult:
         return CommandResult(data, json.dumps(rows, indent=1))
     if args.format == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=[c for c in COLUMNS], extrasaction="ignore", lineterminator="\n")
+        # the review of each detection (schema 5) after the log's columns: verdict, reason, time
+        fields = [*COLUMNS, *REVIEW_COLUMNS]
+        w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({**r, "modalities": "+".join(r["modalities"])})

@@ -1,7 +1,7 @@
-"""TensorRT on the field unit: the runner, and the facade over the engine cache (edgeav.runtime.trt_cache) and the
-builder (edgeav.runtime.trt_builder), whose names it re-exports.
+"""TensorRT on the field unit: the runner. The engine cache is the core's (edgeav.trt_cache), the builder the
+export stage's (edgeav.export.trt_builder); this module imports neither stage.
 
-`TrtBackend` runs an engine behind the runtime's `Backend` interface (edgeav.runtime.backends): explicit device
+`TrtBackend` runs an engine behind the `Backend` interface (edgeav.backend): explicit device
 buffers allocated once with cuda-python (`cuda.bindings.runtime`, or the older `cuda.cudart`), host -> device copies,
 `execute_async_v3` on a CUDA stream, device -> host copies. Engines are built on the device by `edgeav export
 --engine` or `python -m edgeav.export.tensorrt` (which also compares the engine's outputs with ONNX Runtime); the
@@ -18,39 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from edgeav.backend import OUTPUT_NAMES, Backend
 from edgeav.contract import InputContract
 from edgeav.errors import DeviceError, ModelError
-from edgeav.runtime.backends import OUTPUT_NAMES, Backend
-from edgeav.runtime.trt_builder import (
-    MIN_TRT_MAJOR,
-    BuiltEngine,
-    build_engine,
-    build_mode,
-    check_dla_support,
-    check_static_inputs,
-    check_trt_version,
-    engine_key_for,
-    network_precision,
-    require_tensorrt,
-    trt_major,
-)
-from edgeav.runtime.trt_cache import (
-    ENGINE_CACHE_ENV,
-    EngineCache,
-    EngineKey,
-    GpuInfo,
-    _check,
-    _cudart,
-    check_engine,
-    current_gpu,
-    default_cache_dir,
-    import_tensorrt,
-    make_key,
-    read_sidecar,
-    rebuild_command,
-    sidecar_path,
-    trt_version,
-)
+from edgeav.trt_cache import check_cuda, check_engine, current_gpu, import_cudart, import_tensorrt, rebuild_command
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +86,8 @@ class TrtBackend(Backend):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise ModelError(f"{self.model_path}: engine not found")
-        self._cudart = cudart = _cudart()
-        _check(cudart.cudaSetDevice(int(device_id)), "cudaSetDevice")
+        self._cudart = cudart = import_cudart()
+        check_cuda(cudart.cudaSetDevice(int(device_id)), "cudaSetDevice")
         gpu = current_gpu(device_id)
         self.key = check_engine(self.model_path, str(trt.__version__), gpu, onnx_path=onnx_path, profile=profile)
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -131,7 +102,7 @@ class TrtBackend(Backend):
             )
         self._context = self._engine.create_execution_context()
         self._io: dict[str, dict[str, Any]] = {}
-        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream = check_cuda(cudart.cudaStreamCreate(), "cudaStreamCreate")
         try:
             self._bind_buffers(trt)
         except BaseException:
@@ -167,7 +138,7 @@ class TrtBackend(Backend):
             dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(tname)))
             is_input = self._engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT
             nbytes = int(np.prod(shape)) * dtype.itemsize
-            ptr = _check(cudart.cudaMalloc(nbytes), "cudaMalloc")
+            ptr = check_cuda(cudart.cudaMalloc(nbytes), "cudaMalloc")
             self._context.set_tensor_address(tname, int(ptr))
             self._io[tname] = {
                 "shape": shape,
@@ -193,15 +164,15 @@ class TrtBackend(Backend):
             if tuple(arr.shape) != io["shape"]:
                 raise ModelError(f"tensorrt: input {name!r} is {tuple(arr.shape)}; this engine takes {io['shape']}")
             src = np.ascontiguousarray(arr, dtype=io["dtype"])
-            _check(cudart.cudaMemcpyAsync(io["ptr"], src.ctypes.data, io["nbytes"], h2d, self._stream), "H2D copy")
+            check_cuda(cudart.cudaMemcpyAsync(io["ptr"], src.ctypes.data, io["nbytes"], h2d, self._stream), "H2D copy")
         if not self._context.execute_async_v3(self._stream):
             raise DeviceError(f"{self.model_path.name}: execute_async_v3 failed")
         for name in OUTPUT_NAMES:
             io = self._io[name]
-            _check(
+            check_cuda(
                 cudart.cudaMemcpyAsync(io["host"].ctypes.data, io["ptr"], io["nbytes"], d2h, self._stream), "D2H copy"
             )
-        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        check_cuda(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         return {n: self._io[n]["host"].astype(np.float32, copy=True) for n in OUTPUT_NAMES}  # each (B, C)
 
     def close(self) -> None:
@@ -222,31 +193,4 @@ def create_backend(model_path: str | Path, contract: InputContract, **options: A
     return TrtBackend(model_path, contract, **options)
 
 
-__all__ = [
-    "ENGINE_CACHE_ENV",
-    "MIN_TRT_MAJOR",
-    "BuiltEngine",
-    "EngineCache",
-    "EngineKey",
-    "GpuInfo",
-    "TrtBackend",
-    "build_engine",
-    "build_mode",
-    "check_dla_support",
-    "check_engine",
-    "check_engine_shapes",
-    "check_static_inputs",
-    "check_trt_version",
-    "create_backend",
-    "current_gpu",
-    "default_cache_dir",
-    "engine_key_for",
-    "make_key",
-    "network_precision",
-    "read_sidecar",
-    "rebuild_command",
-    "require_tensorrt",
-    "sidecar_path",
-    "trt_major",
-    "trt_version",
-]
+__all__ = ["TrtBackend", "check_engine_shapes", "create_backend"]

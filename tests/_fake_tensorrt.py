@@ -170,7 +170,7 @@ def make_fake_tensorrt(version: str = "10.3.0", *, fail_build: bool = False) -> 
 
 def install(monkeypatch: pytest.MonkeyPatch, version: str = "10.3.0", gpu: Any = None) -> types.ModuleType:
     """Put a fake `tensorrt` in sys.modules and make the builder see `gpu` (a GpuInfo) as this machine's GPU."""
-    from edgeav.runtime import trt_builder
+    from edgeav.export import trt_builder
 
     trt = make_fake_tensorrt(version)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)

@@ -13,11 +13,11 @@ pytest.importorskip("torch", reason="the test model is built with torch")
 
 from _export_models import IMAGE_HW, LABELS, WINDOW_SAMPLES, build_onnx  # noqa: E402
 
+from edgeav.bundle import verify_bundle  # noqa: E402
 from edgeav.contract import AudioContract, ImageContract, InputContract  # noqa: E402
 from edgeav.errors import BundleError  # noqa: E402
 from edgeav.export.bundle import write_bundle  # noqa: E402
 from edgeav.manifest import ArtifactManifest  # noqa: E402
-from edgeav.runtime.bundle import verify_bundle  # noqa: E402
 
 # 1600 samples at 16 kHz = 0.1 s windows; 32 px frames (the test model's)
 CONTRACT = InputContract(

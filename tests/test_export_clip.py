@@ -110,9 +110,9 @@ def test_int8_bundle_of_a_clip_model(clip: dict[str, Path]) -> None:
 
 def test_bundle_refuses_another_frame_count(clip: dict[str, Path]) -> None:
     """The bundle's input check compares the 5-D image input with the contract: another T, or a still, is refused."""
+    from edgeav.bundle import check_onnx_inputs, verify_bundle
     from edgeav.contract import InputContract
     from edgeav.errors import BundleError
-    from edgeav.runtime.bundle import check_onnx_inputs, verify_bundle
 
     contract = verify_bundle(clip["bundle"]).manifest.contract
     model = clip["bundle"] / "model_int8.onnx"

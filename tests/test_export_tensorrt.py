@@ -16,7 +16,7 @@ import pytest
 
 from edgeav.devices import load_profile
 from edgeav.errors import BundleError, DeviceError
-from edgeav.runtime.trt_runner import EngineCache, GpuInfo, check_engine, make_key, rebuild_command
+from edgeav.trt_cache import EngineCache, GpuInfo, check_engine, make_key, rebuild_command
 
 ORIN = GpuInfo("Orin (nvgpu)", "8.7")
 SHA = hashlib.sha256(b"model_int8.onnx bytes").hexdigest()
@@ -171,7 +171,8 @@ def test_engine_shapes_of_a_clip_model_are_checked_against_the_contract() -> Non
     still (B, 3, H, W), or with a dynamic axis; batch = the engine's."""
     from edgeav.contract import InputContract
     from edgeav.errors import ExportError, ModelError
-    from edgeav.runtime.trt_runner import check_engine_shapes, check_static_inputs
+    from edgeav.export.trt_builder import check_static_inputs
+    from edgeav.runtime.trt_runner import check_engine_shapes
 
     clip = _clip_contract(8)
     assert check_engine_shapes(_engine_shapes((1, 8, 3, 48, 48)), clip, "e.engine") == 1
@@ -318,8 +319,8 @@ def test_a_half_written_cache_entry_is_rebuilt_not_an_error(tmp_path: Path, monk
     sidecar whose engine never arrived all count as absent: the next build replaces them."""
     import _fake_tensorrt
 
-    from edgeav.runtime.trt_builder import build_engine
-    from edgeav.runtime.trt_cache import sidecar_path
+    from edgeav.export.trt_builder import build_engine
+    from edgeav.trt_cache import sidecar_path
 
     trt = _fake_tensorrt.install(monkeypatch, gpu=ORIN)
     onnx_path, cache, orin = (
@@ -343,7 +344,7 @@ def test_a_half_written_cache_entry_is_rebuilt_not_an_error(tmp_path: Path, monk
 
 
 def test_cache_writes_the_sidecar_before_the_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeav.runtime import trt_cache
+    from edgeav import trt_cache
 
     written: list[str] = []
     real = trt_cache.atomic_write_bytes
@@ -360,7 +361,7 @@ def test_precision_builds_a_different_engine_or_is_refused(tmp_path: Path, monke
     import _fake_tensorrt
 
     from edgeav.errors import ExportError
-    from edgeav.runtime.trt_builder import build_engine, build_mode
+    from edgeav.export.trt_builder import build_engine, build_mode
 
     _fake_tensorrt.install(monkeypatch, gpu=ORIN)
     fp32, int8 = _tiny_onnx(tmp_path / "model_fp32.onnx"), _tiny_onnx(tmp_path / "model_int8.onnx", qdq=True)
@@ -517,7 +518,7 @@ def test_export_engine_is_built_checked_and_recorded_in_the_bundle(
     from edgeav.export import tensorrt as export_trt
     from edgeav.export.cli import run_export
     from edgeav.export.onnx_export import onnx_outputs
-    from edgeav.runtime.trt_cache import read_sidecar
+    from edgeav.trt_cache import read_sidecar
 
     runs: list[int] = []
 

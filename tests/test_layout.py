@@ -70,6 +70,14 @@ def test_runtime_imports_no_torch_train_or_export(path: Path) -> None:
     assert not bad, f"{path.name} imports {bad}: a field unit has no PyTorch"
 
 
+@pytest.mark.parametrize("path", _py_files("export"), ids=lambda p: str(p.relative_to(REPO)))
+def test_export_imports_no_runtime(path: Path) -> None:
+    """Export and runtime are siblings over the core: what both need (the Backend interface, the bundle reader, the
+    TensorRT engine cache) lives in the core; export reaches the runtime's TensorRT runner through edgeav.providers."""
+    bad = _bad(_imports(path), ("edgeav.runtime",))
+    assert not bad, f"{path.name} imports {bad}"
+
+
 @pytest.mark.parametrize("path", _py_files("train") + _py_files("devices"), ids=lambda p: str(p.relative_to(REPO)))
 def test_train_and_devices_import_no_later_stage(path: Path) -> None:
     bad = _bad(_imports(path), ("edgeav.export", "edgeav.runtime"))
@@ -244,22 +252,28 @@ def _module_strings(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("path", _py_files("runtime") + _py_files("train"), ids=lambda p: str(p.relative_to(REPO)))
+_FORBIDDEN_IN_STRINGS = {
+    "runtime": ("edgeav.train", "edgeav.export"),
+    "train": ("edgeav.export", "edgeav.runtime"),
+    "export": ("edgeav.runtime",),
+}
+
+
+@pytest.mark.parametrize(
+    "path", _py_files("runtime") + _py_files("train") + _py_files("export"), ids=lambda p: str(p.relative_to(REPO))
+)
 def test_no_stage_names_a_forbidden_stage_in_a_string(path: Path) -> None:
-    """A string import is an import: runtime names neither train nor export, train neither export nor runtime, as
-    module strings too; a stage reaches another only through the core (edgeav.providers, the CLI's table)."""
-    forbidden = (
-        ("edgeav.train", "edgeav.export")
-        if path.parts[len(REPO.parts)] == "runtime"
-        else ("edgeav.export", "edgeav.runtime")
-    )
+    """A string import is an import: runtime names neither train nor export, train neither export nor runtime,
+    export not runtime, as module strings too; a stage reaches another only through the core (edgeav.providers, the
+    CLI's table)."""
+    forbidden = _FORBIDDEN_IN_STRINGS[path.parts[len(REPO.parts)]]
     bad = _bad(_module_strings(path), forbidden)
     assert not bad, f"{path.name} names {bad} in a string"
 
 
 def test_module_strings_are_seen() -> None:
     """The check above sees the form a string import takes (so it cannot pass by reading nothing)."""
-    probe = REPO / "runtime" / "backends.py"
+    probe = REPO / "edgeav" / "providers.py"
     src = 'import importlib\nM = "edgeav.export.torch_backend"\nimportlib.import_module(M)\nX = "edgeav.export.a:f"\n'
     tree_strings = {
         _MODULE_STRING.match(n.value).group(1)
@@ -267,4 +281,4 @@ def test_module_strings_are_seen() -> None:
         if isinstance(n, ast.Constant) and isinstance(n.value, str) and _MODULE_STRING.match(n.value)
     }
     assert tree_strings == {"edgeav.export.torch_backend", "edgeav.export.a"}
-    assert "edgeav.runtime.trt_runner" in _module_strings(probe)  # a same-stage string is seen, and allowed
+    assert {"edgeav.runtime.trt_runner", "edgeav.export.torch_backend"} <= _module_strings(probe)

@@ -294,8 +294,8 @@ def test_real_stream_segment_accuracy_with_the_int8_bundle(shared_data, tmp_path
     import subprocess
     import sys
 
+    from edgeav.bundle import verify_bundle
     from edgeav.runtime.backends import backend_from_config
-    from edgeav.runtime.bundle import verify_bundle
 
     grid = shared_data / "grid"
     given = os.environ.get("EDGEAV_GRID_BUNDLE")

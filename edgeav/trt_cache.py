@@ -229,7 +229,7 @@ def check_engine(
 # ------------------------------------------------------------------------------------ this machine (cuda-python)
 
 
-def _cudart() -> Any:
+def import_cudart() -> Any:
     """cuda-python's runtime module: `cuda.bindings.runtime` (cuda-python >= 12.6) or `cuda.cudart` (older)."""
     try:
         from cuda.bindings import runtime as cudart  # type: ignore[import-not-found]
@@ -241,7 +241,7 @@ def _cudart() -> Any:
     return cudart
 
 
-def _check(result: Any, what: str) -> Any:
+def check_cuda(result: Any, what: str) -> Any:
     """cuda-python calls return (err, *values); raise DeviceError unless err is cudaSuccess."""
     err, *rest = result if isinstance(result, tuple) else (result,)
     code = int(getattr(err, "value", err))
@@ -254,8 +254,8 @@ def _check(result: Any, what: str) -> Any:
 
 def current_gpu(device_id: int = 0) -> GpuInfo:
     """Name and compute capability of CUDA device `device_id` (cuda-python)."""
-    cudart = _cudart()
-    props = _check(cudart.cudaGetDeviceProperties(int(device_id)), "cudaGetDeviceProperties")
+    cudart = import_cudart()
+    props = check_cuda(cudart.cudaGetDeviceProperties(int(device_id)), "cudaGetDeviceProperties")
     name = props.name.decode("utf-8", "replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
     return GpuInfo(name.strip(), f"{props.major}.{props.minor}")
 
@@ -287,6 +287,8 @@ __all__ = [
     "make_key",
     "read_sidecar",
     "rebuild_command",
+    "import_cudart",
+    "check_cuda",
     "import_tensorrt",
     "sidecar_path",
     "trt_version",

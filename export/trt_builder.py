@@ -13,7 +13,7 @@
   (profile permitting) through `default_device_type = DeviceType.DLA` and `DLA_core`, with GPU fallback (logged).
 - A timing cache per TensorRT version and GPU beside the engines, serialized back after the build.
 - Progress through a `trt.IProgressMonitor` subclass that logs each phase and step.
-- The engine goes into `EngineCache` (edgeav.runtime.trt_cache); a complete entry with the same key is reused.
+- The engine goes into `EngineCache` (edgeav.trt_cache, in the core); a complete entry with the same key is reused.
 
 The builder needs only TensorRT and cuda-python (no torch, no onnxruntime). The output check against ONNX Runtime
 after a build is the export side's (edgeav.export.tensorrt). Nothing here has run on a GPU in this project: its logic
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from edgeav.atomic import atomic_write_bytes
 from edgeav.errors import DeviceError, ExportError
 from edgeav.manifest import sha256_file
-from edgeav.runtime.trt_cache import EngineCache, EngineKey, GpuInfo, current_gpu, import_tensorrt, make_key
+from edgeav.trt_cache import EngineCache, EngineKey, GpuInfo, current_gpu, import_tensorrt, make_key
 
 if TYPE_CHECKING:
     from edgeav.devices import DeviceProfile
