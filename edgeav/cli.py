@@ -43,6 +43,7 @@ HANDLERS: dict[str, str] = {
     "config.check": "edgeav.cli:cmd_config_check",
     "config.schema": "edgeav.cli:cmd_config_schema",
     "detections": "edgeav.runtime.cli:cmd_detections",
+    "serve": "edgeav.runtime.web.server:cmd_serve",
     "analyze": "edgeav.runtime.analyze:cmd_analyze",
 }
 
@@ -230,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--format", choices=["table", "csv", "json"], default="table")
     dt.add_argument("--limit", type=int, default=1000)
     _add_common(dt)
+
+    # serve: the web view over a log (edgeav.runtime.web)
+    sv = sub.add_parser("serve", help="the web view over a detection log (detections, evidence, reviews, charts)")
+    sv.add_argument("--db", required=True, help="SQLite detection log")
+    sv.add_argument("--evidence", help="evidence folder (default: 'evidence' beside the log)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (not loopback: --password-file required)")
+    sv.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port, logged)")
+    sv.add_argument("--password-file", help="file holding the password (also a bearer token)")
+    sv.add_argument("--threads", type=int, default=4, help="requests served at once")
+    sv.add_argument("--page-rows", type=int, default=50, help="detections per page")
+    _add_common(sv)
     return p
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine for edgeav: GStreamer from apt, the Python environment in .venv.
 # Idempotent: a second run only checks. Usage: bash scripts/setup.sh [EXTRAS]
-# (default: train,export,runtime,mqtt,notify,dev,birdnet-convert; with birdnet-convert it also converts BirdNET V2.4, step 3)
+# (default: train,export,runtime,analyze,ray,mqtt,notify,web,dev,birdnet-convert; with birdnet-convert it also converts BirdNET V2.4, step 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${1:-train,export,runtime,mqtt,notify,dev,birdnet-convert}"
+EXTRAS="${1:-train,export,runtime,analyze,ray,mqtt,notify,web,dev,birdnet-convert}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 t0=$(date +%s)
@@ -13,7 +13,8 @@ t0=$(date +%s)
 APT_PKGS=(gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
           gstreamer1.0-libav gstreamer1.0-alsa gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
           libgirepository1.0-dev libcairo2-dev pkg-config
-          mosquitto)  # mosquitto: the MQTT broker the daemon's MQTT tests start on loopback
+          mosquitto   # mosquitto: the MQTT broker the daemon's MQTT tests start on loopback
+          chromium chromium-driver)  # the web view's browser test (Selenium drives Debian's Chromium headless)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

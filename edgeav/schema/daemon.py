@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from edgeav.schema.base import Section
 from edgeav.schema.integrations import NotifyConfig, PrivacyConfig
+from edgeav.schema.web import WebConfig
 
 
 class StoreConfig(Section):
@@ -244,6 +245,7 @@ class DaemonConfig(Section):
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="MQTT publishing.")
     notify: NotifyConfig = Field(default_factory=NotifyConfig, description="Notifications with rules (Apprise).")
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig, description="Speech filter (Silero VAD).")
+    web: WebConfig = Field(default_factory=WebConfig, description="The web view (edgeav serve's app in the daemon).")
 
     @model_validator(mode="after")
     def _check(self) -> DaemonConfig:
