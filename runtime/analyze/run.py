@@ -201,11 +201,15 @@ def run_analyze(
 ) -> dict[str, Any]:
     """Analyze `inputs` into `out`; returns the summary with the run's figures under "run"."""
     out = Path(out)
-    settings = _settings(bundle, role, min_confidence, batch_windows)
     run_path = out / "run.json"
+    if run_path.is_file() and not resume:
+        raise ConfigError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
+    missing = [raw for raw in inputs if not Path(raw).exists()]
+    if missing:
+        raise DataError(f"{missing[0]}: no such file or folder")
+    settings = _settings(bundle, role, min_confidence, batch_windows)
+    units = plan_units(inputs, settings["window_s"])
     if run_path.is_file():
-        if not resume:
-            raise ConfigError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
         before = json.loads(run_path.read_text(encoding="utf-8"))
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
@@ -214,7 +218,6 @@ def run_analyze(
             )
     else:
         atomic_write_bytes(run_path, (json.dumps(settings, indent=1, sort_keys=True) + "\n").encode())
-    units = plan_units(inputs, settings["window_s"])
     journal_path = out / "journal.jsonl"
     done = read_journal(journal_path) if resume else {}
     results_dir = out / "results"
