@@ -20,16 +20,24 @@ def main(argv: list[str] | None = None) -> int:
     from edgeav.errors import EdgeAVError
     from edgeav.export.bench import BenchSettings, one_line, run_bench
     from edgeav.log import setup_logging
+    from edgeav.schema import ThreadsConfig
+    from edgeav.threads import apply_threads, plan_threads
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundles", nargs="+")
     p.add_argument("--out", help="JSON file to write (default: stdout)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     p.add_argument("--iters", type=int, default=20, help="batch-1 iterations per backend per round")
-    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: the libraries' default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (default: the cores free; 0: the libraries' default)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probe processes")
     args = p.parse_args(argv)
     setup_logging()
+    apply_threads(plan_threads(ThreadsConfig()))  # as `edgeav bench` does: the cores free, OpenMP passive
     s = BenchSettings(
         rounds=args.rounds, iters_per_round=args.iters, threads=args.threads, memory_probe=not args.no_memory
     )

@@ -34,6 +34,7 @@ import numpy as np
 from edgeav.errors import BundleError
 from edgeav.onnx_session import OnnxRunner
 from edgeav.result import CommandResult
+from edgeav.threads import onnxruntime_threads
 
 if TYPE_CHECKING:
     from edgeav.contract import InputContract
@@ -52,7 +53,7 @@ class BenchSettings:
     iters_per_round: int = 10  # batch-1 iterations per backend per round
     throughput_iters: int = 10  # iterations per batch size (at most)
     throughput_budget_s: float = 1.0  # and at most this long per batch size (at least one iteration)
-    threads: int = 0  # 0: ONNX Runtime's default / torch's default (all cores)
+    threads: int | None = None  # None: the process's thread plan (edgeav.threads); 0: the libraries' defaults
     memory_probe: bool = True
 
 
@@ -78,7 +79,7 @@ def _inputs(contract: InputContract, batch: int, seed: int = 0) -> dict[str, np.
 
 
 def _ort_runner(name: str, path: Path, contract: InputContract, threads: int) -> _Runner:
-    # threads 0: ONNX Runtime's default; idle worker threads must not spin after each run, or they would steal the
+    # threads 0: ONNX Runtime's default (one per core); idle worker threads must not spin after each run, or they would steal the
     # cores from the next backend in turn
     runner = OnnxRunner.open(path, intra_op_threads=threads, allow_spinning=False)
     static = runner.static_batch
@@ -235,18 +236,20 @@ def run_bench(bundle: str | Path, settings: BenchSettings | None = None) -> dict
     from edgeav.bundle import verify_bundle
 
     s = settings or BenchSettings()
+    # every backend with the same count: the plan's ONNX Runtime threads (torch's were set with it), 0 without one
+    threads = s.threads if s.threads is not None else (onnxruntime_threads() or 0)
     info = verify_bundle(bundle)
     contract = info.manifest.contract
     runners: list[_Runner] = []
     skipped: dict[str, str] = {}
     model, reason = _load_source_model(info)
     if model is not None:
-        runners.append(_torch_runner(model, contract, s.threads))
+        runners.append(_torch_runner(model, contract, threads))
     else:
         skipped["pytorch_fp32"] = reason
     for name, role in ORT_ROLES.items():
         if role in info.files:
-            runners.append(_ort_runner(name, info.files[role], contract, s.threads))
+            runners.append(_ort_runner(name, info.files[role], contract, threads))
         elif name != "ort_fp16":
             skipped[name] = f"the bundle has no {role}"
     if not any(r.name.startswith("ort_") for r in runners):
@@ -279,9 +282,9 @@ def run_bench(bundle: str | Path, settings: BenchSettings | None = None) -> dict
         for r in runners:
             if r.name == "pytorch_fp32":
                 src = info.manifest.extra["source_checkpoint"]["path"]
-                backends[r.name].update(_memory("torch", Path(src), contract, s.threads))
+                backends[r.name].update(_memory("torch", Path(src), contract, threads))
             else:
-                backends[r.name].update(_memory("ort", info.files[ORT_ROLES[r.name]], contract, s.threads))
+                backends[r.name].update(_memory("ort", info.files[ORT_ROLES[r.name]], contract, threads))
     for name, why in skipped.items():
         backends[name] = {"skipped": why}
     if model is not None:
@@ -301,7 +304,7 @@ def run_bench(bundle: str | Path, settings: BenchSettings | None = None) -> dict
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
-            "threads": s.threads or "default",
+            "threads": threads or "default",
         },
         "settings": {
             "warmup": s.warmup,

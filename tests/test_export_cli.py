@@ -232,8 +232,9 @@ def test_existing_out_is_refused(
 
 def test_bench_json(int8_bundle: tuple[Path, dict], setup: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     out, _ = int8_bundle
-    assert main(["bench", str(out), "--json"]) == 0
+    assert main(["bench", str(out), "--json", "--threads", "1"]) == 0
     r = json.loads(capsys.readouterr().out)
+    assert r["machine"]["threads"] == 1  # every backend ran with the process's thread plan, not the libraries' default
     assert {
         "bundle",
         "profile",
