@@ -68,13 +68,13 @@ class WebServer:
                 port=self.port,
                 threads=self.threads,
                 ident="edgeav",
-                asyncore_loop_timeout=0.2,  # how soon stop() ends the loop, s
                 clear_untrusted_proxy_headers=True,
             )
         except OSError as e:
             raise ConfigError(f"the web view cannot bind {self.host}:{self.port}: {e.strerror or e}") from None
         self.port = int(self._server.effective_port)
-        self._thread = threading.Thread(target=self._server.run, name="web-http", daemon=True)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(self._server,), name="web-http", daemon=True)
         self._thread.start()
         log.info("web view on %s", self.url, extra={"fields": {"event": "web_started", "url": self.url}})
         return self
@@ -84,13 +84,24 @@ class WebServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    def _serve(self, server: Any) -> None:
+        """waitress's loop, one poll at a time, so the sockets are closed by this thread once stop() asks (closing
+        them from another thread under a running select() fails with EBADF)."""
+        # a one-socket server keeps its socket map as _map, a multi-socket one as map (waitress 3)
+        sockets = server.map if hasattr(server, "map") else server._map
+        try:
+            while not self._stopping.is_set():
+                server.asyncore.loop(timeout=0.2, map=sockets, use_poll=server.adj.asyncore_use_poll, count=1)
+        finally:
+            server.task_dispatcher.shutdown()
+            server.asyncore.close_all(sockets)
+
     def stop(self, timeout_s: float = 2.0) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
         if self._thread is not None:
+            self._stopping.set()
             self._thread.join(timeout_s)
             self._thread = None
+        self._server = None
 
 
 # -- the daemon's web view ----------------------------------------------------------------------------------------
