@@ -195,6 +195,15 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence, DaemonIntegrations):
         if getattr(self, "metrics_server", None) is not None:
             self.metrics_server.stop()
 
+    def _start_web(self) -> None:
+        from edgeav.runtime.web.server import start_daemon_web
+
+        self.web = start_daemon_web(self)  # daemon.web: the web view over this log (None when off)
+
+    def _stop_web(self) -> None:
+        if getattr(self, "web", None) is not None:
+            self.web.stop()
+
     def _start_mqtt(self) -> None:
         from edgeav.runtime.mqtt import MqttPublisher, topics
 
@@ -387,6 +396,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence, DaemonIntegrations):
                 Component("store", self._start_store, self._stop_store, 1.0),
                 Component("evidence", self._start_evidence, self._stop_evidence, 1.0),
                 Component("metrics", self._start_metrics, self._stop_metrics, 0.5),
+                Component("web", self._start_web, self._stop_web, 1.0),
                 Component("mqtt", self._start_mqtt, self._stop_mqtt, 2.0),
                 Component("integrations", self._start_integrations, self._stop_integrations, 1.5),
                 Component("sensors", self._start_sensors, self._stop_sensors, 2.0),

@@ -18,6 +18,7 @@ import numpy as np
 from edgeav.errors import ConfigError
 
 MAX_WIDTH_PX = 900  # columns of the image (frames are averaged down to this)
+MIN_WIDTH_PX = 480  # width the image is shown at, at least, px
 DB_RANGE = 80.0  # dB below the loudest bin shown
 # anchors of a viridis-like colour map (dark blue -> green -> yellow), interpolated to 256 steps
 _ANCHORS = np.array(
@@ -84,17 +85,18 @@ def _nice_step(span: float, ticks: int) -> float:
     return float(10 * mag)
 
 
-def spectrogram_svg(path: Path, height_px: int = 257) -> str:
+def spectrogram_svg(path: Path) -> str:
     """The SVG document: the image with a time axis (s) below and a frequency axis (kHz) on the left."""
     x, rate = read_audio(path)
-    db, hop_s = power_db(x, rate)  # (bins, frames), low frequencies first
+    db, _ = power_db(x, rate)  # (bins, frames), low frequencies first
     bins, frames = db.shape
     if frames > MAX_WIDTH_PX:  # average neighbouring frames down to the width shown
         edges = np.linspace(0, frames, MAX_WIDTH_PX + 1).astype(int)
         db = np.stack([db[:, a:b].mean(axis=1) for a, b in zip(edges[:-1], edges[1:])], axis=1)
     level = np.clip((db + DB_RANGE) / DB_RANGE * 255.0, 0, 255).astype(np.uint8)[::-1]  # high frequencies on top
     img = _LUT[level]  # (bins, width, 3)
-    w, h = img.shape[1], img.shape[0]
+    h = img.shape[0]
+    w = max(img.shape[1], MIN_WIDTH_PX)  # a short clip's few columns are stretched to a readable width
     duration_s, nyq_khz = len(x) / rate, rate / 2000.0
     left, bottom, top, right = 56, 40, 10, 12
     width, height = left + w + right, top + h + bottom
