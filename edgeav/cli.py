@@ -228,7 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     dt.add_argument("--until", help="end time (ISO 8601 UTC)")
     dt.add_argument("--label", action="append", help="only this label (repeatable)")
     dt.add_argument("--min-confidence", type=float, default=0.0)
-    dt.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    dt.add_argument(
+        "--format",
+        choices=["table", "csv", "json", "raven", "audacity", "camtrapdp"],
+        default="table",
+        help="raven: Raven selection table, audacity: labels (as BirdNET-Analyzer writes them); "
+        "camtrapdp: a Camera Trap Data Package of the photos into --out",
+    )
+    dt.add_argument("--out", help="write the export here (a file; camtrapdp: a new folder) instead of stdout")
+    dt.add_argument("--latitude", type=float, help="camtrapdp: the unit's latitude, WGS84 degrees")
+    dt.add_argument("--longitude", type=float, help="camtrapdp: the unit's longitude, WGS84 degrees")
+    dt.add_argument("--high-freq-hz", type=float, default=8000.0, help="raven: High Freq column (Nyquist), Hz")
     dt.add_argument("--limit", type=int, default=1000)
     _add_common(dt)
 

@@ -246,6 +246,10 @@ def cmd_detections(args: argparse.Namespace) -> CommandResult:
     data = {"db": args.db, "count": len(rows), "detections": rows}
     if args.format == "json" or getattr(args, "json", False):
         return CommandResult(data, json.dumps(rows, indent=1))
+    if args.format in ("raven", "audacity", "camtrapdp"):  # for the biodiversity tools (detection_exports)
+        from edgeav.runtime.detection_exports import export_detections
+
+        return export_detections(args, rows, data)
     if args.format == "csv":
         buf = io.StringIO()
         # the review of each detection (schema 5) after the log's columns: verdict, reason, time
