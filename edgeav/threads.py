@@ -24,7 +24,10 @@ import os
 import sys
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeav.schema.threads import ThreadsConfig
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def _omp_num_threads(environ: Mapping[str, str]) -> int | None:
 
 
 def plan_threads(
-    cfg: Any,
+    cfg: ThreadsConfig,
     *,
     cores_usable: int | None = None,
     load_1min: float | None = None,

@@ -28,20 +28,14 @@ log = logging.getLogger(__name__)
 def build_run_model(cfg: EdgeAVConfig, labels: list[str], device: torch.device) -> tuple[nn.Module, dict, dict]:
     """(model on `device`, arch, weights record): the architecture the config resolves to, with its starting
     weights (pretrained backbones, `train.init_from`, the audio head from the backbone) and `train.bn_momentum`."""
-    from edgeav.train.models import build_model, resolve_arch
+    from edgeav.train.models import build_model_from_config, resolve_arch
     from edgeav.train.models.transfer import audio_head_from_backbone, init_from_checkpoint
     from edgeav.train.models.weights import weights_record
 
     tc = cfg.train
-    arch = resolve_arch(cfg.model, cfg.data)
     torch.manual_seed(tc.seed)
-    model = build_model(
-        arch,
-        labels,
-        pretrained=cfg.model.pretrained,
-        audio_weights_path=cfg.model.audio_weights_path,
-        image_weights_path=cfg.model.image_weights_path,
-    )
+    model, _, _ = build_model_from_config(cfg, labels)
+    arch = resolve_arch(cfg.model, cfg.data)  # as the config says it (checkpoints record this, not the normalized spec)
     weights = weights_record(cfg.model.pretrained, cfg.model.audio_weights_path, cfg.model.image_weights_path)
     if tc.init_from:
         weights["init"] = init_from_checkpoint(model, tc.init_from)

@@ -96,6 +96,26 @@ class LayoutContext:
         self.label_rx = re.compile(cfg.label_regex) if cfg.label_regex else None
         self.group_rx = re.compile(cfg.group_regex) if cfg.group_regex else None
 
+    def catalog(
+        self,
+        layout: str,
+        classes: list[str],
+        samples: list[Sample],
+        index_path: Path | None = None,
+        root: Path | None = None,
+    ) -> Catalog:
+        """The layout's result: its samples with the files kept, the skipped ones and the notes collected here."""
+        return Catalog(
+            layout,
+            self.root if root is None else root,
+            classes,
+            samples,
+            self.files,
+            self.problems.items,
+            self.notes,
+            str(index_path) if index_path else None,
+        )
+
     def rel(self, p: Path) -> str:
         try:
             return p.resolve().relative_to(self.root.resolve()).as_posix()

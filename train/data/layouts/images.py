@@ -51,4 +51,4 @@ def build_images(ctx: LayoutContext) -> Catalog:
         for p in files[c]:
             r = ctx.rel(p)
             samples.append(photo_sample(ctx, p, label_of[c], c, split.get(r, "val" if r in val else "train")))
-    return Catalog("images", root, classes, samples, ctx.files, ctx.problems.items, ctx.notes, None)
+    return ctx.catalog("images", classes, samples, root=root)

@@ -25,4 +25,4 @@ def build_manifest(ctx: LayoutContext) -> Catalog:
         raise DataError(f"{index_path}: no label column; add one or set data.label_regex")
     rows = rows_from_index(ctx, table)
     classes, samples = samples_from_rows(ctx, rows)
-    return Catalog("manifest", ctx.root, classes, samples, ctx.files, ctx.problems.items, ctx.notes, str(index_path))
+    return ctx.catalog("manifest", classes, samples, index_path)

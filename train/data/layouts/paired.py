@@ -193,13 +193,4 @@ def build_paired(ctx: LayoutContext) -> Catalog:
     for cls in classes:
         for p in class_files[cls][0]:
             samples.append(photo_sample(ctx, p, label_of[cls], cls, img_split[p]))
-    return Catalog(
-        "paired",
-        root,
-        classes,
-        samples,
-        ctx.files,
-        ctx.problems.items,
-        ctx.notes,
-        str(index_path) if index_path else None,
-    )
+    return ctx.catalog("paired", classes, samples, index_path, root=root)

@@ -58,13 +58,4 @@ def build_video(ctx: LayoutContext) -> Catalog:
     else:
         rows = rows_from_video_folder(ctx)
     classes, samples = samples_from_rows(ctx, rows)
-    return Catalog(
-        "video",
-        ctx.root,
-        classes,
-        samples,
-        ctx.files,
-        ctx.problems.items,
-        ctx.notes,
-        str(index_path) if index_path else None,
-    )
+    return ctx.catalog("video", classes, samples, index_path)
