@@ -1,12 +1,14 @@
 """Notifications with rules (`daemon.notify`), sent through Apprise (extra `notify`) by a thread of their own.
 
-The main loop only calls `Notifier.submit(...)`: a `put_nowait` into a bounded queue (a full queue drops the newest,
-counted), so a notification target that is slow or down never delays a detection. The thread decides whether the
+The main loop only calls `Notifier.submit(...)`: an append to a bounded deque (a full one drops the newest, counted)
+that the sending thread polls every 50 ms - no lock and no thread wake-up on the main loop (a Queue's condition
+variable cost ~40 us there) - so a notification target that is slow or down never delays a detection. The thread decides whether the
 detection is news by its class's rule (`NotifyRule`: minimum confidence, a cooldown, the first of the local day, a
 rare class: fewer than N detections in the last D days) and sends one message per target URL, each retried on its
-own after `retry_backoff_s`, doubled per retry, `retries` times; a retry waits in a heap, never in front of new
-messages. What the rules need to know about earlier detections is read once from the detection log at start
-(the last detection per class, the latest `rare_below` per class within `rare_days`) and kept in memory after.
+own after `retry_backoff_s`, doubled per retry, `retries` times; each target has a thread, an outgoing queue and a
+retry heap of its own, so a target that hangs until its timeout delays only its own messages. What the rules need to
+know about earlier detections is read once from the detection log at start (the last detection per class, the latest
+`rare_below` per class within `rare_days`) and kept in memory after.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import collections
 import heapq
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -181,52 +182,61 @@ class Notifier:
             raise ConfigError(f"daemon.notify names unknown label(s) {sorted(unknown)}; labels: {list(labels)}")
         self.cfg, self.unit, self.labels, self.db_path = cfg, unit, list(labels), db_path
         self.targets = make_targets(read_urls(cfg), cfg.timeout_s)
-        self.jobs: queue.Queue[Notice] = queue.Queue(maxsize=cfg.queue_max)
+        self.jobs: collections.deque[Notice] = collections.deque()  # append / popleft are atomic
         self.state = RuleState(cfg)
         self.counts: collections.Counter[str] = collections.Counter()
         self.on_outcome = on_outcome
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._retries: list[tuple[float, int, int, int, str, str]] = []  # (due, seq, target, attempt, title, body)
+        self._lock = threading.Lock()  # counts are bumped from every thread
+        self._threads: list[threading.Thread] = []
+        # one outgoing deque and one retry heap per target, each served by its own thread: a target that hangs
+        # until its timeout delays only its own messages
+        self._outs: list[collections.deque[tuple[str, str]]] = [collections.deque() for _ in self.targets]
+        self._retries: list[list[tuple[float, int, int, str, str]]] = [[] for _ in self.targets]  # due, seq, try, ..
         self._seq = 0
-        self.idle = threading.Event()  # set while nothing is queued or waiting for a retry (tests, stop)
 
     def _count(self, outcome: str, n: int = 1) -> None:
-        self.counts[outcome] += n
+        with self._lock:
+            self.counts[outcome] += n
         if self.on_outcome is not None and outcome in ("sent", "failed", "dropped", "suppressed"):
             for _ in range(n):
                 self.on_outcome(outcome)
 
     def start(self) -> Notifier:
-        self._thread = threading.Thread(target=self._run, name="notify", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name="notify", daemon=True)]
+        self._threads += [
+            threading.Thread(target=self._target_run, args=(t,), name=f"notify-{t + 1}", daemon=True)
+            for t in range(len(self.targets))
+        ]
+        for th in self._threads:
+            th.start()
         log.info("notifications to %d target(s) (Apprise), from a queue of %d", len(self.targets), self.cfg.queue_max)
         return self
 
     def submit(self, n: Notice) -> bool:
         """From the main loop: never blocks. False (counted as dropped) when the queue is full."""
-        self.idle.clear()
-        try:
-            self.jobs.put_nowait(n)
-        except queue.Full:
+        if len(self.jobs) >= self.cfg.queue_max:
             self._count("dropped")
             return False
-        self.counts["queued"] += 1
+        self.jobs.append(n)
+        self.counts["queued"] += 1  # only the main loop writes this key
         return True
+
+    def _left(self) -> int:
+        return len(self.jobs) + sum(len(o) for o in self._outs) + sum(len(r) for r in self._retries)
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Send what is queued for up to `timeout_s`, then stop (what is left is logged, not sent)."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not self.idle.is_set() and self._thread is not None:
-            self.idle.wait(0.05)
+        while time.monotonic() < deadline and self._left() and self._threads:
+            time.sleep(0.02)
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(max(0.1, deadline - time.monotonic() + self.cfg.timeout_s))
-        left = self.jobs.qsize() + len(self._retries)
-        if left:
-            log.warning("notifications: %d not sent at stop", left)
+        for th in self._threads:  # a send in progress ends by its own timeout; the threads are daemons
+            th.join(max(0.05, deadline - time.monotonic()))
+        if self._left():
+            log.warning("notifications: %d not sent at stop", self._left())
 
-    # -- the thread ------------------------------------------------------------------------------------------------
+    # -- the threads ---------------------------------------------------------------------------------------------
     def _send(self, target: int, attempt: int, title: str, body: str) -> None:
         try:
             ok = bool(self.targets[target].notify(body=body, title=title))
@@ -238,41 +248,53 @@ class Notifier:
             return
         if attempt < self.cfg.retries:
             delay = self.cfg.retry_backoff_s * (2**attempt)
-            self._seq += 1
-            heapq.heappush(self._retries, (time.monotonic() + delay, self._seq, target, attempt + 1, title, body))
-            self.counts["retried"] += 1
+            with self._lock:
+                self._seq += 1
+                seq = self._seq
+            heapq.heappush(self._retries[target], (time.monotonic() + delay, seq, attempt + 1, title, body))
+            self._count("retried")
             log.warning("notification to target %d failed; retry %d in %.1f s", target + 1, attempt + 1, delay)
         else:
             self._count("failed")
             log.error("notification to target %d failed after %d tries: %s", target + 1, attempt + 1, title)
 
+    def _target_run(self, t: int) -> None:
+        out, retries = self._outs[t], self._retries[t]
+        while not self._stop.is_set():
+            if retries and retries[0][0] <= time.monotonic():
+                _, _, attempt, title, body = heapq.heappop(retries)
+                self._send(t, attempt, title, body)
+                continue
+            try:
+                title, body = out.popleft()
+            except IndexError:
+                self._stop.wait(0.05 if not retries else min(0.05, max(0.0, retries[0][0] - time.monotonic())))
+                continue
+            self._send(t, 0, title, body)
+
     def _run(self) -> None:
+        """Rules: each notice is decided here, its message handed to every target's thread."""
         try:
             if self.db_path is not None:
                 self.state.seed(self.db_path, self.labels, time.time_ns())
         except sqlite3.Error as e:
             log.warning("notifications: cannot read earlier detections from the log (%s); rules start empty", e)
         while not self._stop.is_set():
-            wait = 0.2
-            if self._retries:
-                wait = min(wait, max(0.0, self._retries[0][0] - time.monotonic()))
             try:
-                n = self.jobs.get(timeout=wait) if wait > 0 else self.jobs.get_nowait()
-            except queue.Empty:
-                n = None
-            if n is not None:
-                reason = self.state.decide(n)
-                if reason is None:
-                    self._count("suppressed")
+                n = self.jobs.popleft()
+            except IndexError:
+                self._stop.wait(0.05)
+                continue
+            reason = self.state.decide(n)
+            if reason is None:
+                self._count("suppressed")
+                continue
+            title, body = message(self.cfg, self.unit, n, reason)
+            for out in self._outs:
+                if len(out) >= self.cfg.queue_max:
+                    self._count("dropped")  # this target is far behind (down, or slower than detections come)
                 else:
-                    title, body = message(self.cfg, self.unit, n, reason)
-                    for t in range(len(self.targets)):
-                        self._send(t, 0, title, body)
-            while self._retries and self._retries[0][0] <= time.monotonic() and not self._stop.is_set():
-                _, _, t, attempt, title, body = heapq.heappop(self._retries)
-                self._send(t, attempt, title, body)
-            if self.jobs.empty() and not self._retries:
-                self.idle.set()
+                    out.append((title, body))
 
 
 __all__ = ["Notifier", "Notice", "RuleState", "message", "make_targets", "read_urls", "with_timeouts"]
