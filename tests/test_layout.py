@@ -183,6 +183,9 @@ def test_wheel_installs_one_namespace(tmp_path: Path) -> None:
         "edgeav/export/__init__.py",
         "edgeav/runtime/__init__.py",
         "edgeav/devices/__init__.py",
+        "edgeav/runtime/web/templates/detail.html",  # the web view's assets ship (package data, no CDN)
+        "edgeav/runtime/web/static/app.css",
+        "edgeav/runtime/web/static/live.js",
     ):
         assert must in names
     venv = tmp_path / "venv"
