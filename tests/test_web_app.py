@@ -160,6 +160,7 @@ def test_loopback_answers_only_to_loopback_host_names(tmp_path: Path) -> None:
 
 def test_off_loopback_a_password_is_required(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     make_log(tmp_path, 2)
+    capsys.readouterr()  # what logging wrote before (a handler of an earlier main() may hold a closed stream)
     assert main(["serve", "--db", str(tmp_path / "det.db"), "--host", "0.0.0.0", "--port", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs a password" in err and "--password-file" in err
