@@ -79,5 +79,6 @@ $EDGEAV run --config "$D/daemon.yaml"
 
 step "7. what the daemon logged (evidence: the WAV + JPEG of each detection)"
 $EDGEAV detections --db "$D/detections.db" --limit 20
+echo "[quickstart] in a browser (photo, spectrogram, sound, reviews): $EDGEAV serve --db $D/detections.db  -> http://127.0.0.1:8080"
 
 echo; echo "[quickstart] done in $(( $(date +%s) - T0 )) s after set-up: see $OUT"
