@@ -148,7 +148,7 @@ def test_notify_metrics_health_and_sigterm(bundle: Path, tmp_path: Path) -> None
     # every logged line is JSON with level/logger/msg, the start order is logged
     assert all({"ts", "level", "logger", "msg"} <= set(r) for r in recs)
     started = [r["msg"].split()[1] for r in recs if r["msg"].startswith("started ")]
-    assert started == ["bundle", "store", "evidence", "metrics", "mqtt", "sensors"]
+    assert started == ["bundle", "store", "evidence", "metrics", "web", "mqtt", "integrations", "sensors"]
     # evidence files are named by the detection id and linked from the record
     row = con.execute(
         "SELECT id, audio_path, image_path FROM detections WHERE audio_path IS NOT NULL LIMIT 1"

@@ -211,6 +211,7 @@ def test_schema_4_migrates_and_legacy_rows_age_only_on_a_synced_clock(tmp_path: 
     import sqlite3
 
     from edgeav.runtime.store import MIGRATIONS
+    from edgeav.runtime.store_schema import SCHEMA_VERSION
 
     con = sqlite3.connect(tmp_path / "d.db", isolation_level=None)
     for v in (1, 2, 3):
@@ -227,7 +228,7 @@ def test_schema_4_migrates_and_legacy_rows_age_only_on_a_synced_clock(tmp_path: 
     con.close()
     clk = SteppedClock(wall_offset_ns=time.time_ns() - time.monotonic_ns(), state=UNSYNCED)
     store, ev, op = _setup(tmp_path, clk)
-    assert schema_version(store.con) == 4 and store.migrated_from == 3
+    assert schema_version(store.con) == SCHEMA_VERSION and store.migrated_from == 3  # 4 (clock) and what came after
     assert ev.apply_retention(force=True) == 0 and old.is_file()  # unsynced: a 100-day-old UTC may be a wrong clock
     clk.state = SYNCED
     assert ev.apply_retention(force=True) == 1 and not old.exists()
