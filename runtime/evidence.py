@@ -74,6 +74,15 @@ class EvidenceResult:
     clip_path: str | None = None  # the window's frames as MP4 (evidence.clip)
 
 
+def _result(
+    apath: Path | None, ipath: Path | None, cpath: Path | None, note: str | None, outcome: str
+) -> EvidenceResult:
+    """The result naming the files of a set (planned or written)."""
+    return EvidenceResult(
+        str(apath) if apath else None, str(ipath) if ipath else None, note, outcome, str(cpath) if cpath else None
+    )
+
+
 @dataclass(frozen=True)
 class WindowContext:
     """What evidence is cut from: one processed window's (or a detection's span's) audio, the middle frame and all
@@ -270,13 +279,7 @@ class EvidenceStore:
         apath, ipath, cpath, notes = self._paths(detection_id, utc_ns, audio, frame, frames)
         if apath is None and ipath is None and cpath is None:  # nothing to write: the final result already
             return EvidenceResult(None, None, "; ".join(notes) or None, "none")
-        return EvidenceResult(
-            str(apath) if apath else None,
-            str(ipath) if ipath else None,
-            PENDING_NOTE,
-            "pending",
-            str(cpath) if cpath else None,
-        )
+        return _result(apath, ipath, cpath, PENDING_NOTE, "pending")
 
     def write_files(
         self,
@@ -314,13 +317,7 @@ class EvidenceStore:
         outcome = "written" if not notes else ("partial" if written else "none")
         if outcome in self.counts:
             self.counts[outcome] += 1
-        return EvidenceResult(
-            str(apath) if apath else None,
-            str(ipath) if ipath else None,
-            "; ".join(notes) or None,
-            outcome,
-            str(cpath) if cpath else None,
-        )
+        return _result(apath, ipath, cpath, "; ".join(notes) or None, outcome)
 
     # -- retention -------------------------------------------------------------------------------------------------
     def _delete(self, row: Any, reason: str) -> None:
