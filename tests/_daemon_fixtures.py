@@ -20,6 +20,8 @@ from typing import TypeVar
 import yaml
 from _export_models import IMAGE_HW, LABELS, WINDOW_SAMPLES, build_onnx
 
+from edgeav.runtime.postprocess import Detection
+
 REPO = Path(__file__).resolve().parent.parent
 EDGEAV = [sys.executable, "-m", "edgeav"]
 TIME_SCALE_ENV = "EDGEAV_TEST_TIME_SCALE"
@@ -156,6 +158,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stored_detection(label: str, i: int, modalities: tuple[str, ...] = ("audio", "image")) -> Detection:
+    """A confirmed detection of `label` (crow or finch) in second `i` of the stream, as the store and the evidence
+    writer take it (fused 0.9, audio 0.8, image 0.7 when `modalities` has an image)."""
+    return Detection(
+        label, ["crow", "finch"].index(label), i * 10**9, i * 10**9 + 10**9, None, None, 0.9, 0.8,
+        0.7 if "image" in modalities else None, modalities, None, 1,
+    )  # fmt: skip
 
 
 @contextlib.contextmanager

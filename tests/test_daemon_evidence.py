@@ -10,31 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _daemon_fixtures import small_fs
+from _daemon_fixtures import small_fs, stored_detection
 
 from edgeav.runtime.evidence import EvidenceStore, WindowContext, stitch_audio, write_wav
-from edgeav.runtime.postprocess import Detection
 from edgeav.runtime.store import DetectionStore, query_detections
 from edgeav.schema.daemon import EvidenceConfig
 
 gi = pytest.importorskip("gi", reason="JPEG evidence uses GStreamer")
-
-
-def _det(label: str, i: int) -> Detection:
-    return Detection(
-        label,
-        ["crow", "finch"].index(label),
-        i * 10**9,
-        i * 10**9 + 10**9,
-        None,
-        None,
-        0.9,
-        0.8,
-        0.7,
-        ("audio", "image"),
-        None,
-        1,
-    )
 
 
 def test_wav_and_jpeg_are_real_files(tmp_path: Path) -> None:
@@ -95,7 +77,7 @@ def test_retention_by_disk_keeps_newest_per_class_and_by_age(tmp_path: Path) -> 
             did = f"d{i:02d}"
             r = ev.write(did, t0 + i * 10**9, label, audio, frame)
             store.add(
-                _det(label, i),
+                stored_detection(label, i),
                 detection_id=did,
                 utc_ns=t0 + i * 10**9,
                 audio_path=r.audio_path,
@@ -131,7 +113,7 @@ def test_full_disk_stops_evidence_never_detections(tmp_path: Path) -> None:
         audio = np.zeros(4000, np.float32)
         ok = ev.write("first", 1_780_000_000 * 10**9, "crow", audio, None)
         assert ok.outcome == "partial" and ok.audio_path and "no frame" in ok.note
-        store.add(_det("crow", 0), detection_id="first", audio_path=ok.audio_path, evidence_note=ok.note)
+        store.add(stored_detection("crow", 0), detection_id="first", audio_path=ok.audio_path, evidence_note=ok.note)
         store.flush()
         # something else fills the disk to 85 %: evidence must stop, the log must go on
         ballast = fs / "ballast"
@@ -142,7 +124,7 @@ def test_full_disk_stops_evidence_never_detections(tmp_path: Path) -> None:
         for i in range(1, 30):
             r = ev.write(f"n{i}", 1_780_000_000 * 10**9 + i, "crow", audio, np.zeros((32, 32, 3), np.uint8))
             assert r.outcome == "skipped" and r.audio_path is None and "free" in r.note
-            store.add(_det("crow", i), detection_id=f"n{i}", evidence_note=r.note)
+            store.add(stored_detection("crow", i), detection_id=f"n{i}", evidence_note=r.note)
         store.close()
         rows = query_detections(fs / "d.db", limit=None)
         assert len(rows) == 30 and ev.disk_low and ev.counts["skipped"] == 29
@@ -226,7 +208,7 @@ def test_clip_mp4_of_the_window_frames_is_referenced_and_retained(tmp_path: Path
     assert max(abs(a - b) for a, b in zip(means, want)) < 12, (means, want)
     assert means[6] < 20  # the missing frame stays black, not its neighbour
     store.add(
-        _det("crow", 0),
+        stored_detection("crow", 0),
         detection_id="clip1",
         utc_ns=t0,
         audio_path=r.audio_path,

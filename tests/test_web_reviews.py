@@ -12,33 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _daemon_fixtures import stored_detection
 
 from edgeav.cli import main
 from edgeav.errors import ConfigError, StorageError
 from edgeav.runtime.evidence import EvidenceStore, write_wav
-from edgeav.runtime.postprocess import Detection
 from edgeav.runtime.store import MIGRATIONS, SCHEMA_VERSION, DetectionStore, new_detection_id, query_detections
 from edgeav.runtime.store_reviews import clear_review, ensure_reviews_table, ignored_classes, set_review
 from edgeav.schema.daemon import EvidenceConfig
 
 T0 = 1_780_000_000 * 10**9
-
-
-def _det(label: str, i: int) -> Detection:
-    return Detection(
-        label,
-        ["crow", "finch"].index(label),
-        i * 10**9,
-        i * 10**9 + 10**9,
-        None,
-        None,
-        0.9,
-        0.8,
-        None,
-        ("audio",),
-        None,
-        1,
-    )
 
 
 def _log(db: Path, n: int = 4, evidence: Path | None = None) -> list[str]:
@@ -52,7 +35,12 @@ def _log(db: Path, n: int = 4, evidence: Path | None = None) -> list[str]:
             wav = evidence / "2026-05-28" / f"{did}.wav"
             wav.parent.mkdir(parents=True, exist_ok=True)
             write_wav(wav, np.zeros(1600, np.float32), 16000)
-        store.add(_det("crow" if i % 2 == 0 else "finch", i), detection_id=did, utc_ns=utc, audio_path=wav and str(wav))
+        store.add(
+            stored_detection("crow" if i % 2 == 0 else "finch", i, ("audio",)),
+            detection_id=did,
+            utc_ns=utc,
+            audio_path=wav and str(wav),
+        )
         ids.append(did)
     store.close()
     return ids
