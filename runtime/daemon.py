@@ -226,6 +226,7 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence, DaemonIntegrations):
     # -- the loop ------------------------------------------------------------------------------------------------
     def _process(self, w, infer_windows, post, context) -> None:
         from edgeav.runtime.evidence import WindowContext
+        from edgeav.runtime.store import new_detection_id
 
         self.wallclock.sample()  # the wall clock and its sync state, re-read once per window
         t0 = time.perf_counter()
@@ -247,8 +248,6 @@ class Daemon(DaemonHealth, DaemonSensors, DaemonEvidence, DaemonIntegrations):
             privacy = self._privacy_verdict(det)
             if privacy == "drop_detection":
                 continue
-            from edgeav.runtime.store import new_detection_id
-
             utc = self._utc_for(det.end_ns) or self.wallclock.now_utc_ns()
             did = new_detection_id(utc)
             audio_path = image_path = clip_path = note = None
