@@ -129,12 +129,15 @@ class SileroVad:
         return n
 
     def speech_s(self, start_ns: int, end_ns: int) -> float:
-        """Seconds of speech frames overlapping [start_ns, end_ns)."""
-        n = sum(1 for t, p in self.frames if p >= self.threshold and t < end_ns and t + FRAME_NS > start_ns)
+        """Seconds of speech frames overlapping [start_ns, end_ns). The frames are in time order and a detection's
+        span is recent: walked from the newest back to `start_ns` only, not the whole `keep_s` (a 3.5 s span with 60 s
+        kept: ~5 us instead of ~50 us per detection)."""
+        n = 0
+        for t, p in reversed(self.frames):
+            if t + FRAME_NS <= start_ns:
+                break
+            n += t < end_ns and p >= self.threshold
         return n * FRAME_NS / NS_PER_S
-
-    def max_prob(self, start_ns: int, end_ns: int) -> float:
-        return max((p for t, p in self.frames if t < end_ns and t + FRAME_NS > start_ns), default=0.0)
 
 
 class PrivacyFilter:
