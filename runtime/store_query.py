@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeav.errors import StorageError
+from edgeav.runtime.store_reviews import has_reviews_table
 from edgeav.runtime.store_schema import COLUMNS, connect, schema_version
 
 # what each detection of `query_detections` carries of its review (schema 5); None where it has none
@@ -44,7 +45,7 @@ def query_detections(
             where.append(f"d.label IN ({', '.join('?' * len(labels))})")
             params.extend(labels)
         # schema 5: each detection's review (verdict, reason, time) comes along; None where none (or an older log)
-        reviewed = con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='reviews'").fetchone()
+        reviewed = has_reviews_table(con)
         review_cols = REVIEW_COLUMNS if reviewed else ()
         picked = ", ".join(
             [f"d.{c}" for c in cols] + (["r.verdict", "r.reason", "r.reviewed_utc_ns"] if reviewed else [])

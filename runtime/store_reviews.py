@@ -90,19 +90,13 @@ def clear_review(db_path: str | Path, detection_id: str) -> bool:
         con.close()
 
 
-def get_review(con: sqlite3.Connection, detection_id: str) -> dict[str, Any] | None:
-    r = con.execute(
-        "SELECT verdict, reason, reviewed_utc_ns FROM reviews WHERE detection_id = ?", (detection_id,)
-    ).fetchone()
-    return None if r is None else {"verdict": r[0], "reason": r[1], "reviewed_utc_ns": r[2]}
-
-
 def ignored_classes(con: sqlite3.Connection) -> list[str]:
     """Labels someone marked `ignore_class` on any detection of theirs."""
     return [r[0] for r in con.execute("SELECT DISTINCT label FROM reviews WHERE verdict = 'ignore_class' ORDER BY 1")]
 
 
 def has_reviews_table(con: sqlite3.Connection) -> bool:
+    """False on a log older than schema 5 (a read-only reader cannot migrate it)."""
     return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'reviews'").fetchone() is not None
 
 
@@ -114,7 +108,6 @@ __all__ = [
     "ensure_reviews_table",
     "set_review",
     "clear_review",
-    "get_review",
     "ignored_classes",
     "has_reviews_table",
 ]
