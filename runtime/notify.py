@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import itertools
 import logging
 import sqlite3
 import threading
@@ -193,7 +194,7 @@ class Notifier:
         # until its timeout delays only its own messages
         self._outs: list[collections.deque[tuple[str, str]]] = [collections.deque() for _ in self.targets]
         self._retries: list[list[tuple[float, int, int, str, str]]] = [[] for _ in self.targets]  # due, seq, try, ..
-        self._seq = 0
+        self._seq = itertools.count()  # ties of due times in a heap: next() needs no lock
 
     def _count(self, outcome: str, n: int = 1) -> None:
         with self._lock:
@@ -248,10 +249,7 @@ class Notifier:
             return
         if attempt < self.cfg.retries:
             delay = self.cfg.retry_backoff_s * (2**attempt)
-            with self._lock:
-                self._seq += 1
-                seq = self._seq
-            heapq.heappush(self._retries[target], (time.monotonic() + delay, seq, attempt + 1, title, body))
+            heapq.heappush(self._retries[target], (time.monotonic() + delay, next(self._seq), attempt + 1, title, body))
             self._count("retried")
             log.warning("notification to target %d failed; retry %d in %.1f s", target + 1, attempt + 1, delay)
         else:
