@@ -8,17 +8,21 @@ so a file's result does not depend on the engine, the number of workers or the o
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeav.errors import MediaError
+from edgeav.manifest import sha256_file
+from edgeav.runtime.align import AlignedWindow
+from edgeav.runtime.engine import infer_windows
+from edgeav.runtime.postprocess import PostProcessor, utc_iso
+from edgeav.schema.runtime import PostprocessConfig
 from edgeav.timebase import NS_PER_S
 
 from .media import Window, audio_windows, read_audio_segment, read_photo, video_windows
@@ -27,29 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def file_identity(path: Path) -> dict[str, Any]:
-    """size, mtime (ns) and sha256 of a file (read in 1 MiB blocks)."""
+    """size, mtime (ns) and sha256 of a file."""
     st = path.stat()
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _utc_iso(utc_ns: int | None) -> str:
-    if utc_ns is None:
-        return ""
-    import datetime as dt
-
-    sec, ns = divmod(int(utc_ns), NS_PER_S)
-    t = dt.datetime.fromtimestamp(sec, tz=dt.UTC) + dt.timedelta(microseconds=ns // 1000)
-    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
 
 
 class Analyzer:
@@ -75,9 +59,9 @@ class Analyzer:
         self.backend = create_backend(
             "onnxruntime", info.model(self.role), self.contract, intra_op_threads=int(threads), inter_op_threads=1
         )
-        cap = self.backend.max_batch
-        self.batch = max(1, min(int(batch_windows), cap if cap is not None else int(batch_windows)))
-        self.min_confidence = float(min_confidence)
+        self.batch_windows = int(batch_windows)  # capped by the backend's max_batch in infer_windows
+        # every window's classes at or above min_confidence: no smoothing, confirmation or gap between detections
+        self.post_cfg = PostprocessConfig(smoothing="none", threshold=float(min_confidence), min_gap_s=0.0)
 
     # -- one unit -------------------------------------------------------------------------------------------
     def analyze(self, unit: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +98,7 @@ class Analyzer:
             audio = read_audio_segment(Path(rec[0]), rec[1], c) if rec else None
             extra = {"paired": rec[0] if rec and audio is not None else "", "paired_offset_s": rec[1] if rec else None}
             utc = unit.get("utc_ns")
-            extra["utc"] = _utc_iso(utc - window_ns // 2 if utc is not None else None)
+            extra["utc"] = utc_iso(utc - window_ns // 2) if utc is not None else ""
             yield Window(0, audio, frames, c.audio.window_s), extra
             return
         windows = video_windows(path, c) if kind == "video" else audio_windows(path, c)
@@ -125,7 +109,7 @@ class Analyzer:
             extra: dict[str, Any] = {"utc": "", "paired": "", "paired_offset_s": None}
             if start_utc is not None:
                 w_start = start_utc + w.index * window_ns
-                extra["utc"] = _utc_iso(w_start)
+                extra["utc"] = utc_iso(w_start)
                 if photos:
                     centre = w_start + window_ns // 2
                     best = min(photos, key=lambda p: (abs(p[0] - centre), p[1]))
@@ -138,63 +122,41 @@ class Analyzer:
                         extra["paired_offset_s"] = round((best[0] - w_start) / NS_PER_S, 3)
             yield w, extra
 
-    def _infer(
-        self, batch: list[tuple[Window, dict[str, Any]]]
-    ) -> Iterable[tuple[Window, dict, dict[str, np.ndarray]]]:
-        c = self.contract
-        shapes = c.shapes(len(batch))
-        audio = np.zeros(shapes["audio"], dtype=np.float32)  # (N, S)
-        image = np.zeros(shapes["image"], dtype=np.uint8)  # (N, 3, H, W) or (N, T, 3, H, W)
-        mask = np.zeros(shapes["mask"], dtype=np.float32)  # (N, 2)
-        for i, (w, _) in enumerate(batch):
-            if w.audio is not None:
-                audio[i] = w.audio
-                mask[i, 0] = 1.0
-            if w.frames is not None:
-                chw = w.frames.transpose(0, 3, 1, 2)  # (T, 3, H, W)
-                image[i] = chw if c.image.n_frames > 1 else chw[0]
-                mask[i, 1] = 1.0
-        outs = self.backend.infer(audio, image, mask)  # each (N, C)
-        probs = {k: _softmax(v) for k, v in outs.items()}
-        for i, (w, extra) in enumerate(batch):
-            yield w, extra, {k: v[i] for k, v in probs.items()} | {"mask": mask[i]}
-
     def _rows(self, unit: dict[str, Any]) -> tuple[list[dict[str, Any]], int, float]:
-        rows: list[dict[str, Any]] = []
+        """The engine's batching and post-processing (no smoothing, every window's classes at or above
+        min_confidence) over the unit's windows; one row per (window, class)."""
+        c = self.contract
+        window_ns = c.audio.window_ns
+        post = PostProcessor(self.labels, self.post_cfg)
+        seen: dict[int, tuple[Window, dict[str, Any]]] = {}  # start_ns -> window awaiting its result
         n_windows = 0
         media_s = 0.0
-        window_s = self.contract.audio.window_s
-        pending: list[tuple[Window, dict[str, Any]]] = []
 
-        def flush() -> None:
-            for w, extra, p in self._infer(pending):
-                has_a, has_i = bool(p["mask"][0] > 0.5), bool(p["mask"][1] > 0.5)
-                modalities = "+".join(m for m, on in (("audio", has_a), ("image", has_i)) if on)
-                for ci in np.flatnonzero(p["logits"] >= self.min_confidence):
-                    rows.append(
-                        {
-                            "begin_s": round(w.index * window_s, 4),
-                            "end_s": round((w.index + 1) * window_s, 4),
-                            "label": self.labels[int(ci)],
-                            "confidence": round(float(p["logits"][ci]), 6),
-                            "audio_confidence": round(float(p["logits_audio"][ci]), 6) if has_a else None,
-                            "image_confidence": round(float(p["logits_image"][ci]), 6) if has_i else None,
-                            "modalities": modalities,
-                            **extra,
-                        }
-                    )
-            pending.clear()
+        def aligned() -> Iterator[AlignedWindow]:
+            nonlocal n_windows, media_s
+            for w, extra in self._windows(unit):
+                n_windows += 1
+                media_s += w.valid_s
+                start_ns = w.index * window_ns
+                seen[start_ns] = (w, extra)
+                yield AlignedWindow(start_ns, start_ns + window_ns, w.audio, w.frames)
 
-        for w, extra in self._windows(unit):
-            n_windows += 1
-            media_s += w.valid_s
-            if w.audio is None and w.frames is None:
-                continue
-            pending.append((w, extra))
-            if len(pending) >= self.batch:
-                flush()
-        if pending:
-            flush()
+        rows: list[dict[str, Any]] = []
+        for res in infer_windows(aligned(), self.backend, c, post, self.batch_windows):
+            w, extra = seen.pop(res.window.start_ns)
+            for d in res.detections:
+                rows.append(
+                    {
+                        "begin_s": round(w.index * c.audio.window_s, 4),
+                        "end_s": round((w.index + 1) * c.audio.window_s, 4),
+                        "label": d.label,
+                        "confidence": round(d.confidence, 6),
+                        "audio_confidence": None if d.audio_confidence is None else round(d.audio_confidence, 6),
+                        "image_confidence": None if d.image_confidence is None else round(d.image_confidence, 6),
+                        "modalities": "+".join(d.modalities),
+                        **extra,
+                    }
+                )
         return rows, n_windows, round(media_s, 4)
 
     def close(self) -> None:
