@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, session, url_for
 
 from edgeav.errors import ConfigError, EdgeAVError
+from edgeav.runtime.evidence import disk_free_ratio
 from edgeav.runtime.store_reviews import VERDICT_TITLES, VERDICTS, clear_review, is_detection_id, set_review
 from edgeav.runtime.store_schema import connect
 from edgeav.runtime.web import access, queries
@@ -120,8 +120,8 @@ def create_app(settings: WebSettings) -> Flask:
         s.update(queries.log_summary(reader.con()))
         if "disk_free_percent" not in s:
             try:
-                u = shutil.disk_usage(settings.evidence_dir if settings.evidence_dir.exists() else settings.db_path)
-                s["disk_free_percent"] = round(100.0 * u.free / u.total, 1)
+                where = settings.evidence_dir if settings.evidence_dir.exists() else settings.db_path
+                s["disk_free_percent"] = round(100.0 * disk_free_ratio(where), 1)
             except OSError:
                 s["disk_free_percent"] = None
         return s

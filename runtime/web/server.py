@@ -144,14 +144,12 @@ def daemon_status(daemon: Any) -> dict[str, Any]:
 
 def start_daemon_web(daemon: Any) -> WebServer | None:
     """`daemon.web.enabled`: the app over the daemon's log and evidence, with its live state. None when off."""
-    from edgeav.runtime.store_reviews import ensure_reviews_table
-
     wc: WebConfig = daemon.daemon_cfg.web
     if not wc.enabled:
         return None
     from edgeav.runtime.web.settings import WebSettings
 
-    ensure_reviews_table(daemon.db_path)  # the store migrated it already; a no-op then
+    # the daemon's store (started before the web view) has migrated the log: the reviews table is there
     settings = WebSettings(
         db_path=Path(daemon.db_path),
         evidence_dir=Path(daemon.daemon_cfg.evidence.dir),
