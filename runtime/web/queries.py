@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeav.errors import ConfigError
+from edgeav.runtime.postprocess import utc_iso
 from edgeav.runtime.store import parse_iso_utc
 from edgeav.runtime.store_reviews import VERDICTS, is_detection_id
 
@@ -147,7 +148,7 @@ def detection_page(con: sqlite3.Connection, f: Filters, rows: int) -> dict[str, 
     if not newer_first:
         got.reverse()
     for r in got:
-        r["time"] = r["end_utc"] or utc_text(r["utc_ns"])
+        r["time"] = r["end_utc"] or utc_iso(r["utc_ns"])
         r["modalities"] = [m for m in (r["modalities"] or "").split(",") if m]
     # older page: there is one when this page was cut (newest-first) or when we came from an older page (after)
     older = cursor_of(got[-1]) if got and (more if newer_first else True) else None
@@ -171,8 +172,8 @@ def detection(con: sqlite3.Connection, did: str) -> dict[str, Any] | None:
         return None
     d = dict(r)
     d["modalities"] = [m for m in (d["modalities"] or "").split(",") if m]
-    d["time"] = d["end_utc"] or utc_text(d["utc_ns"])
-    d["reviewed_utc"] = utc_text(d["reviewed_utc_ns"]) if d["reviewed_utc_ns"] else None
+    d["time"] = d["end_utc"] or utc_iso(d["utc_ns"])
+    d["reviewed_utc"] = utc_iso(d["reviewed_utc_ns"])
     key = (d["utc_ns"], did)
     prev = con.execute(
         "SELECT id FROM detections WHERE (utc_ns, id) < (?, ?) ORDER BY utc_ns DESC, id DESC LIMIT 1", key
@@ -226,19 +227,12 @@ def chart_counts(con: sqlite3.Connection, days: int = CHART_DAYS) -> dict[str, A
 _EPOCH_ORD = _dt.date(1970, 1, 1).toordinal()
 
 
-def utc_text(utc_ns: int | None) -> str:
-    if utc_ns is None:
-        return "-"
-    t = _dt.datetime.fromtimestamp(int(utc_ns) / 1e9, tz=_dt.UTC)
-    return t.strftime("%Y-%m-%d %H:%M:%S") + "Z"
-
-
 def log_summary(con: sqlite3.Connection) -> dict[str, Any]:
     """What the log itself says about the unit (for the live page of `edgeav serve`, which has no daemon)."""
     newest = con.execute("SELECT utc_ns, label FROM detections ORDER BY utc_ns DESC, id DESC LIMIT 1").fetchone()
     run = con.execute("SELECT run_id, started_utc, source FROM runs ORDER BY started_utc DESC LIMIT 1").fetchone()
     return {
-        "newest_detection_utc": utc_text(newest[0]) if newest else None,
+        "newest_detection_utc": utc_iso(newest[0]) if newest else None,
         "newest_detection_label": newest[1] if newest else None,
         "last_run": dict(run) if run else None,
     }
@@ -251,7 +245,6 @@ __all__ = [
     "labels",
     "chart_counts",
     "log_summary",
-    "utc_text",
     "REVIEW_FILTERS",
     "MODALITY_FILTERS",
 ]
