@@ -8,12 +8,11 @@ import hashlib
 import logging
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train_loop import REPO, _empty_config, tiny
+from _train_fixtures import REPO, empty_config, tiny, train_cmd
 
 from edgeav.errors import ModelError
 from edgeav.schema import load_config
@@ -169,22 +168,8 @@ def test_a_missing_file_is_an_error_naming_it(tmp_path):
 def test_cli_mismatched_weights_is_one_line_and_exit_nonzero(syn4, tmp_path):
     path = tmp_path / "resnet18_backbone.pt"
     torch.save(create_backbone("resnet18").state_dict(), path)
-    sets = [a for kv in tiny(tmp_path, f"model.image_weights_path={path}") for a in ("--set", kv)]
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeav",
-            "-q",
-            "train",
-            "--config",
-            str(_empty_config(tmp_path)),
-            "--data",
-            str(syn4),
-            "--out",
-            str(tmp_path / "run"),
-            *sets,
-        ],
+        train_cmd(empty_config(tmp_path), syn4, tmp_path / "run", tiny(tmp_path, f"model.image_weights_path={path}")),
         capture_output=True,
         text=True,
         timeout=180,
@@ -240,24 +225,9 @@ def test_init_of_another_architecture_is_an_error_naming_the_first_difference(ba
 
 
 def test_cli_init_flag_reaches_the_trainer_and_errors_are_one_line(base, syn4, tmp_path):
-    sets = [a for kv in tiny(tmp_path, "model.head=concat") for a in ("--set", kv)]
+    cmd = train_cmd(empty_config(tmp_path), syn4, tmp_path / "run", tiny(tmp_path, "model.head=concat"))
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeav",
-            "-q",
-            "train",
-            "--config",
-            str(_empty_config(tmp_path)),
-            "--data",
-            str(syn4),
-            "--out",
-            str(tmp_path / "run"),
-            "--init",
-            str(base),
-            *sets,
-        ],
+        [*cmd, "--init", str(base)],
         capture_output=True,
         text=True,
         timeout=180,

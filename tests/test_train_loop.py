@@ -8,48 +8,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from _train_fixtures import (
+    REPO,
+    empty_config,
+    syn,  # noqa: F401 (syn: the synthetic set fixture)
+    tiny,
+    tiny_two_phase,
+    train_cmd,
+)
 
 from edgeav.errors import ConfigError
 from edgeav.schema import load_config
 from edgeav.train.loop import Trainer, train
 from edgeav.train.models import load_checkpoint, read_checkpoint
-from edgeav.train.synthetic import make_paired_set
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "train").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def syn(tmp_path_factory) -> Path:
-    return make_paired_set(tmp_path_factory.mktemp("syn") / "data", n_classes=3, per_class=6, seconds=1.0, size_px=64)
-
-
-def tiny(tmp: Path, *extra: str) -> list[str]:
-    """Overrides for a fast run of the default edge model on the synthetic set."""
-    return [
-        f"data.cache_dir={tmp / 'cache'}",
-        "data.kind=paired",
-        "data.window_s=1.0",
-        "data.hop_s=1.0",
-        "data.image_size_px=64",
-        "data.val_fraction=0.3",
-        "model.pretrained=false",
-        "train.batch_size=4",
-        "train.threads=1",
-        "train.early_stop_patience=100",
-        *extra,
-    ]
-
-
-def tiny_two_phase(tmp: Path, *extra: str) -> list[str]:
-    """`tiny` in two_phase mode with one epoch of each phase I model."""
-    return tiny(tmp, "train.mode=two_phase", "train.phase1_audio_epochs=1", "train.phase1_image_epochs=1", *extra)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -162,19 +140,7 @@ def test_resume_after_kill_ends_with_the_same_weights_and_metrics(syn, tmp_path,
     train(load_config(None, sets), syn, straight)
 
     killed = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "edgeav",
-        "-q",
-        "train",
-        "--config",
-        str(_empty_config(tmp_path)),
-        "--data",
-        str(syn),
-        "--out",
-        str(killed),
-    ] + [a for s in sets for a in ("--set", s)]
+    cmd = train_cmd(empty_config(tmp_path), syn, killed, sets)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -198,12 +164,6 @@ def test_resume_after_kill_ends_with_the_same_weights_and_metrics(syn, tmp_path,
             assert torch.equal(a[k], b[k]), f"{name}: {k} differs after resume"
     assert _strip(_rows(straight / "metrics.csv")) == _strip(_rows(killed / "metrics.csv"))
     assert _rows(straight / "steps.csv") == _rows(killed / "steps.csv")
-
-
-def _empty_config(tmp: Path) -> Path:
-    p = tmp / "empty.yaml"
-    p.write_text("{}\n")
-    return p
 
 
 def test_resume_refuses_a_checkpoint_of_another_mode(syn, tmp_path):

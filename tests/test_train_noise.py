@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from test_train_loop import syn  # noqa: F401 (syn: the shared synthetic set fixture)
-from test_train_loop import tiny as tiny_run
+from _train_fixtures import (
+    REPO,
+    syn,  # noqa: F401 (syn: the shared synthetic set fixture)
+    train_cmd,
+    write_noise,
+)
+from _train_fixtures import tiny as tiny_run
 
 from edgeav.errors import ConfigError, DataError
 from edgeav.schema import load_config
@@ -20,7 +24,6 @@ from edgeav.train.augment import FieldNoise, build_field_noise
 from edgeav.train.loop import Trainer, seed_epoch, train
 from edgeav.train.noise import NoiseBank, mix_at_snr
 
-REPO = Path(__file__).resolve().parent.parent
 SNRS_DB = (30.0, 20.0, 10.0, 0.0, -5.0, -20.0)
 
 
@@ -29,21 +32,8 @@ def _snr_db(clean: np.ndarray, mixed: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(clean.astype(np.float64) ** 2) / np.mean(noise**2)))
 
 
-def write_noise(path: Path, seconds: float, rate_hz: int = 16_000, seed: int = 0) -> Path:
-    """Brown-ish noise (integrated white noise, high-passed by a mean removal), like wind: a generated stand-in
-    for a field recording."""
-    import soundfile as sf
-
-    rng = np.random.default_rng(seed)
-    x = np.cumsum(rng.standard_normal(int(seconds * rate_hz)))
-    x = x - np.convolve(x, np.ones(401) / 401, mode="same")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), (0.3 * x / np.abs(x).max()).astype(np.float32), rate_hz)
-    return path
-
-
 def tiny(tmp: Path, *extra: str) -> list[str]:
-    """test_train_loop's fast run, without the test-split evaluation."""
+    """The fast run of _train_fixtures, without the test-split evaluation."""
     return tiny_run(tmp, "train.eval_test=false", *extra)
 
 
@@ -160,22 +150,13 @@ def test_bad_noise_path_stops_a_run_before_the_data_is_read(tmp_path):
 
 def test_cli_bad_noise_path_is_one_line_and_nonzero(tmp_path):
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeav",
-            "train",
-            "--config",
-            str(REPO / "train" / "grid.yaml"),
-            "--data",
-            str(tmp_path / "nodata"),
-            "--out",
-            str(tmp_path / "run"),
-            "--set",
-            "train.augment.noise.enabled=true",
-            "--set",
-            f"train.augment.noise.path={tmp_path / 'nope'}",
-        ],
+        train_cmd(
+            REPO / "train" / "grid.yaml",
+            tmp_path / "nodata",
+            tmp_path / "run",
+            ["train.augment.noise.enabled=true", f"train.augment.noise.path={tmp_path / 'nope'}"],
+            quiet=False,
+        ),
         capture_output=True,
         text=True,
         timeout=300,
