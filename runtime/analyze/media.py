@@ -13,6 +13,7 @@ a photo's EXIF DateTimeOriginal (or DateTime).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Iterator
@@ -62,54 +63,80 @@ def _open(path: Path):  # noqa: ANN202 - av is imported here only
         raise MediaError(f"{path}: cannot open: {e}") from None
 
 
-def _resampled_blocks(container, stream, rate_hz: int) -> Iterator[np.ndarray]:  # noqa: ANN001
-    """Mono float32 at `rate_hz` from one audio stream, in blocks (PyAV's resampler, deterministic per file)."""
-    import av
-
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_hz)
-    for frame in container.decode(stream):
-        for out in resampler.resample(frame):
-            yield out.to_ndarray().reshape(-1)
-    for out in resampler.resample(None):
-        yield out.to_ndarray().reshape(-1)
-
-
-def _windows_of(blocks: Iterator[np.ndarray], window: int) -> Iterator[tuple[np.ndarray, int]]:
-    """(window, real samples) from a stream of blocks; the last partial window zero-padded if at least half full."""
-    buf = np.zeros(window, dtype=np.float32)
-    fill = 0
-    for block in blocks:
-        pos = 0
-        while pos < len(block):
-            take = min(window - fill, len(block) - pos)
-            buf[fill : fill + take] = block[pos : pos + take]
-            fill += take
-            pos += take
-            if fill == window:
-                yield buf.copy(), window
-                fill = 0
-    if fill * 2 >= window:
-        buf[fill:] = 0.0
-        yield buf.copy(), fill
-
-
-def audio_windows(path: Path, contract: InputContract) -> Iterator[Window]:
-    """The windows of an audio file (or of a video's sound), image masked."""
+@contextlib.contextmanager
+def _decoding(path: Path) -> Iterator:
+    """The open container; any decoder error inside becomes a MediaError naming the file; closed on leaving."""
     container = _open(path)
     try:
-        if not container.streams.audio:
-            raise MediaError(f"{path}: no audio stream")
-        stream = container.streams.audio[0]
-        stream.thread_count = 1
-        rate, window = contract.audio.sample_rate_hz, contract.audio.window_samples
-        for k, (samples, n) in enumerate(_windows_of(_resampled_blocks(container, stream, rate), window)):
-            yield Window(k, samples, None, n / rate)
+        yield container
     except MediaError:
         raise
     except Exception as e:  # av raises its own error types for corrupt data
         raise MediaError(f"{path}: cannot decode: {type(e).__name__}: {e}") from None
     finally:
         container.close()
+
+
+def _resampler(stream, rate_hz: int):  # noqa: ANN001, ANN202 - av is imported here only
+    """PyAV's resampler to mono float32 at `rate_hz` (deterministic per file), the stream decoded on one thread."""
+    import av
+
+    stream.thread_count = 1
+    return av.AudioResampler(format="flt", layout="mono", rate=rate_hz)
+
+
+def _resample(resampler, frame) -> Iterator[np.ndarray]:  # noqa: ANN001
+    """The mono blocks one decoded frame gives (frame None: what the resampler still holds)."""
+    for out in resampler.resample(frame):
+        yield out.to_ndarray().reshape(-1)
+
+
+class _Windower:
+    """Cuts blocks of samples into windows of `window` samples: `push` yields (window, window) for each one filled,
+    `finish` the last partial window zero-padded, with its real sample count, if it is at least half full."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.buf = np.zeros(window, dtype=np.float32)
+        self.fill = 0
+
+    def push(self, block: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+        pos = 0
+        while pos < len(block):
+            take = min(self.window - self.fill, len(block) - pos)
+            self.buf[self.fill : self.fill + take] = block[pos : pos + take]
+            self.fill += take
+            pos += take
+            if self.fill == self.window:
+                yield self.buf.copy(), self.window
+                self.fill = 0
+
+    def finish(self) -> Iterator[tuple[np.ndarray, int]]:
+        if self.fill * 2 >= self.window:
+            self.buf[self.fill :] = 0.0
+            yield self.buf.copy(), self.fill
+
+
+def audio_windows(path: Path, contract: InputContract) -> Iterator[Window]:
+    """The windows of an audio file (or of a video's sound), image masked."""
+    with _decoding(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        rate = contract.audio.sample_rate_hz
+        resampler = _resampler(stream, rate)
+        windower = _Windower(contract.audio.window_samples)
+
+        def windows() -> Iterator[tuple[np.ndarray, int]]:
+            for frame in container.decode(stream):
+                for block in _resample(resampler, frame):
+                    yield from windower.push(block)
+            for block in _resample(resampler, None):
+                yield from windower.push(block)
+            yield from windower.finish()
+
+        for k, (samples, n) in enumerate(windows()):
+            yield Window(k, samples, None, n / rate)
 
 
 def _rgb(frame, contract: InputContract) -> np.ndarray:  # noqa: ANN001
@@ -164,33 +191,20 @@ class _FramePicker:
 
 def video_windows(path: Path, contract: InputContract) -> Iterator[Window]:
     """The windows of a video: its sound (masked if it has none) and its frames at the contract's times."""
-    container = _open(path)
-    try:
+    with _decoding(path) as container:
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream")
         vstream = container.streams.video[0]
         vstream.thread_count = 1
         astream = container.streams.audio[0] if container.streams.audio else None
-        rate, window = contract.audio.sample_rate_hz, contract.audio.window_samples
+        rate = contract.audio.sample_rate_hz
         origin_s = (container.start_time or 0) / 1e6
         picker = _FramePicker(contract)
-        resampler = None
-        if astream is not None:
-            import av
-
-            astream.thread_count = 1
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        resampler = _resampler(astream, rate) if astream is not None else None
+        windower = _Windower(contract.audio.window_samples)
         audio_windows_done: list[tuple[np.ndarray, int]] = []
-        pending_audio = np.zeros(0, dtype=np.float32)
         emitted = 0
         last_video_ns = 0
-
-        def take_audio(block: np.ndarray) -> None:
-            nonlocal pending_audio
-            pending_audio = np.concatenate([pending_audio, block])
-            while len(pending_audio) >= window:
-                audio_windows_done.append((pending_audio[:window].copy(), window))
-                pending_audio = pending_audio[window:]
 
         def ready() -> Iterator[Window]:
             nonlocal emitted
@@ -212,16 +226,13 @@ def video_windows(path: Path, contract: InputContract) -> Iterator[Window]:
                     last_video_ns = max(last_video_ns, t_ns)
                     picker.push(t_ns, frame)
                 else:
-                    for out in resampler.resample(frame):  # type: ignore[union-attr]
-                        take_audio(out.to_ndarray().reshape(-1))
+                    for block in _resample(resampler, frame):
+                        audio_windows_done.extend(windower.push(block))
             yield from ready()
         if resampler is not None:
-            for out in resampler.resample(None):
-                take_audio(out.to_ndarray().reshape(-1))
-            if len(pending_audio) * 2 >= window:
-                padded = np.zeros(window, dtype=np.float32)
-                padded[: len(pending_audio)] = pending_audio
-                audio_windows_done.append((padded, len(pending_audio)))
+            for block in _resample(resampler, None):
+                audio_windows_done.extend(windower.push(block))
+            audio_windows_done.extend(windower.finish())
         frame_ns = int(NS_PER_S / float(vstream.average_rate or 25))
         n_windows = len(audio_windows_done) if astream is not None else None
         end_ns = last_video_ns + frame_ns
@@ -231,12 +242,6 @@ def video_windows(path: Path, contract: InputContract) -> Iterator[Window]:
         for w in ready():
             if w.index < n_windows:
                 yield w
-    except MediaError:
-        raise
-    except Exception as e:
-        raise MediaError(f"{path}: cannot decode: {type(e).__name__}: {e}") from None
-    finally:
-        container.close()
 
 
 def read_photo(path: Path, contract: InputContract) -> np.ndarray:
@@ -254,8 +259,7 @@ def read_photo(path: Path, contract: InputContract) -> np.ndarray:
 
 def read_audio_segment(path: Path, offset_s: float, contract: InputContract) -> np.ndarray | None:
     """One window of audio from `offset_s` in `path` (decoded from a seek before it); None if the file ends first."""
-    container = _open(path)
-    try:
+    with _decoding(path) as container:
         stream = container.streams.audio[0]
         rate, window = contract.audio.sample_rate_hz, contract.audio.window_samples
         start = int(round(offset_s * rate))
@@ -263,15 +267,12 @@ def read_audio_segment(path: Path, offset_s: float, contract: InputContract) -> 
             container.seek(int((offset_s - 1.0) / stream.time_base), stream=stream)
         got: list[np.ndarray] = []
         have = 0
-        import av
-
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        resampler = _resampler(stream, rate)
         pos = None
         for frame in container.decode(stream):
             if pos is None:
                 pos = int(round((frame.time or 0.0) * rate))
-            for out in resampler.resample(frame):
-                block = out.to_ndarray().reshape(-1)
+            for block in _resample(resampler, frame):
                 lo = max(0, start - pos)
                 if lo < len(block):
                     got.append(block[lo:])
@@ -282,10 +283,6 @@ def read_audio_segment(path: Path, offset_s: float, contract: InputContract) -> 
         if have < window:
             return None
         return np.concatenate(got)[:window]
-    except Exception as e:
-        raise MediaError(f"{path}: cannot decode: {type(e).__name__}: {e}") from None
-    finally:
-        container.close()
 
 
 def media_duration_s(path: Path) -> float:
