@@ -153,6 +153,19 @@ def env() -> dict[str, str]:
     return e
 
 
+def start_daemon(cfg: Path, err_path: Path) -> subprocess.Popen:
+    """`edgeav --log-json run --config CFG --json` in the background: the JSON result on its stdout (a pipe), the
+    JSON log lines in `err_path`."""
+    with open(err_path, "w") as err:
+        return subprocess.Popen(
+            [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env(),
+            text=True,
+        )
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 nobody listens on now (for /health, a broker)."""
     with socket.socket() as s:

@@ -30,6 +30,7 @@ from _daemon_fixtures import (  # noqa: E402
     env,
     make_bundle,
     scaled,
+    start_daemon,
     wait_until,
     write_config,
     write_media,
@@ -165,51 +166,44 @@ def test_video_source_removed_mid_run_audio_continues(media, tmp_path: Path) -> 
     tree["runtime"]["source"]["stall_timeout_s"] = 1.0
     cfg = write_config(tmp_path / "d.yaml", tree)
     err_path = tmp_path / "err.log"
-    with open(err_path, "w") as err:
-        p = subprocess.Popen(
-            [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env(),
-            text=True,
+    p = start_daemon(cfg, err_path)
+    db = tmp_path / "det.db"
+    both = "modalities = 'audio,image' AND utc_ns > ?"
+    try:  # each step waits for what the daemon does (logged, committed), not for a time
+        wait_until("5 detections from both sensors", lambda: db_count(db, both, 0) >= 5, 30, proc=p)
+        t_break = time.time()
+        os.truncate(video, 0)  # the camera's stream breaks ...
+        video.unlink()  # ... and its source is gone
+
+        def camera_restarts() -> list[dict]:
+            return [r for r in json_logs(err_path) if r.get("event") == "sensor_restart"]
+
+        # the camera plays what it had read ahead, is declared down and restarted (twice: to see the backoff)
+        wait_until("2 camera restarts", lambda: len(camera_restarts()) >= 2, 30, proc=p)
+        restarts = camera_restarts()
+        from edgeav.runtime.store import parse_iso_utc
+
+        t_down_ns = parse_iso_utc(restarts[0]["ts"])  # its last frame was captured before this
+        audio_only = "modalities = 'audio' AND utc_ns > ?"
+        wait_until(
+            "25 audio-only detections while the camera is gone",  # 10 of them 1 s before it returns
+            lambda: db_count(db, audio_only, t_down_ns + 10**9) >= 25,
+            30,
+            proc=p,
         )
-        db = tmp_path / "det.db"
-        both = "modalities = 'audio,image' AND utc_ns > ?"
-        try:  # each step waits for what the daemon does (logged, committed), not for a time
-            wait_until("5 detections from both sensors", lambda: db_count(db, both, 0) >= 5, 30, proc=p)
-            t_break = time.time()
-            os.truncate(video, 0)  # the camera's stream breaks ...
-            video.unlink()  # ... and its source is gone
-
-            def camera_restarts() -> list[dict]:
-                return [r for r in json_logs(err_path) if r.get("event") == "sensor_restart"]
-
-            # the camera plays what it had read ahead, is declared down and restarted (twice: to see the backoff)
-            wait_until("2 camera restarts", lambda: len(camera_restarts()) >= 2, 30, proc=p)
-            restarts = camera_restarts()
-            from edgeav.runtime.store import parse_iso_utc
-
-            t_down_ns = parse_iso_utc(restarts[0]["ts"])  # its last frame was captured before this
-            audio_only = "modalities = 'audio' AND utc_ns > ?"
-            wait_until(
-                "25 audio-only detections while the camera is gone",  # 10 of them 1 s before it returns
-                lambda: db_count(db, audio_only, t_down_ns + 10**9) >= 25,
-                30,
-                proc=p,
-            )
-            shutil.copyfile(media["video"], video)  # back again
-            t_back = time.time()
-            wait_until(
-                "a detection from both sensors after the camera's return",
-                lambda: db_count(db, both, int(t_back * 1e9)) >= 1,
-                30,
-                proc=p,
-            )
-            p.send_signal(signal.SIGTERM)
-            out, _ = p.communicate(timeout=scaled(10))
-        finally:
-            if p.poll() is None:
-                p.kill()
+        shutil.copyfile(media["video"], video)  # back again
+        t_back = time.time()
+        wait_until(
+            "a detection from both sensors after the camera's return",
+            lambda: db_count(db, both, int(t_back * 1e9)) >= 1,
+            30,
+            proc=p,
+        )
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=scaled(10))
+    finally:
+        if p.poll() is None:
+            p.kill()
     assert p.returncode == 0
     summary = json.loads(out)
     recs = json_logs(err_path)
@@ -370,43 +364,36 @@ def test_silent_camera_is_restarted_while_audio_goes_on(media, tmp_path: Path) -
     writer = threading.Thread(target=camera, daemon=True)
     writer.start()
     err_path = tmp_path / "err.log"
-    with open(err_path, "w") as err:
-        p = subprocess.Popen(
-            [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env=env(),
-            text=True,
+    p = start_daemon(cfg, err_path)
+    try:
+        assert silent.wait(scaled(30))
+        stalls = wait_until(
+            "the silent camera's restart",
+            lambda: [
+                r
+                for r in json_logs(err_path)
+                if r.get("event") == "sensor_restart" and r["reason"] == "no data for 1 s"
+            ],
+            30,
+            proc=p,
         )
-        try:
-            assert silent.wait(scaled(30))
-            stalls = wait_until(
-                "the silent camera's restart",
-                lambda: [
-                    r
-                    for r in json_logs(err_path)
-                    if r.get("event") == "sensor_restart" and r["reason"] == "no data for 1 s"
-                ],
-                30,
-                proc=p,
-            )
-            from edgeav.runtime.store import parse_iso_utc
+        from edgeav.runtime.store import parse_iso_utc
 
-            t_down = parse_iso_utc(stalls[0]["ts"])  # the camera was declared silent (1 s after its last frame)
-            wait_until(
-                "5 detections after the camera went silent",  # the microphone goes on alone
-                lambda: db_count(tmp_path / "det.db", "utc_ns > ?", t_down + 10**9) >= 5,
-                30,
-                proc=p,
-            )
-            p.send_signal(signal.SIGTERM)
-            t_term = time.monotonic()
-            out, _ = p.communicate(timeout=scaled(10))
-            stop_s = time.monotonic() - t_term
-        finally:
-            done.set()
-            if p.poll() is None:
-                p.kill()
+        t_down = parse_iso_utc(stalls[0]["ts"])  # the camera was declared silent (1 s after its last frame)
+        wait_until(
+            "5 detections after the camera went silent",  # the microphone goes on alone
+            lambda: db_count(tmp_path / "det.db", "utc_ns > ?", t_down + 10**9) >= 5,
+            30,
+            proc=p,
+        )
+        p.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        out, _ = p.communicate(timeout=scaled(10))
+        stop_s = time.monotonic() - t_term
+    finally:
+        done.set()
+        if p.poll() is None:
+            p.kill()
     assert p.returncode == 0 and stop_s < scaled(5.0)  # the hung pipe did not hold the stop up
     summary = json.loads(out)
     restarts = [r for r in json_logs(err_path) if r.get("event") == "sensor_restart"]

@@ -17,7 +17,7 @@ pytest.importorskip("torch", reason="the test bundle's model is built with torch
 pytest.importorskip("gi", reason="the daemon captures through GStreamer")
 mqtt = pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
 
-from _daemon_fixtures import EDGEAV, LABELS, env, free_port, make_bundle, scaled, wait_until, write_config  # noqa: E402
+from _daemon_fixtures import LABELS, free_port, make_bundle, scaled, start_daemon, wait_until, write_config  # noqa: E402
 from test_daemon_mqtt import MOSQUITTO, Broker, mqtt_tree  # noqa: E402
 
 pytestmark = [
@@ -66,17 +66,6 @@ def _state(rec: Recorder) -> dict:
     return json.loads(p) if p else {}
 
 
-def _start(cfg: Path, err: Path) -> subprocess.Popen:
-    with open(err, "w") as f:
-        return subprocess.Popen(
-            [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
-            stdout=subprocess.PIPE,
-            stderr=f,
-            env=env(),
-            text=True,
-        )
-
-
 def test_home_assistant_discovery_availability_and_removal(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle")
     port = free_port()
@@ -86,7 +75,7 @@ def test_home_assistant_discovery_availability_and_removal(tmp_path: Path) -> No
     procs: list[subprocess.Popen] = []
     try:
         # 1. discovery: one device, a sensor per figure and one count per class, all retained and valid
-        p = _start(on, tmp_path / "run1.err")
+        p = start_daemon(on, tmp_path / "run1.err")
         procs.append(p)
         n_sensors = 5 + len(LABELS)
         configs = wait_until("the discovery configs", lambda: len(rec.configs()) == n_sensors and rec.configs(), 40, p)
@@ -114,7 +103,7 @@ def test_home_assistant_discovery_availability_and_removal(tmp_path: Path) -> No
         before = _state(rec)["detections_today"]
 
         # 3. restart: today's counts carry on; configs again after a broker restart and on HA's birth message
-        p = _start(on, tmp_path / "run2.err")
+        p = start_daemon(on, tmp_path / "run2.err")
         procs.append(p)
         wait_until("online again", lambda: rec.latest("edgeav/unit1/status") == b"online", 40, p)
         wait_until("a new state", lambda: _state(rec).get("detections_today", 0) > before, 30, p)
@@ -132,7 +121,7 @@ def test_home_assistant_discovery_availability_and_removal(tmp_path: Path) -> No
 
         # 4. homeassistant: false removes the device (an empty retained config each)
         off = write_config(tmp_path / "off.yaml", mqtt_tree(tmp_path, bundle, port, homeassistant=False))
-        p = _start(off, tmp_path / "run3.err")
+        p = start_daemon(off, tmp_path / "run3.err")
         procs.append(p)
         wait_until("configs removed", lambda: all(v == b"" for v in rec.configs().values()), 40, p)
         p.send_signal(signal.SIGTERM)

@@ -23,7 +23,7 @@ pytest.importorskip("torch", reason="the test bundle's model is built with torch
 pytest.importorskip("gi", reason="the daemon captures through GStreamer")
 mqtt = pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
 
-from _daemon_fixtures import EDGEAV, daemon_tree, env, free_port, make_bundle, scaled, write_config  # noqa: E402
+from _daemon_fixtures import EDGEAV, daemon_tree, env, free_port, make_bundle, scaled, start_daemon, write_config  # noqa: E402
 
 MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
 pytestmark = [
@@ -154,32 +154,25 @@ def test_broker_outage_nothing_lost_nothing_twice(bundle: Path, tmp_path: Path, 
     err_path = tmp_path / "err.log"
     db = tmp_path / "det.db"
     try:
-        with open(err_path, "w") as err:
-            p = subprocess.Popen(
-                [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=env(),
-                text=True,
-            )
-            try:
-                assert wait_for(lambda: len(sub.detection_ids()) > 0, 40), err_path.read_text()[-3000:]
-                broker.stop()
-                t_down = time.time_ns()
-                time.sleep(outage_s)  # the outage (not a wait for something)
-                # detections went on and waited in the outbox (committed every batch_interval_s)
-                assert wait_for(lambda: outbox_pending(db) > 0, 5), "nothing waited in the outbox"
-                t_up = time.time_ns()
-                broker.start()
-                assert wait_for(lambda: outbox_pending(db) == 0, 30), "outbox not drained after the broker returned"
-                n_hb = sub.count("/heartbeat")
-                assert wait_for(lambda: sub.count("/heartbeat") > n_hb, 10)  # one sent after the drain
-                n_before_term = len(sub.msgs)
-                p.send_signal(signal.SIGTERM)
-                out, _ = p.communicate(timeout=scaled(15))
-            finally:
-                if p.poll() is None:
-                    p.kill()
+        p = start_daemon(cfg, err_path)
+        try:
+            assert wait_for(lambda: len(sub.detection_ids()) > 0, 40), err_path.read_text()[-3000:]
+            broker.stop()
+            t_down = time.time_ns()
+            time.sleep(outage_s)  # the outage (not a wait for something)
+            # detections went on and waited in the outbox (committed every batch_interval_s)
+            assert wait_for(lambda: outbox_pending(db) > 0, 5), "nothing waited in the outbox"
+            t_up = time.time_ns()
+            broker.start()
+            assert wait_for(lambda: outbox_pending(db) == 0, 30), "outbox not drained after the broker returned"
+            n_hb = sub.count("/heartbeat")
+            assert wait_for(lambda: sub.count("/heartbeat") > n_hb, 10)  # one sent after the drain
+            n_before_term = len(sub.msgs)
+            p.send_signal(signal.SIGTERM)
+            out, _ = p.communicate(timeout=scaled(15))
+        finally:
+            if p.poll() is None:
+                p.kill()
         assert p.returncode == 0, err_path.read_text()[-3000:]
         con = sqlite3.connect(db)
         ids = {r[0] for r in con.execute("SELECT id FROM detections")}
@@ -296,14 +289,7 @@ def test_tls_and_credentials(bundle: Path, tmp_path: Path) -> None:
                 ),
             )
             err_path = tmp_path / f"{secret}.err"
-            with open(err_path, "w") as err_f:
-                p = subprocess.Popen(
-                    [*EDGEAV, "--log-json", "run", "--config", str(cfg), "--json"],
-                    stdout=subprocess.PIPE,
-                    stderr=err_f,
-                    env=env(),
-                    text=True,
-                )
+            p = start_daemon(cfg, err_path)
             try:
                 if expect:  # run until what the refused run left behind went out, and two new ones after it
                     assert wait_for(lambda r=refused: r <= set(sub.detection_ids()), 40)
