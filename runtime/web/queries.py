@@ -203,16 +203,14 @@ def chart_counts(con: sqlite3.Connection, days: int = CHART_DAYS) -> dict[str, A
     )
     since = first_day * DAY_NS
     hours: dict[str, list[int]] = {}
-    for label, h, n in con.execute(
-        f"SELECT d.label, (d.utc_ns / {HOUR_NS}) % 24, COUNT(*) FROM detections d WHERE {keep} GROUP BY 1, 2",
-        (since,),
-    ):
-        hours.setdefault(label, [0] * 24)[int(h)] = int(n)
     per_day: dict[str, list[int]] = {}
-    for label, day, n in con.execute(
-        f"SELECT d.label, d.utc_ns / {DAY_NS}, COUNT(*) FROM detections d WHERE {keep} GROUP BY 1, 2", (since,)
+    # one pass over the range: counts per class per hour since the epoch, summed here by hour of day and by day
+    for label, hour, n in con.execute(
+        f"SELECT d.label, d.utc_ns / {HOUR_NS}, COUNT(*) FROM detections d WHERE {keep} GROUP BY 1, 2", (since,)
     ):
-        per_day.setdefault(label, [0] * days)[int(day) - first_day] = int(n)
+        day, h = divmod(int(hour), 24)
+        hours.setdefault(label, [0] * 24)[h] += int(n)
+        per_day.setdefault(label, [0] * days)[day - first_day] += int(n)
     day_names = [_dt.date.fromordinal(_EPOCH_ORD + d).isoformat() for d in range(first_day, last_day + 1)]
     return {
         "labels": sorted(hours),
