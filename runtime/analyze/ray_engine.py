@@ -27,11 +27,6 @@ class _RayAnalyzer:
     def analyze(self, unit: dict[str, Any]) -> dict[str, Any]:
         return self.analyzer.analyze(unit)
 
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
 
 def connect(address: str | None) -> Any:
     """ray.init on `address` (None: a cluster this machine already runs, else a local one)."""

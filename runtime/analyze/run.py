@@ -245,7 +245,8 @@ def run_analyze(
     kwargs = {"bundle": bundle, "threads": threads, "batch_windows": batch_windows, "min_confidence": min_confidence}
     kwargs["role"] = settings["model_role"]
     log.info("analyze: %d files to do, engine %s, %d workers x %d threads", len(todo), engine, workers, threads)
-    progress = Progress(len(todo), workers if engine == "ray" else min(workers * threads, cores))
+    used_cores = workers if engine == "ray" else min(workers * threads, cores)
+    progress = Progress(len(todo), used_cores)
     t0 = time.perf_counter()
     media_s = 0.0
     if todo:
@@ -294,7 +295,6 @@ def run_analyze(
         ],
     }
     atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-    used_cores = workers if engine == "ray" else min(workers * threads, cores)
     summary["run"] = {
         "engine": engine,
         "workers": workers,

@@ -9,7 +9,6 @@ so a file's result does not depend on the engine, the number of workers or the o
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,7 +50,6 @@ class Analyzer:
         from edgeav.runtime.backends import create_backend
         from edgeav.runtime.cli import pick_model_role
 
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         info = verify_bundle(bundle)
         self.labels = info.labels
         self.contract = info.manifest.contract
