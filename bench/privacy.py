@@ -14,28 +14,31 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("EDGEAV_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from runtime_common import DATA, machine, write_result  # noqa: E402
+
 RATE = 16_000
 NS = 1_000_000_000
 
 
-def spoken_s(align: Path, a_s: float, b_s: float) -> float:
-    """Seconds of words (not sil / sp) in [a_s, b_s) by a GRID .align file (times in 1/25000 s)."""
-    total = 0.0
+def words(align: Path) -> list[tuple[float, float]]:
+    """(start_s, end_s) of each spoken word (not sil / sp) of a GRID .align file (times in 1/25000 s)."""
+    spans = []
     for line in align.read_text().splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[2] not in ("sil", "sp"):
-            s, e = int(parts[0]) / 25000, int(parts[1]) / 25000
-            total += max(0.0, min(e, b_s) - max(s, a_s))
-    return total
+            spans.append((int(parts[0]) / 25000, int(parts[1]) / 25000))
+    return spans
+
+
+def spoken_s(spans: list[tuple[float, float]], a_s: float, b_s: float) -> float:
+    """Seconds of the words in [a_s, b_s)."""
+    return sum(max(0.0, min(e, b_s) - max(s, a_s)) for s, e in spans)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-s", type=float, default=1.0)
     p.add_argument("--hop-s", type=float, default=0.5)
     p.add_argument("--threshold", type=float, default=None, help="daemon.privacy.threshold (default: the schema's)")
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "privacy.json"))
+    p.add_argument("--out", default=None, help="JSON result (default bench/results/privacy.json)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "grid" / "manifest.csv").is_file() or not (data / "birds" / "recordings.csv").is_file():
@@ -77,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         dur_ns = audio.size * NS // RATE
         clips += 1
         clips_caught += filt.is_speech(0, dur_ns)
+        spans = words(clip.with_suffix(".align"))  # read once per clip
         for a in range(0, max(1, dur_ns - win_ns + 1), hop_ns):
-            if spoken_s(clip.with_suffix(".align"), a / NS, (a + win_ns) / NS) < args.window_s / 2:
+            if spoken_s(spans, a / NS, (a + win_ns) / NS) < args.window_s / 2:
                 continue
             speech_windows += 1
             hit = filt.is_speech(a, a + win_ns)
@@ -119,18 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         "vad_frame_ms_of_audio": FRAME_SAMPLES / RATE * 1e3,
         "pass_speech": caught >= 0.95,
         "pass_birds": dropped <= 0.05,
-        "machine": platform.machine(),
-        "load_avg": os.getloadavg(),
+        "machine": machine(),
     }
     result["pass"] = result["pass_speech"] and result["pass_birds"]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(
+    write_result(
+        "privacy",
+        result,
         f"privacy (Silero VAD, p >= {cfg.threshold}, >= {cfg.min_speech_s} s of speech): GRID speech windows caught "
         f"{speech_caught}/{speech_windows} = {caught:.1%} (whole clips {clips_caught}/{clips}); bird windows dropped "
         f"{bird_dropped}/{bird_windows} = {dropped:.1%}; {result['vad_ms_per_frame']} ms per 32 ms frame: "
-        f"{'PASS' if result['pass'] else 'FAIL'} -> {out}"
+        f"{'PASS' if result['pass'] else 'FAIL'}",
+        args.out,
     )
     return 0 if result["pass"] else 1
 
