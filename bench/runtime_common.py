@@ -121,9 +121,9 @@ def cpu_seconds() -> float:
     return t.user + t.system
 
 
-def proc_status_kb(key: str) -> int:
-    """A /proc/self/status figure in kB (VmRSS, VmHWM = peak resident set)."""
-    with open("/proc/self/status", encoding="ascii") as f:
+def proc_status_kb(key: str, pid: int | str = "self") -> int:
+    """A /proc/<pid>/status figure in kB (VmRSS, VmHWM = peak resident set); this process's by default."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
         for line in f:
             if line.startswith(key + ":"):
                 return int(line.split()[1])

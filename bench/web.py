@@ -11,7 +11,7 @@
    loopback. Target: p95 server side < 200 ms. The detail and charts pages are timed too (no target).
 2. Memory: the field daemon (`edgeav run --config`, `--bundle`, a live GStreamer test source, metrics on) writing into
    a copy of that log, `--daemon-s` seconds with `daemon.web.enabled: false`, then as long with it on while a client
-   reads the live JSON, a detections page and a detail page every 0.5 s. Resident memory (VmRSS) is sampled every
+   reads the live JSON, two detections pages and the charts every 0.5 s. Resident memory (VmRSS) is sampled every
    second; the figure is the median of the last third of the run with the web app minus the same without it.
    Target: <= 40 MB.
 Writes JSON and one line.
@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -34,7 +32,10 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from runtime_common import REPO, RESULTS, machine, proc_status_kb, write_result  # noqa: E402
+
 LABELS = ("crow", "finch", "owl", "wren", "robin")
 DAY_NS = 86_400 * 10**9
 
@@ -135,6 +136,8 @@ def latency(db: Path, ids: list[str], n: int) -> dict:
     for _ in range(50):  # the "older" link, 50 pages down
         code, body = get(server.port, path)
         m = re.search(rb'id="older" href="([^"]+)"', body)
+        if m is None:
+            raise SystemExit(f"--rows {len(ids)}: under 51 pages of 50 (the deep pages need at least 2,550 rows)")
         path = m.group(1).decode().replace("&amp;", "&")
         deep.append(path)
     mix = (pages * (n // len(pages) + 1))[: n // 2] + (deep * (n // len(deep) + 1))[: n - n // 2]
@@ -168,20 +171,8 @@ def latency(db: Path, ids: list[str], n: int) -> dict:
     }
 
 
-def rss_kb(pid: int) -> int | None:
-    try:
-        for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def daemon_rss(tmp: Path, db: Path, bundle: str, seconds: float, web: bool) -> list[int]:
     import yaml
-
-    from edgeav.runtime.store import new_detection_id  # noqa: F401 - the store module loads before the daemon's
 
     port, mport = free_port(), free_port()
     tree = {
@@ -221,9 +212,10 @@ def daemon_rss(tmp: Path, db: Path, bundle: str, seconds: float, web: bool) -> l
             t.start()
         end = time.monotonic() + seconds
         while time.monotonic() < end and p.poll() is None:
-            r = rss_kb(p.pid)
-            if r:
-                samples.append(r)
+            try:
+                samples.append(proc_status_kb("VmRSS", p.pid))
+            except OSError:  # it ended between poll() and the read
+                break
             time.sleep(1.0)
     finally:
         stop.set()
@@ -248,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--bundle", default=str(REPO / "runs" / "quickstart" / "bundle"))
     p.add_argument("--daemon-s", type=float, default=60.0, help="each of the two daemon runs, s (0: no memory run)")
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "web.json"))
+    p.add_argument("--out", default=str(RESULTS / "web.json"))
     a = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="edgeav_web_bench_"))
     try:
@@ -278,33 +270,28 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result = {
-        "bench": "web",
         "rows": a.rows,
         "build_log_s": round(build_s, 1),
         **lat,
         **mem,
         "pass_latency": lat["server_p95_ms"] < 200.0,
         "pass_rss": (mem["rss_web_cost_mb"] <= 40.0) if mem else None,
-        "load_avg": os.getloadavg(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
+        **machine(),
     }
     result["pass"] = result["pass_latency"] and result["pass_rss"] is not False
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
     rss = (
         f"daemon RSS {mem['rss_web_off_mb']} MB without the web app, {mem['rss_web_on_mb']} MB with it "
         f"(+{mem['rss_web_cost_mb']} MB, target <= 40)"
         if mem
         else "no memory run"
     )
-    print(
+    line = (
         f"web: detections page of a {a.rows:,}-detection log: p95 {lat['server_p95_ms']} ms server side "
         f"(p50 {lat['server_p50_ms']}, round trip p95 {lat['roundtrip_p95_ms']}; target < 200) over {lat['requests']} "
         f"requests; detail p95 {lat['detail_p95_ms']} ms, charts p95 {lat['charts_p95_ms']} ms; {rss}: "
-        f"{'PASS' if result['pass'] else 'FAIL'} -> {out}"
+        f"{'PASS' if result['pass'] else 'FAIL'} -> {a.out}"
     )
+    write_result("web", result, line, a.out)
     return 0 if result["pass"] else 1
 
 
