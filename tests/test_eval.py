@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _train_fixtures import tiny
 
 from edgeav.cli import main
 from edgeav.errors import DataError, ModelError
@@ -22,20 +23,7 @@ from edgeav.train.synthetic import make_paired_set
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("eval")
     data = make_paired_set(tmp / "data", n_classes=3, per_class=6, seconds=1.0, size_px=64)
-    sets = [
-        f"data.cache_dir={tmp / 'cache'}",
-        "data.kind=paired",
-        "data.window_s=1.0",
-        "data.hop_s=1.0",
-        "data.image_size_px=64",
-        "data.val_fraction=0.3",
-        "model.pretrained=false",
-        "train.batch_size=4",
-        "train.epochs=2",
-        "train.threads=1",
-        "train.eval_test=false",
-    ]
-    train(load_config(None, sets), data, tmp / "run")
+    train(load_config(None, tiny(tmp, "train.epochs=2", "train.eval_test=false")), data, tmp / "run")
     return tmp / "run" / "best.pt", data
 
 

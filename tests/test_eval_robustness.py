@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from _train_fixtures import REPO, tiny, write_noise
 
 from edgeav.cli import main
 from edgeav.errors import ConfigError
@@ -18,7 +18,6 @@ from edgeav.train.loop import train
 from edgeav.train.robustness import parse_snr_db, robustness_eval
 from edgeav.train.synthetic import make_paired_set
 
-REPO = Path(__file__).resolve().parent.parent
 MODES = ("both", "audio_only", "image_only")
 
 
@@ -30,34 +29,14 @@ def _noise(tmp: Path) -> Path:
     shared = shared_data_path()
     if shared is not None and (shared / "streams" / "birdnet_soundscape_120s.flac").is_file():
         return shared / "streams" / "birdnet_soundscape_120s.flac"
-    import soundfile as sf
-
-    rng = np.random.default_rng(0)
-    x = np.cumsum(rng.standard_normal(3 * 16_000))
-    x = x - np.convolve(x, np.ones(401) / 401, mode="same")
-    sf.write(str(tmp / "wind.wav"), (0.3 * x / np.abs(x).max()).astype(np.float32), 16_000)
-    return tmp / "wind.wav"
+    return write_noise(tmp / "wind.wav", 3.0)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     tmp = tmp_path_factory.mktemp("robust")
     data = make_paired_set(tmp / "data", n_classes=3, per_class=8, seconds=1.0, size_px=64)
-    sets = [
-        f"data.cache_dir={tmp / 'cache'}",
-        "data.kind=paired",
-        "data.window_s=1.0",
-        "data.hop_s=1.0",
-        "data.image_size_px=64",
-        "data.val_fraction=0.3",
-        "model.pretrained=false",
-        "train.batch_size=4",
-        "train.epochs=8",
-        "train.early_stop_patience=100",
-        "train.threads=1",
-        "train.eval_test=false",
-    ]
-    train(load_config(None, sets), data, tmp / "run")
+    train(load_config(None, tiny(tmp, "train.epochs=8", "train.eval_test=false")), data, tmp / "run")
     return tmp / "run" / "best.pt", data, _noise(tmp)
 
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _train_fixtures import empty_config, tiny, train_cmd
 
 from edgeav.schema import load_config
 from edgeav.train.loop import train
@@ -23,27 +24,19 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 def _sets(tmp: Path, epochs: int) -> list[str]:
     # batch 22 (11 per rank): the 66 training pairs fill whole batches both ways, so both runs take the same steps
-    return [
-        f"data.cache_dir={tmp / 'cache'}",
-        "data.kind=paired",
-        "data.window_s=1.0",
-        "data.hop_s=1.0",
-        "data.image_size_px=64",
-        "data.val_fraction=0.3",
-        "model.pretrained=false",
+    return tiny(
+        tmp,
         "model.dropout=0.0",
         "model.head_kwargs={dropout: 0.0}",
         "train.batch_size=22",
         f"train.epochs={epochs}",
-        "train.threads=1",
         "train.eval_test=false",
-        "train.early_stop_patience=100",
         "train.augment.mixup.enabled=false",
         "train.augment.spec_augment.enabled=false",
         "train.augment.wave.enabled=false",
         "train.augment.image.enabled=false",
         "train.augment.modality_dropout=false",
-    ]
+    )
 
 
 def _losses(path: Path) -> list[float]:
@@ -56,24 +49,8 @@ def _single_and_ddp(tmp: Path, epochs: int) -> tuple[Path, Path]:
     sets = _sets(tmp, epochs)
     single = tmp / "single"
     train(load_config(None, sets), data, single)  # prepares the cache too (the ranks then only read it)
-    cfg_file = tmp / "empty.yaml"
-    cfg_file.write_text("{}\n")
     ddp = tmp / "ddp"
-    cmd = [
-        str(TORCHRUN),
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "edgeav",
-        "-q",
-        "train",
-        "--config",
-        str(cfg_file),
-        "--data",
-        str(data),
-        "--out",
-        str(ddp),
-    ] + [a for s in sets for a in ("--set", s)]
+    cmd = train_cmd(empty_config(tmp), data, ddp, sets, launcher=(str(TORCHRUN), "--standalone", "--nproc_per_node=2"))
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return single, ddp
