@@ -30,7 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from runtime_common import DATA, machine, write_result  # noqa: E402
+from runtime_common import DATA, machine, proc_status_kb, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [DATA / "streams" / "birdnet_soundscape_120s.flac", DATA / "streams" / "opensoundscape_1min.wav"]
@@ -98,23 +98,19 @@ def analyze(bundle: str, inputs: list[Path], out: Path, workers: int, **kw: Any)
 
 
 def peak_child_rss_mb(run: Any) -> tuple[Any, float]:
-    """Run `run()` while sampling the VmHWM of this process's children (the workers); (its result, max MB)."""
+    """Run `run()` while sampling the VmHWM of this process's worker processes; (its result, max MB)."""
+    import multiprocessing
+
     peak = [0]
     stop = threading.Event()
 
     def sample() -> None:
-        me = str(os.getpid())
         while not stop.is_set():
-            for d in Path("/proc").iterdir():
-                if not d.name.isdigit():
-                    continue
+            for child in multiprocessing.active_children():  # the ProcessPoolExecutor's workers
                 try:
-                    st = (d / "status").read_text()
-                except OSError:
+                    peak[0] = max(peak[0], proc_status_kb("VmHWM", child.pid))
+                except (OSError, KeyError):  # gone (or a zombie, no VmHWM) between listing and reading
                     continue
-                fields = dict(line.split(":", 1) for line in st.splitlines() if ":" in line)
-                if fields.get("PPid", "").strip() == me and "VmHWM" in fields:
-                    peak[0] = max(peak[0], int(fields["VmHWM"].split()[0]))
             stop.wait(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
