@@ -22,12 +22,13 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def check_web_access(host: str, password_file: str | None) -> None:
-    """Binding anywhere but loopback needs a password (or token): ValueError with one line otherwise."""
+def check_web_access(host: str, password_file: str | None, option: str = "web.password_file") -> None:
+    """Binding anywhere but loopback needs a password (or token): ValueError with one line otherwise, naming
+    `option` (the YAML key, or `edgeav serve`'s flag) as the way to give one."""
     if not is_loopback_host(host) and not password_file:
         raise ValueError(
-            f"the web view on {host} (not loopback) needs a password: set web.password_file (or --password-file) "
-            "to a file holding it, or bind 127.0.0.1"
+            f"the web view on {host} (not loopback) needs a password: set {option} to a file holding it, "
+            "or bind 127.0.0.1"
         )
 
 

@@ -171,9 +171,9 @@ def cmd_serve(args: argparse.Namespace) -> CommandResult:
     from edgeav.schema.web import check_web_access
 
     try:
-        check_web_access(args.host, args.password_file)
+        check_web_access(args.host, args.password_file, option="--password-file")
     except ValueError as e:
-        raise ConfigError(str(e).replace("web.password_file (or --password-file)", "--password-file")) from None
+        raise ConfigError(str(e)) from None
     db = Path(args.db)
     evidence = Path(args.evidence) if args.evidence else db.parent / "evidence"
     before, after = ensure_reviews_table(db)
