@@ -45,15 +45,14 @@ def host_name(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if ":" in host_header else host_header
 
 
+def check_password(password: str | None, given: str) -> bool:
+    """`given` is the password (compared in constant time); False when there is none."""
+    return bool(password) and hmac.compare_digest(given.encode(), password.encode())
+
+
 def _bearer_ok(password: str | None) -> bool:
     h = request.headers.get("Authorization", "")
-    if not password or not h.startswith("Bearer "):
-        return False
-    return hmac.compare_digest(h[7:].strip().encode(), password.encode())
-
-
-def check_password(password: str | None, given: str) -> bool:
-    return bool(password) and hmac.compare_digest(given.encode(), password.encode())
+    return h.startswith("Bearer ") and check_password(password, h[7:].strip())
 
 
 def install(app: Flask, host: str, password: str | None) -> None:
