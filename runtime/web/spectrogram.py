@@ -50,8 +50,8 @@ def read_audio(path: Path) -> tuple[np.ndarray, int]:
     return x.reshape(-1, ch).mean(axis=1), int(rate)
 
 
-def power_db(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
-    """(freq bins, frames) power in dB relative to the loudest bin, clipped at -DB_RANGE; and the hop in s."""
+def power_db(x: np.ndarray, rate: int) -> np.ndarray:
+    """(freq bins, frames) power in dB relative to the loudest bin, clipped at -DB_RANGE."""
     n_fft = 512 if rate >= 16_000 else 256
     hop = n_fft // 4
     if len(x) < n_fft:
@@ -61,7 +61,7 @@ def power_db(x: np.ndarray, rate: int) -> tuple[np.ndarray, float]:
     spec = np.abs(np.fft.rfft(x[idx] * np.hanning(n_fft)[None, :], axis=1)) ** 2  # (frames, n_fft / 2 + 1)
     db = 10.0 * np.log10(np.maximum(spec, 1e-12))
     db = np.maximum(db - db.max(), -DB_RANGE)
-    return db.T, hop / rate
+    return db.T
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -88,7 +88,7 @@ def _nice_step(span: float, ticks: int) -> float:
 def spectrogram_svg(path: Path) -> str:
     """The SVG document: the image with a time axis (s) below and a frequency axis (kHz) on the left."""
     x, rate = read_audio(path)
-    db, _ = power_db(x, rate)  # (bins, frames), low frequencies first
+    db = power_db(x, rate)  # (bins, frames), low frequencies first
     bins, frames = db.shape
     if frames > MAX_WIDTH_PX:  # average neighbouring frames down to the width shown
         edges = np.linspace(0, frames, MAX_WIDTH_PX + 1).astype(int)
