@@ -40,25 +40,15 @@ def trained(tmp_path_factory) -> tuple[Path, Path, Path]:
     return tmp / "run" / "best.pt", data, _noise(tmp)
 
 
-def test_cli_report_has_the_clean_row_every_snr_and_three_inputs(trained, tmp_path, capsys):
+def _eval_argv(trained: tuple[Path, Path, Path], out: Path, *more: str) -> list[str]:
+    """`edgeav eval CKPT --data DATA --noise NOISE --out OUT MORE...` on the trained checkpoint and its set."""
     ckpt, data, noise = trained
+    return ["eval", str(ckpt), "--data", str(data), "--noise", str(noise), "--out", str(out), *more]
+
+
+def test_cli_report_has_the_clean_row_every_snr_and_three_inputs(trained, tmp_path, capsys):
     out = tmp_path / "ev"
-    code = main(
-        [
-            "eval",
-            str(ckpt),
-            "--data",
-            str(data),
-            "--split",
-            "all",
-            "--noise",
-            str(noise),
-            "--snr-db=10,0,-20",
-            "--out",
-            str(out),
-            "--json",
-        ]
-    )
+    code = main(_eval_argv(trained, out, "--split", "all", "--snr-db=10,0,-20", "--json"))
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     for name in ("robustness.json", "robustness.md", "robustness.png"):
@@ -83,45 +73,14 @@ def test_noise_is_seeded_and_the_table_is_printed(trained, tmp_path, capsys):
     a = robustness_eval(ckpt, data, noise, [0.0], split="all", out_dir=tmp_path / "a", seed=3)
     b = robustness_eval(ckpt, data, noise, [0.0], split="all", out_dir=tmp_path / "b", seed=3)
     assert a["rows"] == b["rows"]
-    assert (
-        main(
-            [
-                "eval",
-                str(ckpt),
-                "--data",
-                str(data),
-                "--split",
-                "all",
-                "--noise",
-                str(noise),
-                "--snr-db",
-                "5",
-                "--out",
-                str(tmp_path / "c"),
-            ]
-        )
-        == 0
-    )
+    assert main(_eval_argv(trained, tmp_path / "c", "--split", "all", "--snr-db", "5")) == 0
     text = capsys.readouterr().out
     assert "| SNR |" in text and "| clean |" in text and "| 5 dB |" in text
 
 
 @pytest.mark.parametrize("bad", ["ten", "10,,0", "10,nan", "10,10", "500", ""])
 def test_bad_snr_db_is_exit_2_with_one_line(trained, tmp_path, capsys, bad):
-    ckpt, data, noise = trained
-    code = main(
-        [
-            "eval",
-            str(ckpt),
-            "--data",
-            str(data),
-            "--noise",
-            str(noise),
-            f"--snr-db={bad}",
-            "--out",
-            str(tmp_path / "ev"),
-        ]
-    )
+    code = main(_eval_argv(trained, tmp_path / "ev", f"--snr-db={bad}"))
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "--snr-db" in err, err
