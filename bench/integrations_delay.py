@@ -14,9 +14,6 @@ never delay a detection by more than 1 ms (max). Writes JSON and one line.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import socket
 import statistics
 import sys
@@ -25,7 +22,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from runtime_common import machine, write_result  # noqa: E402
 
 
 def _free_port() -> int:
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--detections", type=int, default=2000)
     p.add_argument("--rate-hz", type=float, default=100.0)
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "integrations_delay.json"))
+    p.add_argument("--out", default=None, help="JSON result (default bench/results/integrations_delay.json)")
     args = p.parse_args(argv)
 
     from edgeav.runtime.daemon_integrations import DaemonIntegrations
@@ -119,21 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         "store_add_us": {"p50": q(store_us, 0.5), "p99": q(store_us, 0.99), "max": round(store_us[-1], 2)},
         "notifier_counts": counts,
         "mqtt_connected": mqtt.connected.is_set(),
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "load_avg": os.getloadavg(),
+        "machine": machine(),
     }
     result["pass"] = integ_us[-1] <= 1000.0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
     iu = result["integrations_us"]
-    print(
+    write_result(
+        "integrations_delay",
+        result,
         f"integrations_delay: {args.detections} detections at {args.rate_hz:g}/s, broker down, both notification "
         f"targets down: main loop +{iu['p50']} us p50, {iu['p99']} us p99, {iu['max']} us max per detection "
         f"(store.add itself {result['store_add_us']['p50']} us p50); notifications {counts}: "
-        f"{'PASS' if result['pass'] else 'FAIL'} (<= 1 ms) -> {out}"
+        f"{'PASS' if result['pass'] else 'FAIL'} (<= 1 ms)",
+        args.out,
     )
     return 0 if result["pass"] else 1
 
