@@ -50,6 +50,21 @@ def test_vad_runs_where_torch_cannot_be_imported() -> None:
     assert r.stdout.split() == ["ok", "31"]  # 1 s = 31 whole 32 ms frames
 
 
+def test_overlapping_windows_are_heard_once() -> None:
+    import numpy as np
+
+    from edgeav.runtime.privacy import FRAME_NS
+
+    f = _filter()
+    audio = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)  # 1 s windows, 0.5 s hop
+    assert f.vad.feed(audio, 16000, 0) == 31
+    assert f.vad.feed(audio, 16000, NS // 2) == 15  # only the 0.5 s not heard before
+    assert f.vad.feed(audio, 16000, NS // 5) == 0  # all of it heard already
+    starts = [t for t, _ in f.vad.frames]
+    assert len(starts) == 1500 * 16 // 512 and starts == [i * FRAME_NS for i in range(len(starts))]  # 1.5 s once
+    assert f.vad.feed(audio, 16000, 10 * NS) == 31 and f.vad.frames[-31][0] == 10 * NS  # a gap: heard afresh
+
+
 @pytest.mark.data
 def test_speech_caught_birds_kept(shared_data: Path) -> None:
     from edgeav.train.data.media import decode_audio
