@@ -6,12 +6,9 @@ Trains the whole recipe (about 7 minutes on a quiet 2-core machine): marked slow
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
+from _train_fixtures import REPO, train_cmd
 
 
 @pytest.mark.slow
@@ -22,23 +19,15 @@ def test_motion_recipe_fused_holds_under_noise_it_never_trained_on(shared_data, 
 
     grid = shared_data / "grid"
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "edgeav",
-            "-q",
-            "train",
-            "--config",
-            str(REPO / "train" / "grid_motion.yaml"),
-            "--data",
-            str(grid),
-            "--out",
-            str(tmp_path / "run"),
-            "--set",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            "--set",
-            f"train.augment.noise.path={shared_data / 'streams' / 'opensoundscape_1min.wav'}",
-        ],
+        train_cmd(
+            REPO / "train" / "grid_motion.yaml",
+            grid,
+            tmp_path / "run",
+            [
+                f"data.cache_dir={tmp_path / 'cache'}",
+                f"train.augment.noise.path={shared_data / 'streams' / 'opensoundscape_1min.wav'}",
+            ],
+        ),
         check=True,
         timeout=35 * 60,
     )

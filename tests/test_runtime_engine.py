@@ -294,6 +294,8 @@ def test_real_stream_segment_accuracy_with_the_int8_bundle(shared_data, tmp_path
     import subprocess
     import sys
 
+    from _train_fixtures import REPO, train_cmd
+
     from edgeav.bundle import verify_bundle
     from edgeav.runtime.backends import backend_from_config
 
@@ -304,18 +306,7 @@ def test_real_stream_segment_accuracy_with_the_int8_bundle(shared_data, tmp_path
     else:  # 105 s on a quiet 2-core machine (train, export, replay); training is capped at 28 minutes
         edgeav = [sys.executable, "-m", "edgeav", "-q"]
         subprocess.run(
-            [
-                *edgeav,
-                "train",
-                "--config",
-                str(Path(__file__).resolve().parent.parent / "train" / "grid.yaml"),
-                "--data",
-                str(grid),
-                "--out",
-                str(tmp_path / "run"),
-                "--set",
-                f"data.cache_dir={tmp_path / 'cache'}",
-            ],
+            train_cmd(REPO / "train" / "grid.yaml", grid, tmp_path / "run", [f"data.cache_dir={tmp_path / 'cache'}"]),
             check=True,
             timeout=40 * 60,
         )
