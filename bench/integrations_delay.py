@@ -24,13 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runtime_common import machine, write_result  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from runtime_common import free_port, machine, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,14 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         db = Path(tmp) / "det.db"
         store = DetectionStore(db, batch_interval_s=0.2)
         mcfg = MqttConfig(
-            enabled=True, port=_free_port(), unit_name="bench", homeassistant=True, reconnect_min_s=1, reconnect_max_s=1
+            enabled=True, port=free_port(), unit_name="bench", homeassistant=True, reconnect_min_s=1, reconnect_max_s=1
         )
         tp = topics(mcfg)
         ha = HomeAssistant(mcfg, tp, "bench", labels, db, health=lambda: "ok")
         mqtt = MqttPublisher(mcfg, db, outbox_added=lambda: store.outbox_added, homeassistant=ha).start()
         ncfg = NotifyConfig(
             enabled=True,
-            urls=[f"json://127.0.0.1:{_free_port()}/refused", f"json://127.0.0.1:{hang.getsockname()[1]}/hangs"],
+            urls=[f"json://127.0.0.1:{free_port()}/refused", f"json://127.0.0.1:{hang.getsockname()[1]}/hangs"],
             timeout_s=2.0,
             retries=2,
             retry_backoff_s=0.5,

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,6 +141,13 @@ def machine() -> dict[str, Any]:
         "onnxruntime": onnxruntime.__version__,
         "loadavg_1_5_15": list(os.getloadavg()),
     }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now (a broker, the web view, a notification target)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_result(name: str, data: dict[str, Any], line: str, out: str | None = None) -> Path:

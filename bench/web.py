@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runtime_common import REPO, RESULTS, machine, proc_status_kb, write_result  # noqa: E402
+from runtime_common import REPO, RESULTS, free_port, machine, proc_status_kb, write_result  # noqa: E402
 
 LABELS = ("crow", "finch", "owl", "wren", "robin")
 DAY_NS = 86_400 * 10**9
@@ -224,14 +224,6 @@ def daemon_rss(tmp: Path, db: Path, bundle: str, seconds: float, web: bool) -> l
     if not samples:
         raise SystemExit(f"the daemon (web {web}) ended at once (rc {p.returncode})")
     return samples
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:
