@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,27 @@ def feeds(n: int, seed: int = 1, batch: int = 2, image_hw: int = IMAGE_HW) -> li
         image = np.clip(base + grad + rng.normal(0, 10, (batch, 3, image_hw, image_hw)), 0, 255).astype(np.uint8)
         out.append({"audio": audio, "image": image, "mask": np.ones((batch, 2), np.float32)})
     return out
+
+
+def export_args(checkpoint: Path, calib_data: Path, out: Path, **kw: object) -> argparse.Namespace:
+    """The arguments `edgeav export` hands run_export: an fp32 cpu bundle of `checkpoint` at `out` (calibration
+    and test windows from `calib_data`) with the default gates; `kw` replaces any of them."""
+    args = dict(
+        checkpoint=str(checkpoint),
+        out=str(out),
+        int8=False,
+        calib_data=str(calib_data),
+        calib_windows=300,
+        fp16=False,
+        device="cpu",
+        engine=False,
+        max_drop=1.0,
+        max_class_drop=5.0,
+        dynamic_batch=False,
+        json=True,
+    )
+    args.update(kw)
+    return argparse.Namespace(**args)
 
 
 # ------------------------------------------------------------------------------ a real (tiny) edgeav checkpoint

@@ -20,7 +20,7 @@ pytest.importorskip("onnxslim", reason="export needs onnxslim (pip install 'edge
 pytest.importorskip("soundfile", reason="the synthetic data set is written with soundfile")
 onnx = pytest.importorskip("onnx")
 
-from _export_models import make_synthetic_data, train_checkpoint  # noqa: E402
+from _export_models import export_args, make_synthetic_data, train_checkpoint  # noqa: E402
 
 from edgeav.cli import main  # noqa: E402
 from edgeav.errors import ExportError  # noqa: E402
@@ -36,22 +36,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _args(setup: dict[str, Path], out: Path, **kw: object) -> argparse.Namespace:
-    base = dict(
-        checkpoint=str(setup["ckpt"]),
-        out=str(out),
-        int8=False,
-        calib_data=str(setup["data"]),
-        calib_windows=300,
-        fp16=False,
-        device="cpu",
-        engine=False,
-        max_drop=1.0,
-        max_class_drop=5.0,
-        dynamic_batch=False,
-        json=True,
-    )
-    base.update(kw)
-    return argparse.Namespace(**base)
+    return export_args(setup["ckpt"], setup["data"], out, **kw)
 
 
 def _nothing_at(out: Path) -> None:
@@ -323,21 +308,9 @@ def test_int8_export_on_real_grid_video(shared_data: Path, tmp_path: Path) -> No
     }
     ckpt = train_checkpoint(tmp_path / "grid.pt", grid, data=data, steps=8, cache_dir=tmp_path / "cache")
     out = tmp_path / "bundle"
-    args = argparse.Namespace(
-        checkpoint=str(ckpt),
-        out=str(out),
-        int8=True,
-        calib_data=str(grid),
-        calib_windows=120,
-        fp16=False,
-        device="cpu",
-        engine=False,
-        max_drop=100.0,
-        max_class_drop=100.0,
-        dynamic_batch=False,
-        json=True,
+    result = run_export(
+        export_args(ckpt, grid, out, int8=True, calib_windows=120, max_drop=100.0, max_class_drop=100.0)
     )
-    result = run_export(args)
     m = json.loads((out / "manifest.json").read_text())
     cal = m["extra"]["int8"]["calibration"]
     assert cal["feeds_used"] == 120 and set(cal["per_class"].values()) == {30}  # 4 classes, stratified

@@ -20,7 +20,7 @@ pytest.importorskip("onnxslim", reason="export needs onnxslim (pip install 'edge
 pytest.importorskip("av", reason="the synthetic video set is written with PyAV")
 onnx = pytest.importorskip("onnx")
 
-from _export_models import train_checkpoint  # noqa: E402
+from _export_models import export_args, train_checkpoint  # noqa: E402
 
 from edgeav.cli import main  # noqa: E402
 
@@ -137,26 +137,10 @@ def test_bundle_refuses_another_frame_count(clip: dict[str, Path]) -> None:
 
 
 def test_fp16_export_of_a_clip_model(clip: dict[str, Path]) -> None:
-    import argparse
-
     from edgeav.export.cli import run_export
 
     out = clip["root"] / "fp16"
-    args = argparse.Namespace(
-        checkpoint=str(clip["ckpt"]),
-        out=str(out),
-        int8=False,
-        calib_data=str(clip["data"]),
-        calib_windows=300,
-        fp16=True,
-        device="jetson-orin-nx",
-        engine=False,
-        max_drop=1.0,
-        max_class_drop=5.0,
-        dynamic_batch=False,
-        json=True,
-    )
-    result = run_export(args)
+    result = run_export(export_args(clip["ckpt"], clip["data"], out, fp16=True, device="jetson-orin-nx"))
     assert result["precisions"] == ["fp32", "fp16"] and result["parity_fp16"]["top1_agreement"] >= 99.0
     assert result["parity_fp16"]["max_abs_diff"] <= 5e-2
     assert _input_dims(out / "model_fp16.onnx")["image"] == (onnx.TensorProto.UINT8, [1, T, 3, HW, HW])
