@@ -7,6 +7,7 @@ build is faked. Real builds need an NVIDIA GPU with TensorRT: those tests are ma
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -418,7 +419,8 @@ def test_engine_is_compared_with_onnxruntime_after_the_build_and_refused_when_it
         EngineCache(tmp_path / "engines"),
         load_profile("jetson-orin-nx"),
     )
-    built, check = build_checked_engine(
+    build = functools.partial(
+        build_checked_engine,
         onnx_path,
         orin,
         "fp32",
@@ -426,20 +428,11 @@ def test_engine_is_compared_with_onnxruntime_after_the_build_and_refused_when_it
         cfg=ExportConfig(),
         cache=cache,
         contract=object(),
-        run_engine=_run_like_onnxruntime(),
     )
+    built, check = build(run_engine=_run_like_onnxruntime())
     assert check is not None and check.passed and check.parity["n"] == 6 and check.parity["max_abs_diff"]["logits"] == 0
     with pytest.raises(ExportError) as e:  # an engine whose lowest logit becomes the top one on every window
-        build_checked_engine(
-            onnx_path,
-            orin,
-            "fp32",
-            feeds=_feeds(),
-            cache=cache,
-            contract=object(),
-            force=True,
-            run_engine=_run_like_onnxruntime(offset=100.0),
-        )
+        build(force=True, run_engine=_run_like_onnxruntime(offset=100.0))
     msg = str(e.value)
     assert msg.startswith("TensorRT fp32 engine of m.onnx refused: its outputs differ from ONNX Runtime's on 6 windows")
     assert "max |logits diff|" in msg and "top-1 agreement 0.00 % < 100 %" in msg and "\n" not in msg
@@ -462,34 +455,23 @@ def test_int8_engine_gate_is_the_export_accuracy_gate(tmp_path: Path, monkeypatc
     truth = [int(o["logits"].argmax()) for o in onnx_outputs(onnx_path, feeds)]
     test = list(zip(feeds, truth))
     fp32_figures = {"accuracy": 100.0, "per_class_recall": {c: 100.0 for c in "abc" if "abc".index(c) in truth}}
-    _, check = build_checked_engine(
+    build = functools.partial(
+        build_checked_engine,
         onnx_path,
         orin,
         "int8",
         feeds=feeds,
         cache=cache,
         contract=object(),
-        run_engine=_run_like_onnxruntime(),
         test_samples=test,
         labels=list("abc"),
         reference_metrics=fp32_figures,
     )
+    _, check = build(run_engine=_run_like_onnxruntime())
     assert check is not None and check.passed and check.gate["accuracy_drop_points"] == 0.0
     assert check.parity["max_abs_diff_limit"] is None  # reported, not gated
     with pytest.raises(ExportError, match="accuracy fell 100.00 points"):
-        build_checked_engine(
-            onnx_path,
-            orin,
-            "int8",
-            feeds=feeds,
-            cache=cache,
-            contract=object(),
-            force=True,
-            run_engine=_run_like_onnxruntime(offset=100.0),
-            test_samples=test,
-            labels=list("abc"),
-            reference_metrics=fp32_figures,
-        )
+        build(force=True, run_engine=_run_like_onnxruntime(offset=100.0))
 
 
 @pytest.mark.parametrize("args", [[], ["--no-parity", "--parity-feeds", "w.npz"]])
@@ -509,11 +491,10 @@ def test_export_engine_is_built_checked_and_recorded_in_the_bundle(
     ONNX Runtime does on the engine's source file): the bundle carries the engine, its sidecar and the check's
     figures (parity on the validation windows, the INT8 accuracy gate on the test split)."""
     pytest.importorskip("torch", reason="export needs torch")
-    import argparse
     import json as json_mod
 
     import _fake_tensorrt
-    from _export_models import make_synthetic_data, train_checkpoint
+    from _export_models import export_args, make_synthetic_data, train_checkpoint
 
     from edgeav.export import tensorrt as export_trt
     from edgeav.export.cli import run_export
@@ -532,20 +513,7 @@ def test_export_engine_is_built_checked_and_recorded_in_the_bundle(
     _fake_tensorrt.install(monkeypatch, gpu=GpuInfo("NVIDIA H200", "9.0"))  # after torch's imports: it probes tensorrt
     monkeypatch.setenv("EDGEAV_ENGINE_CACHE", str(tmp_path / "engines"))
     out = tmp_path / "bundle"
-    args = argparse.Namespace(
-        checkpoint=str(ckpt),
-        out=str(out),
-        int8=True,
-        calib_data=str(data),
-        calib_windows=300,
-        fp16=False,
-        device="x86-cuda",
-        engine=True,
-        max_drop=100.0,
-        max_class_drop=100.0,
-        dynamic_batch=False,
-        json=True,
-    )
+    args = export_args(ckpt, data, out, int8=True, device="x86-cuda", engine=True, max_drop=100.0, max_class_drop=100.0)
     result = run_export(args)
     assert {"engine_int8.engine", "engine_int8_key.json"} <= {p.name for p in out.iterdir()}
     check = json_mod.loads((out / "manifest.json").read_text())["extra"]["engine"]["check"]
