@@ -101,7 +101,7 @@ def open_model(args: argparse.Namespace) -> Model:
 
     info = verify_bundle(args.bundle)
     path = info.model(args.role)
-    sha = info.manifest.extra["files"][args.role]["sha256"]
+    sha = info.sha256[args.role]
     return Model(
         path, args.role, sha, info.manifest.contract, info.labels, Path(args.bundle), dict(info.manifest.metrics or {})
     )

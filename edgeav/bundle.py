@@ -32,6 +32,7 @@ class BundleInfo:
     path: Path
     manifest: ArtifactManifest
     files: dict[str, Path] = field(default_factory=dict)  # role -> absolute path
+    sha256: dict[str, str] = field(default_factory=dict)  # role -> the file's sha256, as verify_bundle checked it
     profile_name: str | None = None
     tool_versions: dict[str, str] = field(default_factory=dict)
 
@@ -116,6 +117,7 @@ def verify_bundle(path: str | Path) -> BundleInfo:
     if not isinstance(listed, dict) or not listed:
         raise BundleError(f"{root / MANIFEST_NAME}: lists no files (extra.files)")
     files: dict[str, Path] = {}
+    digests: dict[str, str] = {}
     for role, entry in sorted(listed.items()):
         if not isinstance(entry, dict) or "path" not in entry or "sha256" not in entry:
             raise BundleError(f"{root / MANIFEST_NAME}: entry {role!r} needs path and sha256")
@@ -132,6 +134,7 @@ def verify_bundle(path: str | Path) -> BundleInfo:
                 f"{str(entry['sha256'])[:12]}... (file changed or corrupt)"
             )
         files[role] = fpath
+        digests[role] = digest
     for fpath in files.values():
         if fpath.suffix == ".onnx":
             check_onnx_inputs(fpath, manifest.contract, label=str(fpath))
@@ -141,7 +144,12 @@ def verify_bundle(path: str | Path) -> BundleInfo:
             raise BundleError(f"{files['labels']}: labels differ from the manifest's")
     tools = manifest.extra.get("tool_versions") or {}
     info = BundleInfo(
-        root, manifest, files, manifest.extra.get("target_profile"), {str(k): str(v) for k, v in dict(tools).items()}
+        root,
+        manifest,
+        files,
+        digests,
+        manifest.extra.get("target_profile"),
+        {str(k): str(v) for k, v in dict(tools).items()},
     )
     log.info("bundle %s verified: %d files, profile %s", root, len(files), info.profile_name)
     return info

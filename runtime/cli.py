@@ -64,13 +64,12 @@ def pick_model_role(info: BundleInfo, backend_name: str, role: str | None) -> st
 def open_bundle(bundle_path: str, cfg: EdgeAVConfig) -> tuple[BundleInfo, Backend, str, str]:
     """Verify the bundle (BundleError, exit 2, on any mismatch), open its model: (info, backend, role, sha256)."""
     from edgeav.bundle import verify_bundle
-    from edgeav.manifest import sha256_file
     from edgeav.runtime.backends import backend_from_config
 
     info = verify_bundle(bundle_path)
     role = pick_model_role(info, cfg.runtime.backend.name, cfg.daemon.model_role)
     model_path = info.model(role)
-    sha = info.manifest.extra.get("files", {}).get(role, {}).get("sha256") or sha256_file(model_path)
+    sha = info.sha256[role]  # checked against the manifest by verify_bundle
     backend = backend_from_config(cfg.runtime.backend, model_path, info.manifest.contract)
     log.info("bundle %s: running %s (%s, sha256 %s...)", info.path, role, model_path.name, sha[:12])
     return info, backend, role, sha

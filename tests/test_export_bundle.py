@@ -17,7 +17,7 @@ from edgeav.bundle import verify_bundle  # noqa: E402
 from edgeav.contract import AudioContract, ImageContract, InputContract  # noqa: E402
 from edgeav.errors import BundleError  # noqa: E402
 from edgeav.export.bundle import write_bundle  # noqa: E402
-from edgeav.manifest import ArtifactManifest  # noqa: E402
+from edgeav.manifest import ArtifactManifest, sha256_file  # noqa: E402
 
 # 1600 samples at 16 kHz = 0.1 s windows; 32 px frames (the test model's)
 CONTRACT = InputContract(
@@ -55,6 +55,7 @@ def test_round_trip(model: Path, tmp_path: Path) -> None:
     info = verify_bundle(out)
     assert info.profile_name == "cpu" and info.tool_versions == TOOLS and info.labels == LABELS
     assert info.model("model_int8") == out / "model_int8.onnx"
+    assert info.sha256["model_int8"] == sha256_file(out / "model_int8.onnx")  # the digest verify_bundle checked
     assert out.stat().st_mode & 0o755 == 0o755  # readable by a daemon running as another user
     assert info.manifest.kind == "bundle" and info.manifest.metrics["int8"]["accuracy"] == 90.5
     m = json.loads((out / "manifest.json").read_text())

@@ -174,7 +174,7 @@ def _settings(bundle: str, role: str | None, min_confidence: float, batch_window
         "bundle": str(Path(bundle).resolve()),
         "bundle_manifest_sha256": sha256_file(Path(bundle) / "manifest.json"),
         "model_role": role,
-        "model_sha256": sha256_file(info.model(role)),
+        "model_sha256": info.sha256[role],  # checked by verify_bundle
         "labels": info.labels,
         "window_s": info.manifest.contract.audio.window_s,
         "min_confidence": min_confidence,
