@@ -95,15 +95,11 @@ class PostProcessor:
     ) -> None:
         self.labels = list(labels)
         self.cfg = cfg or PostprocessConfig()
-        unknown = (set(self.cfg.class_thresholds) | set(self.cfg.ignore_labels)) - set(self.labels)
-        if unknown:
-            raise ConfigError(f"postprocess names unknown label(s) {sorted(unknown)}; labels: {self.labels}")
         from edgeav.runtime.class_rules import ClassRules
 
         self.class_rules = ClassRules(self.labels, self.cfg.classes)  # include/exclude, per-class interval
-        own = {**self.class_rules.thresholds, **self.cfg.class_thresholds}
+        own = self.class_rules.thresholds
         self.thresholds = np.array([own.get(lb, self.cfg.threshold) for lb in self.labels], dtype=np.float32)
-        self.ignored = {self.labels.index(lb) for lb in self.cfg.ignore_labels}
         self.model_sha256 = model_sha256
         self.utc_ns_for = utc_ns_for
         self.confirm_window_ns = s_to_ns(self.cfg.confirm_window_s)
@@ -147,8 +143,6 @@ class PostProcessor:
         detections: list[Detection] = []
         for c in np.flatnonzero(smoothed >= self.thresholds):
             c = int(c)
-            if c in self.ignored:
-                continue
             hits = self._hits.setdefault(c, collections.deque())
             hits.append((start_ns, end_ns))
             while hits and hits[0][1] <= end_ns - self.confirm_window_ns:

@@ -75,3 +75,10 @@ def test_drops_and_thresholds_in_metrics() -> None:
     assert 'edgeav_class_rule_dropped_total{label="crow",rule="min_interval"} 1.0' in text
     assert 'edgeav_class_threshold{label="crow"} 0.699999988079071' in text  # float32 of 0.7
     assert 'edgeav_class_threshold{label="robin"} 0.5' in text
+
+
+def test_older_keys_are_class_rules() -> None:
+    """`class_thresholds` and `ignore_labels` (configs written before `classes`) are the same mechanism: a threshold
+    rule and an exclude, so the drops of an ignored label are counted like any other class rule's."""
+    cfg = PostprocessConfig(class_thresholds={"crow": 0.4}, ignore_labels=["wren"], classes={"exclude": ["finch"]})
+    assert cfg.classes.rules["crow"].threshold == 0.4 and cfg.classes.exclude == ["finch", "wren"]

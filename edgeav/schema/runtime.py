@@ -6,7 +6,7 @@ Durations a person types are seconds or milliseconds (floats, converted once to 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -137,30 +137,39 @@ class PostprocessConfig(Section):
     ema_alpha: float = Field(0.5, gt=0.0, le=1.0, description="EMA weight of the newest window (smoothing=ema), 1.")
     mean_windows: int = Field(3, ge=1, le=1000, description="Windows averaged (smoothing=mean), windows.")
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Default per-class score threshold, probability.")
-    class_thresholds: dict[str, float] = Field(
-        default_factory=dict, description="Per-class thresholds by label, probability (overrides `threshold`)."
-    )
-    ignore_labels: list[str] = Field(default_factory=list, description="Labels never reported (e.g. background).")
     confirm_hits: int = Field(1, ge=1, le=1000, description="Hits needed within confirm_window_s to report, windows.")
     confirm_window_s: float = Field(2.0, gt=0.0, le=3600.0, description="Confirmation span, s.")
     min_gap_s: float = Field(
         3.0, ge=0.0, le=86_400.0, description="Minimum gap between two detections of one class, s."
     )
     classes: ClassRulesConfig = Field(
-        default_factory=ClassRulesConfig, description="Include/exclude lists, per-class threshold and interval."
+        default_factory=ClassRulesConfig,
+        description="Include/exclude lists, per-class threshold and interval (the older keys `class_thresholds: "
+        "{label: p}` and `ignore_labels: [label]` are read into classes.rules[label].threshold and classes.exclude).",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> PostprocessConfig:
-        for k, v in self.class_thresholds.items():
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"class_thresholds[{k!r}]={v} is outside [0, 1]")
-        twice = sorted(
-            k for k, r in self.classes.rules.items() if r.threshold is not None and k in self.class_thresholds
-        )
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_older_keys(cls, data: Any) -> Any:
+        """`class_thresholds` and `ignore_labels` (before `classes` existed) become class rules: one mechanism."""
+        if not isinstance(data, dict) or not ({"class_thresholds", "ignore_labels"} & set(data)):
+            return data
+        data = dict(data)
+        thresholds = data.pop("class_thresholds", None) or {}
+        ignored = data.pop("ignore_labels", None) or []
+        classes = data.get("classes") or {}
+        classes = classes.model_dump() if isinstance(classes, ClassRulesConfig) else dict(classes)
+        rules = {k: dict(v) if isinstance(v, dict) else v.model_dump() for k, v in (classes.get("rules") or {}).items()}
+        twice = sorted(k for k in thresholds if rules.get(k, {}).get("threshold") is not None)
         if twice:
             raise ValueError(f"class_thresholds and classes.rules both set a threshold for {twice}")
-        return self
+        for k, v in thresholds.items():
+            rules.setdefault(k, {})["threshold"] = v
+        classes["rules"] = rules
+        excluded = list(classes.get("exclude") or [])
+        classes["exclude"] = [*excluded, *(lb for lb in ignored if lb not in excluded)]
+        data["classes"] = classes
+        return data
 
 
 class RuntimeConfig(Section):
