@@ -24,6 +24,7 @@ from typing import Any
 
 from edgeav.atomic import atomic_write
 from edgeav.errors import ConfigError
+from edgeav.runtime.detection_formats import DetectionRow, birdnet_names, write_audacity, write_raven
 
 CAMTRAP_BASE = "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0"
 DEPLOYMENT_FIELDS = (
@@ -48,8 +49,6 @@ def _source_path(source: str | None) -> str:
 
 
 def table_rows(rows: Sequence[dict[str, Any]], high_freq_hz: float):
-    from edgeav.runtime.detection_formats import DetectionRow
-
     return [
         DetectionRow(
             begin_s=r["start_ns"] / 1e9,
@@ -64,16 +63,12 @@ def table_rows(rows: Sequence[dict[str, Any]], high_freq_hz: float):
 
 
 def raven_text(rows: Sequence[dict[str, Any]], high_freq_hz: float = 8000.0) -> str:
-    from edgeav.runtime.detection_formats import write_raven
-
     buf = io.StringIO()
     write_raven(table_rows(rows, high_freq_hz), buf)
     return buf.getvalue()
 
 
 def audacity_text(rows: Sequence[dict[str, Any]]) -> str:
-    from edgeav.runtime.detection_formats import write_audacity
-
     buf = io.StringIO()
     write_audacity(table_rows(rows, 0.0), buf)
     return buf.getvalue()
@@ -82,12 +77,6 @@ def audacity_text(rows: Sequence[dict[str, Any]]) -> str:
 def _iso(utc_ns: int) -> str:
     t = _dt.datetime.fromtimestamp(utc_ns // 1_000_000_000, tz=_dt.UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def scientific_name(label: str) -> str:
-    """BirdNET's "Scientific name_Common name" gives its scientific half; any other label is used as it is."""
-    sci, sep, _ = label.partition("_")
-    return sci if sep and " " in sci else label
 
 
 def _csv(fields: Sequence[str], rows: list[dict[str, Any]]) -> bytes:
@@ -159,7 +148,7 @@ def write_camtrapdp(
                 "eventEnd": _iso(r["utc_ns"]),
                 "observationLevel": "media",
                 "observationType": "animal",
-                "scientificName": scientific_name(r["label"]),
+                "scientificName": (birdnet_names(r["label"]) or (r["label"],))[0],
                 "classificationMethod": "machine",
                 "classifiedBy": f"edgeav model {(r.get('model_sha256') or '')[:12]}".strip(),
                 "classificationTimestamp": _iso(r["utc_ns"]),
@@ -235,4 +224,4 @@ def export_detections(args: argparse.Namespace, rows: Sequence[dict[str, Any]], 
     return CommandResult(data, text.rstrip("\n"))
 
 
-__all__ = ["export_detections", "raven_text", "audacity_text", "write_camtrapdp", "scientific_name", "table_rows"]
+__all__ = ["export_detections", "raven_text", "audacity_text", "write_camtrapdp", "table_rows"]

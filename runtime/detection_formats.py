@@ -71,18 +71,24 @@ class DetectionRow:
 
     @property
     def birdnet_style(self) -> bool:
-        scientific, sep, _ = self.label.partition("_")
-        return bool(sep) and " " in scientific
+        return birdnet_names(self.label) is not None
 
     @property
     def raven_common_name(self) -> str:
         if self.common_name is not None:
             return self.common_name
-        return self.label.split("_", 1)[1] if self.birdnet_style else self.label
+        names = birdnet_names(self.label)
+        return names[1] if names is not None else self.label
 
     @property
     def audacity_label(self) -> str:
         return self.label.replace("_", ", ", 1) if self.birdnet_style else self.label
+
+
+def birdnet_names(label: str) -> tuple[str, str] | None:
+    """(scientific, common) of a BirdNET label "Scientific name_Common name"; None for any other label."""
+    scientific, sep, common = label.partition("_")
+    return (scientific, common) if sep and " " in scientific else None
 
 
 def _seconds(value: float) -> str:
@@ -197,6 +203,7 @@ __all__ = [
     "RAVEN_SUFFIX",
     "RAVEN_VIEW",
     "audacity_lines",
+    "birdnet_names",
     "raven_lines",
     "read_audacity",
     "read_raven",
