@@ -193,3 +193,17 @@ def test_bad_arguments_are_one_line(bundle, tmp_path, capsys):
     )
     errs = capsys.readouterr().err.strip().splitlines()
     assert len(errs) == 2 and "no such file" in errs[0] and "xls" in errs[1]
+
+
+def test_nearest_photo_is_the_nearest_with_ties_to_the_smallest_path() -> None:
+    """The bisection gives what a scan of every photo gives: nearest time, then smallest path (bursts share an EXIF
+    second), for windows before, between, on and after the photos."""
+    import random
+
+    from edgeav.runtime.analyze.worker import nearest_photo
+
+    rng = random.Random(7)
+    photos = sorted((rng.randrange(0, 50) * 10**9, f"p{k:03d}.jpg") for k in range(120))  # many shared seconds
+    times = [t for t, _ in photos]
+    for centre in [-(10**9), *range(0, 52 * 10**9, 250_000_000), 5 * 10**9 + 500_000_000]:
+        assert nearest_photo(photos, times, centre) == min(photos, key=lambda p: (abs(p[0] - centre), p[1]))

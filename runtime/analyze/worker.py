@@ -8,6 +8,7 @@ so a file's result does not depend on the engine, the number of workers or the o
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Iterator
@@ -33,6 +34,16 @@ def file_identity(path: Path) -> dict[str, Any]:
     """size, mtime (ns) and sha256 of a file."""
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
+
+
+def nearest_photo(photos: list[tuple[int, str]], times: list[int], centre_ns: int) -> tuple[int, str]:
+    """The photo nearest `centre_ns`, ties to the smallest path (a burst shares an EXIF second), by bisection:
+    `photos` sorted by (utc_ns, path), `times` their utc_ns. Equal to min over all by (|t - centre|, path)."""
+    i = bisect.bisect_left(times, centre_ns)
+    candidates = [photos[i]] if i < len(photos) else []  # the first (smallest path) at the nearest time after
+    if i > 0:
+        candidates.append(photos[bisect.bisect_left(times, times[i - 1])])  # the first at the nearest time before
+    return min(candidates, key=lambda p: (abs(p[0] - centre_ns), p[1]))
 
 
 class Analyzer:
@@ -100,7 +111,8 @@ class Analyzer:
             yield Window(0, audio, frames, c.audio.window_s), extra
             return
         windows = video_windows(path, c) if kind == "video" else audio_windows(path, c)
-        photos = unit.get("photos") or []
+        photos = unit.get("photos") or []  # sorted by (utc_ns, path)
+        photo_times = [t for t, _ in photos]
         start_utc = unit.get("utc_ns")
         cache: dict[str, np.ndarray] = {}
         for w in windows:
@@ -110,7 +122,7 @@ class Analyzer:
                 extra["utc"] = utc_iso(w_start)
                 if photos:
                     centre = w_start + window_ns // 2
-                    best = min(photos, key=lambda p: (abs(p[0] - centre), p[1]))
+                    best = nearest_photo(photos, photo_times, centre)
                     if abs(best[0] - centre) <= unit["pair_within_ns"]:
                         if best[1] not in cache:
                             cache.clear()
