@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,6 +81,29 @@ def build_onnx(path: Path, seed: int = 0, image_hw: int = IMAGE_HW) -> Path:
         dynamo=False,
         dynamic_axes={k: {0: "batch"} for k in ("audio", "image", "mask", "logits", "logits_audio", "logits_image")},
     )
+    return path
+
+
+def export_raw_onnx(model: Any, inputs: tuple, path: Path, dynamic_batch: bool = False) -> Path:
+    """torch's TorchScript exporter (opset 17, no grad) on an edgeav model's ExportWrapper with the example `inputs`
+    (audio, image, mask), nothing more: the graph as torch names it, without the renaming, simplifying and checks of
+    edgeav.export.onnx_export.export_onnx. `dynamic_batch`: axis 0 of every input and output is "batch"."""
+    import torch
+
+    from edgeav.train.models import INPUT_NAMES, OUTPUT_NAMES, ExportWrapper
+
+    names = (*INPUT_NAMES, *OUTPUT_NAMES)
+    with torch.no_grad():
+        torch.onnx.export(
+            ExportWrapper(model),
+            inputs,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={n: {0: "batch"} for n in names} if dynamic_batch else None,
+        )
     return path
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _export_models import export_raw_onnx
 
 from edgeav.contract import AudioContract, ImageContract, InputContract
 from edgeav.errors import ModelError
-from edgeav.train.models import INPUT_NAMES, OUTPUT_NAMES, ExportWrapper, build_model, parse_arch
+from edgeav.train.models import INPUT_NAMES, OUTPUT_NAMES, build_model, parse_arch
 from edgeav.train.models import birdnet as bn
 from edgeav.train.models.birdnet_convert import TFLITE_NAME, default_cache_dir
 
@@ -270,16 +271,8 @@ def test_fused_model_exports_to_one_onnx_graph_that_matches_torch(tmp_path):
     image = torch.randint(0, 256, (3, 3, 64, 64), generator=g, dtype=torch.uint8)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     path = tmp_path / "fused.onnx"
+    export_raw_onnx(model, (audio, image, mask), path)
     with torch.no_grad():
-        torch.onnx.export(
-            ExportWrapper(model),
-            (audio, image, mask),
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=17,
-            dynamo=False,
-        )
         ref = model(audio, image, mask)
     proto = onnx.load(str(path))
     assert [i.name for i in proto.graph.input] == list(INPUT_NAMES)  # one graph: BirdNET inside, no sub-model

@@ -21,16 +21,15 @@ import math
 import numpy as np
 import pytest
 import torch
+from _export_models import export_raw_onnx
 
 from edgeav.contract import AudioContract, ImageContract, InputContract
 from edgeav.errors import ModelError, UnknownNameError
 from edgeav.train.models import (
     BACKBONES,
     HEADS,
-    INPUT_NAMES,
     NAMED_MODELS,
     OUTPUT_NAMES,
-    ExportWrapper,
     allowed_archs,
     build_model,
     create_model,
@@ -159,17 +158,9 @@ def _check_onnx(model, tmp_path, record_property) -> float:
     # both present, audio only, image only: the masked rows go through the graph too
     audio, image, mask = _inputs(model.contract, [[1, 1], [1, 0], [0, 1]])
     path = tmp_path / "model.onnx"
+    export_raw_onnx(model, (audio, image, mask), path)
+    assert not model.training  # exporting did not switch the model to training mode
     with torch.no_grad():
-        torch.onnx.export(
-            ExportWrapper(model),
-            (audio, image, mask),
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=17,
-            dynamo=False,
-        )
-        assert not model.training  # exporting did not switch the model to training mode
         ref = model(audio, image, mask)
     proto = onnx.load(str(path))
     assert {o.domain or "ai.onnx": o.version for o in proto.opset_import}["ai.onnx"] == 17
@@ -383,19 +374,7 @@ def test_onnx_with_a_dynamic_batch_runs_any_batch(triple, tmp_path):
 
     model = _build(triple)
     _settle_batchnorm(model)
-    names = (*INPUT_NAMES, *OUTPUT_NAMES)
-    path = tmp_path / "dyn.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            ExportWrapper(model),
-            _inputs(model.contract, [[1, 1]] * 2),
-            str(path),
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            opset_version=17,
-            dynamo=False,
-            dynamic_axes={n: {0: "batch"} for n in names},
-        )
+    path = export_raw_onnx(model, _inputs(model.contract, [[1, 1]] * 2), tmp_path / "dyn.onnx", dynamic_batch=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for masks in ([[1, 0]], [[1, 1], [0, 1], [1, 0], [1, 1], [1, 1]]):
         a, i, m = _inputs(model.contract, masks, seed=len(masks))
